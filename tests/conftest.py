@@ -1,0 +1,42 @@
+"""Shared fixtures: the reference folder and the tiny checkpoint that every loading test uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir() -> Path:
+    return Path(os.environ.get("ACESTEP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """`../shared/reference` (or $ACESTEP_REFERENCE_DIR); tests that need it skip where it is absent."""
+    path = _reference_dir()
+    if not path.is_dir():
+        pytest.skip(f"reference folder not present at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lyrics_vocab_path(reference_dir: Path) -> Path:
+    """The real lyric vocabulary (never committed); skip where this machine lacks it."""
+    path = reference_dir / "lyrics_vocab.json"
+    if not path.is_file():
+        pytest.skip(f"real lyric vocabulary not present at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny checkpoint in the published layout, written once per test session."""
+    from acestep.tiny_checkpoint import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_checkpoint")
+    write_tiny_checkpoint(root)
+    return root
