@@ -1,0 +1,1 @@
+"""Text-to-music inference: sampling schedule, guidance and the generation pipeline."""
