@@ -1,0 +1,22 @@
+"""Audio input: decoding any common format and conditioning songs the way the reference trainer does."""
+
+from .conditioning import (
+    MIN_SECONDS,
+    TRAINING_SAMPLE_RATE,
+    condition_training_audio,
+    prepare_training_audio,
+    resample,
+    to_stereo,
+)
+from .decode import AUDIO_EXTENSIONS, load_audio
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "MIN_SECONDS",
+    "TRAINING_SAMPLE_RATE",
+    "condition_training_audio",
+    "load_audio",
+    "prepare_training_audio",
+    "resample",
+    "to_stereo",
+]

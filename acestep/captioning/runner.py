@@ -1,0 +1,211 @@
+"""The loop shared by both captioning scripts: find files, fill the missing sidecars, report every file.
+
+A failure on one file is printed at once and recorded; the run goes on. Only a backend that cannot answer
+at all (BackendUnavailable) stops the run. The model is loaded on first need, so a folder whose sidecars
+all exist, or whose lyrics all come from tags, never loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from acestep.captioning.caption import (
+    AudioChatBackend,
+    BackendUnavailable,
+    CaptionSettings,
+    caption_tags,
+    transcribe_lyrics,
+)
+from acestep.captioning.clips import MODEL_SAMPLE_RATE, load_mono
+from acestep.captioning.embedded_lyrics import find_user_lyrics
+from acestep.captioning.parse import INSTRUMENTAL
+from acestep.captioning.sidecars import wanted_outputs, write_bpm_key, write_lyrics, write_prompt
+from acestep.data.atomic import TEMP_MARK
+from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
+from acestep.data.sidecars import lyrics_path, prompt_path
+
+NOT_ASKED = "-"
+KEPT = "kept"
+FAILED = "failed"
+
+
+@dataclass
+class RunOptions:
+    lyrics: bool = False
+    overwrite: bool = False
+    bpm_key: bool = False
+    settings: CaptionSettings = field(default_factory=CaptionSettings)
+
+
+@dataclass
+class FileReport:
+    """What happened to one audio file; `errors` holds one line per failed output."""
+
+    audio: Path
+    prompt: str = NOT_ASKED
+    lyrics: str = NOT_ASKED
+    bpm_key: str = NOT_ASKED
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+def find_audio_files(data_dir: Path) -> list[Path]:
+    """Audio files under `data_dir` (recursive, sorted), leftovers of interrupted writes ignored."""
+    return sorted(
+        path
+        for path in data_dir.rglob("*")
+        if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS and TEMP_MARK not in path.name
+    )
+
+
+class _LazyBackend:
+    """Builds the backend on first use, once."""
+
+    def __init__(self, factory: Callable[[], AudioChatBackend]) -> None:
+        self._factory = factory
+        self._backend: AudioChatBackend | None = None
+
+    def __call__(self) -> AudioChatBackend:
+        if self._backend is None:
+            self._backend = self._factory()
+        return self._backend
+
+
+class _SongAudio:
+    """The song decoded once per file at each rate asked for; a decode error is kept and raised again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: dict[int, np.ndarray | Exception] = {}
+
+    def at(self, sample_rate: int) -> np.ndarray:
+        if sample_rate not in self._cache:
+            try:
+                self._cache[sample_rate] = load_mono(self.path, sample_rate)
+            except Exception as err:  # noqa: BLE001 - re-raised for each output that needs the audio
+                self._cache[sample_rate] = err
+        value = self._cache[sample_rate]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def caption_folder(
+    data_dir: Path,
+    make_backend: Callable[[], AudioChatBackend],
+    options: RunOptions,
+    progress: bool = True,
+) -> list[FileReport]:
+    """Caption every audio file under `data_dir`; returns one report per file."""
+    if options.bpm_key:
+        from acestep.captioning.dsp import require_librosa
+
+        require_librosa()  # fail before any model is loaded
+    backend = _LazyBackend(make_backend)
+    reports = []
+    files = find_audio_files(data_dir)
+    with tqdm(files, desc="captioning", unit="file", disable=not progress) as bar:
+        for audio in bar:
+            bar.set_postfix_str(audio.name[-40:])
+            report = caption_file(audio, backend, options)
+            for error in report.errors:
+                tqdm.write(f"failed: {error}")
+            reports.append(report)
+    return reports
+
+
+def caption_file(audio: Path, backend: Callable[[], AudioChatBackend], options: RunOptions) -> FileReport:
+    """Write the wanted sidecars of one file; each output fails on its own and is reported."""
+    report = FileReport(audio)
+    wanted = wanted_outputs(audio, options.lyrics, options.bpm_key, options.overwrite)
+    song = _SongAudio(audio)
+    if not wanted.prompt:
+        report.prompt = KEPT if prompt_path(audio).exists() else NOT_ASKED
+    else:
+        report.prompt = _attempt(report, "tags", lambda: _make_prompt(audio, song, backend, options))
+    if options.lyrics:
+        if not wanted.lyrics:
+            report.lyrics = KEPT if lyrics_path(audio).exists() else NOT_ASKED
+        else:
+            report.lyrics = _attempt(report, "lyrics", lambda: _make_lyrics(audio, song, backend, options))
+    if wanted.bpm_key:
+        report.bpm_key = _attempt(report, "bpm/key", lambda: _make_bpm_key(audio, song))
+    elif options.bpm_key:
+        report.bpm_key = KEPT
+    return report
+
+
+def _attempt(report: FileReport, what: str, action: Callable[[], str]) -> str:
+    try:
+        return action()
+    except BackendUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - one file's failure must not stop the run
+        reason = str(err) if str(err) else type(err).__name__
+        if str(report.audio) not in reason:
+            reason = f"{report.audio}: {reason}"
+        report.errors.append(f"{what}: {reason}")
+        return FAILED
+
+
+def _make_prompt(
+    audio: Path, song: _SongAudio, backend: Callable[[], AudioChatBackend], options: RunOptions
+) -> str:
+    tags = caption_tags(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
+    write_prompt(audio, tags)
+    return f"written ({len(tags)} tags)"
+
+
+def _make_lyrics(
+    audio: Path, song: _SongAudio, backend: Callable[[], AudioChatBackend], options: RunOptions
+) -> str:
+    found = find_user_lyrics(audio)
+    if found is not None:
+        write_lyrics(audio, found.text)
+        return f"from {found.source}"
+    lyrics = transcribe_lyrics(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
+    write_lyrics(audio, lyrics)
+    return "model: instrumental" if lyrics == INSTRUMENTAL else "model: transcribed"
+
+
+def _make_bpm_key(audio: Path, song: _SongAudio) -> str:
+    from acestep.captioning.dsp import DSP_SAMPLE_RATE, estimate_bpm_key
+
+    info = estimate_bpm_key(song.at(DSP_SAMPLE_RATE), DSP_SAMPLE_RATE)
+    write_bpm_key(audio, info)
+    return f"{info['bpm']:g} bpm, {info['key']}"
+
+
+def summary_table(reports: list[FileReport], root: Path) -> str:
+    """A plain-text table (one row per file), the failures with their reasons, and the totals."""
+    header = ("file", "prompt", "lyrics", "bpm/key")
+    rows = [(_relative(r.audio, root), r.prompt, r.lyrics, r.bpm_key) for r in reports]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    failures = [error for report in reports for error in report.errors]
+    if failures:
+        lines += ["", "failures:", *(f"  {error}" for error in failures)]
+    failed_files = sum(report.failed for report in reports)
+    lines += [
+        "",
+        f"{len(reports)} files, {len(reports) - failed_files} complete, {failed_files} with failures",
+    ]
+    return "\n".join(lines)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

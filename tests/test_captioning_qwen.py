@@ -1,0 +1,251 @@
+"""Qwen2.5-Omni through transformers, on a tiny random thinker built and saved here (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
+    Qwen2TokenizerFast,
+    WhisperFeatureExtractor,
+)
+
+from acestep.captioning.cli import main_transformers
+from acestep.captioning.clips import MODEL_SAMPLE_RATE
+from acestep.captioning.parse import parse_tags
+from acestep.captioning.qwen_omni import (
+    AUDIO_TOKEN,
+    MISSING_GPTQMODEL,
+    QwenOmniBackend,
+    audio_token_count,
+    chat_prefix,
+    chat_suffix,
+)
+from acestep.errors import CheckpointError
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+]
+CORPUS = [
+    "rock, pop, electric guitar, drums, piano, upbeat, female vocal, male vocal, energetic, slow, fast",
+    "[verse] hello world, I sing for you [chorus] la la la, yeah",
+    "system user assistant You are Qwen describe this music with short tags transcribe the lyrics",
+]
+MEL_BINS = 16
+
+
+def tiny_thinker_config(vocab_size: int) -> Qwen2_5OmniThinkerConfig:
+    ids = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    return Qwen2_5OmniThinkerConfig(
+        audio_config={
+            "num_mel_bins": MEL_BINS,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 32,
+            "d_model": 16,
+            "output_dim": 32,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "fullatt_block_indexes": [0],
+        },
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        audio_token_index=ids["<|AUDIO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        image_token_index=vocab_size - 2,
+        video_token_index=vocab_size - 1,
+        vision_start_token_id=vocab_size - 3,
+        vision_end_token_id=vocab_size - 4,
+    )
+
+
+def write_tiny_qwen_omni(folder: Path, silent_head: bool = False) -> Path:
+    """Tokenizer (byte-level BPE with the Qwen chat tokens), Whisper features, random thinker; save_pretrained.
+
+    `silent_head` zeroes the final norm, so every logit is 0 and greedy decoding picks token 0
+    (<|endoftext|>, an end token): the model answers nothing.
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(CORPUS * 5, trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    tokenizer.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=MODEL_SAMPLE_RATE).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(bpe.get_vocab_size() + 8))
+    if silent_head:
+        with torch.no_grad():
+            model.model.language_model.norm.weight.zero_()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_qwen_omni(tmp_path_factory.mktemp("tiny_qwen_omni"))
+
+
+def write_song(path: Path, seconds: float, sample_rate: int = 22_050) -> Path:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    sf.write(path, np.stack([0.2 * np.sin(2 * np.pi * 220.0 * t)] * 2, axis=1), sample_rate)
+    return path
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4, 99, 100, 101, 200, 1234, 2999, 3000])
+def test_audio_token_count_matches_the_audio_encoder(tiny_model: Path, frames: int) -> None:
+    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_model).eval()
+    features = torch.randn(1, MEL_BINS, 3000)
+    mask = torch.zeros(1, 3000, dtype=torch.long)
+    mask[0, :frames] = 1
+    with torch.no_grad():
+        out = thinker.get_audio_features(features, feature_attention_mask=mask)
+    assert out.last_hidden_state.shape[0] == audio_token_count(frames)
+
+
+def test_prompt_layout_follows_the_omni_chat_template(tiny_model: Path) -> None:
+    backend = QwenOmniBackend.from_pretrained(str(tiny_model), device="cpu")
+    captured = {}
+    original = backend.thinker.generate
+
+    def spy(**kwargs):
+        captured.update(kwargs)
+        return original(**kwargs)
+
+    backend.thinker.generate = spy
+    backend.ask(np.zeros(int(2.5 * MODEL_SAMPLE_RATE), np.float32), "Tags please.", 4)
+    text = backend.tokenizer.decode(captured["input_ids"][0])
+    n_audio = audio_token_count(250)  # 2.5 s = 250 feature frames of 10 ms
+    assert text == chat_prefix() + "<|audio_bos|>" + AUDIO_TOKEN * n_audio + "<|audio_eos|>" + chat_suffix(
+        "Tags please."
+    )
+    assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_start|>assistant\n")
+    assert captured["input_features"].shape == (1, MEL_BINS, 3000)
+    assert int(captured["feature_attention_mask"].sum()) == 250
+
+
+def test_random_model_runs_through_the_script(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "short.wav", 3.0)
+    write_song(data / "long.wav", 40.0)  # two lyric pieces: 30 s + 10 s
+    code = main_transformers(
+        ["--data_dir", str(data), "--lyrics", "--model", str(tiny_model), "--device", "cpu", "--no_progress"]
+    )
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    for stem in ("short", "long"):
+        prompt = data / f"{stem}_prompt.txt"
+        if prompt.exists():  # garbage answers either parse to valid tags ...
+            tags = prompt.read_text(encoding="utf-8").strip().split(", ")
+            assert tags and parse_tags(", ".join(tags)) == tags
+            assert all(tag.isprintable() and tag == tag.lower() for tag in tags)
+        else:  # ... or the file is reported, never written empty
+            assert f"{stem}.wav: no usable tags" in out
+        lyrics = data / f"{stem}_lyrics.txt"
+        assert lyrics.exists() and lyrics.read_text(encoding="utf-8").strip() or "empty answer" in out
+    assert "2 files" in out
+
+
+def test_silent_model_fails_files_instead_of_writing_empty_sidecars(tmp_path: Path, capsys) -> None:
+    model = write_tiny_qwen_omni(tmp_path / "silent", silent_head=True)
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "a.wav", 2.0)
+    code = main_transformers(
+        ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert sorted(p.name for p in data.iterdir()) == ["a.wav"]
+    assert "tags: " in out and "no usable tags in the model's answer: ''" in out
+    assert "lyrics: " in out and "empty answer" in out
+
+
+def test_full_omni_checkpoint_layout_loads_the_thinker(tiny_model: Path, tmp_path: Path) -> None:
+    """The published repo stores the whole Omni model: config with thinker_config, weights prefixed `thinker.`."""
+    full = tmp_path / "full_omni"
+    full.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (full / name).write_bytes((tiny_model / name).read_bytes())
+    thinker_config = json.loads((tiny_model / "config.json").read_text(encoding="utf-8"))
+    config = {
+        "model_type": "qwen2_5_omni",
+        "architectures": ["Qwen2_5OmniForConditionalGeneration"],
+        "thinker_config": thinker_config,
+        "enable_audio_output": True,
+    }
+    (full / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    # save_pretrained writes the legacy thinker names; the published file has them under `thinker.`
+    published = {
+        "thinker." + key: value for key, value in load_file(tiny_model / "model.safetensors").items()
+    }
+    published["talker.codec_head.weight"] = torch.zeros(2, 2)  # parts the thinker must ignore
+    for name in (
+        "thinker.model.layers.0.mlp.down_proj.weight",
+        "thinker.audio_tower.conv1.weight",
+        "thinker.lm_head.weight",
+    ):
+        assert name in published
+    save_file(published, full / "model.safetensors")
+
+    backend = QwenOmniBackend.from_pretrained(str(full), device="cpu")
+    expected = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_model).state_dict()
+    loaded = backend.thinker.state_dict()
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_gptq_checkpoint_without_gptqmodel_says_what_to_install(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    gptq = tmp_path / "gptq"
+    gptq.mkdir()
+    for path in tiny_model.iterdir():
+        (gptq / path.name).write_bytes(path.read_bytes())
+    config = json.loads((gptq / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (gptq / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.setitem(__import__("sys").modules, "gptqmodel", None)
+    with pytest.raises(CheckpointError) as err:
+        QwenOmniBackend.from_pretrained(str(gptq), device="cpu")
+    assert str(err.value) == MISSING_GPTQMODEL.format(model=gptq, default="Qwen/Qwen2.5-Omni-7B")
+    assert "pip install 'acestep-lora-trainer[gptq]'" in str(err.value)
+
+
+def test_missing_model_folder_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="cannot read the captioning model config"):
+        QwenOmniBackend.from_pretrained(str(tmp_path / "nowhere"), device="cpu")
