@@ -1,0 +1,205 @@
+"""Stage 2: walk a folder of songs and write the filename dataset (one row per song, fork-compatible columns).
+
+`python convert2hf_dataset_new.py --data_dir DIR --output_name OUT [--repeat_count N] [--default_tag T]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from tqdm import tqdm
+
+from acestep.data.atomic import atomic_save_dataset
+from acestep.data.sidecars import (
+    LYRICS_SUFFIX,
+    PROMPT_SUFFIX,
+    is_instrumental,
+    lyrics_path,
+    prompt_path,
+    read_sidecar,
+    split_tags,
+)
+from acestep.errors import AcestepError, InputError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+UNKNOWN = -1
+
+FILENAME_FEATURES = datasets.Features(
+    {
+        "keys": datasets.Value("string"),
+        "filename": datasets.Value("string"),
+        "tags": datasets.List(datasets.Value("string")),
+        "speaker_emb_path": datasets.Value("string"),
+        "norm_lyrics": datasets.Value("string"),
+        "recaption": {},
+        "duration": datasets.Value("float64"),
+        "sample_rate": datasets.Value("int32"),
+    }
+)
+
+
+@dataclass
+class ScanSummary:
+    """What the scan found, printed at the end so users see missing prompts before spending GPU time."""
+
+    files_found: int = 0
+    with_prompt: int = 0
+    with_lyrics: int = 0
+    instrumental: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    orphan_sidecars: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return self.files_found - len(self.skipped)
+
+    def lines(self, default_tag: str) -> list[str]:
+        out = [
+            f"audio files found:     {self.files_found}",
+            f"kept:                  {self.kept}",
+            f"with prompt:           {self.with_prompt}  (without: {self.kept - self.with_prompt})",
+            f"with lyrics:           {self.with_lyrics}  (without: {self.kept - self.with_lyrics})",
+            f"instrumental:          {self.instrumental}  (no lyrics or only [inst])",
+            f"skipped:               {len(self.skipped)}",
+        ]
+        out += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        out += [f"  warning: side file without audio: {path}" for path in self.orphan_sidecars]
+        missing = self.kept - self.with_prompt
+        if missing:
+            fallback = f"the default tag {default_tag!r}" if default_tag else "no tags at all"
+            out.append(
+                f"WARNING: {missing} file(s) have no {PROMPT_SUFFIX}; they get {fallback}. The base model is "
+                "steered by tags (genre, instruments, mood, vocals), so write a prompt file per song."
+            )
+        return out
+
+
+def find_audio_files(data_dir: Path) -> list[Path]:
+    """Every audio file under `data_dir` (recursive, extension case-insensitive), in a stable order."""
+    return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def find_orphan_sidecars(data_dir: Path, audio_files: Sequence[Path]) -> list[Path]:
+    """Prompt/lyrics files whose song is missing: usually a renamed audio file whose tags would be lost."""
+    stems = {(p.parent, p.stem) for p in audio_files}
+    orphans = []
+    for suffix in (PROMPT_SUFFIX, LYRICS_SUFFIX):
+        for side in data_dir.rglob(f"*{suffix}"):
+            if (side.parent, side.name[: -len(suffix)]) not in stems:
+                orphans.append(side)
+    return sorted(orphans)
+
+
+def probe_audio(path: Path) -> tuple[float, int]:
+    """(duration seconds, sample rate) from the header; mutagen first (fast), PyAV for what it cannot parse."""
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    try:
+        import mutagen
+
+        info = getattr(mutagen.File(path), "info", None)
+        if getattr(info, "length", 0) > 0 and getattr(info, "sample_rate", 0) > 0:
+            return float(info.length), int(info.sample_rate)
+    except Exception:  # any parser failure just means "ask PyAV"
+        pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise InputError(path, "no audio stream")
+            stream = container.streams.audio[0]
+            if container.duration is not None:
+                duration = container.duration / av.time_base
+            elif stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = UNKNOWN
+            return float(duration), int(stream.rate or UNKNOWN)
+    except av.error.FFmpegError as err:
+        raise InputError(path, f"not a readable audio file ({err.strerror or err})") from None
+
+
+def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
+    """One dataset row plus (has prompt file, has lyrics file); raises InputError for an unusable file."""
+    prompt = read_sidecar(prompt_path(audio))
+    lyrics = read_sidecar(lyrics_path(audio))
+    duration, sample_rate = probe_audio(audio)
+    row = {
+        "keys": audio.stem,
+        "filename": str(audio.resolve()),
+        "tags": split_tags(default_tag if prompt is None else prompt),
+        "speaker_emb_path": "",
+        "norm_lyrics": lyrics or "",
+        "recaption": {},
+        "duration": duration,
+        "sample_rate": sample_rate,
+    }
+    return row, prompt is not None, lyrics is not None
+
+
+def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], ScanSummary]:
+    """Rows for every usable song under `data_dir` and a summary that lists every skipped file and why."""
+    if not data_dir.is_dir():
+        raise AcestepError(f"{data_dir}: not a folder")
+    audio_files = find_audio_files(data_dir)
+    if not audio_files:
+        raise AcestepError(f"{data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    summary = ScanSummary(files_found=len(audio_files))
+    summary.orphan_sidecars = [str(p) for p in find_orphan_sidecars(data_dir, audio_files)]
+    rows = []
+    for audio in tqdm(audio_files, desc="scanning", unit="file"):
+        try:
+            row, has_prompt, has_lyrics = make_row(audio, default_tag)
+        except InputError as err:
+            summary.skipped.append((err.path, err.reason))
+            continue
+        rows.append(row)
+        summary.with_prompt += has_prompt
+        summary.with_lyrics += has_lyrics
+        summary.instrumental += is_instrumental(row["norm_lyrics"])
+    return rows, summary
+
+
+def build_filename_dataset(
+    data_dir: Path, output: Path, repeat_count: int = 1, default_tag: str = ""
+) -> ScanSummary:
+    """Scan `data_dir` and write the filename dataset to `output` atomically (rows repeated `repeat_count` times)."""
+    if repeat_count < 1:
+        raise AcestepError(f"--repeat_count must be >= 1, got {repeat_count}")
+    rows, summary = scan_folder(data_dir, default_tag)
+    if not rows:
+        raise AcestepError(f"{data_dir}: every audio file was skipped; nothing to write")
+    dataset = datasets.Dataset.from_list(rows * repeat_count, features=FILENAME_FEATURES)
+    atomic_save_dataset(dataset, output)
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Build the filename dataset (stage 2) from a folder of songs."
+    )
+    parser.add_argument("--data_dir", type=Path, required=True, help="folder with audio and side files")
+    parser.add_argument("--output_name", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--repeat_count", type=int, default=1, help="repeat every row N times")
+    parser.add_argument("--default_tag", default="", help="prompt for songs without <stem>_prompt.txt")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        summary = build_filename_dataset(args.data_dir, args.output_name, args.repeat_count, args.default_tag)
+    except AcestepError as err:
+        sys.exit(f"error: {err}")
+    print("\n".join(summary.lines(args.default_tag)))
+    print(f"wrote {summary.kept * args.repeat_count} rows to {args.output_name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""Stage 3: encode every song of a filename dataset into training tensors, resumably, in 16-bit shards.
+
+`python preprocess_dataset_new.py --input_name FILENAMES --output_dir PREP [--checkpoint_dir CKPT] ...`
+`python -m acestep.data.preprocess merge PREP` (after parallel `--shard i/n` runs; also done automatically
+by whichever shard finishes last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import datasets
+import torch
+from tqdm import tqdm
+
+from acestep.data.encoders import SongEncoders
+from acestep.data.preprocessed import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    EncodedSong,
+    features_for_record,
+    merge_parts,
+    record_nbytes,
+    storage_summary,
+)
+from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
+from acestep.errors import AcestepError, InputError
+from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
+
+SAMPLE_RATE = 48000
+MAX_PROMPT_CHARS = 256
+MAX_LYRIC_TOKENS = 4096
+FALLBACK_TAGS = ("music",)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Options that change the stored tensors; a resumed or parallel run must use the same ones."""
+
+    ssl: bool = True
+    max_duration: float = 360.0
+    target_lufs: float | None = None
+    lyrics_fallback_language: str | None = None
+    tag_order: str = "shuffle"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options that only change how the work is done, not its result."""
+
+    shard: ShardSpec = ShardSpec()
+    batch_size: int = 1
+    num_workers: int = 0
+    chunk_rows: int = 64
+    chunk_bytes: int = 256 * 2**20
+    retry_errors: bool = False
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class FilenameRow:
+    key: str
+    filename: str
+    tags: tuple[str, ...]
+    lyrics: str
+    recaptions: tuple[str, ...] = ()
+
+
+@dataclass
+class PreparedSong:
+    """A row after the cheap main-thread steps (prompt, lyric ids), waiting for its audio."""
+
+    row: int
+    key: str
+    filename: str
+    prompt: str
+    lyric_ids: list[int]
+    wav: torch.Tensor | None = None
+
+
+@dataclass
+class RunResult:
+    encoded: int = 0
+    audio_seconds: float = 0.0
+    new_errors: list[ErrorRecord] = field(default_factory=list)
+    progress: PartProgress | None = None
+    manifest: dict[str, Any] | None = None
+
+
+def read_filename_rows(path: Path) -> list[FilenameRow]:
+    """Rows of a filename dataset, ours or the fork's (only `filename` is required)."""
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise AcestepError(f"{path}: not a saved filename dataset ({err})") from None
+    if not isinstance(dataset, datasets.Dataset) or "filename" not in dataset.column_names:
+        raise AcestepError(f"{path}: a filename dataset needs a 'filename' column")
+    rows = []
+    for item in dataset:
+        filename = item["filename"]
+        recaption = item.get("recaption") or {}
+        rows.append(
+            FilenameRow(
+                key=item.get("keys") or Path(filename).stem,
+                filename=filename,
+                tags=tuple(t.strip() for t in item.get("tags") or [] if t and t.strip()),
+                lyrics=item.get("norm_lyrics") or "",
+                recaptions=tuple(v for v in recaption.values() if isinstance(v, str) and v.strip()),
+            )
+        )
+    return rows
+
+
+def input_fingerprint(rows: Sequence[FilenameRow]) -> str:
+    """Identifies the input content, so a resume never mixes rows of two different filename datasets."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(asdict(row), ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_prompt(row: FilenameRow, index: int, order: str, format_prompt: Callable[..., str]) -> str:
+    """Tags joined (shuffled with a per-row seed, so repeated rows differ but a rerun is identical).
+
+    As in the reference dataset: no tags means "music", a non-empty recaption competes with the tag
+    string at random, and the prompt is cut to 256 characters.
+    """
+    tag_text = format_prompt(list(row.tags or FALLBACK_TAGS), order=order, seed=index)
+    candidates = [*row.recaptions, tag_text]
+    return random.Random(index).choice(candidates)[:MAX_PROMPT_CHARS]
+
+
+def normalize_loudness(wav: torch.Tensor, target_lufs: float, sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Gain to the target integrated loudness (ITU BS.1770 via pyloudnorm), then clip to [-1, 1]."""
+    import pyloudnorm
+
+    loudness = pyloudnorm.Meter(sr).integrated_loudness(wav.T.double().numpy())
+    if not math.isfinite(loudness):
+        return wav
+    return (wav * 10 ** ((target_lufs - loudness) / 20)).clamp(-1.0, 1.0)
+
+
+def ordered_prefetch(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
+    """fn(item) on `workers` threads, yielded in input order, at most 2*workers items ahead (bounded memory)."""
+    if workers <= 0:
+        for item in items:
+            yield item, fn(item)
+        return
+    window: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        try:
+            for item in items:
+                window.append((item, pool.submit(fn, item)))
+                if len(window) > 2 * workers:
+                    first, future = window.popleft()
+                    yield first, future.result()
+            while window:
+                first, future = window.popleft()
+                yield first, future.result()
+        finally:
+            for _, future in window:
+                future.cancel()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class SongPipeline:
+    """Turns filename rows into EncodedSong objects or ErrorRecords; one bad song never stops the run."""
+
+    def __init__(self, encoders: SongEncoders, settings: PreprocessSettings) -> None:
+        if settings.ssl != (encoders.ssl is not None):
+            raise AcestepError(f"settings say ssl={settings.ssl} but the SSL extractor is {encoders.ssl!r}")
+        self.encoders = encoders
+        self.settings = settings
+
+    def prepare(self, index: int, row: FilenameRow) -> PreparedSong | ErrorRecord:
+        """Prompt and lyric ids (cheap, main thread); lyrics are checked before any audio is decoded."""
+        try:
+            ids = self.encoders.lyrics.encode(
+                row.lyrics, mode="training", fallback_language=self.settings.lyrics_fallback_language
+            )
+        except UnsupportedLyricsLanguage as err:
+            reason = f"lyrics: mostly {err.language!r}, unsupported (--lyrics_fallback_language encodes them anyway)"
+            return ErrorRecord(index, row.key, row.filename, reason)
+        except AcestepError as err:
+            return ErrorRecord(index, row.key, row.filename, f"lyrics: {getattr(err, 'reason', err)}")
+        except Exception as err:  # text normalisers (num2words, cutlet, ...) can fail on odd input
+            return ErrorRecord(index, row.key, row.filename, f"lyrics: {type(err).__name__}: {err}")
+        prompt = build_prompt(row, index, self.settings.tag_order, self.encoders.format_prompt)
+        return PreparedSong(index, row.key, row.filename, prompt, list(ids[:MAX_LYRIC_TOKENS]))
+
+    def decode(self, song: PreparedSong) -> torch.Tensor | str:
+        """[2, T] float32 @ 48 kHz, or the reason it cannot be used (runs on a worker thread)."""
+        try:
+            wav = self.encoders.load_audio(Path(song.filename), self.settings.max_duration)
+        except InputError as err:
+            return err.reason
+        except Exception as err:  # third-party decoders raise anything on broken files
+            return f"cannot decode: {type(err).__name__}: {err}"
+        if self.settings.target_lufs is not None:
+            wav = normalize_loudness(wav, self.settings.target_lufs)
+        return wav
+
+    @torch.inference_mode()
+    def encode(self, batch: list[PreparedSong]) -> list[EncodedSong | ErrorRecord]:
+        """Prompts as one batch; DC-AE and SSL one song at a time, as the reference does, so a song's
+        tensors do not depend on which songs share its batch (padding changes global attention)."""
+        hidden, mask = self.encoders.text.encode([song.prompt for song in batch])
+        results: list[EncodedSong | ErrorRecord] = []
+        for i, song in enumerate(batch):
+            try:
+                results.append(self._encode_audio(song, hidden[i][mask[i].bool()]))
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                reason = "out of GPU memory (lower --max_duration or use a larger GPU)"
+                results.append(ErrorRecord(song.row, song.key, song.filename, reason))
+        return results
+
+    def _encode_audio(self, song: PreparedSong, text_hidden: torch.Tensor) -> EncodedSong:
+        enc = self.encoders
+        wav = song.wav[None]
+        lengths = torch.tensor([wav.shape[-1]], device=enc.device)
+        latents, _ = enc.dcae.encode(wav.to(enc.device, enc.dtype), lengths, sr=SAMPLE_RATE)
+        mert = mhubert = None
+        if enc.ssl is not None:
+            mert_list, mhubert_list = enc.ssl.extract(wav.to(enc.device), lengths)
+            mert, mhubert = mert_list[0], mhubert_list[0]
+        return EncodedSong(
+            row=song.row,
+            key=song.key,
+            filename=song.filename,
+            prompt=song.prompt,
+            latents=latents[0],
+            text_hidden=text_hidden,
+            lyric_ids=song.lyric_ids,
+            duration=wav.shape[-1] / SAMPLE_RATE,
+            mert=mert,
+            mhubert=mhubert,
+        )
+
+
+def run_preprocess(
+    input_path: Path,
+    prep: Path,
+    encoders: SongEncoders,
+    settings: PreprocessSettings = PreprocessSettings(),
+    options: RunOptions = RunOptions(),
+) -> RunResult:
+    """Encode this shard's pending rows into PREP; committed work survives any interruption."""
+    rows = read_filename_rows(input_path)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "input_fingerprint": input_fingerprint(rows),
+        "input_rows": len(rows),
+        **asdict(settings),
+    }
+    pipeline = SongPipeline(encoders, settings)
+    shard_rows = options.shard.rows(len(rows))
+    writer = PartWriter(
+        prep,
+        options.shard,
+        config,
+        len(shard_rows),
+        make_features=features_for_record,
+        chunk_rows=options.chunk_rows,
+        chunk_bytes=options.chunk_bytes,
+        retry_errors=options.retry_errors,
+    )
+    done = writer.done_rows
+    pending = [i for i in shard_rows if i not in done]
+    if pending:
+        (prep / MANIFEST_FILE).unlink(missing_ok=True)  # "manifest present" means every shard is done
+    result = RunResult()
+    bar = tqdm(
+        total=len(shard_rows),
+        initial=len(shard_rows) - len(pending),
+        unit="song",
+        desc=f"encoding {options.shard.folder_name}",
+        disable=not options.show_progress,
+    )
+    started = time.monotonic()
+
+    def record_error(error: ErrorRecord) -> None:
+        writer.add_error(error)
+        result.new_errors.append(error)
+        bar.update(1)
+
+    def prepared() -> Iterator[PreparedSong]:
+        for index in pending:
+            item = pipeline.prepare(index, rows[index])
+            if isinstance(item, ErrorRecord):
+                record_error(item)
+            else:
+                yield item
+
+    def decoded() -> Iterator[PreparedSong]:
+        for song, wav in ordered_prefetch(prepared(), pipeline.decode, options.num_workers):
+            if isinstance(wav, str):
+                record_error(ErrorRecord(song.row, song.key, song.filename, wav))
+            else:
+                song.wav = wav
+                yield song
+
+    try:
+        for batch in batched(decoded(), options.batch_size):
+            for item in pipeline.encode(batch):
+                if isinstance(item, ErrorRecord):
+                    record_error(item)
+                    continue
+                try:
+                    record = item.to_record()
+                except InputError as err:
+                    record_error(ErrorRecord(item.row, item.key, item.filename, err.reason))
+                    continue
+                writer.add(record, item.duration, record_nbytes(record))
+                result.encoded += 1
+                result.audio_seconds += item.duration
+                bar.update(1)
+                elapsed = max(time.monotonic() - started, 1e-9)
+                bar.set_postfix_str(f"{result.audio_seconds / elapsed:.1f} audio-s/s")
+    finally:
+        writer.flush()  # commit finished songs even when interrupted
+        bar.close()
+    result.progress = writer.progress
+    if writer.progress.complete:
+        try:
+            result.manifest = merge_parts(prep)
+        except AcestepError:
+            pass  # other shards still running; the last one to finish merges
+    return result
+
+
+def format_error_table(errors: Sequence[ErrorRecord]) -> str:
+    if not errors:
+        return "no errors"
+    width = min(max(len(Path(e.filename).name) for e in errors), 60)
+    lines = [f"{'row':>6}  {'file':<{width}}  reason"]
+    lines += [f"{e.row:>6}  {Path(e.filename).name:<{width}}  {e.reason}" for e in errors]
+    return "\n".join(lines)
+
+
+def summary_lines(prep: Path, result: RunResult) -> list[str]:
+    progress = result.progress
+    assert progress is not None
+    stats = storage_summary([(prep / progress.shard.folder_name, progress)])
+    lines = [
+        f"this run: {result.encoded} songs encoded ({result.audio_seconds:.1f} s of audio), "
+        f"{len(result.new_errors)} skipped",
+        f"{progress.shard.folder_name}: {stats['songs']} songs, {stats['errors']} skipped, "
+        f"{len(progress.done_rows)}/{progress.rows_total} rows done",
+    ]
+    if stats["bytes_per_audio_second"]:
+        lines.append(
+            f"storage: {stats['bytes'] / 2**20:.1f} MiB for {stats['audio_seconds']:.1f} s of audio = "
+            f"{stats['bytes_per_audio_second'] / 1e6:.4f} MB per second of audio"
+        )
+    if progress.errors:
+        lines += ["skipped songs:", format_error_table(progress.errors)]
+    if result.manifest is not None:
+        lines.append(f"all shards done: wrote {prep / 'manifest.json'} and {prep / 'errors.jsonl'}")
+    elif progress.complete:
+        lines.append("this shard is done; others are still missing (merge runs when the last one finishes)")
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Encode a filename dataset into training tensors (stage 3).")
+    parser.add_argument("--input_name", type=Path, help="filename dataset folder (stage 2 output)")
+    parser.add_argument("--output_dir", type=Path, required=True, help="preprocessed dataset folder")
+    parser.add_argument("--checkpoint_dir", default=None, help="ACE-Step checkpoint folder or repo id")
+    parser.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (else found automatically)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--batch_size", type=int, default=1, help="prompts per text-encoder call")
+    parser.add_argument("--max_duration", type=float, default=360.0, help="seconds kept per song")
+    parser.add_argument("--target_lufs", type=float, default=None, help="loudness-normalise (off by default)")
+    parser.add_argument("--num_workers", type=int, default=2, help="audio decoding threads")
+    parser.add_argument(
+        "--lyrics_fallback_language",
+        default=None,
+        choices=SUPPORTED_LANGUAGES,
+        help="language for lyrics whose detected language is unsupported (else skipped)",
+    )
+    parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"])
+    parser.add_argument(
+        "--ssl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="MERT + mHuBERT features for the SSL loss (on by default, as in the fork)",
+    )
+    parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), help="i/n: this process's part")
+    parser.add_argument("--merge", action="store_true", help="only merge finished shards of --output_dir")
+    parser.add_argument("--retry_errors", action="store_true", help="try previously skipped songs again")
+    args = parser.parse_args(argv)
+    if not args.merge and args.input_name is None:
+        parser.error("--input_name is required (unless --merge)")
+    return args
+
+
+def merge_main(prep: Path) -> None:
+    manifest = merge_parts(prep)
+    print(json.dumps(manifest, indent=1))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["merge"]:
+            if len(argv) != 2:
+                sys.exit("usage: python -m acestep.data.preprocess merge PREP")
+            merge_main(Path(argv[1]))
+            return
+        args = parse_args(argv)
+        if args.merge:
+            merge_main(args.output_dir)
+            return
+        from acestep.data.encoders import load_encoders
+
+        datasets.disable_progress_bars()  # one bar per chunk save would drown ours
+        settings = PreprocessSettings(
+            args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order
+        )
+        options = RunOptions(
+            shard=args.shard,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            retry_errors=args.retry_errors,
+        )
+        encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
+        result = run_preprocess(args.input_name, args.output_dir, encoders, settings, options)
+    except AcestepError as err:
+        sys.exit(f"error: {err}")
+    print("\n".join(summary_lines(args.output_dir, result)))
+
+
+if __name__ == "__main__":
+    main()
