@@ -1,0 +1,190 @@
+"""`MusicDCAE`: stereo audio <-> scaled DC-AE latents [B, 8, 16, T] (data-side.md section 2).
+
+Encode: resample to 44.1 kHz, pad to a multiple of 4096 samples, log-mel per channel, normalise, run the
+diffusers `AutoencoderDC` encoder one song at a time, then (e + 1.9091) * 0.1786. Decode reverses it and
+runs the vocoder once per channel.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+import torch
+from diffusers import AutoencoderDC
+from torch import nn
+
+from .mel import HOP, LogMelSpectrogram, denormalize_mel, normalize_mel
+from .vocoder import ADaMoSHiFiGANV1
+
+DCAE_SAMPLE_RATE = 44100
+LATENT_SCALE = 0.1786
+LATENT_SHIFT = -1.9091
+DOWNSAMPLE = 8
+SAMPLES_PER_LATENT = HOP * DOWNSAMPLE  # 4096 at 44.1 kHz
+# Overlapped decode (reference decode_overlap): latent windows of 512 frames, hop 256.
+WINDOW_LATENTS = 512
+WINDOW_HOP = 256
+VOCODER_BLOCK_MELS = 512
+VOCODER_OVERLAP = 1024
+CROSSFADE = 128
+
+
+def resample_batch(wavs: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
+    """[..., T] resampled with soxr HQ; length ceil(T * target / source) like the reference's resampler."""
+    if source_rate == target_rate:
+        return wavs
+    flat = wavs.detach().float().cpu().reshape(-1, wavs.shape[-1]).numpy()
+    length = math.ceil(wavs.shape[-1] * target_rate / source_rate)
+    out = np.asarray(soxr.resample(np.ascontiguousarray(flat.T), source_rate, target_rate, quality="HQ")).T
+    out = out.reshape(flat.shape[0], -1)[:, :length]
+    if out.shape[1] < length:
+        out = np.pad(out, ((0, 0), (0, length - out.shape[1])))
+    return torch.from_numpy(np.ascontiguousarray(out)).reshape(*wavs.shape[:-1], length).to(wavs.device, wavs.dtype)
+
+
+def latent_length_for_samples(num_samples: int, sample_rate: int = 48000) -> int:
+    """Training-side latent length: ceil(ceil(T * 44100 / sr) / 4096) (30 s at 48 kHz -> 323)."""
+    resampled = math.ceil(num_samples * DCAE_SAMPLE_RATE / sample_rate)
+    return math.ceil(resampled / SAMPLES_PER_LATENT)
+
+
+class MusicDCAE(nn.Module):
+    """DC-AE plus (optionally) the vocoder, with the reference's scale/shift and length rules."""
+
+    def __init__(self, dcae: AutoencoderDC, vocoder: ADaMoSHiFiGANV1 | None = None) -> None:
+        super().__init__()
+        self.dcae = dcae
+        self.vocoder = vocoder
+        self.mel = LogMelSpectrogram()
+
+    @classmethod
+    def from_pretrained(
+        cls, dcae_dir: str | Path, vocoder_dir: str | Path | None = None, torch_dtype: torch.dtype = torch.float32
+    ) -> MusicDCAE:
+        dcae = AutoencoderDC.from_pretrained(str(dcae_dir), torch_dtype=torch_dtype).eval()
+        vocoder = None
+        if vocoder_dir is not None:
+            vocoder = ADaMoSHiFiGANV1.from_pretrained(str(vocoder_dir), torch_dtype=torch_dtype).eval()
+        return cls(dcae, vocoder)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.dcae.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dcae.parameters()).device
+
+    @torch.no_grad()
+    def encode(
+        self, wavs: torch.Tensor, wav_lengths: torch.Tensor | None = None, sr: int = 48000
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 2, T] at `sr` -> (latents [B, 8, 16, ceil(T'/4096)], valid latent lengths [B])."""
+        if wav_lengths is None:
+            wav_lengths = torch.full((wavs.shape[0],), wavs.shape[-1], dtype=torch.long)
+        audio = resample_batch(wavs, sr, DCAE_SAMPLE_RATE)
+        padded = math.ceil(audio.shape[-1] / SAMPLES_PER_LATENT) * SAMPLES_PER_LATENT
+        audio = torch.nn.functional.pad(audio, (0, padded - audio.shape[-1]))
+        mels = normalize_mel(self.mel(audio.to(self.device).float()))
+        latents = [
+            self.dcae.encoder(mel[None].to(self.dtype)) for mel in mels
+        ]
+        latents = (torch.cat(latents, dim=0).float() - LATENT_SHIFT) * LATENT_SCALE
+        lengths = torch.floor(wav_lengths.float() / sr * DCAE_SAMPLE_RATE / SAMPLES_PER_LATENT).long()
+        return latents, lengths
+
+    def _decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [1, 8, 16, T] -> log-mel [2, 128, 8T] (not normalised)."""
+        raw = (latents.float() / LATENT_SCALE + LATENT_SHIFT).to(self.dtype)
+        return denormalize_mel(self.dcae.decoder(raw).float())[0]
+
+    def _decode_mel_overlapped(self, latents: torch.Tensor) -> torch.Tensor:
+        """Long songs in 512-frame latent windows keeping the central parts (reference decode_overlap stage 1)."""
+        total = latents.shape[-1]
+        margin = (WINDOW_LATENTS - WINDOW_HOP) // 2 * DOWNSAMPLE  # 1024 mel frames
+        pieces = []
+        starts = list(range(0, max(total - WINDOW_LATENTS, 0) + WINDOW_HOP, WINDOW_HOP))
+        for index, start in enumerate(starts):
+            mel = self._decode_mel(latents[..., start : start + WINDOW_LATENTS])
+            first, last = index == 0, start + WINDOW_LATENTS >= total
+            begin = 0 if first else margin
+            end = mel.shape[-1] if last else mel.shape[-1] - margin
+            pieces.append(mel[..., begin:end])
+            if last:
+                break
+        return torch.cat(pieces, dim=-1)[..., : total * DOWNSAMPLE]
+
+    def _vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """[2, 128, F] -> [2, 512 F]: the vocoder is mono and runs once per channel."""
+        return self.vocoder.decode(mel.to(self.device))[:, 0].float()
+
+    def _vocode_overlapped(self, mel: torch.Tensor) -> torch.Tensor:
+        """512-frame vocoder blocks joined with a short linear cross-fade inside a 1024-sample overlap."""
+        block = VOCODER_BLOCK_MELS * HOP
+        hop_samples = block - VOCODER_OVERLAP
+        total = mel.shape[-1] * HOP
+        out = torch.zeros(mel.shape[0], total)
+        fade_in = torch.linspace(0, 1, CROSSFADE)
+        start = 0
+        while True:
+            first_frame = start // HOP
+            chunk = mel[..., first_frame : first_frame + VOCODER_BLOCK_MELS]
+            if chunk.shape[-1] < VOCODER_BLOCK_MELS:
+                chunk = torch.nn.functional.pad(chunk, (0, VOCODER_BLOCK_MELS - chunk.shape[-1]), value=mel.min().item())
+            wav = self._vocode(chunk)
+            end = min(start + block, total)
+            piece = wav[:, : end - start]
+            if start == 0:
+                out[:, :end] = piece
+            else:
+                center = VOCODER_OVERLAP // 2 - CROSSFADE // 2
+                out[:, start + center : start + center + CROSSFADE] = (
+                    out[:, start + center : start + center + CROSSFADE] * (1 - fade_in)
+                    + piece[:, center : center + CROSSFADE] * fade_in
+                )
+                out[:, start + center + CROSSFADE : end] = piece[:, center + CROSSFADE :]
+            if end >= total:
+                return out
+            start += hop_samples
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, sr: int = DCAE_SAMPLE_RATE, overlapped: bool | None = None) -> list[torch.Tensor]:
+        """Scaled latents [B, 8, 16, T] -> list of stereo waveforms [2, 4096 T * sr / 44100]."""
+        if self.vocoder is None:
+            raise RuntimeError("MusicDCAE was loaded without a vocoder; pass vocoder_dir to decode audio")
+        outputs = []
+        for item in latents:
+            long_song = item.shape[-1] > WINDOW_LATENTS
+            use_overlap = long_song if overlapped is None else overlapped
+            if use_overlap:
+                wav = self._vocode_overlapped(self._decode_mel_overlapped(item[None].to(self.device)))
+            else:
+                wav = self._vocode(self._decode_mel(item[None].to(self.device)))
+            outputs.append(resample_batch(wav.cpu(), DCAE_SAMPLE_RATE, sr))
+        return outputs
+
+
+def tiny_dcae_config() -> dict[str, Any]:
+    """An AutoencoderDC with the published family (2 -> 8 channels, downsampling 8) and tiny widths."""
+    return {
+        "in_channels": 2,
+        "latent_channels": 8,
+        "attention_head_dim": 8,
+        "encoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+        "decoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+        "encoder_block_out_channels": [8, 8, 16, 16],
+        "decoder_block_out_channels": [8, 8, 16, 16],
+        "encoder_layers_per_block": [1, 1, 1, 1],
+        "decoder_layers_per_block": [1, 1, 1, 1],
+        "encoder_qkv_multiscales": [[], [], [5], [5]],
+        "decoder_qkv_multiscales": [[], [], [5], [5]],
+        "downsample_block_type": "Conv",
+        "upsample_block_type": "interpolate",
+        "decoder_norm_types": "rms_norm",
+        "decoder_act_fns": "silu",
+        "scaling_factor": 0.41407,
+    }
