@@ -1,0 +1,88 @@
+"""The tiny checkpoint loads through the same code as the real one; incomplete folders fail clearly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import acestep.checkpoint as checkpoint_module
+from acestep.checkpoint import REPO_ID, resolve_checkpoint
+from acestep.errors import CheckpointError
+from acestep.lyrics import LyricTokenizer
+from acestep.models import ACEStepTransformer2DModel
+from acestep.models.dcae import MusicDCAE
+from acestep.models.ssl import MERT_SPEC, SSLFeatureExtractor, load_hubert
+from acestep.text_encoder import TextEncoder, format_prompt
+
+
+def test_tiny_checkpoint_loads_every_component(tiny_checkpoint: Path) -> None:
+    paths = resolve_checkpoint(tiny_checkpoint)
+    transformer = ACEStepTransformer2DModel.from_pretrained(paths.transformer)
+    dcae = MusicDCAE.from_pretrained(paths.dcae, paths.vocoder)
+    text = TextEncoder.from_pretrained(paths.text_encoder)
+    lyrics = LyricTokenizer.from_file(paths.lyrics_vocab)
+    assert transformer.config.lyric_encoder_vocab_size == lyrics.vocab_size
+    assert transformer.config.text_embedding_dim == text.hidden_size
+    hidden, mask = text.encode(["pop, piano, upbeat", "rock"])
+    assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == text.hidden_size
+    assert mask[1].sum() < mask[0].sum()
+    latents, _ = dcae.encode(torch.randn(1, 2, 48000 * 3) * 0.1)
+    assert latents.shape == (1, 8, 16, 33)
+    assert Path(paths.mert).name == "mert" and Path(paths.mhubert).name == "mhubert"
+
+
+def test_missing_parts_are_listed(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    shutil.rmtree(broken / "music_vocoder")
+    (broken / "umt5-base" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError) as error:
+        resolve_checkpoint(broken)
+    message = str(error.value)
+    assert "music_vocoder/config.json" in message and "umt5-base/model.safetensors" in message
+    assert REPO_ID in message
+
+
+def test_repo_ids_are_downloaded_and_folders_are_not(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_download(repo_id: str, cache_dir: Path) -> Path:
+        calls.append(repo_id)
+        return tiny_checkpoint
+
+    monkeypatch.setattr(checkpoint_module, "_download", fake_download)
+    assert resolve_checkpoint("someone/some-model").root == tiny_checkpoint
+    assert calls == ["someone/some-model"]
+    resolve_checkpoint(tiny_checkpoint)
+    assert calls == ["someone/some-model"]
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint("someone/some-model", download=False)
+
+
+def test_format_prompt_orders() -> None:
+    tags = ["pop", " piano ", "", "upbeat"]
+    assert format_prompt(tags) == "pop, piano, upbeat"
+    shuffled = format_prompt(tags, "shuffle", seed=3)
+    assert sorted(shuffled.split(", ")) == ["piano", "pop", "upbeat"]
+    assert shuffled == format_prompt(tags, "shuffle", seed=3)
+    with pytest.raises(ValueError, match="tag order"):
+        format_prompt(tags, "random")
+
+
+def test_mert_layout_loads_as_hubert_and_features_follow_the_frame_rule(tiny_checkpoint: Path) -> None:
+    paths = resolve_checkpoint(tiny_checkpoint)
+    model = load_hubert(paths.mert)
+    assert type(model).__name__ == "HubertModel" and model.config.do_stable_layer_norm
+    ssl = SSLFeatureExtractor.from_pretrained(paths.mert, paths.mhubert)
+    seconds = 7
+    wavs = torch.randn(2, 2, 48000 * seconds) * 0.1
+    mert, mhubert = ssl.extract(wavs, torch.tensor([48000 * seconds, 48000 * 4]))
+    # MERT: 5 s chunks at 24 kHz, ceil(len / 320) frames each, capped at 374 per full chunk.
+    assert mert[0].shape == (374 + -(-2 * 24000 // 320), 32)
+    assert mert[1].shape[0] == -(-4 * 24000 // 320)
+    assert mhubert[0].shape == (-(-seconds * 16000 // 320), 24)
+    assert abs(mert[0].shape[0] / seconds - 75) < 1 and abs(mhubert[0].shape[0] / seconds - 50) < 1
+    assert MERT_SPEC.chunk_samples == 120000
