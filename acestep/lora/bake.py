@@ -16,105 +16,133 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AcestepError
+from ..errors import AcestepError, InputError
 from .io import (
     DIFFUSERS_METADATA,
     META_BAKED_SCALE,
     META_BASE_MODEL,
-    load_adapter,
-    module_pairs,
+    LoraFile,
+    LoraModule,
+    read_lora,
     save_safetensors_atomic,
     settings_from_metadata,
+    weights_path,
 )
+from .keys import STYLES, factor_keys
 from .settings import LoraSettings
 
-KEY_STYLES = ("peft", "diffusion_model", "kohya")
+
+def module_scales(
+    lora: LoraFile, settings: LoraSettings | None = None, fallback: float | None = None
+) -> dict[str, float]:
+    """The scale each module was trained with: 1 if baked, else `.alpha`/rank, else from the header or `settings`,
+    else `fallback` (an error when None).
+
+    The file's own header wins over `settings` (it records what was really trained).
+    """
+    if lora.baked:
+        return dict.fromkeys(lora.modules, 1.0)
+    settings = settings_from_metadata(lora.metadata) or settings
+    scales = {}
+    for name, module in lora.modules.items():
+        if module.alpha is not None:
+            scales[name] = module.alpha / module.rank
+        elif settings is not None:
+            scales[name] = settings.module_scale(name, module.rank)
+        elif fallback is not None:
+            scales[name] = fallback
+        else:
+            raise InputError(lora.path, "the file does not say its rank/alpha/rsLoRA; pass --lora_config_path "
+                             "(e.g. config/lora_config.json, the config it was trained with)")
+    return scales
 
 
-def baked_key_names(module: str, style: str) -> tuple[str, str, str | None]:
-    """(A key, B key, alpha key or None) for a module path in the requested key style."""
-    if style == "peft":
-        return f"{module}.lora_A.weight", f"{module}.lora_B.weight", None
-    if style == "diffusion_model":
-        prefix = f"diffusion_model.{module}"
-        return f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight", f"{prefix}.alpha"
-    prefix = "lora_unet_" + module.replace(".", "_")
-    return f"{prefix}.lora_down.weight", f"{prefix}.lora_up.weight", f"{prefix}.alpha"
+def scale_into_factors(modules: dict[str, LoraModule], scales: dict[str, float]) -> dict[str, LoraModule]:
+    """sqrt(|s|) on each factor (sign on up), multiplied in fp32 and stored in the factor's own dtype."""
+    baked = {}
+    for name, module in modules.items():
+        root = math.sqrt(abs(scales[name]))
+        sign = -1.0 if scales[name] < 0 else 1.0
+        baked[name] = LoraModule(
+            down=(module.down.float() * root).to(module.down.dtype),
+            up=(module.up.float() * (sign * root)).to(module.up.dtype),
+        )
+    return baked
 
 
-def bake_tensors(
-    tensors: dict[str, torch.Tensor], settings: LoraSettings, style: str = "peft"
-) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Scaled factors (fp32 multiply, stored dtype kept) and the per-module ranks read from the shapes."""
-    if style not in KEY_STYLES:
-        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(KEY_STYLES)}")
-    baked: dict[str, torch.Tensor] = {}
-    ranks: dict[str, int] = {}
-    for module, (a, b) in module_pairs(tensors).items():
-        rank = a.shape[0]
-        root = math.sqrt(settings.module_scale(module, rank))
-        a_key, b_key, alpha_key = baked_key_names(module, style)
-        baked[a_key] = (a.float() * root).to(a.dtype)
-        baked[b_key] = (b.float() * root).to(b.dtype)
-        if alpha_key is not None:
-            # alpha = rank makes ComfyUI's alpha/rank exactly 1: the scale is already in the weights.
-            baked[alpha_key] = torch.tensor(float(rank))
-        ranks[module] = rank
-    if not ranks:
-        raise AcestepError("no LoRA factors (*.lora_A.weight / *.lora_B.weight) found in the file")
-    return baked, ranks
-
-
-def neutral_metadata(settings: LoraSettings, ranks: dict[str, int], base_model: str | None) -> dict[str, str]:
-    """A header that no loader turns into a second scale; provenance under our own keys."""
-    metadata = {
-        "format": "pt",
-        META_BAKED_SCALE: json.dumps({"r": settings.r, "lora_alpha": settings.lora_alpha,
-                                      "use_rslora": settings.use_rslora, "scale": settings.scale}),
-    }
+def neutral_metadata(ranks: dict[str, int], style: str, provenance: dict, base_model: str | None) -> dict[str, str]:
+    """A header no loader turns into a second scale; provenance under our own key (also the 'baked' marker)."""
+    metadata = {"format": "pt", META_BAKED_SCALE: json.dumps(provenance, sort_keys=True)}
     if base_model:
         metadata[META_BASE_MODEL] = base_model
     distinct = sorted(set(ranks.values()))
-    if len(distinct) > 1:
-        # diffusers would otherwise take the first module's rank as alpha for all: spell out alpha = rank.
+    if style == "peft" and len(distinct) > 1:
+        # Without a config diffusers takes the first module's rank as alpha for all: spell out alpha = rank.
         first = next(iter(ranks.values()))
         metadata[DIFFUSERS_METADATA] = json.dumps({
             "r": first, "lora_alpha": first, "use_rslora": False, "use_dora": False,
             "target_modules": sorted(ranks), "rank_pattern": ranks, "alpha_pattern": ranks,
         })
+    if style == "kohya" and len(distinct) == 1:
+        # Read by kohya-style tools only; alpha = dim matches the `.alpha` tensors (scale 1).
+        metadata["ss_network_dim"] = metadata["ss_network_alpha"] = str(distinct[0])
     return metadata
 
 
-def is_baked(metadata: dict[str, str]) -> bool:
-    return META_BAKED_SCALE in metadata
+def save_baked(
+    modules: dict[str, LoraModule], dst: str | Path, style: str, provenance: dict, base_model: str | None = None
+) -> Path:
+    """Write factors that already hold their scale, in one key style, with `.alpha = rank` where the style has it.
+
+    `dst` may be an existing folder: the file is then `dst/pytorch_lora_weights.safetensors`, the name the upstream
+    pipeline's load_lora looks for.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        down_key, up_key, alpha_key = factor_keys(name, style)
+        tensors[down_key] = module.down
+        tensors[up_key] = module.up
+        if alpha_key is not None:
+            # alpha = rank makes ComfyUI's alpha/rank exactly 1: the scale is already in the weights.
+            tensors[alpha_key] = torch.tensor(float(module.rank))
+    ranks = {name: module.rank for name, module in modules.items()}
+    return save_safetensors_atomic(tensors, weights_path(dst), neutral_metadata(ranks, style, provenance, base_model))
+
+
+def provenance(lora: LoraFile, scales: dict[str, float], action: str, settings: LoraSettings | None = None) -> dict:
+    """What was done to which scales, for people reading the header later."""
+    record: dict = {"action": action, "scale_min": min(scales.values()), "scale_max": max(scales.values())}
+    settings = settings_from_metadata(lora.metadata) or settings
+    if settings is not None and not lora.baked:
+        record.update(r=settings.r, lora_alpha=settings.lora_alpha, use_rslora=settings.use_rslora)
+    return record
 
 
 def bake_file(
     src: str | Path, dst: str | Path, settings: LoraSettings | None = None, style: str = "peft"
 ) -> Path:
-    """Write the baked copy of `src` to `dst` atomically; refuse a file that is baked already."""
-    tensors, metadata = load_adapter(src)
-    if is_baked(metadata):
-        raise AcestepError(f"{src}: already baked (alpha is in the weights); baking again would apply it twice")
-    settings = settings_from_metadata(metadata) or settings
-    if settings is None:
-        raise AcestepError(
-            f"{src}: the file does not say its rank/alpha/rsLoRA; pass --lora_config_path (e.g. config/lora_config.json)"
-        )
-    baked, ranks = bake_tensors(tensors, settings, style)
-    return save_safetensors_atomic(baked, Path(dst), neutral_metadata(settings, ranks, metadata.get(META_BASE_MODEL)))
+    """Write the baked copy of `src` (file or folder) to `dst` atomically; refuse a file that is baked already."""
+    if style not in STYLES:
+        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    lora = read_lora(src)
+    if lora.baked:
+        raise InputError(lora.path, "already baked (alpha is in the weights); baking again would apply it twice")
+    scales = module_scales(lora, settings)
+    baked = scale_into_factors(lora.modules, scales)
+    return save_baked(baked, dst, style, provenance(lora, scales, "bake", settings), lora.base_model)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Bake LoRA alpha into the weights (loads at strength 1 in ComfyUI).")
+    """add_alpha_in_lora.py: the reference fork's flag names."""
+    parser = argparse.ArgumentParser(description="Bake LoRA alpha into the weights (load it at strength 1.0).")
     parser.add_argument("--input_name", required=True, help="LoRA .safetensors file or a folder holding one")
     parser.add_argument("--output_name", required=True, help="where to write the baked .safetensors file")
     parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings")
-    parser.add_argument("--key_style", choices=KEY_STYLES, default="peft",
+    parser.add_argument("--key_style", choices=STYLES, default="peft",
                         help="peft: bare names (ComfyUI + upstream); diffusion_model / kohya: prefixed, with .alpha")
     args = parser.parse_args(argv)
-    settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
     try:
+        settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         out = bake_file(args.input_name, args.output_name, settings, args.key_style)
     except AcestepError as error:
         sys.exit(f"error: {error}")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import AcestepError
+from ..errors import InputError
+from .keys import detect_style, module_path, split_key
 from .settings import LoraSettings
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -35,14 +37,12 @@ def weights_path(path: str | Path) -> Path:
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     """Write next to the target, then rename: a crash never leaves a half-written adapter."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # not mkstemp: it would make the file 0600
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temp, metadata=metadata)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temp), metadata=metadata)
         os.replace(temp, path)
     finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+        temp.unlink(missing_ok=True)
     return path
 
 
@@ -68,13 +68,13 @@ def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     """(tensors, header metadata) of a LoRA file or folder; clear error when it is missing or unreadable."""
     file = weights_path(path)
     if not file.is_file():
-        raise AcestepError(f"{file}: LoRA file not found")
+        raise InputError(file, "LoRA file not found")
     try:
         with safe_open(str(file), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # noqa: BLE001 - safetensors raises several error types for bad files
-        raise AcestepError(f"{file}: not a readable safetensors LoRA file: {error}") from error
+        raise InputError(file, f"not a readable safetensors LoRA file: {error}") from error
     return tensors, metadata
 
 
@@ -86,14 +86,65 @@ def settings_from_metadata(metadata: dict[str, str]) -> LoraSettings | None:
     return None
 
 
-def module_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module path -> (A [r, in], B [out, r]) for every module with both PEFT factors."""
-    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key, a in tensors.items():
-        if key.endswith(".lora_A.weight"):
-            module = key[: -len(".lora_A.weight")]
-            b = tensors.get(f"{module}.lora_B.weight")
-            if b is None:
-                raise AcestepError(f"{module}: lora_A without lora_B")
-            pairs[module] = (a, b)
-    return pairs
+@dataclass
+class LoraModule:
+    """One adapted layer: dW = scale * up @ down (flattened for conv layers)."""
+
+    down: torch.Tensor  # lora_A [r, in, *kernel]
+    up: torch.Tensor  # lora_B [out, r, *1]
+    alpha: float | None = None  # from a `<key>.alpha` tensor (ComfyUI's alpha / rank), if the file has one
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def delta(self, scale: float = 1.0) -> torch.Tensor:
+        """scale * up @ down in fp32, with shape [out, in * kernel]."""
+        return scale * (self.up.float().flatten(1) @ self.down.float().flatten(1))
+
+
+@dataclass
+class LoraFile:
+    path: Path
+    modules: dict[str, LoraModule]
+    metadata: dict[str, str]
+    style: str
+
+    @property
+    def baked(self) -> bool:
+        return META_BAKED_SCALE in self.metadata
+
+    @property
+    def base_model(self) -> str | None:
+        return self.metadata.get(META_BASE_MODEL)
+
+
+def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> LoraFile:
+    """Any supported key spelling -> module path -> factors; a clear error for keys we cannot use.
+
+    `kohya_lookup` maps kohya names to module paths (default: the published transformer's modules).
+    """
+    tensors, metadata = load_adapter(path)
+    file = weights_path(path)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        split = split_key(key)
+        if split is None:
+            raise InputError(file, f"unsupported tensor {key!r} (only LoRA down/up factors and .alpha are handled)")
+        stem, role = split
+        module = module_path(stem, kohya_lookup)
+        if module is None:
+            raise InputError(file, f"{key!r} names no module of the ACE-Step transformer")
+        parts.setdefault(module, {})[role] = tensor
+    modules = {}
+    for module, roles in parts.items():
+        if "down" not in roles or "up" not in roles:
+            raise InputError(file, f"{module}: needs both LoRA factors, found only {sorted(roles)}")
+        down, up = roles["down"], roles["up"]
+        if up.shape[1] != down.shape[0]:
+            raise InputError(file, f"{module}: factor shapes {tuple(up.shape)} x {tuple(down.shape)} do not chain")
+        alpha = roles.get("alpha")
+        modules[module] = LoraModule(down, up, None if alpha is None else float(alpha.float().item()))
+    if not modules:
+        raise InputError(file, "no LoRA factors in the file")
+    return LoraFile(file, modules, metadata, detect_style(tensors))

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AcestepError
+from peft.utils.other import get_pattern_key
+
+from ..errors import AcestepError, InputError
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,8 @@ class LoraSettings:
 
     def module_scale(self, module: str, rank: int) -> float:
         """Scale of one module; its rank comes from the tensor shapes, its alpha from alpha_pattern if listed."""
-        alpha = next((a for key, a in self.alpha_pattern.items() if module == key or module.endswith("." + key)),
-                     self.lora_alpha)
-        return self.scale_for(rank, alpha)
+        key = get_pattern_key(list(self.alpha_pattern), module)  # PEFT's own regex match
+        return self.scale_for(rank, self.alpha_pattern.get(key, self.lora_alpha))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
@@ -56,8 +57,11 @@ class LoraSettings:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise AcestepError(f"{path}: cannot read LoRA config: {error}") from error
-        return cls.from_dict(data)
+            raise InputError(path, f"cannot read LoRA config: {error}") from error
+        try:
+            return cls.from_dict(data)
+        except AcestepError as error:
+            raise InputError(path, str(error)) from error
 
     def to_peft_kwargs(self) -> dict[str, Any]:
         """Arguments for `peft.LoraConfig`."""

@@ -1,0 +1,83 @@
+"""`python -m acestep.lora inspect|bake|convert|resize|merge`: thin argparse layer over the LoRA file tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AcestepError
+from .bake import bake_file
+from .convert import convert_file
+from .inspect import format_report, inspect_lora
+from .keys import STYLES
+from .merge import DTYPES, merge_file
+from .resize import METHODS, format_resize_table, rank_advice, resize_file
+from .settings import LoraSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m acestep.lora", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def lora_command(name: str, help_text: str, output: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("input", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors")
+        if output:
+            sub.add_argument("output", help="the .safetensors file to write")
+            sub.add_argument("--key_style", choices=STYLES, default="peft",
+                             help="peft: bare names (ComfyUI + upstream pipeline, default); "
+                                  "diffusion_model / kohya: prefixed names with .alpha = rank (ComfyUI, kohya tools)")
+        sub.add_argument("--lora_config_path", help="the LoRA config it was trained with, for files that do not say")
+        return sub
+
+    lora_command("inspect", "list modules, ranks, alpha, scale and |delta W| per module", output=False)
+    lora_command("bake", "bake the trained scale into the weights (then load at strength 1.0)")
+    convert = lora_command("convert", "rewrite in another key style, scale baked in")
+    convert.add_argument("--already_baked", action="store_true",
+                         help="the file holds its scale already (baked by another tool) though it does not say so")
+    resize = lora_command("resize", "reduce the rank by SVD (fixed or dynamic), baked")
+    resize.add_argument("--method", choices=METHODS, default="rank",
+                        help="rank: fixed --rank; sv_ratio / sv_fro / sv_cumulative: smallest rank reaching --target")
+    resize.add_argument("--rank", type=int, help="the new rank (method rank) or the largest allowed (dynamic)")
+    resize.add_argument("--target", type=float,
+                        help="sv_ratio: keep s >= s_max/target (e.g. 4); sv_fro / sv_cumulative: fraction (e.g. 0.9)")
+    resize.add_argument("--table", action="store_true", help="print the per-module table")
+
+    merge = commands.add_parser("merge", help="add a LoRA into the transformer weights, save a checkpoint folder")
+    merge.add_argument("transformer", help="checkpoint root, ace_step_transformer/ folder or a .safetensors file")
+    merge.add_argument("lora", help="LoRA .safetensors file or folder")
+    merge.add_argument("output", help="the transformer folder to write (config.json + safetensors)")
+    merge.add_argument("--strength", type=float, default=1.0, help="as the strength slider in ComfyUI (default 1.0)")
+    merge.add_argument("--lora_config_path", help="the LoRA config it was trained with, for files that do not say")
+    merge.add_argument("--config", help="transformer config.json, when the weights are a single file")
+    merge.add_argument("--dtype", choices=DTYPES, help="store the merged weights in this dtype (default: as read)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def run(args: argparse.Namespace) -> str:
+    settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
+    if args.command == "inspect":
+        return format_report(inspect_lora(args.input, settings))
+    if args.command == "bake":
+        return f"baked LoRA written to {bake_file(args.input, args.output, settings, args.key_style)}" \
+               " (load it at strength 1.0)"
+    if args.command == "convert":
+        out = convert_file(args.input, args.output, args.key_style, settings, args.already_baked)
+        return f"{args.key_style}-style LoRA written to {out} (scale baked in: load it at strength 1.0)"
+    if args.command == "resize":
+        out, reports = resize_file(args.input, args.output, args.method, args.rank, args.target, settings,
+                                   args.key_style)
+        table = format_resize_table(reports) + "\n" if args.table else ""
+        return f"{table}{rank_advice(reports)}\nresized LoRA written to {out} (load it at strength 1.0)"
+    out = merge_file(args.transformer, args.lora, args.output, args.strength, settings, args.config, args.dtype,
+                     args.overwrite)
+    return f"merged transformer written to {out}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        print(run(args))
+    except AcestepError as error:
+        sys.exit(f"error: {error}")

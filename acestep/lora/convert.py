@@ -1,0 +1,32 @@
+"""Rewrite a LoRA in another key spelling (peft / diffusion_model / kohya), with its scale baked in.
+
+Any input spelling is read (kohya names are resolved against the transformer's module paths). The output holds
+the same delta W at strength 1: un-baked inputs get their trained scale baked in, `.alpha` becomes the rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AcestepError
+from .bake import module_scales, provenance, save_baked, scale_into_factors
+from .io import read_lora
+from .keys import STYLES
+from .settings import LoraSettings
+
+
+def convert_file(
+    src: str | Path,
+    dst: str | Path,
+    style: str = "kohya",
+    settings: LoraSettings | None = None,
+    already_baked: bool = False,
+) -> Path:
+    """`already_baked`: a file without scale information holds its scale already (e.g. another tool baked it)."""
+    if style not in STYLES:
+        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    lora = read_lora(src)
+    scales = module_scales(lora, settings, fallback=1.0 if already_baked else None)
+    factors = scale_into_factors(lora.modules, scales)
+    return save_baked(factors, dst, style, provenance(lora, scales, f"convert {lora.style} -> {style}", settings),
+                      lora.base_model)

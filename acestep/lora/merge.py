@@ -1,0 +1,152 @@
+"""Add a LoRA at a strength into the transformer weights and save a plain checkpoint folder (no adapter needed).
+
+W' = W + strength * scale * B @ A, computed in fp32 and stored in W's dtype (or the requested one). The input is
+a checkpoint root (with ace_step_transformer/), a transformer folder (config.json + safetensors, sharded or not)
+or a single .safetensors file (config: --config, else the published one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from huggingface_hub import save_torch_state_dict
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from ..errors import AcestepError, CheckpointError
+from .bake import module_scales
+from .io import LoraFile, read_lora
+from .keys import kohya_lookup_for
+from .settings import LoraSettings
+
+TRANSFORMER_SUBFOLDER = "ace_step_transformer"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+INDEX_FILE = WEIGHTS_FILE + ".index.json"
+CLASS_NAME = "ACEStepTransformer2DModel"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_transformer_weights(
+    path: str | Path, config_path: str | Path | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state dict) of a checkpoint root, a transformer folder or one .safetensors file."""
+    path = Path(path)
+    if (path / TRANSFORMER_SUBFOLDER).is_dir():
+        path = path / TRANSFORMER_SUBFOLDER
+    if path.is_dir():
+        config_file = Path(config_path) if config_path else path / "config.json"
+        if (path / INDEX_FILE).is_file():
+            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+            files = [path / name for name in sorted(set(weight_map.values()))]
+        elif (path / WEIGHTS_FILE).is_file():
+            files = [path / WEIGHTS_FILE]
+        else:
+            raise CheckpointError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE} in the transformer folder")
+    elif path.is_file():
+        config_file = Path(config_path) if config_path else None
+        files = [path]
+    else:
+        raise CheckpointError(f"{path}: transformer checkpoint not found")
+    config = read_config(config_file)
+    state: dict[str, torch.Tensor] = {}
+    for file in tqdm(files, desc="load", unit="file", disable=None):
+        try:
+            state.update(load_file(str(file)))
+        except Exception as error:  # noqa: BLE001 - safetensors raises several error types for bad files
+            raise CheckpointError(f"{file}: not a readable safetensors file: {error}") from error
+    if all(key.startswith("diffusion_model.") for key in state):  # a ComfyUI-style single file
+        state = {key.removeprefix("diffusion_model."): value for key, value in state.items()}
+    return config, state
+
+
+def read_config(config_file: Path | None) -> dict:
+    if config_file is None:
+        from ..models.configs import PUBLISHED_TRANSFORMER_CONFIG
+
+        return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_file}: cannot read the transformer config: {error}") from error
+
+
+def merge_into(state: dict[str, torch.Tensor], lora: LoraFile, scales: dict[str, float], strength: float) -> None:
+    """Add every module's delta to its weight in place; all modules are checked before anything changes."""
+    for name, module in lora.modules.items():
+        weight = state.get(f"{name}.weight")
+        if weight is None:
+            raise CheckpointError(f"{lora.path}: module {name} is not in the transformer checkpoint")
+        if weight.flatten(1).shape != (module.up.shape[0], module.down.flatten(1).shape[1]):
+            raise CheckpointError(f"{lora.path}: {name} is {tuple(weight.shape)} in the checkpoint, the LoRA "
+                                  f"gives {module.up.shape[0]} x {module.down.flatten(1).shape[1]}")
+    for name in tqdm(lora.modules, desc="merge", unit="module", disable=None):
+        key = f"{name}.weight"
+        weight = state[key]
+        delta = lora.modules[name].delta(strength * scales[name]).reshape(weight.shape)
+        state[key] = (weight.float() + delta).to(weight.dtype)
+
+
+def save_transformer_folder(state: dict[str, torch.Tensor], config: dict, out: Path, overwrite: bool) -> Path:
+    """Write config.json + safetensors shards into a temp sibling, then rename it onto `out`."""
+    if out.exists() and not overwrite:
+        raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        temp.mkdir()
+        save_torch_state_dict(state, temp, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                              max_shard_size="10GB", metadata={"format": "pt"})
+        (temp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)  # a folder cannot be replaced onto a non-empty one (Windows): swap instead
+        os.replace(temp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out
+
+
+def merge_file(
+    transformer: str | Path,
+    lora_path: str | Path,
+    out: str | Path,
+    strength: float = 1.0,
+    settings: LoraSettings | None = None,
+    config_path: str | Path | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Merge `lora_path` at `strength` into the transformer and write a full transformer folder to `out`."""
+    out = Path(out)
+    source = Path(transformer).resolve()
+    if out.resolve() in (source, source / TRANSFORMER_SUBFOLDER):
+        raise AcestepError(f"{out}: write the merged model to a new folder, not over its source")
+    config, state = load_transformer_weights(transformer, config_path)
+    check_matches_config(config, state, Path(transformer))
+    modules = {key.removesuffix(".weight") for key in state if key.endswith(".weight")}
+    lora = read_lora(lora_path, kohya_lookup=kohya_lookup_for(modules))
+    if dtype is not None:
+        state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
+    merge_into(state, lora, module_scales(lora, settings), strength)
+    return save_transformer_folder(state, config, out, overwrite)
+
+
+def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:
+    """The weights must be exactly what the config builds, or the saved folder would not load."""
+    from ..models import ACEStepTransformer2DModel
+
+    with torch.device("meta"):
+        expected = ACEStepTransformer2DModel.from_config(config).state_dict()
+    wrong = sorted(key for key in expected.keys() | state.keys()
+                   if key not in state or key not in expected or expected[key].shape != state[key].shape)
+    if wrong:
+        raise CheckpointError(f"{source}: the weights do not match the transformer config "
+                              f"({len(wrong)} keys differ, e.g. {', '.join(wrong[:3])}); pass the right --config")
