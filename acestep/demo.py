@@ -1,0 +1,233 @@
+"""`python demo.py`: the whole chain in one command, on CPU, in a few minutes.
+
+Without options it writes a tiny random checkpoint and a handful of synthetic songs (tones and noise with
+prompt/lyrics side files), then runs stage 2 (filename dataset), stage 3 (preprocessing), stage 4 (LoRA
+training, a few dozen steps), and points at the baked ComfyUI file and a loss-curve PNG. With
+--checkpoint_dir (the real model) and --data_dir (your songs) the same chain does real work.
+Everything goes under --output_dir (./demo_output); nothing there is ever deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from acestep.errors import AcestepError
+
+SAMPLE_RATE = 48000
+TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
+DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
+# (prompt tags, lyrics, base frequency in Hz) of the generated songs
+SYNTHETIC_SONGS = [
+    ("ambient, synth, calm, slow", "[instrumental]", 220.0),
+    ("electronic, bass, energetic, fast", "[verse]\nlights go on\nwe move along\n\n[chorus]\nla la la", 110.0),
+    ("acoustic, guitar, happy, melodic", "[verse]\nsun is high\nsing with me\n\n[chorus]\noh oh oh", 330.0),
+    ("dark, drums, metal, fast", "[verse]\nrun run run\n\n[chorus]\nhey hey", 82.4),
+    ("dreamy, piano, sad, slow", "[verse]\nrain on the window\n\n[outro]\ngoodbye", 261.6),
+    ("funk, upbeat, bass, drums", "[chorus]\nget up get down", 146.8),
+]
+
+
+@dataclass
+class DemoOutputs:
+    checkpoint: Path
+    songs: Path
+    filenames: Path
+    prep: Path
+    run_dir: Path
+    adapter_dir: Path | None
+    baked_file: Path | None
+    loss_curve: Path | None
+    steps: int
+    stopped: str | None
+    tiny: bool
+
+
+def synth_song(seconds: float, base_hz: float, seed: int) -> np.ndarray:
+    """Stereo float32 [samples, 2]: a few notes of a tone with harmonics, a noise hi-hat, a little reverb-ish tail."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    notes = base_hz * 2 ** (rng.choice([0, 3, 5, 7, 10, 12], size=int(seconds * 2)) / 12)
+    freq = notes[np.minimum((t * 2).astype(int), len(notes) - 1)]
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    tone = sum(np.sin(k * phase) / k for k in (1, 2, 3))
+    envelope = np.exp(-4 * ((t * 2) % 1))
+    hat = rng.standard_normal(len(t)) * np.exp(-40 * ((t * 4) % 1))
+    mono = 0.25 * tone * envelope + 0.05 * hat
+    pan = 0.2 * np.sin(2 * np.pi * 0.25 * t)
+    return np.stack([mono * (1 - pan), mono * (1 + pan)], axis=1).astype(np.float32)
+
+
+def write_synthetic_songs(folder: Path, count: int, seconds: float) -> Path:
+    """WAV files with <stem>_prompt.txt and <stem>_lyrics.txt beside them; existing files are kept as they are."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        tags, lyrics, base_hz = SYNTHETIC_SONGS[i % len(SYNTHETIC_SONGS)]
+        stem = f"song{i:02d}"
+        audio = folder / f"{stem}.wav"
+        if not audio.exists():
+            temp = folder / f".{stem}.tmp.wav"
+            sf.write(temp, synth_song(seconds, base_hz, seed=i), SAMPLE_RATE, subtype="PCM_16")
+            temp.replace(audio)
+        for suffix, text in (("_prompt.txt", tags), ("_lyrics.txt", lyrics)):
+            side = folder / f"{stem}{suffix}"
+            if not side.exists():
+                side.write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def ensure_checkpoint(requested: str | None, output_dir: Path) -> Path | str:
+    """The given checkpoint, or a tiny random one written once under output_dir."""
+    if requested:
+        return requested
+    from acestep.checkpoint import missing_parts
+    from acestep.tiny_checkpoint import write_tiny_checkpoint
+
+    folder = output_dir / "tiny_checkpoint"
+    if missing_parts(folder):
+        print(f"[1/5] writing a tiny random checkpoint to {folder}")
+        write_tiny_checkpoint(folder)
+    else:
+        print(f"[1/5] using the tiny checkpoint in {folder}")
+    return folder
+
+
+def plot_loss_curve(metrics_file: Path, png: Path) -> Path | None:
+    """Loss per step (and its running mean) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from acestep.training.callbacks import read_metrics
+
+    rows = read_metrics(metrics_file)
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    window = max(1, len(rows) // 10)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "total loss"), ("denoising_loss", "flow-matching loss")):
+        values = np.array([r[key] for r in rows])
+        line = axis.plot(steps, values, alpha=0.3)[0]
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1:], smooth, color=line.get_color(), label=f"{label} (mean of {window})")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss")
+    axis.legend()
+    figure.tight_layout()
+    temp = png.with_name(f".{png.stem}.tmp.png")
+    figure.savefig(temp, dpi=100)
+    plt.close(figure)
+    temp.replace(png)
+    return png
+
+
+def run_demo(args: argparse.Namespace) -> DemoOutputs:
+    from acestep.data.encoders import load_encoders
+    from acestep.data.filenames import build_filename_dataset
+    from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
+    from acestep.training import TrainConfig, run_training
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = ensure_checkpoint(args.checkpoint_dir, out)
+    if args.data_dir:
+        songs = Path(args.data_dir)
+        print(f"[2/5] using your songs in {songs}")
+    else:
+        songs = write_synthetic_songs(out / "songs", args.songs, args.seconds)
+        print(f"[2/5] {args.songs} synthetic songs of {args.seconds:g} s with prompt/lyrics files in {songs}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    filenames = out / f"filenames-{stamp}"
+    summary = build_filename_dataset(songs, filenames)
+    print(f"      stage 2: {summary.kept} songs listed in {filenames}")
+    prep = out / f"prep-{stamp}"
+    print(f"[3/5] stage 3: encoding the songs into {prep}")
+    encoders = load_encoders(str(checkpoint), device=args.device, dtype="auto", ssl=args.ssl)
+    result = run_preprocess(
+        filenames, prep, encoders, PreprocessSettings(ssl=args.ssl, max_duration=args.max_duration),
+        RunOptions(num_workers=0),
+    )
+    del encoders
+    print(f"      {result.encoded} songs encoded ({len(result.new_errors)} skipped)")
+    from acestep.checkpoint import resolve_checkpoint
+    from acestep.training.model import is_published_size
+
+    tiny = not is_published_size(resolve_checkpoint(str(checkpoint)).transformer)
+    learning_rate = args.learning_rate or (TINY_LEARNING_RATE if tiny else None)
+    print(f"[4/5] stage 4: training a LoRA for {args.steps} steps")
+    config = TrainConfig(
+        dataset_path=str(prep), checkpoint_dir=str(checkpoint), lora_config_path=str(args.lora_config_path),
+        output_dir=str(out / "runs"), exp_name=f"demo-{stamp}", max_steps=args.steps,
+        every_n_train_steps=max(1, args.steps // 3), learning_rate=learning_rate, batch_size=args.batch_size,
+        max_duration=args.max_duration, logger="csv", accelerator="cpu" if args.device == "cpu" else "auto",
+        devices="1" if args.device == "cpu" else "auto",
+    )
+    trained = run_training(config)
+    print("[5/5] loss curve")
+    curve = plot_loss_curve(trained.metrics_file, trained.run_dir / "loss_curve.png")
+    return DemoOutputs(checkpoint=Path(checkpoint), songs=songs, filenames=filenames, prep=prep,
+                       run_dir=trained.run_dir, adapter_dir=trained.adapter_dir, baked_file=trained.baked_file,
+                       loss_curve=curve, steps=trained.steps, stopped=trained.stopped, tiny=tiny)
+
+
+def describe(outputs: DemoOutputs, seconds: float) -> str:
+    lines = [
+        f"Demo {'stopped early' if outputs.stopped else 'done'} in {seconds / 60:.1f} min ({outputs.steps} training steps).",
+        f"  checkpoint:        {outputs.checkpoint}",
+        f"  songs:             {outputs.songs}",
+        f"  filename dataset:  {outputs.filenames}",
+        f"  preprocessed data: {outputs.prep}",
+        f"  training run:      {outputs.run_dir}",
+        f"  adapter (resume, our tools): {outputs.adapter_dir}",
+        f"  baked for ComfyUI (strength 1.0): {outputs.baked_file}",
+        f"  loss curve:        {outputs.loss_curve}",
+    ]
+    if outputs.stopped:
+        lines.append(f"  reason: {outputs.stopped}")
+    if outputs.tiny:
+        lines.append("The tiny checkpoint is random: the adapter shows the chain works, it does not make music.")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the whole chain: songs -> dataset -> preprocess -> LoRA.")
+    parser.add_argument("--output_dir", default="demo_output", help="where everything goes (never cleared)")
+    parser.add_argument("--checkpoint_dir", default=None, help="real ACE-Step checkpoint (default: a tiny random one)")
+    parser.add_argument("--data_dir", default=None, help="your songs with side files (default: synthetic songs)")
+    parser.add_argument("--songs", type=int, default=4, help="synthetic songs to generate")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic song")
+    parser.add_argument("--steps", type=int, default=60, help="training steps")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--learning_rate", type=float, default=None, help=f"default: {TINY_LEARNING_RATE:g} on the tiny checkpoint, else the trainer's (1e-4)")
+    parser.add_argument("--max_duration", type=float, default=30.0, help="seconds of each song used")
+    parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG))
+    parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        outputs = run_demo(args)
+    except AcestepError as error:
+        sys.exit(f"error: {error}")
+    print()
+    print(describe(outputs, time.perf_counter() - started))
+    if outputs.stopped:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

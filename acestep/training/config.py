@@ -1,0 +1,136 @@
+"""Every training option as one dataclass; the command line is generated from it, so both stay in step."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acestep.data.atomic import atomic_write_json
+from acestep.errors import AcestepError
+
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+LOGGERS = ("csv", "tensorboard", "wandb", "none")
+BASE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the reference fork's trainer_new.py unless the help says otherwise."""
+
+    # data
+    dataset_path: str = _opt("", "preprocessed dataset folder (stage 3 output)", required=True)
+    batch_size: int = _opt(1, "songs per micro-batch; shorter songs are padded and masked")
+    max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds")
+    num_workers: int = _opt(0, "DataLoader worker processes")
+    use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
+    # model
+    checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo (default: the official one)")
+    lora_config_path: str = _opt("config/lora_config_transformer_only.json", "LoRA config JSON (r, alpha, targets)")
+    base_dtype: str = _opt("auto", "dtype of the frozen base: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU",
+                           choices=BASE_DTYPES)
+    gradient_checkpointing: bool = _opt(True, "recompute activations in backward (less memory, ~30%% slower)")
+    # objective
+    shift: float = _opt(3.0, "timestep shift of the flow-matching schedule")
+    num_train_timesteps: int = _opt(1000, "size of the training timestep table")
+    logit_mean: float = _opt(0.0, "mean of the logit-normal timestep density")
+    logit_std: float = _opt(1.0, "std of the logit-normal timestep density")
+    ssl_coeff: float = _opt(1.0, "weight of the SSL projection losses (when the dataset has SSL features)")
+    loss_reduction: str = _opt("reference", "reference: the reference trainers' masked MSE; masked_mean: true mean "
+                               "over real frames (differs only with padding)", choices=("reference", "masked_mean"))
+    prompt_dropout: float = _opt(0.0, "probability to zero a sample's prompt states (upstream: 0.15)")
+    lyrics_dropout: float = _opt(0.0, "probability to drop a sample's lyrics (upstream: 0.15)")
+    speaker_dropout: float = _opt(0.0, "probability to zero the speaker embedding (always zero in v1 data)")
+    # optimisation
+    optimizer: str = _opt("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or prodigy", choices=OPTIMIZERS)
+    learning_rate: float | None = _opt(None, "peak learning rate (default 1e-4 for AdamW, 1.0 for Prodigy: its multiplier)")
+    weight_decay: float = _opt(1e-2, "decoupled weight decay")
+    beta1: float = _opt(0.8, "Adam beta1")
+    beta2: float = _opt(0.9, "Adam beta2")
+    max_steps: int = _opt(10000, "optimizer steps of the run")
+    warmup_steps: int = _opt(10, "linear warm-up steps, then linear decay to final_lr_fraction at max_steps")
+    final_lr_fraction: float | None = _opt(None, "learning rate at the end as a fraction of the peak "
+                                           "(default 0 for AdamW, 0.1 for Prodigy, as the fork)")
+    accumulate_grad_batches: int = _opt(1, "micro-batches per optimizer step")
+    gradient_clip_val: float = _opt(1.0, "clip the gradient norm to this (0 = off)")
+    seed: int = _opt(42, "seed of the song order, crops, noise and timesteps")
+    # saving and logging
+    output_dir: str = _opt("runs", "folder holding one run folder per experiment")
+    exp_name: str = _opt("lora", "run name: the run folder and the adapter name")
+    every_n_train_steps: int = _opt(100, "save the adapter every N optimizer steps")
+    save_last: int = _opt(5, "keep this many saved steps (older step folders are removed)")
+    resume: bool = _opt(False, "continue the run in output_dir/exp_name from its last save")
+    logger: str = _opt("csv", "csv (no setup, under the run folder), tensorboard, wandb or none", choices=LOGGERS)
+    wandb_project: str = _opt("ace-step-lora", "Weights & Biases project")
+    wandb_offline: bool = _opt(False, "keep W&B logs local (sync later with `wandb sync`)")
+    # hardware
+    accelerator: str = _opt("auto", "auto, gpu or cpu")
+    devices: str = _opt("auto", "number of GPUs (or a list like 0,1); more than one trains with DDP")
+    num_nodes: int = _opt(1, "machines for multi-node DDP")
+    progress_bar: bool = _opt(True, "show the progress bar")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.exp_name
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, before any model is loaded."""
+        problems = [] if self.dataset_path else ["--dataset_path is required"]
+        for name in ("batch_size", "max_steps", "accumulate_grad_batches", "every_n_train_steps", "save_last"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name} must be at least 1")
+        if self.warmup_steps < 0:
+            problems.append("--warmup_steps must be >= 0")
+        if self.max_duration is not None and self.max_duration <= 0:
+            problems.append("--max_duration must be positive")
+        for name in ("prompt_dropout", "lyrics_dropout", "speaker_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"--{name} must be between 0 and 1")
+        if self.final_lr_fraction is not None and not 0.0 <= self.final_lr_fraction <= 1.0:
+            problems.append("--final_lr_fraction must be between 0 and 1")
+        if any(c in self.exp_name for c in "/\\:") or self.exp_name in ("", ".", ".."):
+            problems.append(f"--exp_name {self.exp_name!r} must be a plain folder name")
+        if problems:
+            raise AcestepError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    annotation = str(f.type).replace(" ", "")
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer_new.py",
+        description="Train an ACE-Step v1 LoRA on a preprocessed dataset (flow matching, PEFT, Lightning).",
+    )
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_type(f)
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text, **meta)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    config = TrainConfig(**vars(build_parser().parse_args(argv)))
+    config.validate()
+    return config

@@ -1,0 +1,204 @@
+"""Training batches from the preprocessed dataset: random crop, padding with masks, and a resumable order.
+
+The order of songs and every random choice depend only on (seed, position in the run), so a resumed run sees
+exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from acestep.data.preprocessed import SSL_COLUMNS
+from acestep.errors import AcestepError
+
+LATENT_FRAMES_PER_SECOND = 44100 / 512 / 8
+REQUIRED_COLUMNS = ("target_latents", "encoder_text_hidden_states", "lyric_token_ids", "lyric_mask")
+
+
+def stream_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, micro-batch, rank, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One sample slot of the run: which song, in which micro-batch, and its own random stream."""
+
+    index: int
+    micro_batch: int
+    seed: int
+
+
+class RunOrderSampler(Sampler[list[Draw]]):
+    """Micro-batches of a whole run: each epoch a fresh permutation; rank r of W takes every W-th slot.
+
+    `__len__` is the run's total so Lightning's progress matches; iteration starts at `start`, the first
+    micro-batch not yet trained (0, or global_step * accumulate on resume).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        total_micro_batches: int,
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if num_samples < 1:
+            raise AcestepError("the dataset has no songs")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.total = total_micro_batches
+        self.seed = seed
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
+
+    def __iter__(self) -> Iterator[list[Draw]]:
+        epoch, order = -1, torch.empty(0)
+        for micro_batch in range(self.start, self.total):
+            draws = []
+            for slot in range(self.batch_size):
+                position = (micro_batch * self.world_size + self.rank) * self.batch_size + slot
+                if position // self.num_samples != epoch:
+                    epoch = position // self.num_samples
+                    order = self._permutation(epoch)
+                index = int(order[position % self.num_samples])
+                draws.append(Draw(index, micro_batch, stream_seed(self.seed, position)))
+            yield draws
+
+
+class SongLatents(Dataset):
+    """Rows of the preprocessed dataset as float tensors, optionally cropped to `max_frames` latent frames.
+
+    A crop keeps the SSL features of the same stretch of audio (their row ranges are scaled from the frame
+    range). Text and lyrics always describe the whole song, as in the reference.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, max_frames: int | None = None, use_ssl: bool = True) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+        if missing:
+            raise AcestepError(f"the dataset lacks the column(s) {', '.join(missing)}: not a preprocessed dataset")
+        self.has_ssl = use_ssl and all(c in dataset.column_names for c in SSL_COLUMNS)
+        columns = list(REQUIRED_COLUMNS) + (list(SSL_COLUMNS) if self.has_ssl else [])
+        if "text_attention_mask" in dataset.column_names:  # the fork's layout pads the prompt states
+            columns.append("text_attention_mask")
+        self.dataset = dataset.select_columns(columns).with_format("torch")
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, draw: Draw) -> dict[str, Any]:
+        row = self.dataset[draw.index]
+        latents = row["target_latents"].float()
+        text = row["encoder_text_hidden_states"].float()
+        text_mask = row.get("text_attention_mask")
+        item = {
+            "target_latents": latents,
+            "encoder_text_hidden_states": text,
+            "text_attention_mask": torch.ones(text.shape[0]) if text_mask is None else text_mask.float(),
+            "lyric_token_ids": row["lyric_token_ids"].long(),
+            "lyric_mask": row["lyric_mask"].float(),
+            "micro_batch": draw.micro_batch,
+        }
+        if self.has_ssl:
+            item["ssl"] = [row[c].float() for c in SSL_COLUMNS]
+        return self._crop(item, torch.Generator().manual_seed(draw.seed))
+
+    def _crop(self, item: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        frames = item["target_latents"].shape[-1]
+        if self.max_frames is None or frames <= self.max_frames:
+            return item
+        start = int(torch.randint(0, frames - self.max_frames + 1, (1,), generator=generator))
+        end = start + self.max_frames
+        item["target_latents"] = item["target_latents"][..., start:end]
+        if "ssl" in item:
+            item["ssl"] = [_same_stretch(f, start / frames, end / frames) for f in item["ssl"]]
+        return item
+
+
+def _same_stretch(features: torch.Tensor, begin: float, end: float) -> torch.Tensor:
+    """Rows of `features` covering the fraction [begin, end) of the song (at least one row)."""
+    rows = features.shape[0]
+    first = min(round(begin * rows), rows - 1)
+    return features[first: max(round(end * rows), first + 1)]
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack along a new batch dim, padding the first (time) dim to the longest; mask is 1 on real rows."""
+    length = max(t.shape[0] for t in tensors)
+    stacked = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), pad_value)
+    mask = torch.zeros(len(tensors), length)
+    for i, tensor in enumerate(tensors):
+        stacked[i, : tensor.shape[0]] = tensor
+        mask[i, : tensor.shape[0]] = 1.0
+    return stacked, mask
+
+
+def collate_songs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad latents (time), prompt states and lyric ids to the longest in the batch; masks mark real entries."""
+    latents, frame_mask = _pad_stack([i["target_latents"].permute(2, 0, 1) for i in items])
+    text, _ = _pad_stack([i["encoder_text_hidden_states"] for i in items])
+    text_mask, _ = _pad_stack([i["text_attention_mask"] for i in items])
+    lyrics, _ = _pad_stack([i["lyric_token_ids"] for i in items])
+    lyric_mask, _ = _pad_stack([i["lyric_mask"] for i in items])
+    batch = {
+        "target_latents": latents.permute(0, 2, 3, 1).contiguous(),
+        "attention_mask": frame_mask,
+        "encoder_text_hidden_states": text,
+        "text_attention_mask": text_mask,
+        "lyric_token_ids": lyrics,
+        "lyric_mask": lyric_mask,
+        "micro_batch": items[0]["micro_batch"],
+    }
+    if "ssl" in items[0]:
+        batch["ssl_hidden_states"] = [[i["ssl"][k] for i in items] for k in range(len(items[0]["ssl"]))]
+    return batch
+
+
+class RunLoader(DataLoader):
+    """A DataLoader whose position comes from the trainer's step, and which checks a resume keeps its order.
+
+    Lightning saves `state_dict()` in its checkpoint; a resumed run with another batch size, seed or dataset
+    would silently see other batches than the interrupted one, so that is refused.
+    """
+
+    def __init__(self, dataset: SongLatents, sampler: RunOrderSampler, num_workers: int = 0) -> None:
+        super().__init__(
+            dataset, batch_sampler=sampler, collate_fn=collate_songs, num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+        self.order = sampler
+
+    def state_dict(self) -> dict[str, int]:
+        s = self.order
+        return {"num_samples": s.num_samples, "batch_size": s.batch_size, "seed": s.seed, "world_size": s.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        changed = [f"{k} {v} -> {self.state_dict()[k]}" for k, v in state.items() if self.state_dict().get(k) != v]
+        if changed:
+            raise AcestepError(
+                f"cannot resume with a different data order ({'; '.join(changed)}): use the interrupted run's settings"
+            )
+
+
+def frames_for_seconds(seconds: float | None) -> int | None:
+    """Latent frames in `seconds` of audio (10.77 per second), at least 1; None stays None (no crop)."""
+    return None if seconds is None else max(1, math.floor(seconds * LATENT_FRAMES_PER_SECOND))

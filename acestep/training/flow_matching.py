@@ -1,0 +1,92 @@
+"""The training objective of ACE-Step v1: shifted flow-matching schedule, logit-normal timesteps, x0 loss.
+
+Facts: shared/reference/transformer.md section 4.1 (identical in upstream `trainer.py` and the fork).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+LOSS_REDUCTIONS = ("reference", "masked_mean")
+
+
+@dataclass
+class NoisedBatch:
+    """What one training step feeds the transformer, and what its loss needs."""
+
+    noisy: torch.Tensor  # x_sigma [B, 8, 16, T]
+    sigmas: torch.Tensor  # [B, 1, 1, 1]
+    timesteps: torch.Tensor  # [B], sigma * 1000 (fp32, as inference feeds it)
+
+
+class FlowMatchingObjective:
+    """The diffusers training table (T = 1000, shift 3) and the fork's sampling, noising and loss rules."""
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 3.0,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        loss_reduction: str = "reference",
+    ) -> None:
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, not {loss_reduction!r}")
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+        self.num_train_timesteps = num_train_timesteps
+        self.timesteps = scheduler.timesteps[:num_train_timesteps].float().clone()
+        self.sigmas = scheduler.sigmas[:num_train_timesteps].float().clone()
+        self.logit_mean = logit_mean
+        self.logit_std = logit_std
+        self.loss_reduction = loss_reduction
+
+    def sample_indices(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """idx = clamp(floor(T * sigmoid(u)), 0, T-1) with u ~ N(mean, std), drawn on the CPU as the fork does."""
+        u = torch.randn(batch, generator=generator) * self.logit_std + self.logit_mean
+        indices = (torch.sigmoid(u) * self.num_train_timesteps).long()
+        return indices.clamp(0, self.num_train_timesteps - 1)
+
+    def add_noise(
+        self, latents: torch.Tensor, generator: torch.Generator, frame_mask: torch.Tensor | None = None
+    ) -> NoisedBatch:
+        """x_sigma = sigma * eps + (1 - sigma) * x0; noise and timesteps come from the CPU generator.
+
+        Padding frames (frame_mask 0) are set to zero so a batch's padding carries no random content.
+        """
+        indices = self.sample_indices(latents.shape[0], generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        sigmas = self.sigmas[indices].to(latents.device, latents.dtype).view(-1, 1, 1, 1)
+        noisy = sigmas * noise + (1.0 - sigmas) * latents
+        if frame_mask is not None:
+            noisy = noisy * frame_mask[:, None, None, :].to(noisy.dtype)
+        return NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=self.timesteps[indices].to(latents.device))
+
+    def loss(
+        self, velocity: torch.Tensor, noised: NoisedBatch, latents: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE between the preconditioned x0 prediction (x_sigma - sigma * v) and x0, masked per frame.
+
+        "reference": per sample mean over all elements of the masked squared error, times the valid fraction
+        (what both reference trainers compute; equal to plain MSE without padding). "masked_mean": the true
+        mean over valid elements (differs only when a batch pads songs of different lengths).
+        """
+        predicted = noised.noisy.float() - noised.sigmas.float() * velocity.float()
+        mask = frame_mask.float()[:, None, None, :].expand_as(predicted)
+        batch = predicted.shape[0]
+        squared = ((predicted * mask - latents.float() * mask) ** 2).reshape(batch, -1)
+        mask = mask.reshape(batch, -1)
+        if self.loss_reduction == "masked_mean":
+            return (squared.sum(1) / mask.sum(1).clamp_min(1.0)).mean()
+        return (squared.mean(1) * mask.mean(1)).mean()
+
+
+def combine_losses(
+    denoising: torch.Tensor, proj_losses: list[tuple[str, torch.Tensor]], ssl_coeff: float
+) -> torch.Tensor:
+    """loss = denoising + ssl_coeff * mean of the SSL projection losses (none: denoising alone)."""
+    if not proj_losses:
+        return denoising
+    return denoising + ssl_coeff * torch.stack([value for _, value in proj_losses]).mean()

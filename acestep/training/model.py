@@ -1,0 +1,79 @@
+"""The model being trained: the frozen base transformer in 16 bits plus fp32 LoRA factors from a PEFT config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from acestep.errors import AcestepError
+from acestep.lora import LoraSettings, load_adapter, settings_from_metadata
+from acestep.models import ACEStepTransformer2DModel
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
+PRECISION_FOR_DTYPE = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", torch.float32: "32-true"}
+
+
+def resolve_base_dtype(name: str, on_gpu: bool) -> torch.dtype:
+    """auto: bf16 where the GPU supports it, else fp16; fp32 on the CPU (16-bit CPU matmuls are slow)."""
+    if name != "auto":
+        return DTYPES[name]
+    if not on_gpu:
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_base_transformer(checkpoint_dir: str | None, dtype: torch.dtype) -> tuple[ACEStepTransformer2DModel, str]:
+    """The transformer of a checkpoint folder or Hub repo, and the name recorded in the adapter's metadata."""
+    from acestep.checkpoint import resolve_checkpoint
+
+    paths = resolve_checkpoint(checkpoint_dir)
+    model = ACEStepTransformer2DModel.from_pretrained(paths.transformer, torch_dtype=dtype)
+    if checkpoint_dir is None or is_published_size(paths.transformer):
+        return model, OFFICIAL_MODEL
+    local = Path(checkpoint_dir)
+    return model, str(local.resolve()) if local.exists() else checkpoint_dir
+
+
+def is_published_size(transformer_dir: Path) -> bool:
+    """The published model has 24 blocks of 20 heads; anything else (the tiny test model) is named by path."""
+    config = ACEStepTransformer2DModel.load_config(transformer_dir)
+    return config.get("num_layers") == 24 and config.get("num_attention_heads") == 20
+
+
+def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapter_name: str) -> list[str]:
+    """Add the adapter (PEFT freezes everything else) and hold its factors in fp32; returns trainable names."""
+    try:
+        model.add_adapter(LoraConfig(**settings.to_peft_kwargs()), adapter_name=adapter_name)
+    except ValueError as error:
+        raise AcestepError(f"LoRA config does not fit the model: {error}") from error
+    names = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+            names.append(name)
+    if not names:
+        raise AcestepError(f"LoRA target_modules {list(settings.target_modules)} match no layer of the model")
+    return names
+
+
+def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> dict[str, torch.Tensor]:
+    """PEFT's bare keys (`transformer_blocks.0.attn.to_q.lora_A.weight`), as the upstream pipeline loads them."""
+    return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+
+
+def load_trained_adapter(model: ACEStepTransformer2DModel, path: str | Path, adapter_name: str = "default") -> LoraSettings:
+    """Attach an un-baked adapter written by the trainer, at its trained scale (settings from its header)."""
+    tensors, metadata = load_adapter(path)
+    settings = settings_from_metadata(metadata)
+    if settings is None:
+        raise AcestepError(f"{path}: no LoRA settings in the header (a baked file? load it with strength 1 instead)")
+    attach_lora(model, settings, adapter_name)
+    result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise AcestepError(f"{path}: tensors that match no layer of the model: {', '.join(unexpected[:5])}")
+    return settings

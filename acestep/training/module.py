@@ -1,0 +1,188 @@
+"""The LightningModule: one flow-matching step on a LoRA-adapted transformer, and only trainable state saved.
+
+Every random choice of a micro-batch (condition dropout, timesteps, noise, dropout inside the lyric encoder)
+is seeded from (seed, micro-batch index, rank), so a resumed run repeats the interrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from acestep.errors import AcestepError
+from acestep.lora import LoraSettings
+from acestep.models import ACEStepTransformer2DModel
+
+from .config import TrainConfig
+from .data import RunLoader, RunOrderSampler, SongLatents, stream_seed
+from .flow_matching import FlowMatchingObjective, combine_losses
+from .memory import peak_memory_gb
+from .model import attach_lora
+from .optim import build_lr_scheduler, build_optimizer
+
+
+class NonFiniteLossError(AcestepError):
+    """The loss or the gradient became NaN/inf; training stops before the weights are touched."""
+
+
+class LoraTrainingModule(L.LightningModule):
+    """Holds the frozen transformer with its LoRA; `step_metrics` describes the last optimizer step."""
+
+    def __init__(
+        self,
+        transformer: ACEStepTransformer2DModel,
+        settings: LoraSettings,
+        config: TrainConfig,
+        dataset: SongLatents,
+        adapter_name: str = "acestep_lora",
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.settings = settings
+        self.config = config
+        self.dataset = dataset
+        self.adapter_name = adapter_name
+        self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.objective = FlowMatchingObjective(
+            config.num_train_timesteps, config.shift, config.logit_mean, config.logit_std, config.loss_reduction
+        )
+        # The checkpoint holds only the LoRA factors; the frozen base comes from the model folder.
+        self.strict_loading = False
+        self.step_metrics: dict[str, float] = {}
+        self._sums: dict[str, float] = {}
+        self._micro_batches = 0
+        self._grad_norm = float("nan")
+        self._lr = float("nan")
+        self._last_step = -1
+        self._step_started = time.perf_counter()
+
+    # ---- data and optimisation ----
+    def train_dataloader(self) -> RunLoader:
+        acc = self.config.accumulate_grad_batches
+        sampler = RunOrderSampler(
+            num_samples=len(self.dataset),
+            batch_size=self.config.batch_size,
+            total_micro_batches=self.config.max_steps * acc,
+            seed=self.config.seed,
+            start=self.trainer.global_step * acc,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
+        return RunLoader(self.dataset, sampler, self.config.num_workers)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.config)
+        scheduler = build_lr_scheduler(optimizer, self.config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- the step ----
+    def _drop_conditions(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample condition dropout as upstream: prompt states zeroed (mask kept), lyrics ids and mask zeroed."""
+        size = batch["target_latents"].shape[0]
+        keep = {
+            name: (torch.rand(size, generator=generator) >= p).to(self.device)
+            for name, p in (("prompt", self.config.prompt_dropout), ("lyrics", self.config.lyrics_dropout),
+                            ("speaker", self.config.speaker_dropout))
+        }
+        speaker_dim = self.transformer.config.speaker_embedding_dim
+        # v1 checkpoints have no speaker data: the embedding is zeros, as in the reference's data.
+        speaker = torch.zeros(size, speaker_dim, device=self.device) * keep["speaker"][:, None]
+        return {
+            "encoder_text_hidden_states": batch["encoder_text_hidden_states"] * keep["prompt"][:, None, None],
+            "text_attention_mask": batch["text_attention_mask"],
+            "speaker_embeds": speaker,
+            "lyric_token_idx": batch["lyric_token_ids"] * keep["lyrics"][:, None],
+            "lyric_mask": batch["lyric_mask"] * keep["lyrics"][:, None],
+        }
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        rank = self.global_rank
+        generator = torch.Generator().manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 1))
+        torch.manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 2))
+        latents = batch["target_latents"]
+        frame_mask = batch["attention_mask"]
+        conditions = self._drop_conditions(batch, generator)
+        noised = self.objective.add_noise(latents, generator, frame_mask)
+        ssl = batch.get("ssl_hidden_states") if self.config.ssl_coeff > 0 else None
+        output = self.transformer(
+            hidden_states=noised.noisy, attention_mask=frame_mask, timestep=noised.timesteps,
+            ssl_hidden_states=ssl, **conditions,
+        )
+        denoising = self.objective.loss(output.sample, noised, latents, frame_mask)
+        loss = combine_losses(denoising, output.proj_losses or [], self.config.ssl_coeff)
+        parts = {"loss": loss.detach(), "denoising_loss": denoising.detach()}
+        parts.update({f"{name}_loss": value.detach() for name, value in output.proj_losses or []})
+        values = {k: float(v) for k, v in parts.items()}
+        if not math.isfinite(values["loss"]):
+            detail = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"the loss became non-finite at step {self.global_step + 1} ({detail}); training stopped, "
+                "the adapters saved so far are untouched (lower --learning_rate or check the dataset)"
+            )
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._micro_batches += 1
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        group = optimizer.param_groups[0]
+        self._lr = group["lr"] * group.get("d", 1.0)  # Prodigy's effective rate is d * lr
+        grads = [p.grad.detach().float().norm() for p in self.transformer.parameters() if p.grad is not None]
+        self._grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+        scaled_fp16 = self.trainer.precision == "16-mixed"  # the grad scaler skips inf steps by itself
+        if not math.isfinite(self._grad_norm) and not scaled_fp16:
+            raise NonFiniteLossError(
+                f"the gradient became non-finite at step {self.global_step + 1}; training stopped before the "
+                "update, the adapters saved so far are untouched (lower --learning_rate)"
+            )
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """After each real update, average the micro-batch losses into `step_metrics`."""
+        super().optimizer_step(*args, **kwargs)
+        now = time.perf_counter()
+        metrics = {k: v / max(self._micro_batches, 1) for k, v in self._sums.items()}
+        metrics.update(
+            learning_rate=self._lr,
+            grad_norm=self._grad_norm,
+            steps_per_s=1.0 / max(now - self._step_started, 1e-9),
+            peak_mem_gb=peak_memory_gb(self.device),
+        )
+        # Lightning counts the step as completed only after this hook returns.
+        self.step_metrics = {"step": self.trainer.global_step + 1, **metrics}
+        self._sums, self._micro_batches, self._step_started = {}, 0, now
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.step_metrics.get("step", -1)
+        if step == self._last_step:
+            return  # still accumulating
+        self._last_step = step
+        metrics = {k: v for k, v in self.step_metrics.items() if k != "step"}
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True)
+        on_bar = {"loss": "loss", "learning_rate": "lr", "grad_norm": "gnorm", "mert_loss": "mert",
+                  "m-hubert_loss": "mhubert", "steps_per_s": "step/s", "peak_mem_gb": "mem_gb"}
+        self.log_dict({short: metrics[k] for k, short in on_bar.items() if k in metrics},
+                      on_step=True, prog_bar=True, logger=False)
+
+    def on_train_start(self) -> None:
+        self._last_step = self.trainer.global_step
+        self._step_started = time.perf_counter()
+
+    # ---- checkpoints hold the LoRA factors only ----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_keys}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = set(checkpoint.get("state_dict", {}))
+        if stored != self.trainable_keys:
+            missing, extra = len(self.trainable_keys - stored), len(stored - self.trainable_keys)
+            raise AcestepError(
+                f"the saved training state does not fit this LoRA config ({missing} tensors missing, {extra} "
+                "unexpected): resume with the same --lora_config_path"
+            )

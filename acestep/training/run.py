@@ -1,0 +1,178 @@
+"""One training run end to end: check the run folder, build model, data and Lightning trainer, fit, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import lightning as L
+import torch
+
+from acestep.data.preprocessed import load_preprocessed
+from acestep.errors import AcestepError
+from acestep.lora import WEIGHTS_NAME, LoraSettings
+from acestep.models import ACEStepTransformer2DModel
+
+from .callbacks import (
+    METRICS_FILE,
+    STATE_FILE,
+    AdapterSaver,
+    CompactProgressBar,
+    MetricsFile,
+    baked_file_name,
+    list_step_folders,
+)
+from .config import TrainConfig
+from .data import SongLatents, frames_for_seconds
+from .model import PRECISION_FOR_DTYPE, load_base_transformer, resolve_base_dtype
+from .module import LoraTrainingModule, NonFiniteLossError
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; `stopped` holds the reason when it ended early (non-finite loss)."""
+
+    run_dir: Path
+    steps: int
+    seconds: float
+    adapter_dir: Path | None
+    baked_file: Path | None
+    metrics_file: Path
+    stopped: str | None = None
+
+
+def check_run_dir(config: TrainConfig) -> Path | None:
+    """The state to resume from, or None for a fresh run; never reuses or clears someone else's folder."""
+    state = config.run_dir / STATE_FILE
+    if config.resume:
+        if not state.is_file():
+            raise AcestepError(f"{config.run_dir}: nothing to resume (no {STATE_FILE.as_posix()})")
+        return state
+    if state.is_file() or list_step_folders(config.run_dir):
+        raise AcestepError(
+            f"{config.run_dir}: a run with this name exists; add --resume to continue it or pick another --exp_name"
+        )
+    return None
+
+
+def _gpu_wanted(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _devices(value: str) -> int | str | list[int]:
+    """"auto", a count ("2", "-1" = all) or a list of GPU ids ("0,1")."""
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    return int(value)
+
+
+def _logger(config: TrainConfig) -> L.pytorch.loggers.Logger | bool:
+    from lightning.pytorch import loggers
+
+    if config.logger == "csv":
+        return loggers.CSVLogger(config.run_dir, name="logs")
+    if config.logger == "tensorboard":
+        return loggers.TensorBoardLogger(config.run_dir, name="logs")
+    if config.logger == "wandb":
+        return loggers.WandbLogger(project=config.wandb_project, name=config.exp_name, save_dir=str(config.run_dir),
+                                   offline=config.wandb_offline)
+    return False
+
+
+def _strategy(config: TrainConfig) -> str:
+    """DDP whenever more than one process trains (several GPUs or nodes); Lightning's default otherwise."""
+    devices = _devices(config.devices)
+    many = devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    return "ddp" if many or config.num_nodes > 1 else "auto"
+
+
+def run_training(
+    config: TrainConfig,
+    transformer: ACEStepTransformer2DModel | None = None,
+    dataset: datasets.Dataset | None = None,
+    base_model: str | None = None,
+) -> TrainResult:
+    """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset."""
+    config.validate()
+    resume_from = check_run_dir(config)
+    settings = LoraSettings.from_json(config.lora_config_path)
+    songs = SongLatents(
+        dataset if dataset is not None else load_preprocessed(config.dataset_path),
+        max_frames=frames_for_seconds(config.max_duration),
+        use_ssl=config.use_ssl,
+    )
+    if transformer is None:
+        dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
+        transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
+    dtype = next(transformer.parameters()).dtype
+    transformer.train()
+    module = LoraTrainingModule(transformer, settings, config, songs)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(config.run_dir / "train_config.json")
+    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
+                         base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name)
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        num_nodes=config.num_nodes,
+        strategy=_strategy(config),
+        precision=PRECISION_FOR_DTYPE[dtype],
+        max_steps=config.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.gradient_clip_val or None,
+        logger=_logger(config),
+        callbacks=[MetricsFile(config.run_dir / METRICS_FILE), saver]
+        + ([CompactProgressBar()] if config.progress_bar else []),
+        enable_checkpointing=False,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    stopped = None
+    try:
+        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+    except NonFiniteLossError as error:
+        stopped = str(error)
+    latest = list_step_folders(config.run_dir)
+    adapter_dir = latest[-1][1] if latest else None
+    baked = adapter_dir / baked_file_name(config.exp_name, latest[-1][0]) if adapter_dir else None
+    return TrainResult(
+        run_dir=config.run_dir,
+        steps=trainer.global_step,
+        seconds=time.perf_counter() - started,
+        adapter_dir=adapter_dir,
+        baked_file=baked,
+        metrics_file=config.run_dir / METRICS_FILE,
+        stopped=stopped,
+    )
+
+
+def summary_text(result: TrainResult) -> str:
+    """Plain-language end of run: what happened, where the adapter is, how to use it."""
+    minutes = result.seconds / 60
+    lines = [
+        f"Training {'stopped early' if result.stopped else 'finished'}: {result.steps} steps in {minutes:.1f} min.",
+    ]
+    if result.stopped:
+        lines.append(f"Reason: {result.stopped}")
+    if result.adapter_dir is None:
+        lines.append("No adapter was saved (the run stopped before its first save).")
+    else:
+        lines += [
+            f"Latest adapter: {result.adapter_dir}",
+            f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
+            "  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
+            "    load_lora(folder) with weight 1.0 (the un-baked file beside it would load at the wrong scale there).",
+            f"  Un-baked adapter (rank/alpha in its header, for our tools): {result.adapter_dir / WEIGHTS_NAME}",
+            "  Continue training: run the same command again with --resume.",
+        ]
+    lines.append(f"Loss per step: {result.metrics_file}")
+    return "\n".join(lines)

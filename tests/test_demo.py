@@ -1,0 +1,54 @@
+"""The demo: synthetic songs, and the whole chain from an empty folder (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors import safe_open
+
+from acestep.demo import main, synth_song, write_synthetic_songs
+
+
+def test_synthetic_songs_are_stereo_audible_and_have_side_files(tmp_path: Path) -> None:
+    audio = synth_song(2.0, 220.0, seed=0)
+    assert audio.shape == (96000, 2) and audio.dtype == np.float32
+    assert 0.01 < np.sqrt((audio**2).mean()) and np.abs(audio).max() <= 1.0
+    assert not np.allclose(audio[:, 0], audio[:, 1])  # panned
+    folder = write_synthetic_songs(tmp_path / "songs", count=2, seconds=1.5)
+    data, rate = sf.read(folder / "song01.wav")
+    assert rate == 48000 and data.shape == (72000, 2)
+    assert (folder / "song00_lyrics.txt").read_text(encoding="utf-8").strip() == "[instrumental]"
+    assert "bass" in (folder / "song01_prompt.txt").read_text(encoding="utf-8")
+    (folder / "song00_prompt.txt").write_text("my own tags", encoding="utf-8")
+    write_synthetic_songs(folder, count=2, seconds=1.5)
+    assert (folder / "song00_prompt.txt").read_text(encoding="utf-8") == "my own tags"  # never overwritten
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_chain_from_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from acestep.data.preprocessed import load_preprocessed
+    from acestep.lora import load_adapter
+    from acestep.training.callbacks import read_metrics
+
+    out = tmp_path / "demo_output"
+    main(["--output_dir", str(out), "--songs", "3", "--seconds", "4", "--steps", "12"])
+    printed = capsys.readouterr().out
+    assert "Demo done" in printed and "(12 training steps)" in printed
+    prep = next(out.glob("prep-*"))
+    dataset = load_preprocessed(prep)
+    assert len(dataset) == 3 and "mert_ssl_hidden_states" in dataset.column_names
+    run_dir = next((out / "runs").glob("demo-*"))
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all("mert_loss" in r and np.isfinite(r["loss"]) for r in rows)
+    baked = next((run_dir / "step-000012").glob("*-comfyui.safetensors"))
+    tensors, _ = load_adapter(baked)
+    assert len(tensors) == 2 * 4 * 2 * 3  # A and B of to_q/k/v/out.0 in self- and cross-attention, 3 blocks
+    with safe_open(str(baked), "pt") as handle:
+        assert "lora_adapter_metadata" not in (handle.metadata() or {})
+    curve = run_dir / "loss_curve.png"
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(baked) in printed and str(curve) in printed

@@ -1,0 +1,47 @@
+"""Small in-memory datasets in the stored preprocessed format, and the tiny transformer, for training tests."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+
+from acestep.data.preprocessed import EncodedSong, features_for_record
+from acestep.models import ACEStepTransformer2DModel
+from acestep.models.configs import tiny_transformer_config
+
+
+def synthetic_songs(
+    lengths: list[int], ssl: bool = False, text_dim: int = 32, ssl_dims: tuple[int, int] = (32, 24), seed: int = 0
+) -> datasets.Dataset:
+    """Songs of the given latent lengths, built through the stage-3 record code (float16 storage, torch format)."""
+    generator = torch.Generator().manual_seed(seed)
+    records = []
+    for row, frames in enumerate(lengths):
+        seconds = frames / 10.7666
+        song = EncodedSong(
+            row=row,
+            key=f"song{row}",
+            filename=f"/music/song{row}.wav",
+            prompt="synth, test",
+            latents=_song_latents(frames, generator),
+            text_hidden=torch.randn(3 + row, text_dim, generator=generator),
+            lyric_ids=[int(v) for v in torch.randint(1, 200, (5 + 2 * row,), generator=generator)],
+            duration=seconds,
+            mert=torch.randn(round(seconds * 75), ssl_dims[0], generator=generator) if ssl else None,
+            mhubert=torch.randn(round(seconds * 50), ssl_dims[1], generator=generator) if ssl else None,
+        )
+        records.append(song.to_record())
+    features = features_for_record(records[0])
+    columns = {name: [r[name] for r in records] for name in features}
+    return datasets.Dataset.from_dict(columns, features=features).with_format("torch")
+
+
+def _song_latents(frames: int, generator: torch.Generator) -> torch.Tensor:
+    """A per-song timbre (one value per channel and row) held over time plus a little noise: learnable."""
+    timbre = torch.randn(8, 16, 1, generator=generator)
+    return timbre + 0.1 * torch.randn(8, 16, frames, generator=generator)
+
+
+def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32) -> ACEStepTransformer2DModel:
+    torch.manual_seed(seed)
+    return ACEStepTransformer2DModel(**tiny_transformer_config()).to(dtype)
