@@ -1,0 +1,61 @@
+"""Put LoRA files into the transformer at a chosen strength, whatever their origin.
+
+Each file's trained scale (1 for baked files, alpha/rank from `.alpha` tensors, our header, diffusers'
+header, or a config the user names) is multiplied into its factors first; PEFT then applies
+`strength` alone, so strength 1.0 always means "as trained" and several LoRAs add up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from torch import nn
+
+from ..lora import LoraSettings, module_scales
+from ..lora.bake import scale_into_factors
+from ..lora.io import read_lora
+
+log = logging.getLogger(__name__)
+
+
+def lora_state_dict(path: str | Path, settings: LoraSettings | None = None) -> dict:
+    """PEFT-keyed factors with the trained scale inside, from any file our LoRA tools read."""
+    lora = read_lora(path)
+    if not lora.baked and settings is None and lora.metadata.get("acestep_lora_settings") is None and all(
+        module.alpha is None for module in lora.modules.values()
+    ) and "lora_adapter_metadata" not in lora.metadata:
+        log.warning("%s: no rank/alpha in the file; assuming it is baked (scale 1). Pass a LoRA config if it is "
+                    "a raw adapter from another trainer.", path)
+        scales = module_scales(lora, settings, fallback=1.0)
+    else:
+        scales = module_scales(lora, settings)
+    tensors = {}
+    for name, module in scale_into_factors(lora.modules, scales).items():
+        tensors[f"{name}.lora_A.weight"] = module.down
+        tensors[f"{name}.lora_B.weight"] = module.up
+    return tensors
+
+
+def adapter_name_for(path: str | Path, taken: set[str]) -> str:
+    base = re.sub(r"[^0-9A-Za-z_]", "_", Path(path).stem) or "lora"
+    name, index = base, 1
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def load_loras(
+    transformer: nn.Module, loras: list[tuple[str | Path, float]], settings: LoraSettings | None = None
+) -> list[str]:
+    """Load every (path, strength) as its own adapter and activate them together; returns adapter names."""
+    names: list[str] = []
+    for path, _ in loras:
+        name = adapter_name_for(path, set(names))
+        transformer.load_lora_adapter(lora_state_dict(path, settings), prefix=None, adapter_name=name)
+        names.append(name)
+    if names:
+        transformer.set_adapters(names, [float(strength) for _, strength in loras])
+    return names

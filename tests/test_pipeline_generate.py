@@ -1,0 +1,116 @@
+"""Generation on the tiny checkpoint: determinism, the length rule, LoRA strength and file formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from acestep.lora import LoraSettings, bake_file, save_adapter
+from acestep.pipeline.cli import parse_lora
+from acestep.pipeline.erg import proportional_indices
+from acestep.pipeline.lora_loading import load_loras
+from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams, latent_frames, output_samples
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"steps": 4, "duration": 1.5, "guidance_interval": 1.0}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_checkpoint: Path) -> ACEStepPipeline:
+    return ACEStepPipeline.from_checkpoint(tiny_checkpoint)
+
+
+def params(**overrides) -> GenerationParams:
+    return GenerationParams(**{"prompt": "pop, piano", "lyrics": "[verse]\nhello world", **FAST, **overrides})
+
+
+def test_length_rule() -> None:
+    assert latent_frames(60) == 645 and latent_frames(240) == 2583
+    assert output_samples(30) == 322 * 4096
+    assert output_samples(30, 48000) == -(-322 * 4096 * 48000 // 44100)
+    with pytest.raises(ValueError, match="too short"):
+        latent_frames(0.05)
+
+
+def test_erg_layer_mapping() -> None:
+    assert proportional_indices(24, range(15, 20), 24) == [15, 16, 17, 18, 19]
+    assert proportional_indices(12, range(8, 10), 12) == [8, 9]
+    assert proportional_indices(3, range(15, 20), 24) == [1]
+    assert proportional_indices(2, range(8, 10), 12) == [1]
+
+
+def test_same_seed_same_audio_and_length(pipeline: ACEStepPipeline) -> None:
+    first = pipeline.generate(params(), seeds=[1, 2])
+    again = pipeline.generate(params(), seeds=[1])
+    assert len(first) == 2
+    assert first[0].shape == (2, output_samples(FAST["duration"]))
+    torch.testing.assert_close(first[0], again[0], rtol=0, atol=1e-6)
+    assert not torch.allclose(first[0], first[1])
+    assert torch.isfinite(first[0]).all() and first[0].abs().max() <= 1.0
+    assert pipeline.generate(params(lyrics="", cfg_type="cfg", use_erg_tag=False), sample_rate=48000)[0].shape == (
+        2, output_samples(FAST["duration"], 48000))
+
+
+def _trained_adapter(pipeline: ACEStepPipeline, folder: Path) -> Path:
+    settings = LoraSettings(r=4, lora_alpha=2.0, use_rslora=True, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
+    donor = type(pipeline.transformer).from_config(pipeline.transformer.config)
+    donor.add_adapter(LoraConfig(**settings.to_peft_kwargs()))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in donor.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    return save_adapter(get_peft_model_state_dict(donor), folder, settings)
+
+
+def test_lora_strength_zero_is_base_and_trained_lora_changes_output(pipeline: ACEStepPipeline, tmp_path: Path) -> None:
+    adapter = _trained_adapter(pipeline, tmp_path / "run")
+    baked = bake_file(adapter, tmp_path / "baked.safetensors")
+    base = pipeline.sample_latents(params(), [3])
+    names = load_loras(pipeline.transformer, [(adapter, 0.0)])
+    try:
+        torch.testing.assert_close(pipeline.sample_latents(params(), [3]), base, rtol=0, atol=1e-6)
+        pipeline.transformer.set_adapters(names, [1.0])
+        with_lora = pipeline.sample_latents(params(), [3])
+        assert (with_lora - base).abs().max() > 1e-3
+    finally:
+        pipeline.transformer.delete_adapters(names)
+    names = load_loras(pipeline.transformer, [(baked, 1.0)])
+    try:
+        torch.testing.assert_close(pipeline.sample_latents(params(), [3]), with_lora, rtol=1e-4, atol=1e-4)
+    finally:
+        pipeline.transformer.delete_adapters(names)
+    torch.testing.assert_close(pipeline.sample_latents(params(), [3]), base, rtol=0, atol=1e-6)
+
+
+def test_parse_lora_specs() -> None:
+    assert parse_lora("a.safetensors:0.5") == ("a.safetensors", 0.5)
+    assert parse_lora("a.safetensors") == ("a.safetensors", 1.0)
+    assert parse_lora(r"C:\loras\a.safetensors") == (r"C:\loras\a.safetensors", 1.0)
+    assert parse_lora(r"C:\loras\a.safetensors:0.7") == (r"C:\loras\a.safetensors", 0.7)
+
+
+@pytest.mark.slow
+def test_cli_writes_wavs_and_parameters(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "generate.py"), "--prompt", "rock, drums", "--duration", "1.2", "--steps", "3",
+         "--seed", "5", "6", "--checkpoint_dir", str(tiny_checkpoint), "--out_dir", str(tmp_path), "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    for seed in (5, 6):
+        audio, rate = sf.read(tmp_path / f"ace_seed{seed}.wav")
+        assert rate == 44100 and audio.shape == (output_samples(1.2), 2)
+        saved = json.loads((tmp_path / f"ace_seed{seed}.json").read_text())
+        assert saved["seed"] == seed and saved["prompt"] == "rock, drums" and saved["steps"] == 3
+    bad = subprocess.run([sys.executable, str(REPO / "generate.py"), "--prompt", "x", "--checkpoint_dir",
+                          str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:")
