@@ -69,6 +69,9 @@ class TrainConfig:
     logger: str = _opt("csv", "csv (no setup, under the run folder), tensorboard, wandb or none", choices=LOGGERS)
     wandb_project: str = _opt("ace-step-lora", "Weights & Biases project")
     wandb_offline: bool = _opt(False, "keep W&B logs local (sync later with `wandb sync`)")
+    sample_every: int = _opt(0, "render audio samples with the current adapter every N steps (0 = off)")
+    sample_prompts: str | None = _opt(None, "JSON list / TOML [[samples]] of {prompt, lyrics, duration, seed, name}")
+    sample_steps: int = _opt(30, "sampling steps per rendered sample")
     # hardware
     accelerator: str = _opt("auto", "auto, gpu or cpu")
     devices: str = _opt("auto", "number of GPUs (or a list like 0,1); more than one trains with DDP")

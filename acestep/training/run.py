@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data import SongLatents, frames_for_seconds
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
+from .samples import SampleRenderer, read_sample_prompts
 
 
 @dataclass
@@ -115,6 +116,12 @@ def run_training(
     config.save(config.run_dir / "train_config.json")
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
                          base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name)
+    samplers = []
+    if config.sample_every > 0:
+        if not config.sample_prompts:
+            raise AcestepError("--sample_every needs --sample_prompts FILE")
+        prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
+        samplers.append(SampleRenderer(config.run_dir, config.sample_every, prompts, config.checkpoint_dir))
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=_devices(config.devices),
@@ -126,7 +133,7 @@ def run_training(
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_logger(config),
-        callbacks=[MetricsFile(config.run_dir / METRICS_FILE), saver]
+        callbacks=[MetricsFile(config.run_dir / METRICS_FILE), saver, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
         enable_checkpointing=False,
         enable_progress_bar=config.progress_bar,
