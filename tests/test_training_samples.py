@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from test_training_run import make_config
+from training_helpers import synthetic_songs, tiny_transformer
 
 from acestep.errors import AcestepError
 from acestep.lora import load_adapter
@@ -15,8 +17,6 @@ from acestep.pipeline.pipeline import output_samples
 from acestep.training.callbacks import read_metrics
 from acestep.training.run import run_training
 from acestep.training.samples import read_sample_prompts
-from test_training_run import make_config
-from training_helpers import synthetic_songs, tiny_transformer
 
 
 def test_sample_prompt_files(tmp_path: Path) -> None:
