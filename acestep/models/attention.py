@@ -46,12 +46,16 @@ class LinearSelfAttention(nn.Module):
         v = _split_heads(self.to_v(x), self.heads)
         keep = mask[:, None, :, None].to(dtype)
         q, k, v = F.relu(q * keep).float(), F.relu(k * keep).float(), (v * keep).float()
-        kv = torch.matmul(k.transpose(-1, -2), v)  # [B, H, d, d]: sum_j k_j v_j^T
-        numerator = torch.matmul(q, kv)
-        denominator = torch.matmul(q, k.sum(dim=2, keepdim=True).transpose(-1, -2))
-        out = _merge_heads((numerator / (denominator + LINEAR_ATTENTION_EPS)).to(dtype))
+        # A row of ones appended to V makes one product carry both the numerator and the normaliser
+        # (the reference's order of operations, kept so fp32 rounding matches it).
+        v_ones = F.pad(v, (0, 1), value=1.0).transpose(-1, -2)  # [B, H, d+1, T]
+        out = torch.matmul(torch.matmul(v_ones, k), q.transpose(-1, -2))  # [B, H, d+1, T]
+        out = out[:, :, :-1] / (out[:, :, -1:] + LINEAR_ATTENTION_EPS)
+        out = out.flatten(1, 2).transpose(1, 2).to(dtype)
         out = self.to_out[1](self.to_out[0](out))
-        if out.dtype == torch.float16:
+        # The reference clips whenever the CUDA autocast dtype is fp16, which is PyTorch's default even outside
+        # autocast; only a bf16 autocast region turns it off. It matters only on overflow.
+        if torch.get_autocast_dtype("cuda") == torch.float16:
             out = out.clamp(-FP16_MAX, FP16_MAX)
         return out
 
@@ -84,9 +88,10 @@ class CrossAttention(nn.Module):
         q = apply_rope(_split_heads(self.to_q(x), self.heads), *rope)
         k = apply_rope(_split_heads(self.to_k(context), self.heads), *context_rope)
         v = _split_heads(self.to_v(context), self.heads)
-        # Keys are masked by the context mask; padded latent rows (all keys masked in the reference, which
-        # gives NaN) are zeroed instead, so padding can never poison a batch.
-        allowed = context_mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        out = _merge_heads(out) * mask[:, :, None].to(out.dtype)
+        # Additive 0 / -inf mask over the keys, in the query dtype, as the reference builds it (SDPA then takes the
+        # same kernel path). The reference also masks every key of a padded latent row, which gives NaN or
+        # backend-dependent values; those rows get zeros here instead, so padding can never poison a batch.
+        blocked = torch.zeros_like(context_mask, dtype=q.dtype).masked_fill(context_mask != 1, float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=blocked[:, None, None, :])
+        out = _merge_heads(out).masked_fill(mask[:, :, None] != 1, 0.0)
         return self.to_out[1](self.to_out[0](out))

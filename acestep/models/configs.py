@@ -28,7 +28,11 @@ PUBLISHED_TRANSFORMER_CONFIG: dict[str, Any] = {
 
 
 def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
-    """A few-million-parameter model with every part of the published one (SSL tap at block 1 of 3)."""
+    """Every part of the published model at 0.86M parameters (SSL tap at block 1 of 3), for tests and the demo.
+
+    The lyric-encoder size keys are ours (the reference hard-codes the Conformer size); the published defaults
+    apply when they are absent, so the published config.json builds the published model.
+    """
     config = dict(PUBLISHED_TRANSFORMER_CONFIG)
     config.update(
         num_layers=3,

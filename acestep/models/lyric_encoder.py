@@ -19,7 +19,9 @@ LAYER_NORM_EPS = 1e-5
 def relative_position_table(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[1, 2L-1, dim] sinusoids for relative positions L-1 down to -(L-1) (ESPnet "rel_pos" layout)."""
     positions = torch.arange(length - 1, -length, -1, device=device, dtype=torch.float32)[:, None]
-    freqs = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    freqs = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim)
+    )
     table = torch.zeros(2 * length - 1, dim, device=device, dtype=torch.float32)
     table[:, 0::2] = torch.sin(positions * freqs)
     table[:, 1::2] = torch.cos(positions * freqs)
@@ -99,7 +101,9 @@ class LinearEmbed(nn.Module):
 
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
-        self.out = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim, eps=LAYER_NORM_EPS), nn.Dropout(dropout))
+        self.out = nn.Sequential(
+            nn.Linear(dim, dim), nn.LayerNorm(dim, eps=LAYER_NORM_EPS), nn.Dropout(dropout)
+        )
         self.dim = dim
         self.dropout = nn.Dropout(dropout)
 

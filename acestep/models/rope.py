@@ -22,7 +22,9 @@ class RotaryEmbedding(nn.Module):
 
     def _build_cache(self, length: int) -> None:
         self.cached_length = length
-        positions = torch.arange(length, dtype=torch.int64, device=self.inv_freq.device).type_as(self.inv_freq)
+        positions = torch.arange(length, dtype=torch.int64, device=self.inv_freq.device).type_as(
+            self.inv_freq
+        )
         freqs = torch.outer(positions, self.inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos_cached", angles.cos(), persistent=False)

@@ -2,6 +2,12 @@
 
 Facts: shared/reference/transformer.md. The state-dict names and shapes equal the published ones (874 tensors,
 3,305,659,264 parameters at the published config), including weights the forward pass never uses.
+
+Against the reference class with the same weights (CPU), outputs are bit-identical in fp32, bf16 and fp16 and
+fp32 gradients too. Deliberate differences, none on the path the reference pipelines and trainers use:
+padded latent rows get zeros from the cross-attention (the reference masks every key there: NaN or
+backend-dependent); SSL losses are computed in fp32; `decode` without `output_length` returns all frames;
+a scalar timestep is broadcast; inputs are cast to the model dtype.
 """
 
 from __future__ import annotations
@@ -30,15 +36,15 @@ TIMESTEP_CHANNELS = 256
 
 
 class RMSNorm(nn.Module):
-    """Weightless RMSNorm with the variance in fp32, as the checkpoint's blocks use it."""
+    """Weightless RMSNorm with the variance in fp32 (the product promotes to fp32 too), as the blocks use it."""
 
     def __init__(self, eps: float = NORM_EPS) -> None:
         super().__init__()
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
 
 class _Conv1d(nn.Module):
@@ -91,8 +97,10 @@ class LinearTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         modulation = self.scale_shift_table[None] + temb.reshape(h.shape[0], 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)
-        h = h + gate_msa * self.attn(self.norm1(h) * (1 + scale_msa) + shift_msa, mask, rope)
-        h = h + self.cross_attn(h, context, mask, context_mask, rope, context_rope)
+        # Operand order as in the reference: it decides the memory layout of the sums (h arrives transposed from
+        # the patch embedding), and with it which bf16 matmul kernel the next layer takes.
+        h = gate_msa * self.attn(self.norm1(h) * (1 + scale_msa) + shift_msa, mask, rope) + h
+        h = self.cross_attn(h, context, mask, context_mask, rope, context_rope) + h
         return h + gate_mlp * self.ff(self.norm2(h) * (1 + scale_mlp) + shift_mlp)
 
 
@@ -124,6 +132,13 @@ class FinalLayer(nn.Module):
     def forward(self, h: torch.Tensor, embedded_timestep: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         return self.linear(self.norm_final(h) * (1 + scale) + shift)
+
+
+def match_statistics(control: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """ControlNet input [B, T, C] renormalised to the tokens' mean and std over (T, C), as the reference does."""
+    control_mean, control_std = control.mean(dim=(1, 2), keepdim=True), control.std(dim=(1, 2), keepdim=True)
+    mean, std = tokens.mean(dim=(1, 2), keepdim=True), tokens.std(dim=(1, 2), keepdim=True)
+    return (control - control_mean) * (std / (control_std + 1e-12)) + mean
 
 
 @dataclass
@@ -189,7 +204,11 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.lyric_proj = nn.Linear(lyric_hidden_size, dim)
         self.projectors = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, ssl_dim)
+                nn.Linear(dim, 2 * dim),
+                nn.SiLU(),
+                nn.Linear(2 * dim, 2 * dim),
+                nn.SiLU(),
+                nn.Linear(2 * dim, ssl_dim),
             )
             for ssl_dim in ssl_latent_dims
         )
@@ -215,9 +234,6 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         mask = torch.cat([ones, text_attention_mask.to(states.dtype), lyric_mask.to(states.dtype)], dim=1)
         return states, mask
 
-    def _timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.timestep_embedder(self.time_proj(timestep).to(dtype))
-
     def decode(
         self,
         hidden_states: torch.Tensor,
@@ -227,21 +243,26 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         timestep: torch.Tensor,
         ssl_hidden_states: list[list[torch.Tensor] | None] | None = None,
         output_length: int | None = None,
+        block_controlnet_hidden_states: torch.Tensor | None = None,
+        controlnet_scale: float | torch.Tensor = 1.0,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
-        """One denoiser call on latents [B, 8, 16, T] given encoded conditions."""
+        """One denoiser call on latents [B, 8, 16, T] given encoded conditions; `timestep` is sigma x 1000."""
         dtype = self.proj_in.early_conv_layers[0].weight.dtype
         batch, _, _, length = hidden_states.shape
         timestep = timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep
-        embedded_timestep = self._timestep_embedding(timestep, dtype)
+        embedded_timestep = self.timestep_embedder(self.time_proj(timestep).to(dtype))
         temb = self.t_block(embedded_timestep)
         h = self.proj_in(hidden_states.to(dtype))
-        rope = self.rotary_emb(length)
-        context_rope = self.rotary_emb(encoder_hidden_states.shape[1])
-        encoder_hidden_states = encoder_hidden_states.to(dtype)
+        if block_controlnet_hidden_states is not None:
+            h = h + match_statistics(block_controlnet_hidden_states, h) * controlnet_scale
+        context = encoder_hidden_states.to(h.dtype)
+        # The tables follow the dtype of the states they rotate (bf16 under autocast), as in the reference.
+        rope = tuple(table.to(h.dtype) for table in self.rotary_emb(length))
+        context_rope = tuple(table.to(context.dtype) for table in self.rotary_emb(context.shape[1]))
         captured: list[torch.Tensor] = []
         for index, block in enumerate(self.transformer_blocks):
-            args = (h, encoder_hidden_states, attention_mask, encoder_hidden_mask, rope, context_rope, temb)
+            args = (h, context, attention_mask, encoder_hidden_mask, rope, context_rope, temb)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -257,11 +278,16 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def _projection_losses(
         self, captured: list[torch.Tensor], ssl_hidden_states: list[list[torch.Tensor] | None] | None
     ) -> list[tuple[str, torch.Tensor]]:
-        """Cosine losses between projected block-8 states and SSL features, each resampled to its own length."""
+        """Cosine losses between projected tapped states and SSL features, each resampled to the feature length.
+
+        Computed in fp32 (the reference uses the model dtype): a bf16 loss is rounded to about 3 digits.
+        """
         losses: list[tuple[str, torch.Tensor]] = []
         if not ssl_hidden_states:
             return losses
-        for hidden, projector, targets, name in zip(captured, self.projectors, ssl_hidden_states, self.ssl_names):
+        for hidden, projector, targets, name in zip(
+            captured, self.projectors, ssl_hidden_states, self.ssl_names
+        ):
             if targets is None:
                 continue
             predicted = projector(hidden)
@@ -270,10 +296,10 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 resized = F.interpolate(
                     sample_pred.T[None], size=target.shape[0], mode="linear", align_corners=False
                 )[0].T
-                cosine = F.cosine_similarity(
-                    F.normalize(resized.float(), dim=-1), F.normalize(target.to(resized.device).float(), dim=-1), dim=-1
-                )
-                total = total + (1.0 - cosine).mean()
+                target = F.normalize(target.to(resized.device).float(), dim=-1)
+                resized = F.normalize(resized.float(), dim=-1)
+                ones = torch.ones(target.shape[0], device=target.device)
+                total = total + F.cosine_embedding_loss(target, resized, ones, margin=0.0)
             losses.append((name, total / predicted.shape[0]))
         return losses
 
@@ -297,14 +323,25 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         lyric_mask: torch.Tensor,
         timestep: torch.Tensor,
         ssl_hidden_states: list[list[torch.Tensor] | None] | None = None,
+        block_controlnet_hidden_states: torch.Tensor | None = None,
+        controlnet_scale: float | torch.Tensor = 1.0,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+        """`encode` then `decode`: the training call. Masks are 1 for real frames/tokens, 0 for padding."""
         states, mask = self.encode(
             encoder_text_hidden_states, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask
         )
         return self.decode(
-            hidden_states, attention_mask, states, mask, timestep, ssl_hidden_states,
-            output_length=hidden_states.shape[-1], return_dict=return_dict,
+            hidden_states,
+            attention_mask,
+            states,
+            mask,
+            timestep,
+            ssl_hidden_states,
+            output_length=hidden_states.shape[-1],
+            block_controlnet_hidden_states=block_controlnet_hidden_states,
+            controlnet_scale=controlnet_scale,
+            return_dict=return_dict,
         )
 
     @classmethod
@@ -312,15 +349,26 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """diffusers loading, made strict: a file that does not match the model is an error, not a warning."""
         want_info = kwargs.pop("output_loading_info", False)
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, output_loading_info=True, **kwargs
+            )
         except (ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{pretrained_model_name_or_path}: weights do not match the model: {error}") from error
+            if "shape" not in str(error) and "size mismatch" not in str(error):
+                raise
+            raise CheckpointError(
+                f"{pretrained_model_name_or_path}: weights do not match the model: {error}"
+            ) from error
         problems = [
             f"{kind}: {', '.join(sorted(info[key])[:10])}{' ...' if len(info[key]) > 10 else ''}"
-            for key, kind in (("missing_keys", "missing keys"), ("unexpected_keys", "unexpected keys"),
-                              ("mismatched_keys", "mismatched shapes"))
+            for key, kind in (
+                ("missing_keys", "missing keys"),
+                ("unexpected_keys", "unexpected keys"),
+                ("mismatched_keys", "mismatched shapes"),
+            )
             if info.get(key)
         ]
         if problems:
-            raise CheckpointError(f"{pretrained_model_name_or_path}: weights do not match the model: {'; '.join(problems)}")
+            raise CheckpointError(
+                f"{pretrained_model_name_or_path}: weights do not match the model: {'; '.join(problems)}"
+            )
         return (model, info) if want_info else model
