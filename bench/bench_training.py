@@ -1,0 +1,53 @@
+"""Training speed and peak memory at the tiny size on this machine: steps/s (median) and peak RSS / GPU memory.
+
+`python bench/bench_training.py [--steps 100] [--batch_size 1] [--seconds 30] [--ssl]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from training_helpers import synthetic_songs  # noqa: E402
+
+from acestep.tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
+from acestep.training import TrainConfig, run_training  # noqa: E402
+from acestep.training.callbacks import read_metrics  # noqa: E402
+from acestep.training.memory import peak_rss_gb  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each synthetic song")
+    parser.add_argument("--ssl", action="store_true")
+    parser.add_argument("--no_checkpointing", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        checkpoint = write_tiny_checkpoint(root / "ckpt")
+        frames = int(args.seconds * 10.7666)
+        prep = root / "prep"
+        synthetic_songs([frames] * 4, ssl=args.ssl).save_to_disk(str(prep))
+        config = TrainConfig(
+            dataset_path=str(prep), checkpoint_dir=str(checkpoint), output_dir=str(root / "runs"), exp_name="bench",
+            max_steps=args.steps, every_n_train_steps=args.steps, batch_size=args.batch_size, logger="none",
+            progress_bar=False, gradient_checkpointing=not args.no_checkpointing, use_ssl=args.ssl,
+        )
+        result = run_training(config)
+        rows = read_metrics(result.metrics_file)[5:]  # skip warm-up steps (imports, first allocations)
+    speed = statistics.median(r["steps_per_s"] for r in rows)
+    print(f"tiny model, batch {args.batch_size}, {args.seconds:g} s songs ({frames} frames), ssl {args.ssl}, "
+          f"checkpointing {not args.no_checkpointing}: {speed:.1f} steps/s (median), peak memory "
+          f"{rows[-1]['peak_mem_gb']:.2f} GB, process peak RSS {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
