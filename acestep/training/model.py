@@ -11,6 +11,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter, settings_from_metadata
 from acestep.models import ACEStepTransformer2DModel
+from acestep.models.attention import CrossAttention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
@@ -42,6 +43,32 @@ def is_published_size(transformer_dir: Path) -> bool:
     """The published model has 24 blocks of 20 heads; anything else (the tiny test model) is named by path."""
     config = ACEStepTransformer2DModel.load_config(transformer_dir)
     return config.get("num_layers") == 24 and config.get("num_attention_heads") == 20
+
+
+UNUSED_CROSS_ATTENTION_LAYERS = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors: bool) -> int:
+    """Swap weights that no training or sampling forward reads for empty tensors; returns the bytes released.
+
+    The published checkpoint carries cross-attention `add_*` layers (629 M parameters) that the forward pass
+    never uses, and the SSL projectors (88 M) only serve the SSL losses. Loading them is what keeps the files
+    interchangeable; holding them on a small GPU is waste. Only LoRA factors are ever saved, so nothing is lost.
+    """
+    layers: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, CrossAttention):
+            layers += [getattr(module, name) for name in UNUSED_CROSS_ATTENTION_LAYERS]
+    if not keep_ssl_projectors:
+        layers.append(model.projectors)
+    released = 0
+    for layer in layers:
+        for module in layer.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                released += param.numel() * param.element_size()
+                empty = torch.empty(0, dtype=param.dtype, device=param.device)
+                setattr(module, name, torch.nn.Parameter(empty, requires_grad=False))
+    return released
 
 
 def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapter_name: str) -> list[str]:

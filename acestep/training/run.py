@@ -26,7 +26,7 @@ from .callbacks import (
 )
 from .config import TrainConfig
 from .data import SongLatents, frames_for_seconds
-from .model import PRECISION_FOR_DTYPE, load_base_transformer, resolve_base_dtype
+from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .samples import SampleRenderer, read_sample_prompts
 
@@ -110,6 +110,8 @@ def run_training(
         dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
         transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
     dtype = next(transformer.parameters()).dtype
+    if config.release_unused_weights:
+        release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
     transformer.train()
     module = LoraTrainingModule(transformer, settings, config, songs)
     config.run_dir.mkdir(parents=True, exist_ok=True)

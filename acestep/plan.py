@@ -1,0 +1,392 @@
+"""Will a LoRA training run fit on my GPU? An estimate of training memory, and what to change when it does not.
+
+`python -m acestep.plan --duration 360 --rank 64 [--batch_size 1] [--gpu_gb 10] [--optimizer adamw]`
+
+Parameter counts come from the model config (the model is built on the meta device, the LoRA attached by PEFT
+exactly as the trainer does). Activation terms are counted per token from the operations of a training step
+(bf16 autocast, gradient checkpointing per block): what each phase holds at its peak is listed in
+`activation_terms`. bench/train_step.py measures the same step with `TensorMemoryTracker` and puts both side by
+side (bench/results/). The GPU adds its own overhead on top of tensor memory (CUDA context, cuBLAS workspace,
+allocator cache): `CUDA_CONTEXT_GB` and `ALLOCATOR_SLACK` are assumptions, not measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
+from acestep.errors import AcestepError
+from acestep.lora import LoraSettings
+
+LATENT_FRAMES_PER_SECOND = 44100 / 4096
+DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# Optimizer state per trainable parameter: AdamW two fp32 moments; bitsandbytes AdamW8bit two uint8 moments
+# (+ block statistics, < 1 %); Prodigy two moments, `s` and the initial copy `p0`.
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
+CUDA_CONTEXT_GB = 0.5
+ALLOCATOR_SLACK = 0.05
+# Per token and channel, bytes at the backward peak of one recomputed block in 16-bit (its forward tensors kept
+# for backward: normalised input, q/k/v and their rotated fp32 copies, the linear-attention products, the
+# GLUMBConv hidden states, plus the gradients being formed), counted by tracing the block's operations.
+BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 96
+# Per token, fp32 tensors of the latent-space loss (latents, noise, noisy input, prediction, error, mask):
+# each in_channels x patch height values.
+LOSS_TENSORS = 4
+PATCH_EMBED_CHANNELS_PER_INPUT = 256  # the patch embedding widens 8 channels x 16 rows to 2048 before projecting
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Base weights by role: `unused` are the checkpoint's cross-attention add_* layers no forward pass reads."""
+
+    blocks: int
+    unused: int
+    ssl_projectors: int
+    lyric_encoder: int
+    other: int
+    buffer_bytes_fp32: int
+
+    @property
+    def total(self) -> int:
+        return self.blocks + self.unused + self.ssl_projectors + self.lyric_encoder + self.other
+
+
+@dataclass(frozen=True)
+class LoraCounts:
+    """Trainable parameters, split so a lower rank can be planned without attaching again."""
+
+    per_rank: int  # parameters per unit of rank of the modules without a rank_pattern entry
+    fixed: int  # parameters of modules whose rank is fixed by rank_pattern
+    rank: int
+    in_lyric_encoder: bool
+
+    def at_rank(self, rank: int) -> int:
+        return self.per_rank * rank + self.fixed
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    duration: float = 360.0
+    rank: int | None = None  # None: the LoRA config's r
+    batch_size: int = 1
+    gpu_gb: float = 10.0
+    optimizer: str = "adamw"
+    base_dtype: str = "bf16"
+    lora_config: str | Path = DEFAULT_LORA_CONFIG
+    ssl: bool = True
+    lyric_tokens: int = 1024
+    text_tokens: int = 64
+    device: str = "cuda"
+    release_unused_weights: bool = True  # the trainer's default: add_* layers (and projectors without SSL) freed
+    transformer_config: dict | None = None  # None: the published model
+
+    @property
+    def frames(self) -> int:
+        return max(1, math.floor(self.duration * LATENT_FRAMES_PER_SECOND))
+
+
+@dataclass
+class MemoryPlan:
+    request: PlanRequest
+    parameters: ParameterCounts
+    lora_parameters: int
+    parts: dict[str, int] = field(default_factory=dict)  # bytes of each term of the peak
+    peak_phase: str = ""
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def device_bytes(self) -> int:
+        """What the GPU must hold: tensors plus allocator slack and the CUDA context (none on the CPU)."""
+        if self.request.device != "cuda":
+            return self.tensor_bytes
+        return int(self.tensor_bytes * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB * 1e9)
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes <= self.request.gpu_gb * 1e9
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.request.batch_size * self.request.frames
+
+
+def _config(request: PlanRequest) -> dict:
+    from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG
+
+    return dict(request.transformer_config or PUBLISHED_TRANSFORMER_CONFIG)
+
+
+def _meta_model(config: dict) -> torch.nn.Module:
+    from acestep.models import ACEStepTransformer2DModel
+
+    with torch.device("meta"):
+        return ACEStepTransformer2DModel(**config)
+
+
+def count_parameters(config: dict) -> ParameterCounts:
+    """Parameter counts by role, from the model built on the meta device (no memory, no weights needed)."""
+    return _parameters_cached(json.dumps(config, sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _parameters_cached(config_key: str) -> ParameterCounts:
+    """Keyed by the config's JSON: planning a run estimates many variants of the same model."""
+    model = _meta_model(json.loads(config_key))
+    groups = {"blocks": 0, "unused": 0, "ssl_projectors": 0, "lyric_encoder": 0, "other": 0}
+    for name, param in model.named_parameters():
+        if ".add_" in name or ".to_add_out." in name:
+            groups["unused"] += param.numel()
+        elif name.startswith("transformer_blocks."):
+            groups["blocks"] += param.numel()
+        elif name.startswith("projectors."):
+            groups["ssl_projectors"] += param.numel()
+        elif name.startswith(("lyric_encoder.", "lyric_embs.")):
+            groups["lyric_encoder"] += param.numel()
+        else:
+            groups["other"] += param.numel()
+    buffers = sum(b.numel() * 4 for b in model.buffers())
+    return ParameterCounts(**groups, buffer_bytes_fp32=buffers)
+
+
+@lru_cache(maxsize=8)
+def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
+    from acestep.training.model import attach_lora
+
+    config, settings = json.loads(config_key), LoraSettings.from_dict(json.loads(settings_key))
+    model = _meta_model(config)
+    attach_lora(model, settings, "plan")
+    per_rank = fixed = 0
+    in_lyric = False
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or "plan" not in lora_a:
+            continue
+        rank, fan_in = lora_a["plan"].weight.shape
+        fan_out = module.lora_B["plan"].weight.shape[0]
+        in_lyric |= name.startswith("lyric_encoder.")
+        if rank == settings.r:
+            per_rank += fan_in + fan_out
+        else:
+            fixed += rank * (fan_in + fan_out)
+    return LoraCounts(per_rank=per_rank, fixed=fixed, rank=settings.r, in_lyric_encoder=in_lyric)
+
+
+def count_lora_parameters(config: dict, settings: LoraSettings) -> LoraCounts:
+    """Trainable LoRA parameters as PEFT creates them on the model built from `config`."""
+    settings_dict = dataclasses.asdict(settings)
+    settings_dict["target_modules"] = list(settings.target_modules)
+    return _lora_counts_cached(json.dumps(config, sort_keys=True), json.dumps(settings_dict, sort_keys=True))
+
+
+def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts) -> dict[str, dict[str, int]]:
+    """Bytes each phase of one step holds beyond weights, LoRA state and the batch, term by term.
+
+    The phases peak at different moments, so the step's peak is the largest phase, not their sum: the lyric
+    encoder (attention scores of one Conformer layer), the patch embedding's 2048-wide intermediate, the end of
+    the forward pass (block inputs kept by checkpointing, SSL projector states and their fp32 loss copies), and
+    the backward pass (all LoRA gradients, the block inputs, one block's recomputation). Cross-attention runs in
+    fused SDPA kernels (CUDA and CPU alike), which never hold the [heads, tokens, context] score matrix.
+    """
+    e = DTYPE_BYTES[request.base_dtype]
+    batch, frames = request.batch_size, request.frames
+    tokens = batch * frames
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    blocks = config["num_layers"]
+    lyric_dim = config["lyric_hidden_size"]
+    lyric_heads = config.get("lyric_encoder_heads", 16)
+    lyric_layers = config.get("lyric_encoder_num_blocks", 6)
+    lyrics, context = request.lyric_tokens, 1 + request.text_tokens + request.lyric_tokens
+    patch_values = config["in_channels"] * config["patch_size"][0]
+
+    block_inputs = blocks * tokens * width * e
+    context_states = batch * context * width * e
+    loss_tensors = tokens * patch_values * 4 * LOSS_TENSORS
+    lyric_peak = batch * (6 * e * lyric_heads * lyrics**2 + 9 * e * lyrics * lyric_dim)
+    lyric_inputs = lyric_layers * batch * lyrics * lyric_dim * e if lora.in_lyric_encoder else 0
+    patch_embed = tokens * config["in_channels"] * PATCH_EMBED_CHANNELS_PER_INPUT * (e + 2)
+    ssl_states = 0
+    if request.ssl:
+        samples = round(request.duration * SAMPLE_RATE)
+        for model, dim in zip((MERT, MHUBERT), config["ssl_latent_dims"]):
+            # four 2*width activations of the projector MLP, and two fp32 copies of the resampled prediction
+            ssl_states += 4 * tokens * 2 * width * e + 2 * batch * ssl_frames(samples, model) * dim * 4
+    recompute = tokens * width * BLOCK_RECOMPUTE_BYTES_PER_CHANNEL * e // 2
+    lora_grads = lora.at_rank(request.rank or lora.rank) * 4
+    phases = {
+        "lyric encoder": {"one Conformer layer": lyric_peak, "its layer inputs (checkpoints)": lyric_inputs},
+        "patch embedding": {"2048-wide intermediate": patch_embed, "conditions": context_states},
+        "end of forward": {
+            "block inputs (checkpoints)": block_inputs,
+            "SSL projector states": ssl_states,
+            "conditions": context_states,
+            "loss tensors": loss_tensors,
+        },
+        "backward": {
+            "LoRA gradients": lora_grads,
+            "block inputs (checkpoints)": block_inputs,
+            "one block recomputed": recompute,
+            "conditions": context_states,
+            "loss tensors": loss_tensors,
+        },
+    }
+    if lora.in_lyric_encoder:  # its backward comes last: every LoRA gradient exists, one layer is recomputed
+        phases["backward (lyric encoder)"] = {
+            "LoRA gradients": lora_grads, "one Conformer layer": lyric_peak,
+            "its layer inputs (checkpoints)": lyric_inputs, "conditions": context_states,
+        }
+    return phases
+
+
+def _batch_bytes(request: PlanRequest, config: dict) -> int:
+    """The micro-batch on the device: fp32 latents and masks, prompt states, lyric ids and SSL targets."""
+    batch, frames = request.batch_size, request.frames
+    patch_values = config["in_channels"] * config["patch_size"][0]
+    size = batch * (frames * (patch_values + 1) * 4 + request.text_tokens * (config["text_embedding_dim"] + 1) * 4)
+    size += batch * request.lyric_tokens * (8 + 4)
+    if request.ssl:
+        samples = round(request.duration * SAMPLE_RATE)
+        size += sum(batch * ssl_frames(samples, m) * d * 4 for m, d in zip((MERT, MHUBERT), config["ssl_latent_dims"]))
+    return size
+
+
+def estimate(request: PlanRequest) -> MemoryPlan:
+    """Peak training memory for `request`: weights + LoRA state + the largest phase of one step."""
+    if request.optimizer not in OPTIMIZER_STATE_BYTES:
+        raise AcestepError(f"--optimizer must be one of {sorted(OPTIMIZER_STATE_BYTES)}, not {request.optimizer!r}")
+    if request.base_dtype not in DTYPE_BYTES:
+        raise AcestepError(f"--base_dtype must be one of {sorted(DTYPE_BYTES)}, not {request.base_dtype!r}")
+    if request.duration <= 0 or request.batch_size < 1:
+        raise AcestepError("--duration must be positive and --batch_size at least 1")
+    config = _config(request)
+    params = count_parameters(config)
+    settings = LoraSettings.from_json(request.lora_config)
+    lora = count_lora_parameters(config, settings)
+    lora_params = lora.at_rank(request.rank or lora.rank)
+    e = DTYPE_BYTES[request.base_dtype]
+    held = params.total
+    if request.release_unused_weights:
+        held -= params.unused + (0 if request.ssl else params.ssl_projectors)
+    # Buffers (the rotary tables) follow the base dtype, as from_pretrained(torch_dtype=...) converts them.
+    parts = {
+        "base weights": held * e + params.buffer_bytes_fp32 * e // 4,
+        "LoRA weights (fp32)": lora_params * 4,
+        "optimizer state": lora_params * OPTIMIZER_STATE_BYTES[request.optimizer],
+        "LoRA 16-bit copies (autocast)": lora_params * e if e == 2 else 0,
+        "micro-batch": _batch_bytes(request, config),
+    }
+    phases = {name: sum(terms.values()) for name, terms in activation_terms(request, config, lora).items()}
+    phase = max(phases, key=phases.get)
+    parts[f"activations ({phase})"] = phases[phase]
+    return MemoryPlan(request=request, parameters=params, lora_parameters=lora_params, parts=parts, peak_phase=phase)
+
+
+def longest_duration_that_fits(request: PlanRequest) -> float | None:
+    """The longest crop (whole seconds) for which the plan fits, or None if not even 10 s does."""
+    low, high = 10, int(request.duration)
+    if not estimate(replace(request, duration=low)).fits:
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if estimate(replace(request, duration=middle)).fits else (low, middle - 1)
+    return float(low)
+
+
+def suggestions(request: PlanRequest) -> list[str]:
+    """Options of the trainer that bring the run within the GPU, each checked by estimating it; when no single
+    one is enough, all of them together with the longest crop that then fits."""
+    options: list[tuple[str, dict]] = []
+    if not request.release_unused_weights:
+        options.append(("--release_unused_weights (the default)", {"release_unused_weights": True}))
+    if request.optimizer != "adamw8bit" and request.device == "cuda":
+        options.append(("--optimizer adamw8bit (pip install bitsandbytes)", {"optimizer": "adamw8bit"}))
+    if request.batch_size > 1:
+        options.append((f"--batch_size 1 --accumulate_grad_batches {request.batch_size}", {"batch_size": 1}))
+    rank = request.rank or LoraSettings.from_json(request.lora_config).r
+    options += [(f"a LoRA config with r {lower}", {"rank": lower}) for lower in (32, 16, 8) if lower < rank]
+    if request.ssl:
+        options.append(("--no-use_ssl (or a dataset without SSL features)", {"ssl": False}))
+    found = [text for text, changes in options if estimate(replace(request, **changes)).fits]
+    longest = longest_duration_that_fits(request)
+    if longest is not None and longest < request.duration:
+        found.append(f"--max_duration {longest:.0f} (random crops of that length)")
+    if found or not options:
+        return found
+    # The ranks are alternatives: keep the smallest when combining.
+    combined = replace(request, **{k: v for _, changes in options for k, v in changes.items()})
+    longest = longest_duration_that_fits(combined)
+    if longest is None:
+        return []
+    texts = [text for text, changes in options if "rank" not in changes or changes["rank"] == combined.rank]
+    crop = f"; --max_duration {longest:.0f}" if longest < request.duration else ""
+    return ["all together: " + "; ".join(texts) + crop]
+
+
+def format_plan(plan: MemoryPlan) -> str:
+    r = plan.request
+    rank = r.rank or LoraSettings.from_json(r.lora_config).r
+    lines = [
+        f"Training plan: {r.duration:g} s crops ({r.frames} latent frames), batch {r.batch_size}, LoRA rank {rank}, "
+        f"{r.optimizer}, base {r.base_dtype}, SSL {'on' if r.ssl else 'off'}, {r.lyric_tokens} lyric tokens",
+        f"Tokens per step: {plan.tokens_per_step} ({LATENT_FRAMES_PER_SECOND:.4f} per second of audio per song)",
+        f"Base parameters: {plan.parameters.total:,} ({plan.parameters.unused:,} never used by the forward pass, "
+        f"{plan.parameters.ssl_projectors:,} in the SSL projectors; "
+        f"{'unused ones released' if r.release_unused_weights else 'all kept'}); "
+        f"LoRA parameters: {plan.lora_parameters:,}",
+    ]
+    lines += [f"  {name:<36s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
+    lines.append(f"  {'tensors at the peak':<36s} {plan.tensor_bytes / 1e9:7.2f} GB")
+    if r.device == "cuda":
+        lines.append(f"  {'+ CUDA context and allocator slack':<36s} {(plan.device_bytes - plan.tensor_bytes) / 1e9:7.2f} GB")
+    verdict = "fits" if plan.fits else "does NOT fit"
+    lines.append(f"Estimated peak {plan.device_bytes / 1e9:.2f} GB: {verdict} in {r.gpu_gb:g} GB.")
+    if not plan.fits:
+        found = suggestions(r)
+        lines.append("Each of these makes it fit: " + "; ".join(found) if found else
+                     "Nothing tried makes it fit (shorter crops, lower rank, 8-bit optimizer, no SSL).")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> PlanRequest:
+    p = argparse.ArgumentParser(prog="python -m acestep.plan", description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--gpu_gb", type=float, default=10.0, help="GPU memory to plan for, in GB (1e9 bytes)")
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES))
+    p.add_argument("--base_dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG))
+    p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
+    p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
+    p.add_argument("--text_tokens", type=int, default=64, help="prompt tokens per song")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--keep_unused_weights", action="store_true",
+                   help="plan for the trainer's --no-release_unused_weights")
+    a = p.parse_args(argv)
+    return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
+                       optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
+                       lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
+                       release_unused_weights=not a.keep_unused_weights)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        print(format_plan(estimate(parse_args(argv))))
+    except AcestepError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
