@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,21 @@ TEMP_MARK = ".tmp-"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, flush to disk, then os.replace onto the real name."""
+    """Write to a temp file in the same folder, flush to disk, then os.replace onto the real name.
+
+    The temp file is opened normally (not with mkstemp), so the result gets the umask's permissions rather
+    than 0600: files other users' tools (ComfyUI running as a service) can read.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + TEMP_MARK, dir=path.parent)
+    tmp = temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
