@@ -39,25 +39,6 @@ SOURCE_RATE = 44100  # what most music files carry, so conditioning really resam
 TRAINING_RATE = 48000
 WARMUP_SECONDS = 3.0
 
-# music_dcae_f8c8/config.json of ACE-Step/ACE-Step-v1-3.5B (shared reference, data-side.md 2.3).
-PUBLISHED_DCAE_CONFIG = {
-    "in_channels": 2,
-    "latent_channels": 8,
-    "attention_head_dim": 32,
-    "encoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
-    "decoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
-    "encoder_block_out_channels": [128, 256, 512, 1024],
-    "decoder_block_out_channels": [128, 256, 512, 1024],
-    "encoder_layers_per_block": [2, 2, 3, 3],
-    "decoder_layers_per_block": [3, 3, 3, 3],
-    "encoder_qkv_multiscales": [[], [], [5], [5]],
-    "decoder_qkv_multiscales": [[], [], [5], [5]],
-    "downsample_block_type": "Conv",
-    "upsample_block_type": "interpolate",
-    "decoder_norm_types": "rms_norm",
-    "decoder_act_fns": "silu",
-    "scaling_factor": 0.41407,
-}
 # google umt5-base, encoder only (data-side.md 4.1).
 PUBLISHED_UMT5_CONFIG = {
     "vocab_size": 256384,
@@ -260,7 +241,7 @@ def bench_decode(bench: Bench, formats: list[str]) -> None:
 def published_dcae(bench: Bench):
     from diffusers import AutoencoderDC
 
-    from acestep.models.dcae import MusicDCAE
+    from acestep.models.dcae import PUBLISHED_DCAE_CONFIG, MusicDCAE
 
     return MusicDCAE(AutoencoderDC(**PUBLISHED_DCAE_CONFIG).to(bench.dtype).eval()).to(bench.device)
 

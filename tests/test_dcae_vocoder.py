@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import AutoencoderDC
 
-from acestep.models.dcae import MusicDCAE, latent_length_for_samples, tiny_dcae_config
+from acestep.models.dcae import PUBLISHED_DCAE_CONFIG, MusicDCAE, latent_length_for_samples, tiny_dcae_config
 from acestep.models.mel import LogMelSpectrogram, denormalize_mel, normalize_mel, slaney_mel_filterbank
 from acestep.models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
 
@@ -95,6 +95,7 @@ def test_published_vocoder_layout() -> None:
 
 def test_published_dcae_config_builds(reference_dir: Path) -> None:
     config = json.loads((reference_dir / "music_dcae_f8c8_config.json").read_text())
+    assert {k: v for k, v in config.items() if not k.startswith("_")} == PUBLISHED_DCAE_CONFIG
     with torch.device("meta"):
         dcae = AutoencoderDC.from_config(config)
     assert sum(p.numel() for p in dcae.parameters()) == 156_812_426

@@ -168,23 +168,34 @@ class MusicDCAE(nn.Module):
         return outputs
 
 
+# music_dcae_f8c8/config.json of ACE-Step/ACE-Step-v1-3.5B (shared/reference/music_dcae_f8c8_config.json).
+PUBLISHED_DCAE_CONFIG: dict[str, Any] = {
+    "in_channels": 2,
+    "latent_channels": 8,
+    "attention_head_dim": 32,
+    "encoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+    "decoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+    "encoder_block_out_channels": [128, 256, 512, 1024],
+    "decoder_block_out_channels": [128, 256, 512, 1024],
+    "encoder_layers_per_block": [2, 2, 3, 3],
+    "decoder_layers_per_block": [3, 3, 3, 3],
+    "encoder_qkv_multiscales": [[], [], [5], [5]],
+    "decoder_qkv_multiscales": [[], [], [5], [5]],
+    "downsample_block_type": "Conv",
+    "upsample_block_type": "interpolate",
+    "decoder_norm_types": "rms_norm",
+    "decoder_act_fns": "silu",
+    "scaling_factor": 0.41407,
+}
+
+
 def tiny_dcae_config() -> dict[str, Any]:
     """An AutoencoderDC with the published family (2 -> 8 channels, downsampling 8) and tiny widths."""
     return {
-        "in_channels": 2,
-        "latent_channels": 8,
+        **PUBLISHED_DCAE_CONFIG,
         "attention_head_dim": 8,
-        "encoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
-        "decoder_block_types": ["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
         "encoder_block_out_channels": [8, 8, 16, 16],
         "decoder_block_out_channels": [8, 8, 16, 16],
         "encoder_layers_per_block": [1, 1, 1, 1],
         "decoder_layers_per_block": [1, 1, 1, 1],
-        "encoder_qkv_multiscales": [[], [], [5], [5]],
-        "decoder_qkv_multiscales": [[], [], [5], [5]],
-        "downsample_block_type": "Conv",
-        "upsample_block_type": "interpolate",
-        "decoder_norm_types": "rms_norm",
-        "decoder_act_fns": "silu",
-        "scaling_factor": 0.41407,
     }
