@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -26,8 +25,9 @@ import torch
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
+from acestep.models.attention import CrossAttention
+from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 
-LATENT_FRAMES_PER_SECOND = 44100 / 4096
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # Optimizer state per trainable parameter: AdamW two fp32 moments; bitsandbytes AdamW8bit two uint8 moments
@@ -93,7 +93,7 @@ class PlanRequest:
 
     @property
     def frames(self) -> int:
-        return max(1, math.floor(self.duration * LATENT_FRAMES_PER_SECOND))
+        return frames_for_seconds(self.duration)
 
 
 @dataclass
@@ -146,9 +146,14 @@ def count_parameters(config: dict) -> ParameterCounts:
 def _parameters_cached(config_key: str) -> ParameterCounts:
     """Keyed by the config's JSON: planning a run estimates many variants of the same model."""
     model = _meta_model(json.loads(config_key))
+    unused = {
+        id(param)
+        for module in model.modules() if isinstance(module, CrossAttention)
+        for layer in CrossAttention.UNUSED_LAYERS for param in getattr(module, layer).parameters()
+    }
     groups = {"blocks": 0, "unused": 0, "ssl_projectors": 0, "lyric_encoder": 0, "other": 0}
     for name, param in model.named_parameters():
-        if ".add_" in name or ".to_add_out." in name:
+        if id(param) in unused:
             groups["unused"] += param.numel()
         elif name.startswith("transformer_blocks."):
             groups["blocks"] += param.numel()

@@ -7,7 +7,7 @@ import torch
 from acestep.models.configs import tiny_transformer_config
 from acestep.training.memory import TensorMemoryTracker
 from acestep.training.model import release_unused_weights
-from acestep.training.probe import random_transformer
+from acestep.training.probe import random_transformer, synthetic_batch
 
 
 def test_tracker_counts_new_storages_once_and_frees_them():
@@ -33,14 +33,9 @@ def test_tracker_counts_new_storages_once_and_frees_them():
 def test_release_unused_weights_keeps_the_forward_pass_identical():
     config = tiny_transformer_config()
     model = random_transformer(config, torch.float32, "cpu").eval()
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(1, 8, 16, 20, generator=g), attention_mask=torch.ones(1, 20),
-        encoder_text_hidden_states=torch.randn(1, 5, config["text_embedding_dim"], generator=g),
-        text_attention_mask=torch.ones(1, 5), speaker_embeds=torch.zeros(1, config["speaker_embedding_dim"]),
-        lyric_token_idx=torch.randint(0, 50, (1, 7), generator=g), lyric_mask=torch.ones(1, 7),
-        timestep=torch.tensor([500.0]),
-    )
+    tensors = synthetic_batch(config, frames=20, batch_size=1, lyric_tokens=7, text_tokens=5, ssl=False,
+                              device="cpu").tensors
+    inputs = dict(tensors, hidden_states=tensors.pop("target_latents"), timestep=torch.tensor([500.0]))
     with torch.no_grad():
         before = model(**inputs).sample
         width = config["num_attention_heads"] * config["attention_head_dim"]

@@ -63,13 +63,15 @@ class LinearSelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Softmax attention from latent tokens to [speaker | text | lyrics] states, through SDPA."""
 
+    # Present in the published checkpoint but never used by the reference forward pass.
+    UNUSED_LAYERS = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
-        # Present in the published checkpoint but never used by the reference forward pass.
         self.add_k_proj = nn.Linear(dim, dim)
         self.add_v_proj = nn.Linear(dim, dim)
         self.add_q_proj = nn.Linear(dim, dim)

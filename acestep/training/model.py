@@ -45,9 +45,6 @@ def is_published_size(transformer_dir: Path) -> bool:
     return config.get("num_layers") == 24 and config.get("num_attention_heads") == 20
 
 
-UNUSED_CROSS_ATTENTION_LAYERS = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-
-
 def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors: bool) -> int:
     """Swap weights that no training or sampling forward reads for empty tensors; returns the bytes released.
 
@@ -58,7 +55,7 @@ def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors
     layers: list[torch.nn.Module] = []
     for module in model.modules():
         if isinstance(module, CrossAttention):
-            layers += [getattr(module, name) for name in UNUSED_CROSS_ATTENTION_LAYERS]
+            layers += [getattr(module, name) for name in module.UNUSED_LAYERS]
     if not keep_ssl_projectors:
         layers.append(model.projectors)
     released = 0

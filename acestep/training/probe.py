@@ -17,6 +17,7 @@ from acestep.lora import LoraSettings
 from acestep.models import ACEStepTransformer2DModel
 from acestep.models.rope import RotaryEmbedding
 
+from .data import LATENT_FRAMES_PER_SECOND
 from .flow_matching import FlowMatchingObjective, combine_losses
 from .memory import TensorMemoryTracker
 from .model import attach_lora, release_unused_weights
@@ -69,7 +70,7 @@ def synthetic_batch(
     tensors = {k: v.to(device) for k, v in tensors.items()}
     features = None
     if ssl:
-        samples = round(frames / (44100 / 4096) * SAMPLE_RATE)
+        samples = round(frames / LATENT_FRAMES_PER_SECOND * SAMPLE_RATE)
         features = [
             [torch.randn(ssl_frames(samples, model), dim, generator=g).to(device) for _ in range(b)]
             for model, dim in zip((MERT, MHUBERT), config["ssl_latent_dims"])
