@@ -49,13 +49,13 @@ class DemoOutputs:
     tiny: bool
 
 
-def synth_song(seconds: float, base_hz: float, seed: int) -> np.ndarray:
+def synth_song(seconds: float, base_hz: float, seed: int, rate: int = SAMPLE_RATE) -> np.ndarray:
     """Stereo float32 [samples, 2]: a few notes of a tone with harmonics, a noise hi-hat, a little reverb-ish tail."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    t = np.arange(int(seconds * rate)) / rate
     notes = base_hz * 2 ** (rng.choice([0, 3, 5, 7, 10, 12], size=int(seconds * 2)) / 12)
     freq = notes[np.minimum((t * 2).astype(int), len(notes) - 1)]
-    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    phase = 2 * np.pi * np.cumsum(freq) / rate
     tone = sum(np.sin(k * phase) / k for k in (1, 2, 3))
     envelope = np.exp(-4 * ((t * 2) % 1))
     hat = rng.standard_normal(len(t)) * np.exp(-40 * ((t * 4) % 1))

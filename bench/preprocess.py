@@ -26,8 +26,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/data_helpers.py writes the compressed test files
 
+from data_helpers import write_with_pyav  # noqa: E402
+
+from acestep.demo import synth_song  # noqa: E402
 from bench.common import format_cell, machine_description, machine_tag, write_results  # noqa: E402
 
 PARTS = ("decode", "dcae", "text", "ssl", "size")
@@ -159,18 +162,9 @@ class Bench:
         return wav, torch.tensor([wav.shape[-1]], device=self.device)
 
 
-def synthetic_music(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
-    """[2, n] float32: a chord changing every 2 s, slightly different per channel, plus a little noise."""
-    n = round(seconds * rate)
-    t = np.arange(n) / rate
-    rng = np.random.default_rng(seed)
-    roots = 110.0 * 2 ** (rng.integers(0, 12, size=int(seconds // 2) + 1) / 12)
-    root = roots[(t // 2).astype(int)]
-    channels = []
-    for detune in (1.0, 1.003):
-        tone = sum(np.sin(2 * np.pi * root * ratio * detune * t) for ratio in (1.0, 1.26, 1.5, 2.0))
-        channels.append(0.08 * tone + 0.02 * rng.standard_normal(n))
-    return np.stack(channels).astype(np.float32)
+def synthetic_music(seconds: float, rate: int) -> np.ndarray:
+    """[2, n] float32: the demo's synthetic song (notes, harmonics, a hi-hat), at `rate`."""
+    return np.ascontiguousarray(synth_song(seconds, 110.0, seed=0, rate=rate).T)
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -184,21 +178,6 @@ def release(device: torch.device) -> None:
 
 
 # --- 1. decoding and conditioning ---------------------------------------------------------------------
-
-
-def write_with_pyav(path: Path, audio: np.ndarray, rate: int, codec: str) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, layout="stereo")
-        for start in range(0, audio.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(audio[:, start : start + 1024]), format="fltp", layout="stereo"
-            )
-            frame.sample_rate = rate
-            frame.pts = start
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def write_audio_file(folder: Path, fmt: str, audio: np.ndarray, rate: int) -> Path:
@@ -400,7 +379,7 @@ def stage_estimates(bench: Bench) -> list[str]:
 def notes(bench: Bench, argv: list[str]) -> list[str]:
     return [
         f"command: python bench/preprocess.py {' '.join(argv)}".rstrip(),
-        f"input: synthetic stereo music (chords + noise), {bench.seconds:g} s per song, one song per call as stage 3 "
+        f"input: synthetic stereo music (the demo song: notes, harmonics, hi-hat), {bench.seconds:g} s per song, one song per call as stage 3 "
         f"encodes them; {bench.repeats} timed repeats after one untimed warm-up (a {WARMUP_SECONDS:g} s clip for "
         "the audio models); 'min s' / 'median s' are wall seconds per call.",
         "audio s / s: seconds of audio processed per second of work. Text rows process 16 prompts per call and "

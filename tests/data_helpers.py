@@ -30,6 +30,22 @@ def tone(seconds: float, sr: int, channels: int, freq: float = 440.0, amplitude:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def write_with_pyav(path: Path, samples: np.ndarray, rate: int, codec: str, container: str | None = None) -> None:
+    """Encode [channels, n] float samples with PyAV (mp3/aac/opus: formats libsndfile may lack)."""
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        size = stream.codec_context.frame_size or 1024  # encoders want whole frames
+        for start in range(0, samples.shape[1], size):
+            chunk = np.ascontiguousarray(samples[:, start : start + size], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
 def write_audio(
     path: Path,
     seconds: float = 1.0,
@@ -45,16 +61,7 @@ def write_audio(
         sf.write(path, data, sr, format=SOUNDFILE_FORMATS[suffix])
         return path
     container_format, codec = AV_CODECS[suffix]
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=sr, layout=layout)
-        pcm = (data * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
-        frame.sample_rate = sr
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    write_with_pyav(path, data.T, sr, codec, container_format)
     return path
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
+from data_helpers import write_with_pyav
 
 from acestep.audio import load_audio, prepare_training_audio
 from acestep.errors import InputError
@@ -17,21 +17,6 @@ def tone(seconds: float, rate: int, channels: int, freq: float = 440.0) -> np.nd
     t = np.arange(int(seconds * rate)) / rate
     wave = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
     return np.stack([wave * (1 + 0.1 * c) for c in range(channels)])
-
-
-def write_with_pyav(path: Path, samples: np.ndarray, rate: int, codec: str, container: str | None = None) -> None:
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        size = stream.codec_context.frame_size or 1024  # encoders want whole frames
-        for start in range(0, samples.shape[1], size):
-            chunk = np.ascontiguousarray(samples[:, start : start + size], dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate, frame.pts = rate, start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
 
 
 @pytest.mark.parametrize(
