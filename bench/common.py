@@ -8,9 +8,12 @@ import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acestep.data.atomic import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -54,6 +57,17 @@ def machine_description() -> dict:
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,  # shared machine?
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def release(device: torch.device) -> None:
+    """Free what the last measurement left, so the next one starts from the same memory."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _slug(text: str) -> str:

@@ -12,7 +12,6 @@ downloaded and the speed is that of the real models. Results: bench/results/prep
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/data_helpers.py writes 
 from data_helpers import write_with_pyav  # noqa: E402
 
 from acestep.demo import synth_song  # noqa: E402
-from bench.common import format_cell, machine_description, machine_tag, write_results  # noqa: E402
+from bench.common import format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
 
 PARTS = ("decode", "dcae", "text", "ssl", "size")
 SIZES = ("tiny", "published")
@@ -169,12 +168,6 @@ def synthetic_music(seconds: float, rate: int) -> np.ndarray:
 
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # --- 1. decoding and conditioning ---------------------------------------------------------------------

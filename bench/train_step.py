@@ -13,7 +13,6 @@ torch.cuda.max_memory_allocated.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transforme
 from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest, count_parameters, estimate  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
-from bench.common import machine_description, machine_tag, write_results  # noqa: E402
+from bench.common import machine_description, machine_tag, release, write_results  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -109,9 +108,7 @@ def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.
     print(f"[{size} {seconds:g} s] median {median:.2f} s, tensor peak {row['tensor_peak_gb']:.3f} GB, planner "
           f"{row['plan_tensor_gb']:.3f} GB ({row['plan_over_measured']:.3f}x)", flush=True)
     del probe, model, batch
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release(device)
     return row
 
 
