@@ -25,6 +25,7 @@ import torch
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
+from acestep.lyrics.tokenizer import MAX_TRAINING_TOKENS
 from acestep.models.attention import CrossAttention
 from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 
@@ -276,6 +277,10 @@ def estimate(request: PlanRequest) -> MemoryPlan:
         raise AcestepError(f"--base_dtype must be one of {sorted(DTYPE_BYTES)}, not {request.base_dtype!r}")
     if request.duration <= 0 or request.batch_size < 1:
         raise AcestepError("--duration must be positive and --batch_size at least 1")
+    if request.rank is not None and request.rank < 1:
+        raise AcestepError(f"--rank must be at least 1, not {request.rank}")
+    if not 1 <= request.lyric_tokens <= MAX_TRAINING_TOKENS or request.text_tokens < 1:
+        raise AcestepError(f"--lyric_tokens must be 1..{MAX_TRAINING_TOKENS} and --text_tokens at least 1")
     config = _config(request)
     params = count_parameters(config)
     settings = LoraSettings.from_json(request.lora_config)
