@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import json
 from pathlib import Path
 
 import datasets
 import pytest
 from data_helpers import write_audio
 
+from acestep.data.atomic import DATASET_MARKER
 from acestep.data.filenames import build_filename_dataset, main, scan_folder
 from acestep.data.sidecars import read_sidecar, split_tags
 from acestep.errors import AcestepError, InputError
@@ -84,9 +86,9 @@ def test_scan_folder_rows_and_summary(song_dir: Path) -> None:
 
 def test_build_writes_fork_columns_plus_extras_atomically(song_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "filenames"
-    out.mkdir()
+    build_filename_dataset(song_dir, out, repeat_count=1)
     (out / "stale.txt").write_text("old output is replaced", encoding="utf-8")
-    build_filename_dataset(song_dir, out, repeat_count=3)
+    build_filename_dataset(song_dir, out, repeat_count=3, overwrite=True)
     dataset = datasets.load_from_disk(str(out))
     assert dataset.column_names == [*FORK_COLUMNS, "duration", "sample_rate"]
     assert len(dataset) == 21
@@ -111,3 +113,39 @@ def test_cli_prints_summary(song_dir: Path, tmp_path: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "audio files found:     9" in out and "skipped:               2" in out
     assert "wrote 7 rows" in out and "default tag 'pop'" in out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_song_folder_is_never_replaced(song_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(song_dir)
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--data_dir", str(song_dir), "--output_name", str(song_dir), *extra])
+        message = str(exit_info.value.code)
+        assert message.startswith("error: ") and "not a dataset this toolkit wrote" in message and "\n" not in message
+    assert snapshot(song_dir) == before
+
+
+def test_only_our_own_dataset_is_replaced_and_only_with_overwrite(song_dir: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    datasets.Dataset.from_dict({"a": [1]}).save_to_disk(str(foreign))  # a dataset, but not one we wrote
+    before = snapshot(foreign)
+    with pytest.raises(AcestepError, match="not a dataset this toolkit wrote"):
+        build_filename_dataset(song_dir, foreign, overwrite=True)
+    assert snapshot(foreign) == before
+    ours = tmp_path / "ours"
+    build_filename_dataset(song_dir, ours)
+    assert json.loads((ours / DATASET_MARKER).read_text(encoding="utf-8"))["kind"] == "filenames"
+    first = snapshot(ours)
+    with pytest.raises(AcestepError, match="pass --overwrite"):
+        build_filename_dataset(song_dir, ours, repeat_count=2)
+    assert snapshot(ours) == first
+    build_filename_dataset(song_dir, ours, repeat_count=2, overwrite=True)
+    assert len(datasets.load_from_disk(str(ours))) == 14
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    build_filename_dataset(song_dir, empty)  # an empty folder holds nothing to lose
+    assert len(datasets.load_from_disk(str(empty))) == 7

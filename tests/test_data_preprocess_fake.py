@@ -338,3 +338,13 @@ def test_ordered_prefetch_keeps_order_and_bounds_work() -> None:
         assert len(started) <= consumed + 1 + 2 * 2  # never more than 2*workers ahead
         consumed += 1
     assert consumed == 20
+
+
+def test_a_foreign_output_folder_is_refused_and_untouched(filenames: Path, tmp_path: Path) -> None:
+    prep = tmp_path / "mine"
+    prep.mkdir()
+    (prep / "manifest.json").write_text("my own notes", encoding="utf-8")
+    with pytest.raises(AcestepError, match="not a preprocessed dataset this toolkit wrote"):
+        run(filenames, prep)
+    assert [p.name for p in prep.iterdir()] == ["manifest.json"]
+    assert (prep / "manifest.json").read_text(encoding="utf-8") == "my own notes"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,26 @@ def test_merge_refuses_bad_targets(trained, tmp_path: Path) -> None:
     merge_file(source, run, out, strength=STRENGTH, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     torch.testing.assert_close(merged_output(out), trained[3], rtol=1e-4, atol=1e-5)
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_merged_transformer(trained, tmp_path: Path) -> None:
+    root, run, _, _ = trained
+    folder = tmp_path / "my_music"
+    folder.mkdir()
+    (folder / "song.wav").write_bytes(b"RIFF")
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(AcestepError, match="not a transformer folder"):
+        merge_file(root / "ckpt", run, folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "song.wav"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_merged_files_are_readable_by_other_users(trained, tmp_path: Path) -> None:
+    root, run, _, _ = trained
+    previous = os.umask(0o022)
+    try:
+        out = merge_file(root / "ckpt", run, tmp_path / "merged")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "config.json": 0o644, "diffusion_pytorch_model.safetensors": 0o644}

@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
-from acestep.data.atomic import atomic_save_dataset
+from acestep.data.atomic import atomic_save_dataset, check_dataset_destination
 from acestep.data.sidecars import (
     LYRICS_SUFFIX,
     PROMPT_SUFFIX,
@@ -28,6 +28,7 @@ from acestep.errors import AcestepError, InputError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 UNKNOWN = -1
+DATASET_KIND = "filenames"
 
 FILENAME_FEATURES = datasets.Features(
     {
@@ -167,34 +168,44 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
 
 
 def build_filename_dataset(
-    data_dir: Path, output: Path, repeat_count: int = 1, default_tag: str = ""
+    data_dir: Path, output: Path, repeat_count: int = 1, default_tag: str = "", overwrite: bool = False
 ) -> ScanSummary:
-    """Scan `data_dir` and write the filename dataset to `output` atomically (rows repeated `repeat_count` times)."""
+    """Scan `data_dir` and write the filename dataset to `output` atomically (rows repeated `repeat_count` times).
+
+    `output` may be new, an empty folder, or (with `overwrite`) a filename dataset this toolkit wrote; anything
+    else is refused before the scan, so a typo can never delete the songs.
+    """
     if repeat_count < 1:
         raise AcestepError(f"--repeat_count must be >= 1, got {repeat_count}")
+    check_dataset_destination(output, overwrite)
     rows, summary = scan_folder(data_dir, default_tag)
     if not rows:
         raise AcestepError(f"{data_dir}: every audio file was skipped; nothing to write")
     dataset = datasets.Dataset.from_list(rows * repeat_count, features=FILENAME_FEATURES)
-    atomic_save_dataset(dataset, output)
+    atomic_save_dataset(dataset, output, kind=DATASET_KIND, overwrite=overwrite)
     return summary
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Build the filename dataset (stage 2) from a folder of songs."
+        description="Build the filename dataset (stage 2) from a folder of songs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data_dir", type=Path, required=True, help="folder with audio and side files")
     parser.add_argument("--output_name", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--repeat_count", type=int, default=1, help="repeat every row N times")
     parser.add_argument("--default_tag", default="", help="prompt for songs without <stem>_prompt.txt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset this tool wrote earlier at --output_name (never any other folder)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        summary = build_filename_dataset(args.data_dir, args.output_name, args.repeat_count, args.default_tag)
+        summary = build_filename_dataset(
+            args.data_dir, args.output_name, args.repeat_count, args.default_tag, args.overwrite
+        )
     except AcestepError as err:
         sys.exit(f"error: {err}")
     print("\n".join(summary.lines(args.default_tag)))

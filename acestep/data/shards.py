@@ -23,6 +23,7 @@ from acestep.data.atomic import atomic_save_dataset, atomic_write_json, folder_s
 from acestep.errors import AcestepError
 
 PROGRESS_FILE = "progress.json"
+CHUNK_KIND = "preprocessed-chunk"
 PROGRESS_VERSION = 1
 PART_PATTERN = re.compile(r"^part-(\d{3,})-of-(\d{3,})$")
 
@@ -132,6 +133,19 @@ def settings_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> list[s
     return [f"{k}: {found.get(k)!r} -> {expected.get(k)!r}" for k in keys if expected.get(k) != found.get(k)]
 
 
+def check_output_folder(prep: Path) -> None:
+    """Stage 3 writes only into a new or empty folder, or one holding its own part folders (a resume)."""
+    if not prep.exists():
+        return
+    if not prep.is_dir():
+        raise AcestepError(f"{prep}: is a file; name a folder for the preprocessed dataset")
+    children = list(prep.iterdir())
+    if all(c.is_dir() and PART_PATTERN.match(c.name) for c in children) or list_parts(prep):
+        return
+    raise AcestepError(f"{prep}: exists and is not a preprocessed dataset this toolkit wrote; refusing to write "
+                       "into it (name a new --output_dir)")
+
+
 class PartWriter:
     """Buffers encoded rows and commits them as chunk folders; opening it again resumes where it stopped."""
 
@@ -155,6 +169,7 @@ class PartWriter:
         self._row_seconds = 0.0
         self._row_bytes = 0
         self._errors: list[ErrorRecord] = []
+        check_output_folder(prep)
         self._check_other_parts(shard, settings)
         self.progress = self._open(shard, settings, rows_total, retry_errors)
 
@@ -209,7 +224,7 @@ class PartWriter:
         if self._rows:
             name = f"chunk-{len(self.progress.chunks):05d}"
             dataset = datasets.Dataset.from_list(self._rows, features=self.make_features(self._rows[0]))
-            atomic_save_dataset(dataset, self.dir / name)
+            atomic_save_dataset(dataset, self.dir / name, kind=CHUNK_KIND)
             rows = [int(r["row"]) for r in self._rows]
             size = folder_size(self.dir / name)
             self.progress.chunks.append(ChunkRecord(name, rows, round(self._row_seconds, 3), size))

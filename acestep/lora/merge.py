@@ -7,8 +7,8 @@ or a single .safetensors file (config: --config, else the published one).
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
 from ..errors import AcestepError, CheckpointError
 from .bake import module_scales
 from .io import LoraFile, read_lora
@@ -90,25 +91,38 @@ def merge_into(state: dict[str, torch.Tensor], lora: LoraFile, scales: dict[str,
         state[key] = (weight.float() + delta).to(weight.dtype)
 
 
+def is_transformer_folder(folder: Path) -> bool:
+    """Only what save_transformer_folder writes: config.json and diffusion_pytorch_model safetensors shards."""
+    return all(p.is_file() and (p.name == "config.json" or p.name.startswith("diffusion_pytorch_model"))
+               for p in folder.iterdir())
+
+
 def save_transformer_folder(state: dict[str, torch.Tensor], config: dict, out: Path, overwrite: bool) -> Path:
-    """Write config.json + safetensors shards into a temp sibling, then rename it onto `out`."""
-    if out.exists() and not overwrite:
-        raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
+    """Write config.json + safetensors shards into a temp sibling, then rename it onto `out`.
+
+    An existing `out` is replaced only with `overwrite` and only when it holds nothing but a transformer
+    folder's files, so a mistyped output can never take other files with it.
+    """
+    if out.exists():
+        if not out.is_dir() or not is_transformer_folder(out):
+            raise AcestepError(f"{out}: exists and is not a transformer folder this tool wrote; refusing to replace "
+                               "it (name a new output folder)")
+        if not overwrite:
+            raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
+    temp = temp_sibling(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         temp.mkdir()
         save_torch_state_dict(state, temp, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
                               max_shard_size="10GB", metadata={"format": "pt"})
-        (temp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)  # a folder cannot be replaced onto a non-empty one (Windows): swap instead
-        os.replace(temp, out)
-        if old is not None:
-            shutil.rmtree(old)
+        for shard in temp.iterdir():
+            make_readable(shard)  # safetensors creates its files 0600
+        atomic_write_text(temp / "config.json", json.dumps(config, indent=2) + "\n")
+        replace_folder(temp, out)
+    except OSError as error:
+        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
+            raise output_error(out.parent, error) from error
+        raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return out
