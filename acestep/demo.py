@@ -94,7 +94,7 @@ def ensure_checkpoint(requested: str | None, output_dir: Path) -> Path | str:
     folder = output_dir / "tiny_checkpoint"
     if missing_parts(folder):
         print(f"[1/5] writing a tiny random checkpoint to {folder}")
-        write_tiny_checkpoint(folder)
+        write_tiny_checkpoint(folder, overwrite=True)  # the demo's own folder, left incomplete by an earlier run
     else:
         print(f"[1/5] using the tiny checkpoint in {folder}")
     return folder

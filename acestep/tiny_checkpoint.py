@@ -4,8 +4,9 @@ loading path on CPU: `python -m acestep.tiny_checkpoint OUT`."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from diffusers import AutoencoderDC
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
+from .data.atomic import make_readable, output_error, replace_folder, replace_with_retry
+from .errors import AcestepError
 from .lyrics import write_tiny_lyric_vocab
 from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
@@ -58,10 +61,31 @@ def _write_hubert(folder: Path, hidden: int, mert_layout: bool) -> None:
         path.write_text(json.dumps(raw, indent=2))
 
 
-def write_tiny_checkpoint(root: str | Path, seed: int = 0) -> Path:
-    """Write every component (random weights) into `root`; built in a temp folder, then moved into place."""
+COMPONENTS = ("lyric_tokenizer", "ace_step_transformer", "music_dcae_f8c8", "music_vocoder", "umt5-base", "mert",
+              "mhubert", "README.json")
+
+
+def write_tiny_checkpoint(root: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write every component (random weights) into `root`; built in a temp folder, then moved into place.
+
+    Existing components are replaced only with `overwrite` (a real checkpoint in `root` is never touched
+    by accident); other files in `root` always stay.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in COMPONENTS if (root / name).exists()]
+    if existing and not overwrite:
+        raise AcestepError(f"{root}: already holds {', '.join(existing)}; pass --overwrite to replace them or "
+                           "name a new folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return _write_components(root, seed)
+    except OSError as error:
+        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
+            raise output_error(root, error) from error
+        raise
+
+
+def _write_components(root: Path, seed: int) -> Path:
     with tempfile.TemporaryDirectory(dir=root, prefix=".tiny-") as temp:
         staging = Path(temp)
         torch.manual_seed(seed)
@@ -85,19 +109,30 @@ def write_tiny_checkpoint(root: str | Path, seed: int = 0) -> Path:
             "layout": "ACE-Step/ACE-Step-v1-3.5B", "seed": seed,
         }, indent=2))
         for item in staging.iterdir():
+            for file in [item, *item.rglob("*")] if item.is_dir() else [item]:
+                if file.is_file():
+                    make_readable(file)  # safetensors writes 0600
             target = root / item.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            item.rename(target)
+            if target.is_dir():
+                replace_folder(item, target)
+            else:
+                replace_with_retry(item, target)
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a tiny random ACE-Step checkpoint (tests, demo).")
+    parser = argparse.ArgumentParser(prog="python -m acestep.tiny_checkpoint",
+                                     description="Write a tiny random ACE-Step checkpoint (tests, demo).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("out", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
-    print(f"tiny checkpoint written to {write_tiny_checkpoint(args.out, args.seed)}")
+    try:
+        root = write_tiny_checkpoint(args.out, args.seed, args.overwrite)
+    except AcestepError as error:
+        sys.exit(f"error: {error}")
+    print(f"tiny checkpoint written to {root}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,30 @@ def test_mert_layout_loads_as_hubert_and_features_follow_the_frame_rule(tiny_che
     assert mhubert[0].shape == (-(-seconds * 16000 // 320), 24)
     assert abs(mert[0].shape[0] / seconds - 75) < 1 and abs(mhubert[0].shape[0] / seconds - 50) < 1
     assert MERT_SPEC.chunk_samples == 120000
+
+
+def test_an_existing_checkpoint_is_never_overwritten(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from acestep.tiny_checkpoint import main as tiny_main
+
+    weights = tiny_checkpoint / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        tiny_main([str(tiny_checkpoint), "--seed", "3"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "--overwrite" in message and "ace_step_transformer" in message
+    assert weights.read_bytes() == before
+    real = tmp_path / "real"
+    (real / "music_dcae_f8c8").mkdir(parents=True)
+    (real / "music_dcae_f8c8" / "weights.bin").write_bytes(b"a real model")
+    with pytest.raises(SystemExit):
+        tiny_main([str(real)])
+    assert [p.name for p in real.rglob("*")] == ["music_dcae_f8c8", "weights.bin"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_checkpoint_files_have_ordinary_permissions(tiny_checkpoint: Path) -> None:
+    from acestep.data.atomic import readable_file_mode
+
+    modes = {str(p.relative_to(tiny_checkpoint)): p.stat().st_mode & 0o777
+             for p in tiny_checkpoint.rglob("*") if p.is_file()}
+    assert {name for name, mode in modes.items() if mode != readable_file_mode()} == set()

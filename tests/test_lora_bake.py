@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,33 @@ def test_bake_into_a_folder_writes_the_name_the_pipeline_loads(tmp_path: Path) -
     out = bake_file(tmp_path / "run", tmp_path / "publish")
     assert out == tmp_path / "publish" / "pytorch_lora_weights.safetensors"
     assert sorted(p.name for p in (tmp_path / "publish").iterdir()) == ["pytorch_lora_weights.safetensors"]
+
+
+def test_bake_never_replaces_its_input_or_an_existing_file(tmp_path: Path) -> None:
+    settings = LoraSettings(r=4, target_modules=("to_q",))
+    adapter = save_adapter(random_lora(4), tmp_path / "run", settings)
+    before = adapter.read_bytes()
+    for output in (adapter, tmp_path / "run"):  # the file itself, or the folder that holds it
+        with pytest.raises(SystemExit) as same:
+            bake_main(["--input_name", str(adapter), "--output_name", str(output), "--overwrite"])
+        assert "is the input" in str(same.value.code)
+    assert adapter.read_bytes() == before
+    out = tmp_path / "baked.safetensors"
+    out.write_bytes(b"an older file the user keeps")
+    with pytest.raises(SystemExit) as exists:
+        bake_main(["--input_name", str(adapter), "--output_name", str(out)])
+    assert "pass --overwrite" in str(exists.value.code)
+    assert out.read_bytes() == b"an older file the user keeps"
+    bake_main(["--input_name", str(adapter), "--output_name", str(out), "--overwrite"])
+    assert load_adapter(out)[1]["acestep_lora_baked_scale"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_lora_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        adapter = save_adapter(random_lora(4), tmp_path / "run", LoraSettings(r=4, target_modules=("to_q",)))
+        baked = bake_file(adapter, tmp_path / "baked.safetensors")
+    finally:
+        os.umask(previous)
+    assert adapter.stat().st_mode & 0o777 == 0o644 and baked.stat().st_mode & 0o777 == 0o644

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,55 @@ def test_condition_dropout_follows_upstream(tmp_path: Path, probability: float) 
     else:
         assert dropped["encoder_text_hidden_states"].abs().max() == 0
         assert dropped["lyric_token_idx"].abs().max() == 0 and dropped["lyric_mask"].abs().max() == 0
+
+
+def adapter_bytes(result: Any) -> dict[str, bytes]:
+    """Every LoRA file of the last step folder, named without the run name."""
+    return {p.name.removeprefix(result.run_dir.name): p.read_bytes()
+            for p in sorted(result.adapter_dir.rglob("*.safetensors"))}
+
+
+def test_the_same_seed_gives_byte_identical_adapters(tmp_path: Path) -> None:
+    dataset = synthetic_songs([6, 8])
+    runs = {}
+    for name, seed in (("a", 42), ("b", 42), ("c", 43)):
+        torch.rand(7 + len(runs))  # whatever ran before in the process must not matter
+        config = make_config(tmp_path, exp_name=name, seed=seed, max_steps=2, every_n_train_steps=2)
+        runs[name] = adapter_bytes(run_training(config, tiny_transformer(), dataset))
+    assert len(runs["a"]) == 2 and runs["a"] == runs["b"]
+    assert all(runs["a"][name] != runs["c"][name] for name in runs["a"])
+
+
+def test_untrained_start_weights_follow_the_seed(tmp_path: Path) -> None:
+    starts = []
+    for seed in (1, 1, 2):
+        torch.rand(len(starts) + 1)
+        module = LoraTrainingModule(tiny_transformer(), LoraSettings(r=4, target_modules=("to_q",)),
+                                    make_config(tmp_path, seed=seed), SongLatents(synthetic_songs([6])))
+        starts.append(torch.cat([p.detach().flatten() for p in module.transformer.parameters() if p.requires_grad]))
+    assert torch.equal(starts[0], starts[1]) and not torch.equal(starts[0], starts[2])
+
+
+def test_a_refused_resume_leaves_the_run_config_alone(tmp_path: Path) -> None:
+    dataset = synthetic_songs([6, 8, 7])
+    run_training(make_config(tmp_path, batch_size=2, max_steps=2), tiny_transformer(), dataset)
+    config_file = tmp_path / "runs" / "test" / "train_config.json"
+    before = config_file.read_bytes()
+    assert json.loads(before)["batch_size"] == 2
+    with pytest.raises(AcestepError, match="different data order"):
+        run_training(make_config(tmp_path, batch_size=1, max_steps=4, resume=True), tiny_transformer(), dataset)
+    assert config_file.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_step_folder_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        result = run_training(make_config(tmp_path, max_steps=1, every_n_train_steps=1), tiny_transformer(),
+                              synthetic_songs([6]))
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(result.run_dir)): p.stat().st_mode & 0o777
+             for p in result.run_dir.rglob("*") if p.is_file()}
+    assert any(name.endswith("-comfyui.safetensors") for name in modes) and len(modes) >= 4
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}

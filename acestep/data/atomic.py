@@ -50,9 +50,11 @@ def replace_with_retry(src: Path, dst: Path, attempts: int = REPLACE_ATTEMPTS,
         try:
             os.replace(src, dst)
             return
-        except PermissionError:
+        except PermissionError as error:
             if attempt == attempts - 1:
-                raise
+                raise OutputError(f"{dst}: cannot replace it, another program keeps it open or it is not writable "
+                                  f"({error.strerror or error}); close that program (e.g. ComfyUI) or fix the "
+                                  "folder's permissions, then run again") from error
             time.sleep(delay)
             delay *= 2
 

@@ -23,6 +23,7 @@ from .io import (
     META_BASE_MODEL,
     LoraFile,
     LoraModule,
+    check_output_file,
     read_lora,
     save_safetensors_atomic,
     settings_from_metadata,
@@ -119,11 +120,14 @@ def provenance(lora: LoraFile, scales: dict[str, float], action: str, settings: 
 
 
 def bake_file(
-    src: str | Path, dst: str | Path, settings: LoraSettings | None = None, style: str = "peft"
+    src: str | Path, dst: str | Path, settings: LoraSettings | None = None, style: str = "peft",
+    overwrite: bool = False,
 ) -> Path:
-    """Write the baked copy of `src` (file or folder) to `dst` atomically; refuse a file that is baked already."""
+    """Write the baked copy of `src` (file or folder) to `dst` atomically; refuse a file that is baked already,
+    `dst` = `src`, and an existing `dst` unless `overwrite`."""
     if style not in STYLES:
         raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    check_output_file(src, dst, overwrite)
     lora = read_lora(src)
     if lora.baked:
         raise InputError(lora.path, "already baked (alpha is in the weights); baking again would apply it twice")
@@ -134,16 +138,19 @@ def bake_file(
 
 def main(argv: list[str] | None = None) -> None:
     """add_alpha_in_lora.py: the reference fork's flag names."""
-    parser = argparse.ArgumentParser(description="Bake LoRA alpha into the weights (load it at strength 1.0).")
+    parser = argparse.ArgumentParser(prog="add_alpha_in_lora.py",
+                                     description="Bake LoRA alpha into the weights (load it at strength 1.0).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input_name", required=True, help="LoRA .safetensors file or a folder holding one")
     parser.add_argument("--output_name", required=True, help="where to write the baked .safetensors file")
     parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings")
     parser.add_argument("--key_style", choices=STYLES, default="peft",
                         help="peft: bare names (ComfyUI + upstream); diffusion_model / kohya: prefixed, with .alpha")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     try:
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
-        out = bake_file(args.input_name, args.output_name, settings, args.key_style)
+        out = bake_file(args.input_name, args.output_name, settings, args.key_style, args.overwrite)
     except AcestepError as error:
         sys.exit(f"error: {error}")
     print(f"baked LoRA written to {out} (load it at strength 1.0)")

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--key_style", choices=STYLES, default="peft",
                              help="peft: bare names (ComfyUI + upstream pipeline, default); "
                                   "diffusion_model / kohya: prefixed names with .alpha = rank (ComfyUI, kohya tools)")
+            sub.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         sub.add_argument("--lora_config_path", help="the LoRA config it was trained with, for files that do not say")
         return sub
 
@@ -60,14 +61,15 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "inspect":
         return format_report(inspect_lora(args.input, settings))
     if args.command == "bake":
-        return f"baked LoRA written to {bake_file(args.input, args.output, settings, args.key_style)}" \
+        return f"baked LoRA written to {bake_file(args.input, args.output, settings, args.key_style, args.overwrite)}" \
                " (load it at strength 1.0)"
     if args.command == "convert":
-        out = convert_file(args.input, args.output, args.key_style, settings, args.already_baked)
+        out = convert_file(args.input, args.output, args.key_style, settings, args.already_baked,
+                           args.overwrite)
         return f"{args.key_style}-style LoRA written to {out} (scale baked in: load it at strength 1.0)"
     if args.command == "resize":
         out, reports = resize_file(args.input, args.output, args.method, args.rank, args.target, settings,
-                                   args.key_style)
+                                   args.key_style, args.overwrite)
         table = format_resize_table(reports) + "\n" if args.table else ""
         return f"{table}{rank_advice(reports)}\nresized LoRA written to {out} (load it at strength 1.0)"
     out = merge_file(args.transformer, args.lora, args.output, args.strength, settings, args.config, args.dtype,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import AcestepError
 from .bake import module_scales, provenance, save_baked, scale_into_factors
-from .io import read_lora
+from .io import check_output_file, read_lora
 from .keys import STYLES
 from .settings import LoraSettings
 
@@ -21,10 +21,12 @@ def convert_file(
     style: str = "kohya",
     settings: LoraSettings | None = None,
     already_baked: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """`already_baked`: a file without scale information holds its scale already (e.g. another tool baked it)."""
     if style not in STYLES:
         raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    check_output_file(src, dst, overwrite)
     lora = read_lora(src)
     scales = module_scales(lora, settings, fallback=1.0 if already_baked else None)
     factors = scale_into_factors(lora.modules, scales)

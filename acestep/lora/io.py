@@ -7,16 +7,15 @@ The file is what the upstream pipeline loads (`<folder>/pytorch_lora_weights.saf
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from ..errors import InputError
+from ..data.atomic import atomic_write_bytes
+from ..errors import AcestepError, InputError
 from .keys import detect_style, module_path, split_key
 from .settings import LoraSettings
 
@@ -26,6 +25,8 @@ META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
 META_BAKED_SCALE = "acestep_lora_baked_scale"
 DIFFUSERS_METADATA = "lora_adapter_metadata"
+HEADER_SIZE_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
+HEADER_ALIGNMENT = 8  # the header is padded with spaces so tensor data starts 8-byte aligned
 
 
 def weights_path(path: str | Path) -> Path:
@@ -34,16 +35,38 @@ def weights_path(path: str | Path) -> Path:
     return path / WEIGHTS_NAME if path.is_dir() else path
 
 
+def check_output_file(src: str | Path, dst: str | Path, overwrite: bool) -> Path:
+    """The file a tool will write for `dst`; never the input itself, and an existing file only with `overwrite`."""
+    out = weights_path(dst)
+    if out.resolve() == weights_path(src).resolve():
+        raise AcestepError(f"{out}: is the input; write the result to a new file (the input keeps the trained scale "
+                           "our tools need)")
+    if out.exists() and not overwrite:
+        raise AcestepError(f"{out}: already exists; pass --overwrite to replace it")
+    return out
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Write next to the target, then rename: a crash never leaves a half-written adapter."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # not mkstemp: it would make the file 0600
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temp), metadata=metadata)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    """Write next to the target, then rename: a crash never leaves a half-written adapter.
+
+    Serialized in memory with a canonical header (the same tensors and metadata give the same bytes) and
+    written by atomic_write_bytes, so the file gets the umask's mode (safetensors' own writer makes it 0600).
+    """
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(Path(path), canonical_header(save(cpu, metadata=metadata)))
+    return Path(path)
+
+
+def canonical_header(data: bytes) -> bytes:
+    """safetensors bytes with the metadata keys sorted: its writer orders them differently on every call, which
+    would make two identical runs give different files. The tensor bytes and their offsets are unchanged."""
+    size = int.from_bytes(data[:HEADER_SIZE_BYTES], "little")
+    header = json.loads(data[HEADER_SIZE_BYTES : HEADER_SIZE_BYTES + size])
+    metadata = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    text = json.dumps({**ordered, **header}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % HEADER_ALIGNMENT)
+    return len(text).to_bytes(HEADER_SIZE_BYTES, "little") + text + data[HEADER_SIZE_BYTES + size :]
 
 
 def save_adapter(

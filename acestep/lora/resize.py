@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..errors import AcestepError
 from .bake import module_scales, provenance, save_baked
-from .io import LoraModule, read_lora
+from .io import LoraModule, check_output_file, read_lora
 from .settings import LoraSettings
 
 METHODS = ("rank", "sv_ratio", "sv_fro", "sv_cumulative")
@@ -90,10 +90,12 @@ def resize_file(
     target: float | None = None,
     settings: LoraSettings | None = None,
     style: str = "peft",
+    overwrite: bool = False,
 ) -> tuple[Path, list[ResizedModule]]:
     """Write the resized, baked LoRA; `rank` is the fixed rank (method 'rank') or the cap of a dynamic method."""
     if method not in METHODS:
         raise AcestepError(f"unknown resize method {method!r}; choose one of {', '.join(METHODS)}")
+    check_output_file(src, dst, overwrite)
     lora = read_lora(src)
     scales = module_scales(lora, settings)
     resized, reports = {}, []

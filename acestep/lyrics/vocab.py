@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from acestep.data.atomic import atomic_write_with
 from acestep.errors import CheckpointError
 from acestep.lyrics.languages import ALL_SPECIAL_TOKENS, UNK_TOKEN
 
@@ -55,11 +55,9 @@ def verify_vocab(path: Path, expected: str = VOCAB_SHA256) -> None:
 
 def download_vocab(dest: Path, url: str = VOCAB_URL, timeout: float = 60.0) -> Path:
     """Download to `dest` atomically; the file is kept only if its sha256 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=dest.name, suffix=".part", dir=dest.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+
+    def download(temp: Path) -> None:
+        with open(temp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             out.write(response.read())
         try:
             verify_vocab(temp)
@@ -67,10 +65,8 @@ def download_vocab(dest: Path, url: str = VOCAB_URL, timeout: float = 60.0) -> P
             raise CheckpointError(
                 f"downloaded {url} does not match the pinned vocabulary, not kept: {exc}"
             ) from exc
-        os.replace(temp, dest)
-    finally:
-        temp.unlink(missing_ok=True)
-    return dest
+
+    return atomic_write_with(dest, download)
 
 
 def _options_text(checkpoint_dir: str | Path | None) -> str:
@@ -146,12 +142,5 @@ def write_tiny_lyric_vocab(path: str | Path) -> int:
         vocab_size=300, special_tokens=list(ALL_SPECIAL_TOKENS), show_progress=False
     )
     tokenizer.train_from_iterator(_TINY_SAMPLE.splitlines(), trainer=trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        tokenizer.save(temp_name)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
+    atomic_write_with(path, lambda temp: tokenizer.save(str(temp)))  # not mkstemp: that makes the file 0600
     return tokenizer.get_vocab_size(with_added_tokens=True)

@@ -28,6 +28,7 @@ from .model import adapter_state_dict
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = Path("state") / "last.ckpt"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.json"
 
 
 def step_folder_name(step: int) -> str:
@@ -113,6 +114,18 @@ class AdapterSaver(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_step = int(state_dict.get("last_saved_step", -1))
+
+
+class ConfigFile(Callback):
+    """Writes train_config.json once training really starts: a refused --resume leaves the old file as it was."""
+
+    def __init__(self, path: Path, config: Any) -> None:
+        self.path = Path(path)
+        self.config = config
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.config.save(self.path)
 
 
 class MetricsFile(Callback):

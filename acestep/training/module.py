@@ -24,6 +24,8 @@ from .memory import peak_memory_gb
 from .model import attach_lora
 from .optim import build_lr_scheduler, build_optimizer
 
+INIT_STREAM = 0x1E17  # keeps the start-weight stream apart from the per-micro-batch streams
+
 
 class NonFiniteLossError(AcestepError):
     """The loss or the gradient became NaN/inf; training stops before the weights are touched."""
@@ -46,7 +48,11 @@ class LoraTrainingModule(L.LightningModule):
         self.config = config
         self.dataset = dataset
         self.adapter_name = adapter_name
-        self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
+        # The start weights come from --seed alone (not from whatever used the global RNG before): the same seed
+        # gives the same adapter, byte for byte. A resume overwrites them with the saved state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(config.seed, INIT_STREAM))
+            self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.objective = FlowMatchingObjective(

@@ -16,10 +16,12 @@ from acestep.lora import WEIGHTS_NAME, LoraSettings
 from acestep.models import ACEStepTransformer2DModel
 
 from .callbacks import (
+    CONFIG_FILE,
     METRICS_FILE,
     STATE_FILE,
     AdapterSaver,
     CompactProgressBar,
+    ConfigFile,
     MetricsFile,
     baked_file_name,
     list_step_folders,
@@ -115,7 +117,6 @@ def run_training(
     transformer.train()
     module = LoraTrainingModule(transformer, settings, config, songs)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(config.run_dir / "train_config.json")
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
                          base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name)
     samplers = []
@@ -135,7 +136,8 @@ def run_training(
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_logger(config),
-        callbacks=[MetricsFile(config.run_dir / METRICS_FILE), saver, *samplers]
+        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), MetricsFile(config.run_dir / METRICS_FILE), saver,
+                   *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
         enable_checkpointing=False,
         enable_progress_bar=config.progress_bar,
