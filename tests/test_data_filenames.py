@@ -149,3 +149,23 @@ def test_only_our_own_dataset_is_replaced_and_only_with_overwrite(song_dir: Path
     empty.mkdir()
     build_filename_dataset(song_dir, empty)  # an empty folder holds nothing to lose
     assert len(datasets.load_from_disk(str(empty))) == 7
+
+
+def test_empty_prompt_is_missing_and_short_songs_are_named(tmp_path: Path) -> None:
+    root = tmp_path / "songs"
+    write_audio(root / "blank.wav", 4.0, 44100, 1)
+    (root / "blank_prompt.txt").write_text("  \n", encoding="utf-8")
+    write_audio(root / "commas.wav", 4.0, 44100, 1)
+    (root / "commas_prompt.txt").write_text(" , ,", encoding="utf-8")
+    write_audio(root / "tiny.wav", 0.2, 44100, 1)
+    (root / "tiny_prompt.txt").write_text("rock", encoding="utf-8")
+    rows, summary = scan_folder(root, default_tag="lofi")
+    by_key = {r["keys"]: r for r in rows}
+    assert by_key["blank"]["tags"] == ["lofi"] and by_key["commas"]["tags"] == ["lofi"]
+    assert summary.with_prompt == 1
+    assert summary.empty_prompts == [str(root / "blank_prompt.txt"), str(root / "commas_prompt.txt")]
+    assert [(path, round(seconds, 2)) for path, seconds in summary.short] == [(str(root / "tiny.wav"), 0.2)]
+    text = "\n".join(summary.lines("lofi"))
+    assert "WARNING: 2 file(s) have no _prompt.txt" in text
+    assert f"{root / 'blank_prompt.txt'}: empty prompt file" in text
+    assert f"{root / 'tiny.wav'}: only 0.20 s long" in text and "shorter than 3 s:      1" in text

@@ -270,11 +270,13 @@ def test_report_counts_and_png(
     assert sorted(report.durations) == pytest.approx(sorted(GOOD.values()))
     assert report.tag_counts["mood"] == len(GOOD) and report.tag_counts["tag0"] == 1
     assert report.text_tokens == [4] * len(GOOD) and report.without_lyrics == 0
+    assert report.padded_songs == 4 and report.invented_prompts == 0  # s0, s2, s4, s6 are under 3 s
     png = tmp_path / "r.png"
     main([str(reference_run), "--output", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     out = capsys.readouterr().out
     assert f"songs:                 {len(GOOD)}  (skipped: 3)" in out and "mood (6)" in out
+    assert "padded to 3 s:        4" in out
 
 
 def test_cli_run_summary_and_merge(
@@ -348,3 +350,19 @@ def test_a_foreign_output_folder_is_refused_and_untouched(filenames: Path, tmp_p
         run(filenames, prep)
     assert [p.name for p in prep.iterdir()] == ["manifest.json"]
     assert (prep / "manifest.json").read_text(encoding="utf-8") == "my own notes"
+
+
+def test_invented_prompts_and_padding_are_listed_by_name(filenames: Path, tmp_path: Path) -> None:
+    from acestep.data.preprocess import summary_lines
+
+    source = datasets.load_from_disk(str(filenames))
+    untagged = tmp_path / "untagged"
+    source.map(lambda row, i: {"tags": [] if i == 0 else row["tags"]}, with_indices=True).save_to_disk(str(untagged))
+    prep = tmp_path / "prep"
+    result = run(untagged, prep, chunk_rows=2)
+    notes = {(n.key, n.reason) for n in read_progress(prep / "part-000-of-001").notes}
+    assert ("s0", "no tags: trained with the prompt 'music'") in notes
+    assert ("s2", "only 0.50 s long: padded with silence to 3 s") in notes
+    assert {key for key, reason in notes if "padded" in reason} == {"s0", "s2", "s4", "s6"}
+    text = "\n".join(summary_lines(prep, result))
+    assert "with something you did not write" in text and "s0.wav" in text and "s2.wav" in text

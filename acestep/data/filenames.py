@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
+from acestep.audio.conditioning import MIN_SECONDS
 from acestep.data.atomic import atomic_save_dataset, check_dataset_destination
 from acestep.data.sidecars import (
     LYRICS_SUFFIX,
@@ -54,6 +55,8 @@ class ScanSummary:
     instrumental: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     orphan_sidecars: list[str] = field(default_factory=list)
+    empty_prompts: list[str] = field(default_factory=list)
+    short: list[tuple[str, float]] = field(default_factory=list)  # (file, real seconds) below MIN_SECONDS
 
     @property
     def kept(self) -> int:
@@ -66,10 +69,14 @@ class ScanSummary:
             f"with prompt:           {self.with_prompt}  (without: {self.kept - self.with_prompt})",
             f"with lyrics:           {self.with_lyrics}  (without: {self.kept - self.with_lyrics})",
             f"instrumental:          {self.instrumental}  (no lyrics or only [inst])",
+            f"shorter than {MIN_SECONDS:g} s:      {len(self.short)}  (padded with silence to {MIN_SECONDS:g} s)",
             f"skipped:               {len(self.skipped)}",
         ]
         out += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
         out += [f"  warning: side file without audio: {path}" for path in self.orphan_sidecars]
+        out += [f"  warning: {path}: empty prompt file, counted as no prompt" for path in self.empty_prompts]
+        out += [f"  warning: {path}: only {seconds:.2f} s long; stage 3 pads it with silence to {MIN_SECONDS:g} s"
+                for path, seconds in self.short]
         missing = self.kept - self.with_prompt
         if missing:
             fallback = f"the default tag {default_tag!r}" if default_tag else "no tags at all"
@@ -127,8 +134,13 @@ def probe_audio(path: Path) -> tuple[float, int]:
 
 
 def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
-    """One dataset row plus (has prompt file, has lyrics file); raises InputError for an unusable file."""
+    """One dataset row plus (has a prompt, has lyrics file); raises InputError for an unusable file.
+
+    An empty (or whitespace, or only commas) prompt file is no prompt: it gets `default_tag` like a missing one.
+    """
     prompt = read_sidecar(prompt_path(audio))
+    if prompt is not None and not split_tags(prompt):
+        prompt = None
     lyrics = read_sidecar(lyrics_path(audio))
     duration, sample_rate = probe_audio(audio)
     row = {
@@ -161,6 +173,10 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
             summary.skipped.append((err.path, err.reason))
             continue
         rows.append(row)
+        if not has_prompt and prompt_path(audio).is_file():
+            summary.empty_prompts.append(str(prompt_path(audio)))
+        if 0 < row["duration"] < MIN_SECONDS:
+            summary.short.append((str(audio), row["duration"]))
         summary.with_prompt += has_prompt
         summary.with_lyrics += has_lyrics
         summary.instrumental += is_instrumental(row["norm_lyrics"])

@@ -25,6 +25,7 @@ import datasets
 import torch
 from tqdm import tqdm
 
+from acestep.audio.conditioning import MIN_SECONDS
 from acestep.data.encoders import SongEncoders
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
@@ -79,6 +80,16 @@ class FilenameRow:
     tags: tuple[str, ...]
     lyrics: str
     recaptions: tuple[str, ...] = ()
+    seconds: float | None = None  # the real length from stage 2 (the fork's datasets do not say)
+
+    def notes(self) -> list[str]:
+        """What stage 3 does to this song that the user did not write: an invented prompt, silence padding."""
+        found = []
+        if not self.tags and not self.recaptions:
+            found.append(f"no tags: trained with the prompt {', '.join(FALLBACK_TAGS)!r}")
+        if self.seconds is not None and 0 < self.seconds < MIN_SECONDS:
+            found.append(f"only {self.seconds:.2f} s long: padded with silence to {MIN_SECONDS:g} s")
+        return found
 
 
 @dataclass
@@ -121,6 +132,7 @@ def read_filename_rows(path: Path) -> list[FilenameRow]:
                 tags=tuple(t.strip() for t in item.get("tags") or [] if t and t.strip()),
                 lyrics=item.get("norm_lyrics") or "",
                 recaptions=tuple(v for v in recaption.values() if isinstance(v, str) and v.strip()),
+                seconds=item.get("duration"),
             )
         )
     return rows
@@ -130,7 +142,9 @@ def input_fingerprint(rows: Sequence[FilenameRow]) -> str:
     """Identifies the input content, so a resume never mixes rows of two different filename datasets."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(asdict(row), ensure_ascii=False).encode())
+        fields = asdict(row)
+        fields.pop("seconds")  # only informs the notes; kept out so older runs still resume
+        digest.update(json.dumps(fields, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
 
 
@@ -336,6 +350,8 @@ def run_preprocess(
                 except InputError as err:
                     record_error(ErrorRecord(item.row, item.key, item.filename, err.reason))
                     continue
+                for note in rows[item.row].notes():
+                    writer.add_note(ErrorRecord(item.row, item.key, item.filename, note))
                 writer.add(record, item.duration, record_nbytes(record))
                 result.encoded += 1
                 result.audio_seconds += item.duration
@@ -380,6 +396,8 @@ def summary_lines(prep: Path, result: RunResult) -> list[str]:
         )
     if progress.errors:
         lines += ["skipped songs:", format_error_table(progress.errors)]
+    if progress.notes:
+        lines += ["encoded, but with something you did not write:", format_error_table(progress.notes)]
     if result.manifest is not None:
         lines.append(f"all shards done: wrote {prep / 'manifest.json'} and {prep / 'errors.jsonl'}")
     elif progress.complete:

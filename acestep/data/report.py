@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from acestep.audio.conditioning import MIN_SECONDS
 from acestep.data.atomic import atomic_write_bytes, folder_size
 from acestep.data.preprocessed import is_fork_layout, load_preprocessed, storage_summary
 from acestep.data.shards import list_parts
@@ -36,6 +37,8 @@ class DatasetReport:
     fork_layout: bool
     bytes_on_disk: int
     tag_counts: Counter[str] = field(default_factory=Counter)
+    padded_songs: int = 0  # shorter than MIN_SECONDS, padded with silence
+    invented_prompts: int = 0  # no tags: trained with the fallback prompt
 
     @property
     def audio_seconds(self) -> float:
@@ -50,6 +53,8 @@ class DatasetReport:
             f"text tokens per song (mean): {statistics.fmean(self.text_tokens):.1f}",
             f"lyric tokens per song (mean): {statistics.fmean(self.lyric_tokens):.1f}",
             f"songs without lyrics:  {self.without_lyrics}",
+            f"padded to {MIN_SECONDS:g} s:        {self.padded_songs}  (shorter songs, silence added)",
+            f"without tags:          {self.invented_prompts}  (trained with a fallback prompt)",
             f"SSL features:          {'yes' if self.has_ssl else 'no'}",
             f"layout:                {'reference fork (float32)' if self.fork_layout else 'acestep (16-bit)'}",
             f"on disk:               {self.bytes_on_disk / 2**20:.1f} MiB = "
@@ -80,12 +85,14 @@ def build_report(prep: Path) -> DatasetReport:
         durations = [f / LATENT_FPS for f in frames]
         tags: Counter[str] = Counter()
         skipped, nbytes = None, folder_size(prep)
+        notes = []
     else:
         durations = table.column("duration").to_pylist()
         tags = Counter(t for p in table.column("prompt").to_pylist() for t in p.split(", ") if t)
         parts = list_parts(prep)
         summary = storage_summary(parts)
         skipped, nbytes = summary["errors"], summary["bytes"]
+        notes = [n.reason for _, p in parts for n in p.notes]
     return DatasetReport(
         songs=len(dataset),
         skipped=skipped,
@@ -97,6 +104,8 @@ def build_report(prep: Path) -> DatasetReport:
         fork_layout=fork,
         bytes_on_disk=nbytes,
         tag_counts=tags,
+        padded_songs=sum("padded with silence" in n for n in notes),
+        invented_prompts=sum(n.startswith("no tags") for n in notes),
     )
 
 

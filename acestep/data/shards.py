@@ -78,6 +78,7 @@ class PartProgress:
     rows_total: int
     chunks: list[ChunkRecord] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
+    notes: list[ErrorRecord] = field(default_factory=list)  # encoded songs with an invented prompt or padding
 
     @property
     def done_rows(self) -> set[int]:
@@ -96,6 +97,7 @@ class PartProgress:
             "settings": self.settings,
             "chunks": [asdict(c) for c in self.chunks],
             "errors": [asdict(e) for e in self.errors],
+            "notes": [asdict(n) for n in self.notes],
         }
 
     @classmethod
@@ -108,6 +110,7 @@ class PartProgress:
             rows_total=value["rows_total"],
             chunks=[ChunkRecord(**c) for c in value["chunks"]],
             errors=[ErrorRecord(**e) for e in value["errors"]],
+            notes=[ErrorRecord(**n) for n in value.get("notes", [])],  # absent in files of older versions
         )
 
 
@@ -169,6 +172,7 @@ class PartWriter:
         self._row_seconds = 0.0
         self._row_bytes = 0
         self._errors: list[ErrorRecord] = []
+        self._notes: list[ErrorRecord] = []
         check_output_folder(prep)
         self._check_other_parts(shard, settings)
         self.progress = self._open(shard, settings, rows_total, retry_errors)
@@ -217,6 +221,10 @@ class PartWriter:
     def add_error(self, error: ErrorRecord) -> None:
         self._errors.append(error)
 
+    def add_note(self, note: ErrorRecord) -> None:
+        """Committed with the chunk that holds its song."""
+        self._notes.append(note)
+
     def flush(self) -> None:
         """Commit buffered rows (a new chunk) and errors: chunk folder renamed into place first, then progress."""
         if not self._rows and not self._errors:
@@ -229,5 +237,6 @@ class PartWriter:
             size = folder_size(self.dir / name)
             self.progress.chunks.append(ChunkRecord(name, rows, round(self._row_seconds, 3), size))
         self.progress.errors.extend(self._errors)
+        self.progress.notes.extend(self._notes)
         atomic_write_json(self.dir / PROGRESS_FILE, self.progress.to_json())
-        self._rows, self._errors, self._row_seconds, self._row_bytes = [], [], 0.0, 0
+        self._rows, self._errors, self._notes, self._row_seconds, self._row_bytes = [], [], [], 0.0, 0
