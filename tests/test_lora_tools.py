@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -179,3 +180,16 @@ def test_cli_inspect_and_resize(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as error:
         cli_main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")])
     assert error.value.code == f"error: {tmp_path / 'missing.safetensors'}: LoRA file not found"
+
+
+def test_a_misspelt_config_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"r": 8, "lora_alpha": 8, "use_rlsora": True, "target_modules": ["to_q"]}))
+    with pytest.raises(AcestepError, match="unknown key 'use_rlsora' in the LoRA config; did you mean 'use_rslora'"):
+        LoraSettings.from_json(config)
+    config.write_text(json.dumps({"r": 8, "lora_alpha": 8, "use_rslora": True, "target_modules": ["to_q"]}))
+    assert LoraSettings.from_json(config).scale == pytest.approx(8 / 8**0.5)
+    peft_written = tmp_path / "adapter_config.json"  # PEFT's own file carries all its fields
+    peft_written.write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 8, "lora_dropout": 0.0,
+                                        "target_modules": ["to_q"], "use_rslora": True}))
+    assert LoraSettings.from_json(peft_written).use_rslora

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from peft.utils.other import get_pattern_key
 
 from ..errors import AcestepError, InputError
+
+
+def check_known_keys(data: dict[str, Any]) -> None:
+    """A misspelt key would silently fall back to its default (use_rlsora -> no rsLoRA): name it instead."""
+    known = [f.name for f in fields(LoraSettings)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise AcestepError(f"unknown key {key!r} in the LoRA config{hint}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class LoraSettings:
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(path, f"cannot read LoRA config: {error}") from error
         try:
+            if isinstance(data, dict) and "peft_type" not in data:  # PEFT writes every field it has; we read ours
+                check_known_keys(data)
             return cls.from_dict(data)
         except AcestepError as error:
             raise InputError(path, str(error)) from error
