@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,31 @@ def missing_parts(root: Path) -> list[str]:
         if not any(part.glob(weights)):
             missing.append(f"{folder}/{weights.replace('*.safetensors*', '.safetensors')}")
     return missing
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (cut short, empty, not safetensors), from its header and size alone."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_size > size - 8:
+                return f"{size} bytes, too short for its header"
+            header = json.loads(handle.read(header_size))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return "not a safetensors file (unreadable header)"
+    expected = 8 + header_size + end
+    if size != expected:
+        return f"{size} bytes, its header says {expected}"
+    return None
+
+
+def damaged_weight_files(root: Path) -> list[str]:
+    """Every weight file of the checkpoint that is cut short or unreadable, with the reason."""
+    files = [f for folder in [*(f for f, _ in PARTS.values()), "mert", "mhubert"]
+             for f in sorted((root / folder).glob("*.safetensors"))]
+    return [f"{file} ({problem})" for file in files if (problem := safetensors_problem(file))]
 
 
 def _paths(root: Path) -> CheckpointPaths:
@@ -87,5 +113,11 @@ def resolve_checkpoint(dir_or_repo: str | Path | None = None, download: bool = T
         raise CheckpointError(
             f"{root}: checkpoint is incomplete, missing {', '.join(missing)}. "
             f"Get the full checkpoint from https://huggingface.co/{REPO_ID} (or pass the repo id to download it)"
+        )
+    damaged = damaged_weight_files(root)
+    if damaged:
+        raise CheckpointError(
+            f"damaged weight file(s), probably an interrupted download or copy: {'; '.join(damaged)}. "
+            "Download or copy those files again"
         )
     return _paths(root)

@@ -114,3 +114,32 @@ def test_checkpoint_files_have_ordinary_permissions(tiny_checkpoint: Path) -> No
     modes = {str(p.relative_to(tiny_checkpoint)): p.stat().st_mode & 0o777
              for p in tiny_checkpoint.rglob("*") if p.is_file()}
     assert {name for name, mode in modes.items() if mode != readable_file_mode()} == set()
+
+
+def test_a_truncated_weight_file_is_one_line_in_every_stage(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from acestep.data.preprocess import main as preprocess_main
+    from acestep.lora.cli import main as lora_main
+    from acestep.training.cli import main as train_main
+
+    damaged = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, damaged)
+    weights = damaged / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="damaged weight file.*ace_step_transformer"):
+        resolve_checkpoint(damaged)
+    from training_helpers import synthetic_songs
+
+    synthetic_songs([6]).save_to_disk(str(tmp_path / "prep"))
+    commands = [
+        (train_main, ["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", str(damaged),
+                      "--output_dir", str(tmp_path / "runs")]),
+        (preprocess_main, ["--input_name", str(tmp_path), "--output_dir", str(tmp_path / "p"),
+                           "--checkpoint_dir", str(damaged)]),
+        (lora_main, ["merge", str(damaged), str(tmp_path / "lora.safetensors"), str(tmp_path / "m")]),
+    ]
+    for main, argv in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        message = str(exit_info.value.code)
+        assert message.startswith("error: ") and "\n" not in message, message
+        assert "damaged weight file" in message and str(weights) in message, message

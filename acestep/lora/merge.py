@@ -17,6 +17,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from ..checkpoint import safetensors_problem
 from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
 from ..errors import AcestepError, CheckpointError
 from .bake import module_scales
@@ -55,6 +56,9 @@ def load_transformer_weights(
     config = read_config(config_file)
     state: dict[str, torch.Tensor] = {}
     for file in tqdm(files, desc="load", unit="file", disable=None):
+        problem = safetensors_problem(file) if file.is_file() else "missing"
+        if problem:
+            raise CheckpointError(f"{file}: damaged weight file ({problem}); download or copy it again")
         try:
             state.update(load_file(str(file)))
         except Exception as error:  # noqa: BLE001 - safetensors raises several error types for bad files
