@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class AcestepError(Exception):
     """Base class: a problem the user can fix, shown without a traceback by the CLIs."""
@@ -18,3 +23,28 @@ class InputError(AcestepError):
 
 class CheckpointError(AcestepError):
     """A checkpoint folder or file is missing parts or does not match the model."""
+
+
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
+
+
+def os_error_line(error: OSError) -> str | None:
+    """One line for the OS errors a user fixes (no permission, read-only or full disk); None for the rest."""
+    if error.errno not in WRITE_ERRNOS:
+        return None
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}; choose a writable output folder or fix its permissions"
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """For CLI mains: our errors and unwritable outputs end the program with one `error: ...` line."""
+    try:
+        yield
+    except AcestepError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:
+        line = os_error_line(error)
+        if line is None:
+            raise
+        sys.exit(f"error: {line}")

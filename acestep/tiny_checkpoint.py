@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from .data.atomic import make_readable, output_error, replace_folder, replace_with_retry
-from .errors import AcestepError
+from .errors import AcestepError, one_line_errors
 from .lyrics import write_tiny_lyric_vocab
 from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
@@ -128,10 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors():
         root = write_tiny_checkpoint(args.out, args.seed, args.overwrite)
-    except AcestepError as error:
-        sys.exit(f"error: {error}")
     print(f"tiny checkpoint written to {root}")
 
 

@@ -44,3 +44,24 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_checkpoint")
     write_tiny_checkpoint(root)
     return root
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path: Path):
+    """A folder no output can be written into: chmod 0555 for ordinary users; root ignores modes, so there it
+    is a path under /sys, where the kernel refuses to create anything (EPERM/EACCES) even for root."""
+    import stat
+    import sys
+
+    if sys.platform == "win32":
+        pytest.skip("POSIX permissions")
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        yield folder
+        folder.chmod(0o755)
+    elif Path("/sys/kernel").is_dir():
+        yield Path("/sys/acestep-read-only-test")
+    else:
+        pytest.skip("running as root without sysfs: no folder refuses writes")

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from acestep.data.sidecars import (
     read_sidecar,
     split_tags,
 )
-from acestep.errors import AcestepError, InputError
+from acestep.errors import AcestepError, InputError, one_line_errors
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 UNKNOWN = -1
@@ -218,12 +217,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with one_line_errors():
         summary = build_filename_dataset(
             args.data_dir, args.output_name, args.repeat_count, args.default_tag, args.overwrite
         )
-    except AcestepError as err:
-        sys.exit(f"error: {err}")
     print("\n".join(summary.lines(args.default_tag)))
     print(f"wrote {summary.kept * args.repeat_count} rows to {args.output_name}")
 

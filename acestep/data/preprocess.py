@@ -37,7 +37,7 @@ from acestep.data.preprocessed import (
     storage_summary,
 )
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
-from acestep.errors import AcestepError, InputError
+from acestep.errors import AcestepError, InputError, one_line_errors
 from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
 
 SAMPLE_RATE = 48000
@@ -446,7 +446,7 @@ def merge_main(prep: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+    with one_line_errors():
         if argv[:1] == ["merge"]:
             if len(argv) != 2:
                 sys.exit("usage: python -m acestep.data.preprocess merge PREP")
@@ -470,8 +470,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
         result = run_preprocess(args.input_name, args.output_dir, encoders, settings, options)
-    except AcestepError as err:
-        sys.exit(f"error: {err}")
     print("\n".join(summary_lines(args.output_dir, result)))
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from ..errors import AcestepError, InputError
+from ..errors import AcestepError, InputError, one_line_errors
 from .io import (
     DIFFUSERS_METADATA,
     META_BAKED_SCALE,
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="peft: bare names (ComfyUI + upstream); diffusion_model / kohya: prefixed, with .alpha")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors():
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         out = bake_file(args.input_name, args.output_name, settings, args.key_style, args.overwrite)
-    except AcestepError as error:
-        sys.exit(f"error: {error}")
     print(f"baked LoRA written to {out} (load it at strength 1.0)")

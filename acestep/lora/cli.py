@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..errors import AcestepError
+from ..errors import one_line_errors
 from .bake import bake_file
 from .convert import convert_file
 from .inspect import format_report, inspect_lora
@@ -79,7 +78,5 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with one_line_errors():
         print(run(args))
-    except AcestepError as error:
-        sys.exit(f"error: {error}")

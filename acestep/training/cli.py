@@ -5,18 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from acestep.errors import AcestepError
+from acestep.errors import one_line_errors
 
 from .config import parse_config
 from .run import run_training, summary_text
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
+    with one_line_errors():
         config = parse_config(list(sys.argv[1:] if argv is None else argv))
         result = run_training(config)
-    except AcestepError as error:
-        sys.exit(f"error: {error}")
     print()
     print(summary_text(result))
     if result.stopped:
