@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -31,6 +32,12 @@ from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# Input bounds: far above any real run, low enough that every answer is immediate.
+MAX_DURATION_S = 3600.0  # stage 3 keeps at most --max_duration seconds per song (default 360)
+MAX_GPU_GB = 4096.0
+MAX_BATCH_SIZE = 1024
+MAX_RANK = 4096
+MAX_TEXT_TOKENS = 4096
 # Optimizer state per trainable parameter: AdamW two fp32 moments; bitsandbytes AdamW8bit two uint8 moments
 # (+ block statistics, < 1 %); Prodigy two moments, `s` and the initial copy `p0`.
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
@@ -269,18 +276,31 @@ def _batch_bytes(request: PlanRequest, config: dict) -> int:
     return size
 
 
+def check_bounds(request: PlanRequest) -> None:
+    """Every number within what a training run can be (nan and inf included), so the answer comes at once."""
+    ranges = {
+        "duration": (request.duration, 0.0, MAX_DURATION_S, "seconds"),
+        "gpu_gb": (request.gpu_gb, 0.0, MAX_GPU_GB, "GB"),
+        "batch_size": (request.batch_size, 1, MAX_BATCH_SIZE, ""),
+        "rank": (request.rank if request.rank is not None else 1, 1, MAX_RANK, ""),
+        "lyric_tokens": (request.lyric_tokens, 1, MAX_TRAINING_TOKENS, ""),
+        "text_tokens": (request.text_tokens, 1, MAX_TEXT_TOKENS, ""),
+    }
+    for name, (value, low, high, unit) in ranges.items():
+        positive_only = isinstance(low, float)  # 0 itself is no duration or memory
+        if not math.isfinite(value) or value > high or (value <= low if positive_only else value < low):
+            bound = f"more than {low:g}" if positive_only else f"at least {low}"
+            raise AcestepError(f"--{name} must be {bound} and at most {high:g}{' ' + unit if unit else ''}, "
+                               f"not {value}")
+
+
 def estimate(request: PlanRequest) -> MemoryPlan:
     """Peak training memory for `request`: weights + LoRA state + the largest phase of one step."""
     if request.optimizer not in OPTIMIZER_STATE_BYTES:
         raise AcestepError(f"--optimizer must be one of {sorted(OPTIMIZER_STATE_BYTES)}, not {request.optimizer!r}")
     if request.base_dtype not in DTYPE_BYTES:
         raise AcestepError(f"--base_dtype must be one of {sorted(DTYPE_BYTES)}, not {request.base_dtype!r}")
-    if request.duration <= 0 or request.batch_size < 1:
-        raise AcestepError("--duration must be positive and --batch_size at least 1")
-    if request.rank is not None and request.rank < 1:
-        raise AcestepError(f"--rank must be at least 1, not {request.rank}")
-    if not 1 <= request.lyric_tokens <= MAX_TRAINING_TOKENS or request.text_tokens < 1:
-        raise AcestepError(f"--lyric_tokens must be 1..{MAX_TRAINING_TOKENS} and --text_tokens at least 1")
+    check_bounds(request)
     config = _config(request)
     params = count_parameters(config)
     settings = LoraSettings.from_json(request.lora_config)

@@ -136,11 +136,25 @@ def test_cli_prints_the_verdict_and_rejects_bad_input(capsys):
     main(["--duration", "30", "--gpu_gb", "24", "--rank", "16"])
     out = capsys.readouterr().out
     assert "fits in 24 GB" in out and "LoRA rank 16" in out and "Tokens per step: 322 " in out
-    with pytest.raises(SystemExit, match="--duration must be positive"):
+    with pytest.raises(SystemExit, match="--duration must be more than 0 and at most 3600 seconds, not -1.0"):
         main(["--duration", "-1"])
     with pytest.raises(AcestepError):
         estimate(PlanRequest(base_dtype="int8"))
     with pytest.raises(SystemExit, match="--rank must be at least 1, not 0"):
         main(["--rank", "0"])
-    with pytest.raises(AcestepError, match="--lyric_tokens must be 1..4096"):
+    with pytest.raises(AcestepError, match="--lyric_tokens must be at least 1 and at most 4096"):
         estimate(PlanRequest(lyric_tokens=5000))
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--duration", "1e9"), ("--duration", "nan"), ("--duration", "inf"), ("--duration", "0"),
+    ("--gpu_gb", "-1"), ("--gpu_gb", "nan"), ("--gpu_gb", "inf"), ("--gpu_gb", "0"),
+    ("--batch_size", "0"), ("--batch_size", "100000"), ("--rank", "100000"), ("--text_tokens", "0"),
+])
+def test_every_input_is_bounded_and_answered_at_once(flag, value):
+    """Rejected before any estimate runs: --duration 1e9 used to run a binary search for more than 10 minutes."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([flag, value])
+    message = str(exit_info.value.code)
+    shown = float(value) if flag in ("--duration", "--gpu_gb") else value
+    assert message.startswith(f"error: {flag} must be") and message.endswith(f"not {shown}"), message
