@@ -140,7 +140,7 @@ def test_cli_prints_the_verdict_and_rejects_bad_input(capsys):
         main(["--duration", "-1"])
     with pytest.raises(AcestepError):
         estimate(PlanRequest(base_dtype="int8"))
-    with pytest.raises(SystemExit, match="--rank must be at least 1, not 0"):
+    with pytest.raises(SystemExit, match="--rank must be at least 1 and at most 4096, not 0"):
         main(["--rank", "0"])
     with pytest.raises(AcestepError, match="--lyric_tokens must be at least 1 and at most 4096"):
         estimate(PlanRequest(lyric_tokens=5000))
