@@ -366,3 +366,37 @@ def test_invented_prompts_and_padding_are_listed_by_name(filenames: Path, tmp_pa
     assert {key for key, reason in notes if "padded" in reason} == {"s0", "s2", "s4", "s6"}
     text = "\n".join(summary_lines(prep, result))
     assert "with something you did not write" in text and "s0.wav" in text and "s2.wav" in text
+
+
+def test_a_chunk_is_committed_after_bounded_time(tmp_path: Path) -> None:
+    """A SIGKILL loses only rows not yet committed: after `chunk_seconds` of work they are, before 64 rows."""
+    from acestep.data.preprocessed import EncodedSong, features_for_record
+    from acestep.data.shards import PartWriter
+
+    now = [0.0]
+    writer = PartWriter(tmp_path / "prep", ShardSpec(), {"s": 1}, rows_total=10, make_features=features_for_record,
+                        chunk_seconds=300.0, clock=lambda: now[0])
+
+    def song(row: int) -> dict:
+        return EncodedSong(row=row, key=f"k{row}", filename=f"/m/{row}.wav", prompt="p",
+                           latents=torch.zeros(8, 16, 4), text_hidden=torch.zeros(2, 8), lyric_ids=[1, 2],
+                           duration=1.0).to_record()
+
+    part = tmp_path / "prep" / "part-000-of-001"
+    writer.add(song(0), 1.0, 10)
+    now[0] = 299.0
+    writer.add(song(1), 1.0, 10)
+    assert read_progress(part).chunks == []  # nothing committed yet: still within the time bound
+    now[0] = 300.0
+    writer.add(song(2), 1.0, 10)
+    assert [c.rows for c in read_progress(part).chunks] == [[0, 1, 2]]  # on disk without any flush() call
+    now[0] = 400.0
+    writer.add(song(3), 1.0, 10)
+    assert len(read_progress(part).chunks) == 1  # the clock restarts at each commit
+
+
+def test_time_bounded_chunks_give_the_same_dataset(filenames: Path, reference_run: Path, tmp_path: Path) -> None:
+    prep = tmp_path / "prep"
+    run(filenames, prep, chunk_rows=64, chunk_seconds=0.0)  # every song its own chunk
+    assert len(read_progress(prep / "part-000-of-001").chunks) == len(GOOD)
+    assert_same_dataset(load_preprocessed(prep), load_preprocessed(reference_run))

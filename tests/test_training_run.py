@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,11 @@ def test_saved_adapter_reproduces_the_trained_model(tmp_path: Path) -> None:
     result = run_training(make_config(tmp_path, max_steps=4, every_n_train_steps=4, warmup_steps=0,
                                       learning_rate=5e-2, save_last=5), model, dataset)
     assert result.adapter_dir == tmp_path / "runs" / "test" / "step-000004"
+    step = result.adapter_dir
+    assert sorted(p.name for p in step.iterdir()) == ["adapter", "test-step4-comfyui.safetensors"]
+    assert sorted(p.name for p in (step / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     tensors, metadata = load_adapter(result.adapter_dir)
-    assert metadata["acestep_step"] == "4" and "transformer_blocks.0.attn.to_q.lora_A.weight" in tensors
+    assert metadata["acestep_step"] == "4" and "base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight" in tensors
     assert all(t.dtype == torch.float32 for t in tensors.values())
     assert all(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k)  # it trained
 
@@ -145,6 +149,15 @@ def test_saved_adapter_reproduces_the_trained_model(tmp_path: Path) -> None:
         baked_model.load_lora_adapter(str(result.baked_file), prefix=None, adapter_name="baked")
         baked_model.eval()
         assert torch.allclose(baked_model(**inputs).sample, trained, atol=1e-5)
+        # The adapter folder at its true scale, through PEFT's and diffusers' own loaders.
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(tiny_transformer(), str(step / "adapter")).eval()
+        assert torch.allclose(peft_model(**inputs).sample, trained, atol=1e-5)
+        diffusers_model = tiny_transformer()
+        diffusers_model.load_lora_adapter(str(step / "adapter"), weight_name="adapter_model.safetensors",
+                                          prefix="base_model.model", adapter_name="adapter")
+        assert torch.allclose(diffusers_model.eval()(**inputs).sample, trained, atol=1e-5)
     with safe_open(str(result.baked_file), "pt") as handle:
         assert "lora_adapter_metadata" not in (handle.metadata() or {})
     assert "strength 1.0" in summary_text(result) and str(result.baked_file) in summary_text(result)
@@ -238,19 +251,20 @@ def test_condition_dropout_follows_upstream(tmp_path: Path, probability: float) 
 
 def adapter_bytes(result: Any) -> dict[str, bytes]:
     """Every LoRA file of the last step folder, named without the run name."""
-    return {p.name.removeprefix(result.run_dir.name): p.read_bytes()
+    return {str(p.relative_to(result.adapter_dir)).replace(f"{result.run_dir.name}-", "EXP-"): p.read_bytes()
             for p in sorted(result.adapter_dir.rglob("*.safetensors"))}
 
 
 def test_the_same_seed_gives_byte_identical_adapters(tmp_path: Path) -> None:
     dataset = synthetic_songs([6, 8])
     runs = {}
-    for name, seed in (("a", 42), ("b", 42), ("c", 43)):
+    for name, seed in (("first", 42), ("second", 42), ("other", 43)):
         torch.rand(7 + len(runs))  # whatever ran before in the process must not matter
         config = make_config(tmp_path, exp_name=name, seed=seed, max_steps=2, every_n_train_steps=2)
         runs[name] = adapter_bytes(run_training(config, tiny_transformer(), dataset))
-    assert len(runs["a"]) == 2 and runs["a"] == runs["b"]
-    assert all(runs["a"][name] != runs["c"][name] for name in runs["a"])
+    assert sorted(runs["first"]) == ["EXP-step2-comfyui.safetensors", "adapter/adapter_model.safetensors"]
+    assert runs["first"] == runs["second"]
+    assert all(runs["first"][name] != runs["other"][name] for name in runs["first"])
 
 
 def test_untrained_start_weights_follow_the_seed(tmp_path: Path) -> None:
@@ -286,3 +300,16 @@ def test_step_folder_files_are_readable_by_other_users(tmp_path: Path) -> None:
              for p in result.run_dir.rglob("*") if p.is_file()}
     assert any(name.endswith("-comfyui.safetensors") for name in modes) and len(modes) >= 4
     assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
+
+
+def test_a_resumed_run_shows_its_total_and_counts_its_own_steps(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    dataset = synthetic_songs([6, 8])
+    first = run_training(make_config(tmp_path, max_steps=4, every_n_train_steps=2), tiny_transformer(), dataset)
+    assert summary_text(first).startswith("Training finished: trained 4 steps in ")
+    capfd.readouterr()
+    resumed = run_training(make_config(tmp_path, max_steps=6, every_n_train_steps=2, resume=True, progress_bar=True),
+                           tiny_transformer(), dataset)
+    captured = capfd.readouterr()
+    bar = captured.out + captured.err
+    assert "4/6" in bar and "6/6" in bar and not re.search(r"[1-9]\d*/\?", bar)  # never a count without total
+    assert summary_text(resumed).startswith("Training finished: trained 2 steps (resumed at 4, now at 6) in ")

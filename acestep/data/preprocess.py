@@ -69,6 +69,7 @@ class RunOptions:
     num_workers: int = 0
     chunk_rows: int = 64
     chunk_bytes: int = 256 * 2**20
+    chunk_seconds: float = 300.0  # also commit after this much work, so a kill never loses more
     retry_errors: bool = False
     show_progress: bool = True
 
@@ -303,6 +304,7 @@ def run_preprocess(
         chunk_rows=options.chunk_rows,
         chunk_bytes=options.chunk_bytes,
         retry_errors=options.retry_errors,
+        chunk_seconds=options.chunk_seconds,
     )
     done = writer.done_rows
     pending = [i for i in shard_rows if i not in done]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,12 +163,19 @@ class PartWriter:
         chunk_rows: int = 64,
         chunk_bytes: int = 256 * 2**20,
         retry_errors: bool = False,
+        chunk_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """A chunk is committed after `chunk_rows` rows, `chunk_bytes` bytes or `chunk_seconds` of work, whichever
+        comes first, so a kill loses at most that much (slow GPUs would otherwise lose up to 64 songs)."""
         self.prep = prep
         self.dir = prep / shard.folder_name
         self.make_features = make_features
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
+        self.chunk_seconds = chunk_seconds
+        self.clock = clock
+        self._chunk_started = clock()
         self._rows: list[dict[str, Any]] = []
         self._row_seconds = 0.0
         self._row_bytes = 0
@@ -215,7 +223,8 @@ class PartWriter:
         self._rows.append(record)
         self._row_seconds += audio_seconds
         self._row_bytes += nbytes
-        if len(self._rows) >= self.chunk_rows or self._row_bytes >= self.chunk_bytes:
+        too_long = self.clock() - self._chunk_started >= self.chunk_seconds
+        if len(self._rows) >= self.chunk_rows or self._row_bytes >= self.chunk_bytes or too_long:
             self.flush()
 
     def add_error(self, error: ErrorRecord) -> None:
@@ -240,3 +249,4 @@ class PartWriter:
         self.progress.notes.extend(self._notes)
         atomic_write_json(self.dir / PROGRESS_FILE, self.progress.to_json())
         self._rows, self._errors, self._notes, self._row_seconds, self._row_bytes = [], [], [], 0.0, 0
+        self._chunk_started = self.clock()

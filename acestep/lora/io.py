@@ -1,7 +1,10 @@
-"""Reading and writing LoRA files: PEFT's bare key names plus our metadata in the safetensors header.
+"""Reading and writing LoRA files; our metadata rides in the safetensors header under `acestep_` keys.
 
-The file is what the upstream pipeline loads (`<folder>/pytorch_lora_weights.safetensors`, keys like
-`transformer_blocks.0.attn.to_q.lora_A.weight`). Our header keys start with `acestep_` so no loader reads them.
+The trainer's adapter is a PEFT-standard folder (docs/formats.md, step folder layout):
+  adapter/adapter_model.safetensors   keys `base_model.model.<module>.lora_A.weight`, un-baked (true scale)
+  adapter/adapter_config.json         PeftModel.from_pretrained reads r, lora_alpha, use_rslora from it
+The header also carries `lora_adapter_metadata`, which diffusers' load_lora_adapter reads for the same scale.
+Readers also take older run folders (a top-level un-baked `pytorch_lora_weights.safetensors`, bare keys).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from ..data.atomic import atomic_write_bytes
+from ..data.atomic import atomic_write_bytes, atomic_write_json
 from ..errors import AcestepError, InputError
 from .keys import detect_style, module_path, split_key
 from .settings import LoraSettings
@@ -29,18 +32,40 @@ HEADER_SIZE_BYTES = 8  # safetensors: little-endian u64 header length, then the 
 HEADER_ALIGNMENT = 8  # the header is padded with spaces so tensor data starts 8-byte aligned
 
 
+ADAPTER_DIR = "adapter"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_KEY_PREFIX = "base_model.model."
+META_PEFT_CONFIG = "acestep_peft_adapter_config"  # set by load_adapter from a sibling adapter_config.json
+
+
 def weights_path(path: str | Path) -> Path:
-    """A .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
+    """Where a tool writes for `path`: the file itself, or pytorch_lora_weights.safetensors inside a folder."""
     path = Path(path)
     return path / WEIGHTS_NAME if path.is_dir() else path
 
 
+def find_lora_file(path: str | Path) -> Path:
+    """The LoRA file a reader takes for `path`: the file itself; in a folder, a step folder's adapter/, a PEFT
+    adapter folder's adapter_model.safetensors, or (older runs, diffusers folders) pytorch_lora_weights."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    candidates = [path / ADAPTER_DIR / PEFT_WEIGHTS_NAME, path / PEFT_WEIGHTS_NAME, path / WEIGHTS_NAME]
+    return next((c for c in candidates if c.is_file()), path / WEIGHTS_NAME)
+
+
+def bare_peft_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`base_model.model.` removed: the names a diffusers model with add_adapter (no PeftModel wrapper) uses."""
+    return {key.removeprefix(PEFT_KEY_PREFIX): value for key, value in tensors.items()}
+
+
 def check_output_file(src: str | Path, dst: str | Path, overwrite: bool) -> Path:
     """The file a tool will write for `dst`; never the input itself, and an existing file only with `overwrite`."""
-    out = weights_path(dst)
-    if out.resolve() == weights_path(src).resolve():
-        raise AcestepError(f"{out}: is the input; write the result to a new file (the input keeps the trained scale "
-                           "our tools need)")
+    out, source = weights_path(dst), find_lora_file(src).resolve()
+    if out.resolve() == source or (Path(dst).is_dir() and find_lora_file(dst).resolve() == source):
+        raise AcestepError(f"{dst}: is or holds the input; write the result to a new file (the input keeps the "
+                           "trained scale our tools need)")
     if out.exists() and not overwrite:
         raise AcestepError(f"{out}: already exists; pass --overwrite to replace it")
     return out
@@ -76,20 +101,40 @@ def save_adapter(
     base_model: str = "ACE-Step/ACE-Step-v1-3.5B",
     step: int | None = None,
 ) -> Path:
-    """Write `folder/pytorch_lora_weights.safetensors` (un-baked, as trained) with our metadata."""
-    metadata = {
-        "format": "pt",
-        META_SETTINGS: json.dumps(settings.to_peft_kwargs(), sort_keys=True),
-        META_BASE_MODEL: base_model,
-    }
+    """Write the PEFT-standard adapter folder (un-baked, as trained): `folder/adapter_model.safetensors` with
+    our metadata and diffusers' config in its header, and `folder/adapter_config.json`. Returns the weights file.
+
+    `state_dict` has PEFT's bare names (`transformer_blocks.0.attn.to_q.lora_A.weight`).
+    """
+    folder = Path(folder)
+    kwargs = settings.to_peft_kwargs()
+    # diffusers keeps only the metadata keys under the prefix it loads with (prefix="base_model.model").
+    diffusers_config = {PEFT_KEY_PREFIX + key: value for key, value in kwargs.items()}
+    metadata = {"format": "pt", META_SETTINGS: json.dumps(kwargs, sort_keys=True),
+                DIFFUSERS_METADATA: json.dumps(diffusers_config, sort_keys=True), META_BASE_MODEL: base_model}
     if step is not None:
         metadata[META_STEP] = str(step)
-    return save_safetensors_atomic(state_dict, Path(folder) / WEIGHTS_NAME, metadata)
+    tensors = {PEFT_KEY_PREFIX + key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state_dict.items()}
+    weights = save_safetensors_atomic(tensors, folder / PEFT_WEIGHTS_NAME, metadata)
+    atomic_write_json(folder / PEFT_CONFIG_NAME, peft_adapter_config(settings, base_model))
+    return weights
+
+
+def peft_adapter_config(settings: LoraSettings, base_model: str) -> dict:
+    """adapter_config.json as PEFT writes it (every LoraConfig field), so PeftModel.from_pretrained loads it."""
+    from peft import LoraConfig
+
+    config = LoraConfig(**settings.to_peft_kwargs(), base_model_name_or_path=base_model).to_dict()
+    return json.loads(json.dumps(config, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
 def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, header metadata) of a LoRA file or folder; clear error when it is missing or unreadable."""
-    file = weights_path(path)
+    """(tensors, header metadata) of a LoRA file or folder; clear error when it is missing or unreadable.
+
+    A PEFT adapter_config.json beside the file is added to the metadata (under META_PEFT_CONFIG) when the header
+    names no settings, so adapters saved by PEFT itself load at their scale too.
+    """
+    file = find_lora_file(path)
     if not file.is_file():
         raise InputError(file, "LoRA file not found")
     try:
@@ -98,15 +143,27 @@ def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # noqa: BLE001 - safetensors raises several error types for bad files
         raise InputError(file, f"not a readable safetensors LoRA file: {error}") from error
+    config = file.with_name(PEFT_CONFIG_NAME)
+    if file.name == PEFT_WEIGHTS_NAME and config.is_file() and not {META_SETTINGS, DIFFUSERS_METADATA} & set(metadata):
+        metadata[META_PEFT_CONFIG] = config.read_text(encoding="utf-8")
     return tensors, metadata
 
 
 def settings_from_metadata(metadata: dict[str, str]) -> LoraSettings | None:
-    """Our own settings if we wrote the file, else diffusers' `lora_adapter_metadata`, else None."""
-    for key in (META_SETTINGS, DIFFUSERS_METADATA):
+    """Our own settings if we wrote the file, else diffusers' `lora_adapter_metadata`, else PEFT's
+    adapter_config.json beside it, else None."""
+    for key in (META_SETTINGS, DIFFUSERS_METADATA, META_PEFT_CONFIG):
         if key in metadata:
-            return LoraSettings.from_dict(json.loads(metadata[key]))
+            return LoraSettings.from_dict(without_key_prefix(json.loads(metadata[key])))
     return None
+
+
+def without_key_prefix(config: dict) -> dict:
+    """diffusers may store its LoRA config under the model's prefix (`transformer.r`); bare keys back."""
+    if "r" in config:
+        return config
+    prefix = next((key[:-1] for key in config if key.endswith(".r")), "")
+    return {key.removeprefix(prefix): value for key, value in config.items() if key.startswith(prefix)}
 
 
 @dataclass
@@ -148,7 +205,7 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
     `kohya_lookup` maps kohya names to module paths (default: the published transformer's modules).
     """
     tensors, metadata = load_adapter(path)
-    file = weights_path(path)
+    file = find_lora_file(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         split = split_key(key)

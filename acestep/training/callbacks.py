@@ -1,27 +1,36 @@
-"""Saving during training: adapters per step (un-baked + ComfyUI-baked), the resumable state, the metrics file.
+"""Saving during training: adapters per step (ComfyUI-baked + PEFT adapter), the resumable state, the metrics file.
 
 Run folder layout (OUTPUT_DIR/EXP_NAME):
-  step-000100/pytorch_lora_weights.safetensors   un-baked, PEFT keys, our settings in the header
-  step-000100/EXP-step100-comfyui.safetensors    alpha baked in: strength 1 in ComfyUI and the upstream pipeline
+  step-000100/EXP-step100-comfyui.safetensors    the only LoRA file at the top: alpha baked in, strength 1 in
+                                                 ComfyUI and the upstream pipeline
+  step-000100/adapter/adapter_model.safetensors  PEFT-standard un-baked adapter (true scale in PEFT/diffusers)
+  step-000100/adapter/adapter_config.json
   state/last.ckpt                                Lightning state of the LoRA only (optimizer, schedule, step)
   metrics.jsonl                                  one line per optimizer step (loss, lr, grad norm, it/s, memory)
+Runs of older versions hold step-*/pytorch_lora_weights.safetensors (un-baked) instead of adapter/; they are
+still listed, resumed and pruned.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from acestep.data.atomic import atomic_write_text, temp_sibling
+from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
+from acestep.lora.io import ADAPTER_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 
 from .model import adapter_state_dict
 
@@ -39,12 +48,20 @@ def baked_file_name(exp_name: str, step: int) -> str:
     return f"{exp_name}-step{step}-comfyui.safetensors"
 
 
+def adapter_files(folder: Path) -> list[Path]:
+    """The files the trainer writes into a step folder (this layout's and older versions')."""
+    adapter = folder / ADAPTER_DIR
+    return [adapter / PEFT_WEIGHTS_NAME, adapter / PEFT_CONFIG_NAME, folder / WEIGHTS_NAME,
+            *folder.glob("*-comfyui.safetensors")]
+
+
 def list_step_folders(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every saved adapter in the run, oldest first."""
     if not run_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(f for f in found if (f[1] / WEIGHTS_NAME).is_file())
+    return sorted(f for f in found
+                  if (f[1] / ADAPTER_DIR / PEFT_WEIGHTS_NAME).is_file() or (f[1] / WEIGHTS_NAME).is_file())
 
 
 class AdapterSaver(Callback):
@@ -80,21 +97,23 @@ class AdapterSaver(Callback):
         temp = temp_sibling(state)
         trainer.save_checkpoint(temp, weights_only=False)  # the full training state; collective under DDP
         if trainer.is_global_zero:
-            os.replace(temp, state)
+            replace_with_retry(temp, state)
             self._prune()
         return folder
 
     def _write_step_folder(self, folder: Path, tensors: dict, step: int) -> None:
-        """Both files go into a temp folder first, so a step folder is either complete or absent."""
+        """Everything goes into a temp folder first, so a step folder is either complete or absent."""
         temp = temp_sibling(folder)
         try:
-            weights = save_adapter(tensors, temp, self.settings, self.base_model, step)
+            weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step)
             bake_file(weights, temp / baked_file_name(self.exp_name, step))
             if not folder.exists():
-                os.replace(temp, folder)
-            else:  # the same step saved again after a resume: replace its files one by one
-                for file in temp.iterdir():
-                    os.replace(file, folder / file.name)
+                replace_with_retry(temp, folder)
+            else:  # the same step saved again after a resume: replace our files, keep anything else
+                (folder / WEIGHTS_NAME).unlink(missing_ok=True)  # an older version's un-baked file
+                replace_folder(temp / ADAPTER_DIR, folder / ADAPTER_DIR)
+                for file in temp.glob("*.safetensors"):
+                    replace_with_retry(file, folder / file.name)
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
@@ -102,9 +121,11 @@ class AdapterSaver(Callback):
     def _prune(self) -> None:
         """Remove our files from step folders older than the last `keep_last`; a folder holding more stays."""
         for _, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
-            for file in [folder / WEIGHTS_NAME, *folder.glob("*-comfyui.safetensors")]:
+            for file in adapter_files(folder):
                 file.unlink(missing_ok=True)
             try:
+                if (folder / ADAPTER_DIR).is_dir():
+                    (folder / ADAPTER_DIR).rmdir()
                 folder.rmdir()
             except OSError:
                 warnings.warn(f"{folder}: kept, it holds files the trainer did not write", stacklevel=2)
@@ -114,6 +135,50 @@ class AdapterSaver(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_step = int(state_dict.get("last_saved_step", -1))
+
+
+class StopOnCtrlC(Callback):
+    """First Ctrl-C: finish the current optimizer step, save (adapter, baked file, resumable state), stop.
+    A second Ctrl-C raises KeyboardInterrupt at once; every file is written atomically, so nothing is left
+    half-written (only the last completed save is kept)."""
+
+    def __init__(self, saver: AdapterSaver) -> None:
+        self.saver = saver
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._seen_step = -1
+
+    def request_stop(self, signum: int = signal.SIGINT, frame: Any = None) -> None:
+        """The SIGINT handler."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving after this step, then stopping (press Ctrl-C again to quit at once without "
+              "saving it)", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handler for the duration of the block (main thread only: Python delivers signals there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step_done = trainer.global_step != self._seen_step  # this micro-batch finished an optimizer step
+        self._seen_step = trainer.global_step
+        if self.requested and step_done and self.stopped_at is None:
+            if self.saver.last_saved_step != trainer.global_step:
+                self.saver.save(trainer, pl_module)
+            self.stopped_at = trainer.global_step
+            trainer.should_stop = True
 
 
 class ConfigFile(Callback):
@@ -134,9 +199,10 @@ class MetricsFile(Callback):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._written = -1
+        self.first_step = 0  # the step this run started at (> 0 after --resume)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._written = trainer.global_step
+        self._written = self.first_step = trainer.global_step
         if trainer.is_global_zero:
             kept = [r for r in read_metrics(self.path) if r["step"] <= trainer.global_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -159,7 +225,29 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 class CompactProgressBar(TQDMProgressBar):
-    """tqdm bar (plain text, fine on Windows consoles) showing 3 significant digits, so lr 1e-4 is not 0.000."""
+    """tqdm bar (plain text, fine on Windows consoles) in optimizer steps of the whole run, so a resumed run shows
+    its total and an ETA from this run's speed; metrics with 3 significant digits, so lr 1e-4 is not 0.000."""
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._whole_run(trainer)  # a resume restarts mid-epoch: Lightning calls no epoch start then
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._whole_run(trainer)
+
+    def _whole_run(self, trainer: L.Trainer) -> None:
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = bar.last_print_n = trainer.global_step  # tqdm's rate counts from `initial`
+        bar.set_description("training")
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and trainer.global_step > bar.n:
+            bar.update(trainer.global_step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -11,12 +13,21 @@ from .config import parse_config
 from .run import run_training, summary_text
 
 
+def resume_command(args: list[str]) -> str:
+    """The command line that continues this run, quoted for the shell it is typed into."""
+    words = ["python", "trainer_new.py", *args, *([] if "--resume" in args else ["--resume"])]
+    return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(list(sys.argv[1:] if argv is None else argv))
+        config = parse_config(args)
         result = run_training(config)
     print()
     print(summary_text(result))
+    if result.interrupted:
+        print(f"Resume with: {resume_command(args)}")
     if result.stopped:
         sys.exit(1)
 

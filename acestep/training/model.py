@@ -10,6 +10,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter, settings_from_metadata
+from acestep.lora.io import bare_peft_keys
 from acestep.models import ACEStepTransformer2DModel
 from acestep.models.attention import CrossAttention
 
@@ -92,6 +93,7 @@ def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> d
 def load_trained_adapter(model: ACEStepTransformer2DModel, path: str | Path, adapter_name: str = "default") -> LoraSettings:
     """Attach an un-baked adapter written by the trainer, at its trained scale (settings from its header)."""
     tensors, metadata = load_adapter(path)
+    tensors = bare_peft_keys(tensors)
     settings = settings_from_metadata(metadata)
     if settings is None:
         raise AcestepError(f"{path}: no LoRA settings in the header (a baked file? load it with strength 1 instead)")

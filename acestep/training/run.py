@@ -12,7 +12,8 @@ import torch
 
 from acestep.data.preprocessed import load_preprocessed
 from acestep.errors import AcestepError
-from acestep.lora import WEIGHTS_NAME, LoraSettings
+from acestep.lora import LoraSettings
+from acestep.lora.io import ADAPTER_DIR
 from acestep.models import ACEStepTransformer2DModel
 
 from .callbacks import (
@@ -23,6 +24,7 @@ from .callbacks import (
     CompactProgressBar,
     ConfigFile,
     MetricsFile,
+    StopOnCtrlC,
     baked_file_name,
     list_step_folders,
 )
@@ -44,6 +46,8 @@ class TrainResult:
     baked_file: Path | None
     metrics_file: Path
     stopped: str | None = None
+    interrupted: bool = False  # stopped by Ctrl-C after saving the last step
+    first_step: int = 0  # global step the run started (or resumed) at
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -119,6 +123,8 @@ def run_training(
     config.run_dir.mkdir(parents=True, exist_ok=True)
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
                          base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name)
+    ctrl_c = StopOnCtrlC(saver)
+    metrics = MetricsFile(config.run_dir / METRICS_FILE)
     samplers = []
     if config.sample_every > 0:
         if not config.sample_prompts:
@@ -136,8 +142,8 @@ def run_training(
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_logger(config),
-        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), MetricsFile(config.run_dir / METRICS_FILE), saver,
-                   *samplers]
+        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), metrics, saver,
+                   ctrl_c, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
         enable_checkpointing=False,
         enable_progress_bar=config.progress_bar,
@@ -149,7 +155,8 @@ def run_training(
     started = time.perf_counter()
     stopped = None
     try:
-        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        with ctrl_c.installed():
+            trainer.fit(module, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLossError as error:
         stopped = str(error)
     latest = list_step_folders(config.run_dir)
@@ -163,15 +170,19 @@ def run_training(
         baked_file=baked,
         metrics_file=config.run_dir / METRICS_FILE,
         stopped=stopped,
+        interrupted=ctrl_c.stopped_at is not None,
+        first_step=metrics.first_step,
     )
 
 
 def summary_text(result: TrainResult) -> str:
     """Plain-language end of run: what happened, where the adapter is, how to use it."""
     minutes = result.seconds / 60
-    lines = [
-        f"Training {'stopped early' if result.stopped else 'finished'}: {result.steps} steps in {minutes:.1f} min.",
-    ]
+    done = f"trained {result.steps - result.first_step} steps" + (
+        f" (resumed at {result.first_step}, now at {result.steps})" if result.first_step else "")
+    lines = [f"Training {'stopped early' if result.stopped else 'finished'}: {done} in {minutes:.1f} min."]
+    if result.interrupted:
+        lines[0] = f"Training stopped by Ctrl-C after step {result.steps}: {done} in {minutes:.1f} min; that step is saved."
     if result.stopped:
         lines.append(f"Reason: {result.stopped}")
     if result.adapter_dir is None:
@@ -181,9 +192,12 @@ def summary_text(result: TrainResult) -> str:
             f"Latest adapter: {result.adapter_dir}",
             f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
             "  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
-            "    load_lora(folder) with weight 1.0 (the un-baked file beside it would load at the wrong scale there).",
-            f"  Un-baked adapter (rank/alpha in its header, for our tools): {result.adapter_dir / WEIGHTS_NAME}",
-            "  Continue training: run the same command again with --resume.",
+            "    load_lora(folder) with weight 1.0.",
+            f"  PEFT / diffusers: {result.adapter_dir / ADAPTER_DIR} is the un-baked adapter at its trained scale "
+            "(PeftModel.from_pretrained(model, folder), or load_lora_adapter(folder, "
+            "weight_name='adapter_model.safetensors', prefix='base_model.model')).",
+            "  Continue training: run the same command again with --resume"
+            + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
     lines.append(f"Loss per step: {result.metrics_file}")
     return "\n".join(lines)
