@@ -46,6 +46,7 @@ def test_every_reader_takes_both_layouts_at_the_trained_scale(tmp_path: Path, la
     # generate.py --lora
     loaded = lora_state_dict(step)
     torch.testing.assert_close(product(loaded, MODULE), expected, rtol=1e-6, atol=1e-6)
+    assert "assuming it is baked" not in caplog.text
     # python -m acestep.lora inspect
     report = inspect_lora(step)
     assert not report.baked and [row.scale for row in report.modules] == pytest.approx([SCALE] * 3)
@@ -57,10 +58,14 @@ def test_every_reader_takes_both_layouts_at_the_trained_scale(tmp_path: Path, la
     torch.testing.assert_close(product(baked, MODULE), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_a_peft_adapter_folder_without_our_header_reads_its_config(tmp_path: Path) -> None:
+def test_a_peft_adapter_folder_without_our_header_reads_its_config(tmp_path: Path, caplog) -> None:
     tensors = {f"base_model.model.{k}": v for k, v in random_lora(4).items()}
     folder = tmp_path / "peft"
     folder.mkdir()
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **SETTINGS.to_peft_kwargs()}))
     assert [row.scale for row in inspect_lora(folder).modules] == pytest.approx([SCALE] * 3)
+    loaded = lora_state_dict(folder)
+    expected = SCALE * product({k.removeprefix("base_model.model."): v for k, v in tensors.items()}, MODULE)
+    torch.testing.assert_close(product(loaded, MODULE), expected, rtol=1e-6, atol=1e-6)
+    assert "assuming it is baked" not in caplog.text

@@ -15,17 +15,18 @@ from torch import nn
 
 from ..lora import LoraSettings, module_scales
 from ..lora.bake import scale_into_factors
-from ..lora.io import read_lora
+from ..lora.io import read_lora, settings_from_metadata
 
 log = logging.getLogger(__name__)
 
 
 def lora_state_dict(path: str | Path, settings: LoraSettings | None = None) -> dict:
-    """PEFT-keyed factors with the trained scale inside, from any file our LoRA tools read."""
+    """PEFT-keyed factors with the trained scale inside, from any file or folder our LoRA tools read (a step
+    folder of any version, a PEFT adapter folder, a baked or kohya file)."""
     lora = read_lora(path)
-    if not lora.baked and settings is None and lora.metadata.get("acestep_lora_settings") is None and all(
+    if not lora.baked and settings is None and settings_from_metadata(lora.metadata) is None and all(
         module.alpha is None for module in lora.modules.values()
-    ) and "lora_adapter_metadata" not in lora.metadata:
+    ):
         log.warning("%s: no rank/alpha in the file; assuming it is baked (scale 1). Pass a LoRA config if it is "
                     "a raw adapter from another trainer.", path)
         scales = module_scales(lora, settings, fallback=1.0)
