@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -35,7 +36,13 @@ def params(**overrides) -> GenerationParams:
 def test_length_rule() -> None:
     assert latent_frames(60) == 645 and latent_frames(240) == 2583
     assert output_samples(30) == 322 * 4096
-    assert output_samples(30, 48000) == -(-322 * 4096 * 48000 // 44100)
+    # torchaudio's length rule: ceil(float32(4096 T * 160 / 147)); 1,435,550.48 -> 1,435,551 here.
+    assert output_samples(30, 48000) == int(np.ceil(np.float32(322 * 4096 * 160 / 147))) == 1_435_551
+    # 160 frames: exactly 713,317.0068 but 713,317.0 in float32, one sample shorter than the exact ceil.
+    assert latent_frames(15) == 161 and output_samples(14.9, 48000) == 713_317
+    # Overlapped decode (songs over 48 s) truncates to int(4096 T * sr / 44100) instead.
+    assert output_samples(60, 48000, overlapped=True) == 645 * 4096 * 48000 // 44100
+    assert output_samples(30, 48000, overlapped=True) == output_samples(30, 48000)
     with pytest.raises(ValueError, match="too short"):
         latent_frames(0.05)
 

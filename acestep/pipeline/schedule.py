@@ -40,9 +40,12 @@ def euler_step(
 ) -> torch.Tensor:
     """One Euler step whose update is re-scaled around its mean (over the whole tensor, batch included).
 
-    Computed in fp32 and cast back, as the reference does.
+    In the reference's order and precision: the update dx = (sigma_next - sigma) * velocity is formed in the
+    velocity's dtype with a float32 sigma difference, re-scaled as (dx - mean) * factor + mean, and only then
+    added to the float32 sample; the result is cast back to the velocity's dtype.
     """
-    dx = (sigma_next - sigma) * velocity.float()
+    step = torch.tensor(sigma_next, dtype=torch.float32) - torch.tensor(sigma, dtype=torch.float32)
+    dx = step * velocity
     mean = dx.mean()
-    updated = sample.float() + (dx - mean) * omega_factor(omega) + mean
-    return updated.to(sample.dtype)
+    updated = sample.float() + ((dx - mean) * omega_factor(omega) + mean)
+    return updated.to(velocity.dtype)
