@@ -38,6 +38,8 @@ def test_schedule_rejects_zero_steps() -> None:
 
 def test_omega_factor_reference_value() -> None:
     assert omega_factor(10.0) == pytest.approx(1.04621, abs=1e-5)
+    # The reference's logistic 0.9 + (1.1 - 0.9) / (1 + e^-1), to the last bit of the double.
+    assert omega_factor(10.0) == 1.0462117157260011
 
 
 def test_euler_step_rescales_around_the_mean() -> None:

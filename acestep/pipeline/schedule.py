@@ -31,8 +31,13 @@ def inference_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> tuple[torc
 
 
 def omega_factor(omega: float) -> float:
-    """The reference's granularity factor: 0.9 + 0.2 * sigmoid(0.1 * omega) (omega 10 -> 1.0462)."""
-    return 0.9 + 0.2 / (1.0 + math.exp(-0.1 * omega))
+    """The reference's granularity factor: a logistic curve from 0.9 to 1.1, steepness 0.1 (omega 10 -> 1.0462).
+
+    Written as the reference evaluates it, 0.9 + (1.1 - 0.9) / (1 + e^(-0.1 omega)), so the factor is the
+    same double (1.1 - 0.9 is 0.20000000000000007, not 0.2).
+    """
+    lower, upper = 0.9, 1.1
+    return lower + (upper - lower) / (1.0 + math.exp(-0.1 * omega))
 
 
 def euler_step(
