@@ -107,9 +107,12 @@ class MusicDCAE(nn.Module):
         return latents, lengths
 
     def _decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents [1, 8, 16, T] -> log-mel [2, 128, 8T] (not normalised)."""
-        raw = (latents.float() / LATENT_SCALE + LATENT_SHIFT).to(self.dtype)
-        return denormalize_mel(self.dcae.decoder(raw).float())[0]
+        """Scaled latents [1, 8, 16, T] -> log-mel [2, 128, 8T] (not normalised).
+
+        The un-scaling and de-normalisation run in the model's dtype, as in the reference (in bfloat16 too).
+        """
+        raw = latents.to(self.dtype) / LATENT_SCALE + LATENT_SHIFT
+        return denormalize_mel(self.dcae.decoder(raw))[0]
 
     def _decode_mel_overlapped(self, latents: torch.Tensor) -> torch.Tensor:
         """Long songs in 512-frame latent windows keeping the central parts (reference decode_overlap stage 1)."""
