@@ -149,8 +149,8 @@ class MusicDCAE(nn.Module):
         run past the song (the padded last block); `decode` truncates it.
         """
         total = mel.shape[-1] * HOP
-        fade_in = torch.linspace(0, 1, CROSSFADE)
-        fade_out = torch.linspace(1, 0, CROSSFADE)
+        fade_in = torch.linspace(0, 1, CROSSFADE, device=mel.device)
+        fade_out = torch.linspace(1, 0, CROSSFADE, device=mel.device)
         pieces = [self._vocode_block(mel, 0)[:, :-VOCODER_OVERLAP]]
         start = VOCODER_HOP
         while start < total:
