@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from data_helpers import write_with_pyav
 
-from acestep.audio import load_audio, prepare_training_audio
+from acestep.audio import condition_training_audio, load_audio, prepare_training_audio
 from acestep.errors import InputError
 
 
@@ -100,3 +100,11 @@ def test_silent_songs_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="near-silent") as error:
         prepare_training_audio(path)
     assert "silent.wav" in str(error.value)
+
+
+@pytest.mark.parametrize("samples", [132_301, 539_446, 1_000_003])
+def test_conditioning_resamples_to_the_reference_length(samples: int) -> None:
+    """torchaudio's rule: ceil of 160 n / 147 (44.1 -> 48 kHz, rates over their gcd), rounded to float32 first."""
+    expected = int(np.ceil(np.float32(160 * samples / 147)))
+    wav = condition_training_audio(tone(samples / 44100, 44100, 2)[:, :samples], 44100)
+    assert wav.shape == (2, expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,16 @@ import pytest
 import torch
 from diffusers import AutoencoderDC
 
-from acestep.models.dcae import PUBLISHED_DCAE_CONFIG, MusicDCAE, latent_length_for_samples, tiny_dcae_config
+from acestep.audio import resampled_length
+from acestep.models.dcae import (
+    CROSSFADE,
+    PUBLISHED_DCAE_CONFIG,
+    MusicDCAE,
+    decoded_length,
+    latent_length_for_samples,
+    overlapped_decoded_length,
+    tiny_dcae_config,
+)
 from acestep.models.mel import LogMelSpectrogram, denormalize_mel, normalize_mel, slaney_mel_filterbank
 from acestep.models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
 
@@ -57,15 +67,99 @@ def test_encode_decode_shapes(tiny_dcae: MusicDCAE) -> None:
     audio = tiny_dcae.decode(latents)
     assert len(audio) == 2 and audio[0].shape == (2, latents.shape[-1] * 4096)
     audio48 = tiny_dcae.decode(latents[:1], sr=48000)
-    assert audio48[0].shape == (2, -(-latents.shape[-1] * 4096 * 48000 // 44100))
+    assert audio48[0].shape == (2, decoded_length(latents.shape[-1], 48000))
     assert torch.isfinite(audio[0]).all() and audio[0].abs().max() <= 1.0
 
 
-def test_overlapped_decode_keeps_the_length(tiny_dcae: MusicDCAE) -> None:
-    latents = torch.randn(1, 8, 16, 700)
-    audio = tiny_dcae.decode(latents, overlapped=True)[0]
-    assert audio.shape == (2, 700 * 4096)
+def torchaudio_length(num_samples: int, orig: int, new: int) -> int:
+    """torchaudio's Resample output length, written out: ceil(torch.as_tensor(new' * n / orig')), rates / gcd."""
+    gcd = math.gcd(orig, new)
+    return int(torch.ceil(torch.as_tensor((new // gcd) * num_samples / (orig // gcd))).item())
+
+
+def test_resampled_length_rounds_like_the_reference() -> None:
+    # 539,446 samples at 48 kHz: 495,616.0125 exactly, 495,616 after float32 rounding -> 121 frames, not 122.
+    assert resampled_length(539_446, 48000, 44100) == 495_616
+    assert latent_length_for_samples(539_446) == 121
+    for n in range(539_000, 541_000, 7):
+        assert resampled_length(n, 48000, 44100) == torchaudio_length(n, 48000, 44100), n
+    # Decoding T latent frames at 48 kHz: the float32 rule is one sample shorter than the exact ceil for many T.
+    shorter = 0
+    for frames in range(1, 4000):
+        exact = -(-frames * 4096 * 160 // 147)
+        assert decoded_length(frames, 48000) == torchaudio_length(frames * 4096, 44100, 48000), frames
+        shorter += decoded_length(frames, 48000) == exact - 1
+    assert 0.3 < shorter / 3999 < 0.45
+    assert decoded_length(100) == 409_600 and overlapped_decoded_length(100, 48000) == 100 * 4096 * 48000 // 44100
+
+
+def test_mel_filterbank_is_built_in_float32_like_torchaudio() -> None:
+    """Slaney scale and area normalisation evaluated in float32 the way torchaudio's melscale_fbanks is."""
+    f_sp, logstep = 200.0 / 3, math.log(6.4) / 27.0
+    min_log_mel = 1000.0 / f_sp
+
+    def hz_to_mel(hz: float) -> float:
+        return hz / f_sp if hz < 1000.0 else min_log_mel + math.log(hz / 1000.0) / logstep
+
+    mels = torch.linspace(hz_to_mel(40.0), hz_to_mel(16000.0), 130)
+    hz = torch.where(mels >= min_log_mel, 1000.0 * torch.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    freqs = torch.linspace(0, 22050, 1025)[:, None]
+    low, centre, high = hz[None, :-2], hz[None, 1:-1], hz[None, 2:]
+    rising = (freqs - low) / (centre - low)
+    falling = (high - freqs) / (high - centre)
+    expected = torch.clamp(torch.minimum(rising, falling), min=0.0) * (2.0 / (high - low))
+    fb = slaney_mel_filterbank()
+    assert fb.dtype == torch.float32 and torch.equal(fb, expected)
+
+
+class PositionVocoder:
+    """A stand-in vocoder whose sample j of a block is 1000 x (mel value of its frame) + j, so each output
+    sample says which block produced it and at which position; padded frames (log-mel 0) give just j."""
+
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+        frames = mel[:, 0].double().repeat_interleave(512, dim=-1)
+        return (1000 * frames + torch.arange(frames.shape[-1], dtype=torch.float64))[:, None]
+
+
+def test_overlapped_vocoder_seams_follow_the_reference(tiny_dcae: MusicDCAE) -> None:
+    """Blocks start every 260096 samples; a block's samples [896, 1024) fade (linspace 1->0 / 0->1) into the
+    last 128 kept samples of the previous block, which drops its own last 1024; the last block is padded
+    with log-mel 0 and kept whole."""
+    frames = 1100
+    mel = torch.arange(1, frames + 1, dtype=torch.float32)[None, None].repeat(2, 128, 1)
+    wav = MusicDCAE(tiny_dcae.dcae, PositionVocoder())._vocode_overlapped(mel)
+
+    def block(start: int, position: torch.Tensor) -> torch.Tensor:
+        frame = (start + position) // 512
+        value = torch.where(frame < frames, frame + 1, torch.zeros_like(frame)).double()
+        return 1000 * value + position
+
+    starts = [0, 260096, 520192]  # 520192 + 260096 >= 1100 * 512: the third block is the last
+    g = torch.arange(starts[-1] + 512 * 512)
+    expected = torch.empty(g.shape[0], dtype=torch.float64)
+    for k, start in enumerate(starts):
+        own = (g >= start + (1024 if k else 0)) & (g < start + 512 * 512 - (1024 if k < len(starts) - 1 else 0))
+        expected[own] = block(start, g[own] - start)
+        if k:
+            fade = (g >= start + 1024 - CROSSFADE) & (g < start + 1024)
+            previous = block(starts[k - 1], g[fade] - starts[k - 1])
+            expected[fade] = previous * torch.linspace(1, 0, CROSSFADE) + block(start, g[fade] - start) * torch.linspace(0, 1, CROSSFADE)
+    assert wav.shape == (2, g.shape[0])
+    # float32 output (values up to 1.4e6): a misplaced fade or block would be off by thousands.
+    torch.testing.assert_close(wav[0].double(), expected, rtol=0, atol=1.0)
+    torch.testing.assert_close(wav[1], wav[0])
+
+
+def test_overlapped_decode_length_and_closeness(tiny_dcae: MusicDCAE) -> None:
+    torch.manual_seed(3)
+    latents = torch.randn(1, 8, 16, 520)  # two DC-AE windows, nine vocoder blocks (the stand-in vocoder)
+    audio = MusicDCAE(tiny_dcae.dcae, PositionVocoder()).decode(latents, sr=48000, overlapped=True)[0]
+    assert audio.shape == (2, overlapped_decoded_length(520, 48000)) == (2, 520 * 4096 * 48000 // 44100)
     assert torch.isfinite(audio).all()
+    # The real (tiny) vocoder: overlapped and whole-song output agree away from the song's last block.
+    mel = (torch.randn(2, 128, 600).cumsum(-1) * 0.05).clamp(-6, 2) - 4
+    whole, blocks = tiny_dcae._vocode(mel), tiny_dcae._vocode_overlapped(mel)[..., : 600 * 512]
+    assert (whole - blocks)[..., :-8192].abs().max() < 1e-3
 
 
 def test_vocoder_output_length_and_round_trip(tmp_path: Path) -> None:

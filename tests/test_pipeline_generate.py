@@ -7,14 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from acestep.errors import InputError
 from acestep.lora import LoraSettings, bake_file, save_adapter
-from acestep.pipeline.cli import parse_lora
+from acestep.pipeline.cli import build_parser, main, parse_lora, read_lyrics, save_outputs
 from acestep.pipeline.erg import proportional_indices
 from acestep.pipeline.lora_loading import load_loras
 from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams, latent_frames, output_samples
@@ -35,7 +37,13 @@ def params(**overrides) -> GenerationParams:
 def test_length_rule() -> None:
     assert latent_frames(60) == 645 and latent_frames(240) == 2583
     assert output_samples(30) == 322 * 4096
-    assert output_samples(30, 48000) == -(-322 * 4096 * 48000 // 44100)
+    # torchaudio's length rule: ceil(float32(4096 T * 160 / 147)); 1,435,550.48 -> 1,435,551 here.
+    assert output_samples(30, 48000) == int(np.ceil(np.float32(322 * 4096 * 160 / 147))) == 1_435_551
+    # 160 frames: exactly 713,317.0068 but 713,317.0 in float32, one sample shorter than the exact ceil.
+    assert latent_frames(15) == 161 and output_samples(14.9, 48000) == 713_317
+    # Overlapped decode (songs over 48 s) truncates to int(4096 T * sr / 44100) instead.
+    assert output_samples(60, 48000, overlapped=True) == 645 * 4096 * 48000 // 44100
+    assert output_samples(30, 48000, overlapped=True) == output_samples(30, 48000)
     with pytest.raises(ValueError, match="too short"):
         latent_frames(0.05)
 
@@ -100,17 +108,78 @@ def test_parse_lora_specs() -> None:
 
 @pytest.mark.slow
 def test_cli_writes_wavs_and_parameters(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "generate.py"), "--prompt", "rock, drums", "--duration", "1.2", "--steps", "3",
-         "--seed", "5", "6", "--checkpoint_dir", str(tiny_checkpoint), "--out_dir", str(tmp_path), "--device", "cpu"],
-        capture_output=True, text=True,
-    )
+    lyrics = tmp_path / "Song.TXT"
+    lyrics.write_text("[verse]\nhello there", encoding="utf-8")
+    command = [sys.executable, str(REPO / "generate.py"), "--prompt", "rock, drums", "--duration", "1.2", "--steps",
+               "3", "--seed", "5", "6", "--lyrics", str(lyrics), "--checkpoint_dir", str(tiny_checkpoint),
+               "--out_dir", str(tmp_path / "out"), "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert "sampling" in result.stderr and "3/3" in result.stderr  # the progress bar, as lines in a log
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
     for seed in (5, 6):
-        audio, rate = sf.read(tmp_path / f"ace_seed{seed}.wav")
-        assert rate == 44100 and audio.shape == (output_samples(1.2), 2)
-        saved = json.loads((tmp_path / f"ace_seed{seed}.json").read_text())
-        assert saved["seed"] == seed and saved["prompt"] == "rock, drums" and saved["steps"] == 3
+        wavs = sorted((tmp_path / "out").glob(f"ace_*_seed{seed}*.wav"))
+        assert len(wavs) == 2  # the second run did not replace the first
+        for wav in wavs:
+            audio, rate = sf.read(wav)
+            assert rate == 48000 and audio.shape == (output_samples(1.2, 48000), 2)
+            saved = json.loads(wav.with_suffix(".json").read_text())
+            assert saved["seed"] == seed and saved["prompt"] == "rock, drums" and saved["steps"] == 3
+            assert saved["lyrics"] == "[verse]\nhello there" and saved["sample_rate"] == 48000
     bad = subprocess.run([sys.executable, str(REPO / "generate.py"), "--prompt", "x", "--checkpoint_dir",
                           str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:")
+
+
+def test_outputs_never_replace_existing_files(tmp_path: Path) -> None:
+    wav = torch.zeros(2, 100)
+    first = save_outputs([wav, wav], params(), [1, 2], tmp_path, 48000, stamp="20260101-000000")
+    second = save_outputs([wav], params(), [1], tmp_path, 48000, stamp="20260101-000000")
+    assert [p.name for p in first] == ["ace_20260101-000000_seed1.wav", "ace_20260101-000000_seed2.wav"]
+    assert [p.name for p in second] == ["ace_20260101-000000_seed1_2.wav"]
+    (tmp_path / "ace_seed3.json").write_text("{}")  # a JSON alone also holds its name
+    assert save_outputs([wav], params(), [3], tmp_path, 48000)[0].name == "ace_seed3_2.wav"
+    assert json.loads((tmp_path / "ace_seed3.json").read_text()) == {}
+    assert json.loads(second[0].with_suffix(".json").read_text())["seed"] == 1
+
+
+def test_lyrics_argument_names_a_file_or_is_the_lyrics(tmp_path: Path) -> None:
+    upper = tmp_path / "x.TXT"
+    upper.write_text("\ufeff[chorus]\nla la", encoding="utf-8")
+    assert read_lyrics(str(upper)) == "[chorus]\nla la"
+    other = tmp_path / "words"
+    other.write_text("any file", encoding="utf-8")
+    assert read_lyrics(str(other)) == "any file"
+    assert read_lyrics("[verse]\nsing this") == "[verse]\nsing this"
+    assert read_lyrics("just one line") == "just one line"
+    with pytest.raises(InputError, match="lyrics file not found"):
+        read_lyrics(str(tmp_path / "missing.Txt"))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_lyrics(str(latin))
+
+
+@pytest.mark.parametrize("problem", ["missing", "latin-1"])
+def test_cli_lyrics_errors_are_one_line(tmp_path: Path, problem: str, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "song.TXT"
+    if problem == "latin-1":
+        path.write_bytes("\xe9t\xe9".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--prompt", "x", "--lyrics", str(path), "--checkpoint_dir", str(tmp_path / "never_loaded")])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "song.TXT" in message
+
+
+def test_every_flag_has_help_and_shows_its_default() -> None:
+    parser = build_parser()
+    text = parser.format_help()
+    options = text[text.index("\noptions:"):]
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        block = options[options.index("\n  " + action.option_strings[0] + " "):]
+        block = " ".join(block[: block.find("\n  --", 1)].split())
+        assert ("(required)" if action.required else "(default: ") in block, action.dest

@@ -5,10 +5,10 @@ from .conditioning import (
     TRAINING_SAMPLE_RATE,
     condition_training_audio,
     prepare_training_audio,
-    resample,
     to_stereo,
 )
 from .decode import AUDIO_EXTENSIONS, load_audio
+from .resample import resample, resampled_length
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -18,5 +18,6 @@ __all__ = [
     "load_audio",
     "prepare_training_audio",
     "resample",
+    "resampled_length",
     "to_stereo",
 ]

@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 
 from ..errors import InputError
 from .decode import load_audio
+from .resample import resample
 
 TRAINING_SAMPLE_RATE = 48000
 MIN_SECONDS = 3.0
@@ -26,14 +26,6 @@ SILENT_FRACTION = 0.95
 SILENCE_LEVEL = 1e-4
 
 log = logging.getLogger(__name__)
-
-
-def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """[channels, n] float32 resampled with soxr's high-quality setting."""
-    if source_rate == target_rate:
-        return samples
-    out = soxr.resample(np.ascontiguousarray(samples.T), source_rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, samples.shape[0]).T)
 
 
 def to_stereo(samples: np.ndarray) -> np.ndarray:

@@ -11,12 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soxr
 import torch
 from diffusers import AutoencoderDC
 from torch import nn
 
+from ..audio.resample import resample, resampled_length
 from .mel import HOP, LogMelSpectrogram, denormalize_mel, normalize_mel
 from .vocoder import ADaMoSHiFiGANV1
 
@@ -25,31 +24,41 @@ LATENT_SCALE = 0.1786
 LATENT_SHIFT = -1.9091
 DOWNSAMPLE = 8
 SAMPLES_PER_LATENT = HOP * DOWNSAMPLE  # 4096 at 44.1 kHz
-# Overlapped decode (reference decode_overlap): latent windows of 512 frames, hop 256.
+# Overlapped decode (reference decode_overlap), for memory only: latent windows of 512 frames with hop 256,
+# then vocoder blocks of 512 mel frames that start every 260096 samples (block minus twice the 1024-sample
+# overlap), joined by a 128-sample linear cross-fade that ends 1024 samples before the previous block's end.
 WINDOW_LATENTS = 512
 WINDOW_HOP = 256
 VOCODER_BLOCK_MELS = 512
 VOCODER_OVERLAP = 1024
+VOCODER_HOP = VOCODER_BLOCK_MELS * HOP - 2 * VOCODER_OVERLAP  # 260096 samples
 CROSSFADE = 128
+# The reference pads the last vocoder block with log-mel 0 (not with silence, which is about -11.5).
+VOCODER_PAD_MEL = 0.0
 
 
 def resample_batch(wavs: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
-    """[..., T] resampled with soxr HQ; length ceil(T * target / source) like the reference's resampler."""
+    """[..., T] resampled with soxr HQ to the reference's length (`acestep.audio.resampled_length`)."""
     if source_rate == target_rate:
         return wavs
     flat = wavs.detach().float().cpu().reshape(-1, wavs.shape[-1]).numpy()
-    length = math.ceil(wavs.shape[-1] * target_rate / source_rate)
-    out = np.asarray(soxr.resample(np.ascontiguousarray(flat.T), source_rate, target_rate, quality="HQ")).T
-    out = out.reshape(flat.shape[0], -1)[:, :length]
-    if out.shape[1] < length:
-        out = np.pad(out, ((0, 0), (0, length - out.shape[1])))
-    return torch.from_numpy(np.ascontiguousarray(out)).reshape(*wavs.shape[:-1], length).to(wavs.device, wavs.dtype)
+    out = resample(flat, source_rate, target_rate)
+    return torch.from_numpy(out).reshape(*wavs.shape[:-1], out.shape[-1]).to(wavs.device, wavs.dtype)
 
 
 def latent_length_for_samples(num_samples: int, sample_rate: int = 48000) -> int:
-    """Training-side latent length: ceil(ceil(T * 44100 / sr) / 4096) (30 s at 48 kHz -> 323)."""
-    resampled = math.ceil(num_samples * DCAE_SAMPLE_RATE / sample_rate)
-    return math.ceil(resampled / SAMPLES_PER_LATENT)
+    """Encoded latent frames: the 44.1 kHz length padded up to whole 4096-sample frames (30 s at 48 kHz -> 323)."""
+    return math.ceil(resampled_length(num_samples, sample_rate, DCAE_SAMPLE_RATE) / SAMPLES_PER_LATENT)
+
+
+def decoded_length(latent_frames: int, sample_rate: int = DCAE_SAMPLE_RATE) -> int:
+    """Samples that whole-song decode returns: 4096 per frame at 44.1 kHz, then the resampler's length rule."""
+    return resampled_length(latent_frames * SAMPLES_PER_LATENT, DCAE_SAMPLE_RATE, sample_rate)
+
+
+def overlapped_decoded_length(latent_frames: int, sample_rate: int = DCAE_SAMPLE_RATE) -> int:
+    """The reference's overlapped decode truncates to int(4096 T * sr / 44100) (floor, not the resampler's ceil)."""
+    return int(latent_frames * SAMPLES_PER_LATENT * sample_rate / DCAE_SAMPLE_RATE)
 
 
 class MusicDCAE(nn.Module):
@@ -98,9 +107,12 @@ class MusicDCAE(nn.Module):
         return latents, lengths
 
     def _decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents [1, 8, 16, T] -> log-mel [2, 128, 8T] (not normalised)."""
-        raw = (latents.float() / LATENT_SCALE + LATENT_SHIFT).to(self.dtype)
-        return denormalize_mel(self.dcae.decoder(raw).float())[0]
+        """Scaled latents [1, 8, 16, T] -> log-mel [2, 128, 8T] (not normalised).
+
+        The un-scaling and de-normalisation run in the model's dtype, as in the reference (in bfloat16 too).
+        """
+        raw = latents.to(self.dtype) / LATENT_SCALE + LATENT_SHIFT
+        return denormalize_mel(self.dcae.decoder(raw))[0]
 
     def _decode_mel_overlapped(self, latents: torch.Tensor) -> torch.Tensor:
         """Long songs in 512-frame latent windows keeping the central parts (reference decode_overlap stage 1)."""
@@ -122,49 +134,57 @@ class MusicDCAE(nn.Module):
         """[2, 128, F] -> [2, 512 F]: the vocoder is mono and runs once per channel."""
         return self.vocoder.decode(mel.to(self.device))[:, 0].float()
 
+    def _vocode_block(self, mel: torch.Tensor, first_frame: int) -> torch.Tensor:
+        """One 512-frame vocoder block; a short last block is padded with log-mel 0 like the reference's."""
+        chunk = mel[..., first_frame : first_frame + VOCODER_BLOCK_MELS]
+        if chunk.shape[-1] < VOCODER_BLOCK_MELS:
+            chunk = torch.nn.functional.pad(chunk, (0, VOCODER_BLOCK_MELS - chunk.shape[-1]), value=VOCODER_PAD_MEL)
+        return self._vocode(chunk)
+
     def _vocode_overlapped(self, mel: torch.Tensor) -> torch.Tensor:
-        """512-frame vocoder blocks joined with a short linear cross-fade inside a 1024-sample overlap."""
-        block = VOCODER_BLOCK_MELS * HOP
-        hop_samples = block - VOCODER_OVERLAP
+        """Vocoder blocks every VOCODER_HOP samples (reference decode_overlap stage 2).
+
+        Each block drops its last VOCODER_OVERLAP samples; the next block's samples [overlap - 128, overlap)
+        cross-fade into the last 128 kept ones, and its own first `overlap` samples are dropped. The result can
+        run past the song (the padded last block); `decode` truncates it.
+        """
         total = mel.shape[-1] * HOP
-        out = torch.zeros(mel.shape[0], total)
-        fade_in = torch.linspace(0, 1, CROSSFADE)
-        start = 0
-        while True:
-            first_frame = start // HOP
-            chunk = mel[..., first_frame : first_frame + VOCODER_BLOCK_MELS]
-            if chunk.shape[-1] < VOCODER_BLOCK_MELS:
-                chunk = torch.nn.functional.pad(chunk, (0, VOCODER_BLOCK_MELS - chunk.shape[-1]), value=mel.min().item())
-            wav = self._vocode(chunk)
-            end = min(start + block, total)
-            piece = wav[:, : end - start]
-            if start == 0:
-                out[:, :end] = piece
-            else:
-                center = VOCODER_OVERLAP // 2 - CROSSFADE // 2
-                out[:, start + center : start + center + CROSSFADE] = (
-                    out[:, start + center : start + center + CROSSFADE] * (1 - fade_in)
-                    + piece[:, center : center + CROSSFADE] * fade_in
-                )
-                out[:, start + center + CROSSFADE : end] = piece[:, center + CROSSFADE :]
-            if end >= total:
-                return out
-            start += hop_samples
+        fade_in = torch.linspace(0, 1, CROSSFADE, device=mel.device)
+        fade_out = torch.linspace(1, 0, CROSSFADE, device=mel.device)
+        pieces = [self._vocode_block(mel, 0)[:, :-VOCODER_OVERLAP]]
+        start = VOCODER_HOP
+        while start < total:
+            block = self._vocode_block(mel, start // HOP)
+            previous = pieces.pop()
+            head = block[:, VOCODER_OVERLAP - CROSSFADE : VOCODER_OVERLAP]
+            pieces += [previous[:, :-CROSSFADE], previous[:, -CROSSFADE:] * fade_out + head * fade_in]
+            last = start + VOCODER_HOP >= total
+            pieces.append(block[:, VOCODER_OVERLAP:] if last else block[:, VOCODER_OVERLAP:-VOCODER_OVERLAP])
+            start += VOCODER_HOP
+        return torch.cat(pieces, dim=-1)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, sr: int = DCAE_SAMPLE_RATE, overlapped: bool | None = None) -> list[torch.Tensor]:
-        """Scaled latents [B, 8, 16, T] -> list of stereo waveforms [2, 4096 T * sr / 44100]."""
+    def decode(
+        self, latents: torch.Tensor, sr: int = DCAE_SAMPLE_RATE, overlapped: bool = False
+    ) -> list[torch.Tensor]:
+        """Scaled latents [B, 8, 16, T] -> list of stereo waveforms [2, decoded_length(T, sr)].
+
+        Whole-song decode, as the reference's default. `overlapped=True` decodes in windows to bound memory
+        (reference decode_overlap); its output differs slightly at window seams and is
+        `overlapped_decoded_length(T, sr)` long.
+        """
         if self.vocoder is None:
             raise RuntimeError("MusicDCAE was loaded without a vocoder; pass vocoder_dir to decode audio")
         outputs = []
         for item in latents:
-            long_song = item.shape[-1] > WINDOW_LATENTS
-            use_overlap = long_song if overlapped is None else overlapped
-            if use_overlap:
+            frames = item.shape[-1]
+            if overlapped:
                 wav = self._vocode_overlapped(self._decode_mel_overlapped(item[None].to(self.device)))
+                wav = resample_batch(wav.cpu(), DCAE_SAMPLE_RATE, sr)[:, : overlapped_decoded_length(frames, sr)]
             else:
-                wav = self._vocode(self._decode_mel(item[None].to(self.device)))
-            outputs.append(resample_batch(wav.cpu(), DCAE_SAMPLE_RATE, sr))
+                wav = resample_batch(self._vocode(self._decode_mel(item[None].to(self.device))).cpu(),
+                                     DCAE_SAMPLE_RATE, sr)
+            outputs.append(wav)
         return outputs
 
 

@@ -1,9 +1,14 @@
-"""`python generate.py`: text-to-music with optional LoRAs; a WAV and its parameters (JSON) per seed."""
+"""`python generate.py`: text-to-music with optional LoRAs; a WAV and its parameters (JSON) per seed.
+
+Outputs get fresh names (`ace_<time>_seed<N>.wav`, a counter when a name is taken), so a render never
+replaces an earlier one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,12 +16,14 @@ import soundfile as sf
 import torch
 
 from ..data.atomic import atomic_write_json
-from ..errors import AcestepError
+from ..errors import AcestepError, InputError
 from ..lora import LoraSettings
 from .lora_loading import load_loras
-from .pipeline import ACEStepPipeline, GenerationParams
+from .pipeline import CFG_TYPES, OVERLAP_MIN_SECONDS, ACEStepPipeline, GenerationParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SAMPLE_RATE = 48000  # the reference pipeline's output rate
+LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -30,6 +37,27 @@ def parse_lora(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
+def read_lyrics(argument: str) -> str:
+    """`--lyrics`: an argument that names an existing file is read as UTF-8 text; one line that ends in .txt
+    or .lrc (any case) but names no file is an error rather than being sung; anything else is the lyrics."""
+    if "\n" not in argument and len(argument) < 4096:
+        path = Path(argument)
+        try:
+            is_file = path.is_file()
+        except OSError:  # a name too long or invalid for this file system is lyrics text
+            is_file = False
+        if is_file:
+            try:
+                return path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as error:
+                raise InputError(path, f"lyrics file is not UTF-8 (byte {error.start}); save it as UTF-8") from None
+            except OSError as error:
+                raise InputError(path, f"cannot read the lyrics file ({error.strerror or error})") from None
+        if path.suffix.lower() in LYRICS_FILE_SUFFIXES:
+            raise InputError(path, "lyrics file not found (pass the lyrics text itself, or an existing file)")
+    return argument
+
+
 def write_wav(wav: torch.Tensor, sample_rate: int, path: Path) -> None:
     """16-bit PCM through a temp file, so an interrupted run never leaves a broken WAV."""
     temp = path.with_name(f".{path.name}.tmp")
@@ -37,12 +65,23 @@ def write_wav(wav: torch.Tensor, sample_rate: int, path: Path) -> None:
     temp.replace(path)
 
 
+def free_name(out_dir: Path, base: str) -> Path:
+    """`base.wav`, or `base_2.wav`, `base_3.wav`, ... whichever has neither a WAV nor a JSON yet."""
+    candidate, counter = out_dir / f"{base}.wav", 1
+    while candidate.exists() or candidate.with_suffix(".json").exists():
+        counter += 1
+        candidate = out_dir / f"{base}_{counter}.wav"
+    return candidate
+
+
 def save_outputs(wavs: list[torch.Tensor], params: GenerationParams, seeds: list[int], out_dir: Path,
-                 sample_rate: int, extra: dict | None = None, stem: str = "ace") -> list[Path]:
+                 sample_rate: int, extra: dict | None = None, stem: str = "ace",
+                 stamp: str | None = None) -> list[Path]:
+    """One WAV + JSON per seed as `stem[_stamp]_seedN`; never replaces an existing file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for wav, seed in zip(wavs, seeds):
-        path = out_dir / f"{stem}_seed{seed}.wav"
+        path = free_name(out_dir, f"{stem}_{stamp}_seed{seed}" if stamp else f"{stem}_seed{seed}")
         write_wav(wav, sample_rate, path)
         atomic_write_json(path.with_suffix(".json"), {**replace(params, seed=seed).to_dict(),
                                                       "sample_rate": sample_rate, **(extra or {})})
@@ -50,51 +89,95 @@ def save_outputs(wavs: list[torch.Tensor], params: GenerationParams, seeds: list
     return written
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in --help; a required flag says "(required)" instead of "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required and action.option_strings:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Generate music with ACE-Step v1 and optional LoRAs.")
+    p = argparse.ArgumentParser(description="Generate music with ACE-Step v1 and optional LoRAs.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--prompt", required=True, help="comma-separated tags, e.g. 'pop, piano, female vocals'")
-    p.add_argument("--lyrics", default="", help="lyrics text or a path to a .txt file ('' = instrumental)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds")
+    p.add_argument("--lyrics", default="", help="lyrics text, or a UTF-8 text file to read them from "
+                   "('' = instrumental)")
+    p.add_argument("--duration", type=float, default=30.0, help="length of the song in seconds")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one output per seed, in one batch")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--guidance_scale", type=float, default=15.0)
-    p.add_argument("--cfg_type", choices=("apg", "cfg"), default="apg")
-    p.add_argument("--guidance_interval", type=float, default=0.5)
-    p.add_argument("--omega", type=float, default=10.0)
-    p.add_argument("--no_erg", action="store_true", help="zero conditions instead of ERG for the unconditional pass")
+    p.add_argument("--steps", type=int, default=60, help="Euler sampling steps")
+    p.add_argument("--guidance_scale", type=float, default=15.0, help="guidance strength (0 or 1 = no guidance)")
+    p.add_argument("--cfg_type", choices=CFG_TYPES, default="apg",
+                   help="guidance rule: adaptive projected (apg), plain classifier-free (cfg) or CFG-Zero* (cfg_star)")
+    p.add_argument("--guidance_interval", type=float, default=0.5,
+                   help="fraction of the steps, in the middle of the schedule, that get guidance")
+    p.add_argument("--guidance_interval_decay", type=float, default=0.0,
+                   help="0..1: how far the scale falls linearly towards --min_guidance_scale across the interval")
+    p.add_argument("--min_guidance_scale", type=float, default=3.0, help="end scale of the decay")
+    p.add_argument("--guidance_scale_text", type=float, default=0.0,
+                   help="tag guidance for double-condition guidance; used (instead of --cfg_type and "
+                   "--guidance_scale) when both it and --guidance_scale_lyric are above 1")
+    p.add_argument("--guidance_scale_lyric", type=float, default=0.0,
+                   help="lyric guidance for double-condition guidance (see --guidance_scale_text)")
+    p.add_argument("--omega", type=float, default=10.0,
+                   help="granularity: rescales each step's update around its mean by 0.9 + 0.2 sigmoid(omega / 10)")
+    p.add_argument("--no_erg", action="store_true", help="turn off all three ERG switches below")
+    p.add_argument("--no_erg_tag", action="store_true",
+                   help="unconditional tags are zeros instead of the ERG-weakened text encoder's output")
+    p.add_argument("--no_erg_lyric", action="store_true",
+                   help="unconditional lyrics are id 0 (and tags zeros) instead of the ERG-weakened lyric encoder")
+    p.add_argument("--no_erg_diffusion", action="store_true",
+                   help="no ERG in the transformer's attention for the unconditional pass")
     p.add_argument("--lora", action="append", default=[], help="PATH[:STRENGTH]; repeat for several LoRAs")
-    p.add_argument("--lora_config_path", help="LoRA config for raw files that do not carry rank/alpha")
-    p.add_argument("--checkpoint_dir", help="checkpoint folder or repo id (default: the official one)")
-    p.add_argument("--lyrics_vocab", help="lyric vocab.json (else found automatically)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32")
+    p.add_argument("--lora_config_path", default=None,
+                   help="LoRA config for raw files that do not carry rank/alpha")
+    p.add_argument("--checkpoint_dir", default=None, help="checkpoint folder or repo id (None: the official one)")
+    p.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (None: found automatically)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to run on")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32",
+                   help="weight and activation precision")
     p.add_argument("--cpu_offload", action="store_true", help="keep idle components on the CPU (small GPUs)")
-    p.add_argument("--sample_rate", type=int, choices=(44100, 48000), default=44100)
-    p.add_argument("--out_dir", default="outputs")
+    p.add_argument("--overlapped_decode", action="store_true",
+                   help=f"decode songs over {OVERLAP_MIN_SECONDS:.0f} s in overlapping windows to save GPU memory "
+                   "(the reference's option; small differences at the window seams)")
+    p.add_argument("--sample_rate", type=int, choices=(44100, 48000), default=DEFAULT_SAMPLE_RATE,
+                   help="output rate; 48000 as the reference pipeline writes, 44100 is the model's own rate "
+                   "(no resampling)")
+    p.add_argument("--out_dir", default="outputs",
+                   help="folder for the WAVs and their JSON parameters; existing files are never replaced")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    lyrics = args.lyrics
-    if lyrics and len(lyrics) < 260 and Path(lyrics).suffix == ".txt":
-        lyrics = Path(lyrics).read_text(encoding="utf-8-sig")
-    erg = not args.no_erg
-    params = GenerationParams(
-        prompt=args.prompt, lyrics=lyrics, duration=args.duration, seed=args.seed[0], steps=args.steps,
-        guidance_scale=args.guidance_scale, cfg_type=args.cfg_type, guidance_interval=args.guidance_interval,
-        omega=args.omega, use_erg_tag=erg, use_erg_lyric=erg, use_erg_diffusion=erg,
-    )
     try:
+        lyrics = read_lyrics(args.lyrics)
+        params = GenerationParams(
+            prompt=args.prompt, lyrics=lyrics, duration=args.duration, seed=args.seed[0], steps=args.steps,
+            guidance_scale=args.guidance_scale, cfg_type=args.cfg_type, guidance_interval=args.guidance_interval,
+            guidance_interval_decay=args.guidance_interval_decay, min_guidance_scale=args.min_guidance_scale,
+            omega=args.omega, use_erg_tag=not (args.no_erg or args.no_erg_tag),
+            use_erg_lyric=not (args.no_erg or args.no_erg_lyric),
+            use_erg_diffusion=not (args.no_erg or args.no_erg_diffusion),
+            guidance_scale_text=args.guidance_scale_text, guidance_scale_lyric=args.guidance_scale_lyric,
+        )
         pipeline = ACEStepPipeline.from_checkpoint(args.checkpoint_dir, args.device, DTYPES[args.dtype],
                                                    args.cpu_offload, args.lyrics_vocab)
         loras = [parse_lora(spec) for spec in args.lora]
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_loras(pipeline.transformer, loras, settings)
-        wavs = pipeline.generate(params, args.seed, args.sample_rate)
+        wavs = pipeline.generate(params, args.seed, args.sample_rate, overlapped_decode=args.overlapped_decode,
+                                 show_progress=True)
         paths = save_outputs(wavs, params, args.seed, Path(args.out_dir), args.sample_rate,
-                             {"loras": [{"path": p, "strength": s} for p, s in loras]})
+                             {"loras": [{"path": p, "strength": s} for p, s in loras],
+                              "overlapped_decode": args.overlapped_decode},
+                             stamp=time.strftime("%Y%m%d-%H%M%S"))
     except (AcestepError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        sys.exit(f"error: cannot write the output{where}: {error.strerror or error}; choose a writable --out_dir")
     for path in paths:
         print(f"wrote {path} (+ {path.with_suffix('.json').name})")

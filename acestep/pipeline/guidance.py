@@ -1,4 +1,5 @@
-"""Classifier-free guidance as the reference pipeline applies it: the guidance interval, plain CFG and APG.
+"""Classifier-free guidance as the reference pipeline applies it: the guidance interval, plain CFG, APG,
+CFG-Zero* ("cfg_star") and double-condition guidance (separate tag and lyric scales).
 
 APG (adaptive projected guidance) keeps only the part of the guidance direction orthogonal to the conditional
 prediction, after a momentum average and a norm clip; it is the reference default because plain CFG at scale
@@ -70,5 +71,28 @@ def apg(
     delta64 = delta.double()
     parallel = (delta64 * direction).sum(dim=APG_DIMS, keepdim=True) * direction
     orthogonal = delta64 - parallel
-    guided = (orthogonal + eta * parallel).to(delta.dtype)
+    guided = orthogonal.to(delta.dtype) + eta * parallel.to(delta.dtype)
     return cond + (scale - 1.0) * guided
+
+
+def cfg_star(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: int, zero_steps: int = 1, zero_init: bool = True
+) -> torch.Tensor:
+    """CFG-Zero*: the unconditional prediction is first scaled by alpha = <cond, uncond> / (|uncond|^2 + 1e-8)
+    per batch item; steps 0..zero_steps of the schedule predict zero velocity when `zero_init` is on (with
+    the reference's guidance interval 0.5 those steps are outside the window, so this only matters at 1.0)."""
+    if zero_init and step <= zero_steps:
+        return cond * 0.0
+    batch = cond.shape[0]
+    positive, negative = cond.reshape(batch, -1), uncond.reshape(batch, -1)
+    alpha = (positive * negative).sum(dim=1, keepdim=True) / ((negative**2).sum(dim=1, keepdim=True) + 1e-8)
+    scaled_uncond = uncond * alpha.reshape(batch, *([1] * (cond.dim() - 1)))
+    return scaled_uncond + scale * (cond - scaled_uncond)
+
+
+def double_condition(
+    cond: torch.Tensor, uncond: torch.Tensor, text_only: torch.Tensor, text_scale: float, lyric_scale: float
+) -> torch.Tensor:
+    """Separate guidance for the tags and the lyrics: (1 - s_t) u + (s_t - s_l) t + s_l c, where t is the
+    prediction with the tags but without (or with ERG-weakened) lyrics. Equal scales reduce to plain CFG."""
+    return (1 - text_scale) * uncond + (text_scale - lyric_scale) * text_only + lyric_scale * cond

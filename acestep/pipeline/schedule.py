@@ -31,8 +31,13 @@ def inference_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> tuple[torc
 
 
 def omega_factor(omega: float) -> float:
-    """The reference's granularity factor: 0.9 + 0.2 * sigmoid(0.1 * omega) (omega 10 -> 1.0462)."""
-    return 0.9 + 0.2 / (1.0 + math.exp(-0.1 * omega))
+    """The reference's granularity factor: a logistic curve from 0.9 to 1.1, steepness 0.1 (omega 10 -> 1.0462).
+
+    Written as the reference evaluates it, 0.9 + (1.1 - 0.9) / (1 + e^(-0.1 omega)), so the factor is the
+    same double (1.1 - 0.9 is 0.20000000000000007, not 0.2).
+    """
+    lower, upper = 0.9, 1.1
+    return lower + (upper - lower) / (1.0 + math.exp(-0.1 * omega))
 
 
 def euler_step(
@@ -40,9 +45,12 @@ def euler_step(
 ) -> torch.Tensor:
     """One Euler step whose update is re-scaled around its mean (over the whole tensor, batch included).
 
-    Computed in fp32 and cast back, as the reference does.
+    In the reference's order and precision: the update dx = (sigma_next - sigma) * velocity is formed in the
+    velocity's dtype with a float32 sigma difference, re-scaled as (dx - mean) * factor + mean, and only then
+    added to the float32 sample; the result is cast back to the velocity's dtype.
     """
-    dx = (sigma_next - sigma) * velocity.float()
+    step = torch.tensor(sigma_next, dtype=torch.float32) - torch.tensor(sigma, dtype=torch.float32)
+    dx = step * velocity
     mean = dx.mean()
-    updated = sample.float() + (dx - mean) * omega_factor(omega) + mean
-    return updated.to(sample.dtype)
+    updated = sample.float() + ((dx - mean) * omega_factor(omega) + mean)
+    return updated.to(velocity.dtype)
