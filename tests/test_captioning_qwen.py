@@ -1,4 +1,4 @@
-"""Qwen2.5-Omni through transformers, on a tiny random thinker built and saved here (nothing downloaded)."""
+"""Qwen2.5-Omni through transformers, on the tiny random thinker of acestep.captioning.tiny_omni (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5OmniThinkerConfig,
-    Qwen2_5OmniThinkerForConditionalGeneration,
-    Qwen2TokenizerFast,
-    WhisperFeatureExtractor,
-)
+from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from acestep.captioning.cli import main_transformers
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
@@ -29,88 +23,8 @@ from acestep.captioning.qwen_omni import (
     chat_prefix,
     chat_suffix,
 )
+from acestep.captioning.tiny_omni import MEL_BINS, write_tiny_qwen_omni
 from acestep.errors import CheckpointError
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|AUDIO|>",
-    "<|audio_bos|>",
-    "<|audio_eos|>",
-]
-CORPUS = [
-    "rock, pop, electric guitar, drums, piano, upbeat, female vocal, male vocal, energetic, slow, fast",
-    "[verse] hello world, I sing for you [chorus] la la la, yeah",
-    "system user assistant You are Qwen describe this music with short tags transcribe the lyrics",
-]
-MEL_BINS = 16
-
-
-def tiny_thinker_config(vocab_size: int) -> Qwen2_5OmniThinkerConfig:
-    ids = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    return Qwen2_5OmniThinkerConfig(
-        audio_config={
-            "num_mel_bins": MEL_BINS,
-            "encoder_layers": 1,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 32,
-            "d_model": 16,
-            "output_dim": 32,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": 32,
-            "fullatt_block_indexes": [0],
-        },
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        },
-        audio_token_index=ids["<|AUDIO|>"],
-        audio_start_token_id=ids["<|audio_bos|>"],
-        audio_end_token_id=ids["<|audio_eos|>"],
-        image_token_index=vocab_size - 2,
-        video_token_index=vocab_size - 1,
-        vision_start_token_id=vocab_size - 3,
-        vision_end_token_id=vocab_size - 4,
-    )
-
-
-def write_tiny_qwen_omni(folder: Path, silent_head: bool = False) -> Path:
-    """Tokenizer (byte-level BPE with the Qwen chat tokens), Whisper features, random thinker; save_pretrained.
-
-    `silent_head` zeroes the final norm, so every logit is 0 and greedy decoding picks token 0
-    (<|endoftext|>, an end token): the model answers nothing.
-    """
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(CORPUS * 5, trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
-    )
-    tokenizer.save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=MODEL_SAMPLE_RATE).save_pretrained(folder)
-    torch.manual_seed(0)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(bpe.get_vocab_size() + 8))
-    if silent_head:
-        with torch.no_grad():
-            model.model.language_model.norm.weight.zero_()
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
