@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from mutagen.flac import FLAC
 
-from acestep.captioning.caption import BackendUnavailable
+from acestep.captioning.caption import Answer, BackendUnavailable
 from acestep.captioning.cli import EXIT_ERROR, EXIT_SOME_FAILED, common_parser, run
-from acestep.captioning.clips import MODEL_SAMPLE_RATE
+from acestep.captioning.clips import MAX_CLIP_SAMPLES, MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import TAGS_INSTRUCTION
 from acestep.captioning.runner import RunOptions, caption_folder, find_audio_files, summary_table
 
@@ -28,15 +28,17 @@ class ScriptedBackend:
         self.lyrics_answers = list(lyrics_answers or LYRICS_ANSWERS)
         self.calls: list[tuple[str, int]] = []
 
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str:
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
         assert audio.dtype == np.float32 and audio.ndim == 1
         kind = "tags" if instruction == TAGS_INSTRUCTION else "lyrics"
         self.calls.append((kind, audio.shape[0]))
         if kind == "tags":
-            return self.tags_answer
-        return self.lyrics_answers[
-            (len([c for c in self.calls if c[0] == "lyrics"]) - 1) % len(self.lyrics_answers)
-        ]
+            return Answer(self.tags_answer)
+        return Answer(
+            self.lyrics_answers[
+                (len([c for c in self.calls if c[0] == "lyrics"]) - 1) % len(self.lyrics_answers)
+            ]
+        )
 
 
 def write_wav(path: Path, seconds: float, sample_rate: int = 8_000, channels: int = 2) -> Path:
@@ -81,14 +83,13 @@ def test_folder_run_writes_keeps_and_reports(folder: Path) -> None:
         by_name["long.wav"].prompt == "written (3 tags)"
         and by_name["long.wav"].lyrics == "model: transcribed"
     )
-    # tags from one 30 s excerpt; lyrics from three consecutive pieces (30 + 30 + 5 s)
-    sixteen_k = MODEL_SAMPLE_RATE
+    # tags from one audio window (just under 30 s); lyrics from three back-to-back pieces (30 + 30 + 5 s)
     long_calls = backend.calls[:4]
     assert long_calls == [
-        ("tags", 30 * sixteen_k),
-        ("lyrics", 30 * sixteen_k),
-        ("lyrics", 30 * sixteen_k),
-        ("lyrics", 5 * sixteen_k),
+        ("tags", MAX_CLIP_SAMPLES),
+        ("lyrics", MAX_CLIP_SAMPLES),
+        ("lyrics", MAX_CLIP_SAMPLES),
+        ("lyrics", 65 * MODEL_SAMPLE_RATE - 2 * MAX_CLIP_SAMPLES),
     ]
 
     tagged = folder / "sub" / "tagged.flac"

@@ -7,18 +7,36 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import requests
 import soundfile as sf
+from tqdm import tqdm
 
-from acestep.captioning.caption import BackendUnavailable, CaptionError
+from acestep.captioning.caption import Answer, BackendUnavailable, CaptionError
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A 7B Q4 model on a CPU: about 1,200 prompt tokens (750 of them audio) and up to 512 answer tokens take
+# one to three minutes; 300 s covers that with room. On a GPU an answer takes seconds.
+DEFAULT_TIMEOUT = 300.0
+NOTICE_EVERY = 15.0  # seconds between "waiting for llama-server" lines
+HEALTH_TIMEOUT = 10.0
+UNSUPPORTED_INPUT = "input is not supported"  # llama-server's 500 for audio without an mmproj
+NO_AUDIO = (
+    "llama-server at {url} cannot hear audio (it was started without the model's mmproj): restart it with "
+    "--mmproj mmproj-<model>.gguf beside -m <model>.gguf, or with -hf ggml-org/Qwen2.5-Omni-7B-GGUF"
+)
+STOPPED = (
+    "llama-server at {url} stopped answering after {answers} answers ({last}); finished sidecars are kept: "
+    "start it again and rerun the same command to go on"
+)
 NO_SERVER = (
     "no llama-server answers at {url}: start one with an audio-capable Qwen2.5-Omni GGUF and its mmproj, "
     "e.g. `llama-server -hf ggml-org/Qwen2.5-Omni-7B-GGUF --port {port}`, or pass --host/--port"
@@ -51,37 +69,87 @@ def chat_request(audio: np.ndarray, instruction: str, max_new_tokens: int) -> di
     }
 
 
+class _WaitNotice:
+    """While a request is in flight, says every `every` seconds how long it has been waiting (else silence)."""
+
+    def __init__(self, url: str, timeout: float, every: float, say: Callable[[str], None]) -> None:
+        self._url, self._timeout, self._every, self._say = url, timeout, every, say
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _WaitNotice:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            waited = time.monotonic() - self._started
+            self._say(
+                f"waiting for llama-server at {self._url}, {waited:.0f} s (gives up at {self._timeout:g} s)"
+            )
+
+
+def _say_on_stderr(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # above a live progress bar, never through it
+
+
 class LlamaServerBackend:
-    """Sends each clip to llama-server; retries timeouts and 429/5xx answers with exponential backoff."""
+    """Sends each clip to llama-server.
+
+    Retries HTTP 429/5xx answers with exponential backoff. Stops the run (BackendUnavailable) when the
+    server cannot hear audio, stopped answering, or never answered. A timeout is not retried: the same
+    request would take as long again.
+    """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 8080,
-        timeout: float = 300.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         backoff_seconds: float = 2.0,
+        notice_every: float = NOTICE_EVERY,
+        say: Callable[[str], None] = _say_on_stderr,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.port = port
         self.timeout = timeout
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.notice_every = notice_every
+        self.say = say
+        self.answers = 0
         self.session = requests.Session()
 
     def check(self) -> None:
-        """Fail early with a clear message when nothing answers (llama-server's /health is 200 once loaded)."""
+        """Fail before the first song: nothing answers, the model is not loaded, or it cannot hear audio."""
         self._request("GET", "/health")
-
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str:
-        body = self._request("POST", "/v1/chat/completions", chat_request(audio, instruction, max_new_tokens))
         try:
-            content = body["choices"][0]["message"]["content"]
+            props = self._request("GET", "/props")
+        except CaptionError:
+            return  # a server without /props: a missing mmproj shows at the first request instead
+        modalities = props.get("modalities") if isinstance(props, dict) else None
+        if isinstance(modalities, dict) and not modalities.get("audio", False):
+            raise BackendUnavailable(NO_AUDIO.format(url=self.url))
+
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
+        request = chat_request(audio, instruction, max_new_tokens)
+        with _WaitNotice(self.url, self.timeout, self.notice_every, self.say):
+            body = self._request("POST", "/v1/chat/completions", request)
+        try:
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise CaptionError(
                 f"llama-server answered without choices[0].message.content: {str(body)[:200]}"
             ) from None
-        return content or ""
+        self.answers += 1
+        return Answer(content or "", truncated=choice.get("finish_reason") == "length")
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         attempts = self.retries + 1
@@ -97,9 +165,14 @@ class LlamaServerBackend:
                 last = f"connection failed ({type(err).__name__})"
                 continue
             except requests.Timeout:
-                last = f"no reply within {self.timeout:g} s"
-                continue
+                self._fail_unless_alive(f"no answer within {self.timeout:g} s")
+                raise CaptionError(
+                    f"llama-server gave no answer within {self.timeout:g} s (--timeout); it is up, "
+                    "so it is busy or slow: raise --timeout for slow machines"
+                ) from None
             if response.status_code in RETRY_STATUSES:
+                if UNSUPPORTED_INPUT in response.text:  # a missing mmproj: every request fails alike
+                    raise BackendUnavailable(NO_AUDIO.format(url=self.url) + f" ({response.text[:120]})")
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:
@@ -111,5 +184,18 @@ class LlamaServerBackend:
             except ValueError:
                 raise CaptionError(f"llama-server sent non-JSON from {path}: {response.text[:200]}") from None
         if unreachable == attempts:
+            if self.answers:
+                raise BackendUnavailable(STOPPED.format(url=self.url, answers=self.answers, last=last))
             raise BackendUnavailable(NO_SERVER.format(url=self.url, port=self.port))
         raise CaptionError(f"llama-server {path} failed after {attempts} attempts: {last}")
+
+    def _fail_unless_alive(self, what: str) -> None:
+        """After a timeout: a server that no longer answers /health stops the run instead of every song."""
+        try:
+            alive = self.session.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
+        except requests.RequestException:
+            alive = False
+        if not alive:
+            raise BackendUnavailable(
+                STOPPED.format(url=self.url, answers=self.answers, last=f"{what}, and /health fails")
+            )

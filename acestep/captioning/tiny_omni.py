@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+]
 CORPUS = [
     "rock, pop, electric guitar, drums, piano, upbeat, female vocal, male vocal, energetic, slow, fast",
     "[verse] hello world, I sing for you [chorus] la la la, yeah",
