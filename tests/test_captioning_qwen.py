@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+from acestep.captioning.caption import Answer
 from acestep.captioning.cli import main_transformers
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.parse import parse_tags
@@ -70,27 +71,38 @@ def test_prompt_layout_follows_the_omni_chat_template(tiny_model: Path) -> None:
     assert int(captured["feature_attention_mask"].sum()) == 250
 
 
-def test_random_model_runs_through_the_script(tiny_model: Path, tmp_path: Path, capsys) -> None:
+def test_the_script_writes_what_the_model_says(tmp_path: Path, capsys) -> None:
+    model = write_tiny_qwen_omni(tmp_path / "model", answer="rock, piano, upbeat")
     data = tmp_path / "songs"
     data.mkdir()
     write_song(data / "short.wav", 3.0)
     write_song(data / "long.wav", 40.0)  # two lyric pieces: 30 s + 10 s
+    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    assert main_transformers(argv) == 0
+    for stem in ("short", "long"):
+        assert (data / f"{stem}_prompt.txt").read_text(encoding="utf-8") == "rock, piano, upbeat\n"
+    assert (data / "short_lyrics.txt").read_text(encoding="utf-8") == "rock, piano, upbeat\n"
+    assert (data / "long_lyrics.txt").read_text(
+        encoding="utf-8"
+    ) == "rock, piano, upbeat\nrock, piano, upbeat\n"
+    assert "2 files, 2 complete, 0 with failures" in capsys.readouterr().out
+
+
+def test_random_answers_are_written_valid_or_reported(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "short.wav", 3.0)
     code = main_transformers(
-        ["--data_dir", str(data), "--lyrics", "--model", str(tiny_model), "--device", "cpu", "--no_progress"]
+        ["--data_dir", str(data), "--model", str(tiny_model), "--device", "cpu", "--no_progress"]
     )
     out = capsys.readouterr().out
     assert code in (0, 1)
-    for stem in ("short", "long"):
-        prompt = data / f"{stem}_prompt.txt"
-        if prompt.exists():  # garbage answers either parse to valid tags ...
-            tags = prompt.read_text(encoding="utf-8").strip().split(", ")
-            assert tags and parse_tags(", ".join(tags)) == tags
-            assert all(tag.isprintable() and tag == tag.lower() for tag in tags)
-        else:  # ... or the file is reported, never written empty
-            assert f"{stem}.wav: no usable tags" in out
-        lyrics = data / f"{stem}_lyrics.txt"
-        assert lyrics.exists() and lyrics.read_text(encoding="utf-8").strip() or "empty answer" in out
-    assert "2 files" in out
+    prompt = data / "short_prompt.txt"
+    if prompt.exists():  # garbage answers either parse to valid tags ...
+        tags = prompt.read_text(encoding="utf-8").strip().split(", ")
+        assert tags and parse_tags(", ".join(tags)) == tags
+    else:  # ... or the file is reported, never written empty
+        assert "short.wav: no usable tags" in out or "short.wav: unusable tags answer" in out
 
 
 def test_silent_model_fails_files_instead_of_writing_empty_sidecars(tmp_path: Path, capsys) -> None:
@@ -163,3 +175,54 @@ def test_gptq_checkpoint_without_gptqmodel_says_what_to_install(
 def test_missing_model_folder_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="cannot read the captioning model config"):
         QwenOmniBackend.from_pretrained(str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_an_answer_cut_off_at_max_new_tokens_is_flagged(tmp_path: Path) -> None:
+    looping = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)), device="cpu"
+    )
+    clip = np.zeros(MODEL_SAMPLE_RATE, np.float32)
+    assert looping.ask(clip, "Lyrics please.", 6) == Answer("la " * 6, truncated=True)
+    stops = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "stops", answer="rock, piano, upbeat")), device="cpu"
+    )
+    assert stops.ask(clip, "Tags please.", 6) == Answer("rock, piano, upbeat", truncated=False)
+    assert stops.ask(clip, "Tags please.", 1) == Answer("rock, piano, upbeat", truncated=True)
+
+
+def test_looping_lyrics_are_reported_and_not_written(tmp_path: Path, capsys) -> None:
+    model = write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "a.wav", 2.0)
+    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    assert main_transformers(argv) == 1
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir()) == ["a.wav"]
+    assert f"lyrics: {data / 'a.wav'}: unusable lyrics answer: cut off at the 512-token answer limit" in out
+
+
+def test_an_unloadable_model_is_loaded_once_and_stops_in_one_line(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text("{not json", encoding="utf-8")
+    data = tmp_path / "songs"
+    data.mkdir()
+    for name in ("a", "b", "c", "d"):
+        write_song(data / f"{name}.wav", 1.0)
+    loads = []
+    original = QwenOmniBackend.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(QwenOmniBackend, "from_pretrained", classmethod(counted))
+    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    assert main_transformers(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert loads == [1]
+    assert err[0] == f"loading {model} ..."
+    assert len(err) == 2 and err[1].startswith(f"error: cannot read the captioning model config of {model}")

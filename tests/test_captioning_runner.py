@@ -165,3 +165,74 @@ def test_bpm_key_without_librosa_gives_a_clear_message(folder: Path, capsys, mon
     err = capsys.readouterr().err
     assert "--bpm_key needs librosa" in err and "pip install 'acestep-lora-trainer[dsp]'" in err
     assert not (folder / "long_prompt.txt").exists()  # failed before any work
+
+
+def test_a_model_that_cannot_be_loaded_is_tried_once_and_stops_the_run(folder: Path, capsys) -> None:
+    """Issue 13 item 11: no retry of the load for every file; one line; the table of what was done."""
+    loads = []
+
+    def broken_model() -> ScriptedBackend:
+        loads.append(1)
+        raise OSError("cannot load the captioning model /models/x:\n  config.json is not valid JSON\n")
+
+    assert run(_args(folder, "--lyrics"), broken_model) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert loads == [1]
+    assert captured.err.splitlines() == [
+        "error: cannot load the captioning model /models/x: config.json is not valid JSON"
+    ]
+    assert "run stopped: 1 file(s) interrupted, 3 not reached" in captured.out
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt")) == [
+        "done_lyrics.txt",
+        "done_prompt.txt",
+        "notes.txt",
+    ]
+
+
+class StopsAfter(ScriptedBackend):
+    """Answers `answers` requests, then behaves like a server that went away."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__()
+        self.left = answers
+
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
+        if self.left == 0:
+            raise BackendUnavailable("llama-server at http://127.0.0.1:1 stopped answering")
+        self.left -= 1
+        return super().ask(audio, instruction, max_new_tokens)
+
+
+def test_a_fatal_error_mid_run_prints_the_table_and_keeps_finished_sidecars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b", "c", "d"):
+        write_wav(tmp_path / f"{name}.wav", 2.0)
+    backend = StopsAfter(3)  # a: tags + lyrics, b: tags, then gone
+    assert run(_args(tmp_path, "--lyrics"), lambda: backend) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["error: llama-server at http://127.0.0.1:1 stopped answering"]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in captured.out.splitlines()
+        if line.startswith(("a.", "b."))
+    }
+    assert rows == {
+        "a.wav": ["written", "(3", "tags)", "model:", "transcribed", "-"],
+        "b.wav": ["written", "(3", "tags)", "stopped", "-"],
+    }
+    assert (
+        "2 files, 1 complete, 0 with failures; run stopped: 1 file(s) interrupted, 2 not reached"
+        in captured.out
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["a_lyrics.txt", "a_prompt.txt", "b_prompt.txt"]
+
+
+def test_help_shows_every_default() -> None:
+    from acestep.captioning.cli import main_llamacpp, main_transformers
+
+    for main in (main_llamacpp, main_transformers):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+    text = common_parser("x").format_help()
+    assert "(default: 360.0)" in text and "(default: 30.0)" in text
