@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real llama-server fixture for the `real_server` tests (issue 19).
 #
-#   bash scripts/llama_server_fixture.sh [--build-only]
+#   bash scripts/llama_server_fixture.sh [--build-only | --print]
 #
 # 1. Builds llama.cpp's `llama-server` from the source that the PyPI sdist of llama-cpp-python vendors
 #    (vendor/llama.cpp), into a cache folder keyed by the sdist version. A present binary is reused, so
@@ -9,8 +9,11 @@
 # 2. Writes the project's tiny random Qwen2.5-Omni thinker and converts it to GGUF + mmproj with the
 #    vendored convert_hf_to_gguf.py, run in its own venv with the converter's pins but our torch.
 #
-# Prints KEY=VALUE lines (LLAMA_SERVER, TINY_GGUF, TINY_MMPROJ) on stdout; everything else goes to
-# stderr. Environment: ACESTEP_LLAMA_CACHE (cache root), LLAMA_CPP_PYTHON_VERSION (sdist version),
+# Prints KEY=VALUE lines on stdout (LLAMA_SERVER; TAGS_GGUF, a model that answers "rock, piano, upbeat";
+# LOOP_GGUF, one that says "la " until the token limit; TAGS_MMPROJ, LOOP_MMPROJ their projectors);
+# everything else goes to stderr. Exit code 3: no compiler (the tests skip with that reason).
+# --print only prints the paths when everything is there, else exits 4 (what the tests call).
+# Environment: ACESTEP_LLAMA_CACHE (cache root), LLAMA_CPP_PYTHON_VERSION (sdist version), JOBS,
 # PYTHON (the project's python, default .venv/bin/python), TORCH_VERSION (default: the project's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +24,22 @@ CACHE=$CACHE_ROOT/$VERSION
 PY=${PYTHON:-$REPO/.venv/bin/python}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 log() { echo "[llama-server fixture] $*" >&2; }
+SERVER=$CACHE/bin/llama-server
+# The tiny models, keyed by the code that writes and converts them.
+KEY=$(cat acestep/captioning/tiny_omni.py scripts/llama_server_convert.py | sha256sum | cut -c1-12)
+MODELS=$CACHE/models-$KEY
+print_paths() {
+  echo "LLAMA_SERVER=$SERVER"
+  echo "TAGS_GGUF=$MODELS/tags/tiny-omni.gguf"
+  echo "LOOP_GGUF=$MODELS/loop/tiny-omni.gguf"
+  echo "TAGS_MMPROJ=$MODELS/tags/mmproj-tiny-omni.gguf"
+  echo "LOOP_MMPROJ=$MODELS/loop/mmproj-tiny-omni.gguf"
+}
+if [ "${1:-}" = "--print" ]; then
+  [ -x "$SERVER" ] && [ -f "$MODELS/done" ] || exit 4
+  print_paths
+  exit 0
+fi
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
@@ -36,7 +55,6 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   rm -rf "$CACHE/src" && mv "$CACHE/src.tmp" "$CACHE/src"
 fi
 
-SERVER=$CACHE/bin/llama-server
 if ! "$SERVER" --version >/dev/null 2>&1; then
   for tool in cmake c++; do
     command -v "$tool" >/dev/null || { log "cannot build llama-server: '$tool' not found"; exit 3; }
@@ -52,3 +70,34 @@ if ! "$SERVER" --version >/dev/null 2>&1; then
   log "built in $(( $(date +%s) - start )) s: $SERVER"
 fi
 [ "${1:-}" = "--build-only" ] && { echo "LLAMA_SERVER=$SERVER"; exit 0; }
+
+# The converter's venv: its pinned requirements, but torch stays the project's version (CPU build).
+CONVERT_VENV=$CACHE/convert-venv
+if ! "$CONVERT_VENV/bin/python" -c "import transformers, torch, numpy, sentencepiece" 2>/dev/null; then
+  log "installing the converter's requirements into $CONVERT_VENV (torch kept at the project's version)"
+  TORCH_VERSION=${TORCH_VERSION:-$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")}
+  rm -rf "$CONVERT_VENV"
+  python3 -m venv "$CONVERT_VENV"
+  echo "torch==$TORCH_VERSION" > "$CACHE/torch-constraint.txt"
+  # The converter's files pin another torch and add the PyTorch index; drop both lines, keep the rest.
+  grep -hvE '^(-r|--extra-index-url|torch)' "$SRC/requirements/requirements-convert_hf_to_gguf.txt" \
+    "$SRC/requirements/requirements-convert_legacy_llama.txt" > "$CACHE/convert-requirements.txt"
+  "$CONVERT_VENV/bin/python" -m pip install -q -c "$CACHE/torch-constraint.txt" \
+    -r "$CACHE/convert-requirements.txt" "torch==$TORCH_VERSION" >&2
+fi
+
+if [ ! -f "$MODELS/done" ]; then
+  log "writing and converting the tiny Qwen2.5-Omni models into $MODELS"
+  rm -rf "$MODELS.tmp" && mkdir -p "$MODELS.tmp"
+  PYTHONPATH=$REPO "$PY" -m acestep.captioning.tiny_omni "$MODELS.tmp/hf-tags" --full_omni \
+    --answer "rock, piano, upbeat" >&2
+  PYTHONPATH=$REPO "$PY" -m acestep.captioning.tiny_omni "$MODELS.tmp/hf-loop" --full_omni \
+    --answer "la " --repeat >&2
+  for name in tags loop; do
+    "$CONVERT_VENV/bin/python" scripts/llama_server_convert.py "$SRC" "$MODELS.tmp/hf-$name" \
+      "$MODELS.tmp/$name" >&2
+  done
+  touch "$MODELS.tmp/done"
+  rm -rf "$MODELS" && mv "$MODELS.tmp" "$MODELS"
+fi
+print_paths
