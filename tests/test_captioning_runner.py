@@ -11,7 +11,15 @@ import soundfile as sf
 from mutagen.flac import FLAC
 
 from acestep.captioning.caption import Answer, BackendUnavailable
-from acestep.captioning.cli import EXIT_ERROR, EXIT_SOME_FAILED, common_parser, run
+from acestep.captioning.cli import (
+    EXIT_ERROR,
+    EXIT_SOME_FAILED,
+    HelpWithDefaults,
+    common_parser,
+    llamacpp_parser,
+    run,
+    transformers_parser,
+)
 from acestep.captioning.clips import MAX_CLIP_SAMPLES, MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import TAGS_INSTRUCTION
 from acestep.captioning.runner import RunOptions, caption_folder, find_audio_files, summary_table
@@ -228,11 +236,18 @@ def test_a_fatal_error_mid_run_prints_the_table_and_keeps_finished_sidecars(
     assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["a_lyrics.txt", "a_prompt.txt", "b_prompt.txt"]
 
 
-def test_help_shows_every_default() -> None:
-    from acestep.captioning.cli import main_llamacpp, main_transformers
-
-    for main in (main_llamacpp, main_transformers):
-        with pytest.raises(SystemExit):
-            main(["--help"])
-    text = common_parser("x").format_help()
-    assert "(default: 360.0)" in text and "(default: 30.0)" in text
+@pytest.mark.parametrize("make_parser", [llamacpp_parser, transformers_parser])
+def test_help_explains_every_flag_and_shows_its_default(make_parser) -> None:
+    parser = make_parser()
+    assert parser.formatter_class is HelpWithDefaults
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        shown = " ".join(HelpWithDefaults("x")._get_help_string(action).split()).replace(
+            "%(default)s", str(action.default)
+        )
+        assert shown in text, action.dest
+        assert ("(default:" in shown) != action.required, action.dest
+    assert "--data_dir DATA_DIR folder searched recursively for audio (required)" in text

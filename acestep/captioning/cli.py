@@ -22,11 +22,18 @@ def one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in --help; required arguments show none (they have none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.required else super()._get_help_string(action)
+
+
 def common_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpWithDefaults)
+    parser.add_argument(
+        "--data_dir", type=Path, required=True, help="folder searched recursively for audio (required)"
     )
-    parser.add_argument("--data_dir", type=Path, required=True, help="folder searched recursively for audio")
     parser.add_argument(
         "--lyrics",
         action="store_true",
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
     return EXIT_SOME_FAILED if any(report.failed for report in reports) else 0
 
 
-def main_transformers(argv: Sequence[str] | None = None) -> int:
+def transformers_parser() -> argparse.ArgumentParser:
     from acestep.captioning.qwen_omni import DEFAULT_MODEL, GPTQ_MODEL
 
     parser = common_parser("Tags (and lyrics) for each audio file with Qwen2.5-Omni through transformers.")
@@ -104,7 +111,11 @@ def main_transformers(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", default=None, help="cuda, cuda:1 or cpu (None: cuda when present, else cpu)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_transformers(argv: Sequence[str] | None = None) -> int:
+    args = transformers_parser().parse_args(argv)
 
     def make_backend() -> AudioChatBackend:
         from acestep.captioning.qwen_omni import QwenOmniBackend
@@ -115,7 +126,7 @@ def main_transformers(argv: Sequence[str] | None = None) -> int:
     return run(args, make_backend)
 
 
-def main_llamacpp(argv: Sequence[str] | None = None) -> int:
+def llamacpp_parser() -> argparse.ArgumentParser:
     from acestep.captioning.llamacpp import DEFAULT_TIMEOUT
 
     parser = common_parser(
@@ -137,7 +148,11 @@ def main_llamacpp(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backoff", type=float, default=2.0, help="first retry delay in seconds, doubled each time"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_llamacpp(argv: Sequence[str] | None = None) -> int:
+    args = llamacpp_parser().parse_args(argv)
 
     def make_backend() -> AudioChatBackend:
         from acestep.captioning.llamacpp import LlamaServerBackend
