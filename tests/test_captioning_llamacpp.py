@@ -176,7 +176,9 @@ def test_a_timeout_with_a_live_server_fails_the_output_without_a_retry(server: F
 def test_a_timeout_with_a_dead_server_stops_the_run(server: FakeLlamaServer) -> None:
     server.script = [(200, "late", 0.6)]
     server.health = 503
-    with pytest.raises(BackendUnavailable, match=r"stopped answering .*no answer within 0.2 s, and /health fails"):
+    with pytest.raises(
+        BackendUnavailable, match=r"stopped answering .*no answer within 0.2 s, and /health fails"
+    ):
         backend_for(server, timeout=0.2).ask(CLIP, TAGS_INSTRUCTION, 8)
 
 
@@ -190,6 +192,23 @@ def test_a_waiting_request_says_so(server: FakeLlamaServer) -> None:
     assert lines[0] == f"waiting for llama-server at {backend.url}, 0 s (gives up at 5 s)"
     time.sleep(0.3)
     assert 2 <= len(lines) <= 4  # silent once answered
+
+
+def test_a_server_that_stops_while_a_request_waits_stops_the_run_early(server: FakeLlamaServer) -> None:
+    """A SIGTERMed llama-server holds the request open; the /health probe notices long before --timeout."""
+    server.script = [(200, "never sent in time", 5.0)]
+    server.health = 503
+    lines: list[str] = []
+    backend = backend_for(server, timeout=60.0, notice_every=0.1)
+    backend.say = lines.append
+    started = time.monotonic()
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"stopped answering after 0 answers \(no answer after 0 s, and /health fails\)",
+    ):
+        backend.ask(CLIP, TAGS_INSTRUCTION, 8)
+    assert time.monotonic() - started < 2.0
+    assert lines == [f"waiting for llama-server at {backend.url}, 0 s (gives up at 60 s)"]
 
 
 def test_a_truncated_answer_is_flagged(server: FakeLlamaServer) -> None:

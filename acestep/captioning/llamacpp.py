@@ -69,31 +69,6 @@ def chat_request(audio: np.ndarray, instruction: str, max_new_tokens: int) -> di
     }
 
 
-class _WaitNotice:
-    """While a request is in flight, says every `every` seconds how long it has been waiting (else silence)."""
-
-    def __init__(self, url: str, timeout: float, every: float, say: Callable[[str], None]) -> None:
-        self._url, self._timeout, self._every, self._say = url, timeout, every, say
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _WaitNotice:
-        self._started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(self._every):
-            waited = time.monotonic() - self._started
-            self._say(
-                f"waiting for llama-server at {self._url}, {waited:.0f} s (gives up at {self._timeout:g} s)"
-            )
-
-
 def _say_on_stderr(line: str) -> None:
     tqdm.write(line, file=sys.stderr)  # above a live progress bar, never through it
 
@@ -102,8 +77,8 @@ class LlamaServerBackend:
     """Sends each clip to llama-server.
 
     Retries HTTP 429/5xx answers with exponential backoff. Stops the run (BackendUnavailable) when the
-    server cannot hear audio, stopped answering, or never answered. A timeout is not retried: the same
-    request would take as long again.
+    server cannot hear audio, stopped answering (also while a request waits), or never answered. A timeout
+    is not retried: the same request would take as long again.
     """
 
     def __init__(
@@ -138,9 +113,7 @@ class LlamaServerBackend:
             raise BackendUnavailable(NO_AUDIO.format(url=self.url))
 
     def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
-        request = chat_request(audio, instruction, max_new_tokens)
-        with _WaitNotice(self.url, self.timeout, self.notice_every, self.say):
-            body = self._request("POST", "/v1/chat/completions", request)
+        body = self._watched("/v1/chat/completions", chat_request(audio, instruction, max_new_tokens))
         try:
             choice = body["choices"][0]
             content = choice["message"]["content"]
@@ -150,6 +123,36 @@ class LlamaServerBackend:
             ) from None
         self.answers += 1
         return Answer(content or "", truncated=choice.get("finish_reason") == "length")
+
+    def _watched(self, path: str, payload: dict[str, Any]) -> Any:
+        """POST in a worker thread; every `notice_every` s say how long it has waited and probe /health.
+
+        A server stopped with SIGTERM keeps an in-flight request open without answering, so without the
+        probe a stopped server would only show after --timeout.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["body"] = self._request("POST", path, payload)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread as it is
+                outcome["error"] = err
+            finally:
+                done.set()
+
+        started = time.monotonic()
+        threading.Thread(target=work, daemon=True).start()  # daemon: an abandoned request never blocks exit
+        while not done.wait(self.notice_every):
+            waited = time.monotonic() - started
+            self.say(
+                f"waiting for llama-server at {self.url}, {waited:.0f} s (gives up at {self.timeout:g} s)"
+            )
+            if not done.is_set():
+                self._fail_unless_alive(f"no answer after {waited:.0f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["body"]
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         attempts = self.retries + 1
@@ -191,8 +194,8 @@ class LlamaServerBackend:
 
     def _fail_unless_alive(self, what: str) -> None:
         """After a timeout: a server that no longer answers /health stops the run instead of every song."""
-        try:
-            alive = self.session.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
+        try:  # not self.session: a request may be in flight on it in another thread
+            alive = requests.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
         except requests.RequestException:
             alive = False
         if not alive:
