@@ -45,6 +45,11 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 flock 9  # one build per machine, even with two CI runs at once
 
+if ! "$SERVER" --version >/dev/null 2>&1; then
+  for tool in cmake c++; do
+    command -v "$tool" >/dev/null || { log "cannot build llama-server: '$tool' not found"; exit 3; }
+  done
+fi
 SRC=$CACHE/src/llama_cpp_python-$VERSION/vendor/llama.cpp
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
   log "downloading the llama-cpp-python $VERSION sdist"
@@ -56,9 +61,6 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
 fi
 
 if ! "$SERVER" --version >/dev/null 2>&1; then
-  for tool in cmake c++; do
-    command -v "$tool" >/dev/null || { log "cannot build llama-server: '$tool' not found"; exit 3; }
-  done
   log "building llama-server $VERSION with $JOBS jobs (about 9 minutes on 2 cores)"
   start=$(date +%s)
   cmake -S "$SRC" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \

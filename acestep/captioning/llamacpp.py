@@ -193,7 +193,7 @@ class LlamaServerBackend:
         raise CaptionError(f"llama-server {path} failed after {attempts} attempts: {last}")
 
     def _fail_unless_alive(self, what: str) -> None:
-        """After a timeout: a server that no longer answers /health stops the run instead of every song."""
+        """After a timeout or while a request waits: a server without /health stops the run, not every song."""
         try:  # not self.session: a request may be in flight on it in another thread
             alive = requests.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
         except requests.RequestException:
