@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from acestep.captioning.caption import Answer
+from acestep.captioning.caption import Answer, CaptionSettings
 from acestep.captioning.cli import main_transformers
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.parse import parse_tags
@@ -24,6 +24,7 @@ from acestep.captioning.qwen_omni import (
     chat_prefix,
     chat_suffix,
 )
+from acestep.captioning.runner import RunOptions, caption_folder
 from acestep.captioning.tiny_omni import MEL_BINS, write_tiny_qwen_omni
 from acestep.errors import CheckpointError
 
@@ -190,16 +191,21 @@ def test_an_answer_cut_off_at_max_new_tokens_is_flagged(tmp_path: Path) -> None:
     assert stops.ask(clip, "Tags please.", 1) == Answer("rock, piano, upbeat", truncated=True)
 
 
-def test_looping_lyrics_are_reported_and_not_written(tmp_path: Path, capsys) -> None:
-    model = write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)
+def test_looping_lyrics_are_reported_and_not_written(tmp_path: Path) -> None:
+    backend = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)), device="cpu"
+    )
     data = tmp_path / "songs"
     data.mkdir()
     write_song(data / "a.wav", 2.0)
-    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
-    assert main_transformers(argv) == 1
-    out = capsys.readouterr().out
+    options = RunOptions(lyrics=True, settings=CaptionSettings(tag_tokens=8, lyrics_tokens=24))
+    (report,) = caption_folder(data, lambda: backend, options, progress=False)
     assert sorted(p.name for p in data.iterdir()) == ["a.wav"]
-    assert f"lyrics: {data / 'a.wav'}: unusable lyrics answer: cut off at the 512-token answer limit" in out
+    assert report.errors == [
+        f"tags: {data / 'a.wav'}: unusable tags answer (cut off at the 8-token answer limit): '{'la ' * 7}la'",
+        f"lyrics: {data / 'a.wav'}: unusable lyrics answer: cut off at the 24-token answer limit: "
+        f"'{'la ' * 23}la'",
+    ]
 
 
 def test_an_unloadable_model_is_loaded_once_and_stops_in_one_line(
@@ -226,3 +232,23 @@ def test_an_unloadable_model_is_loaded_once_and_stops_in_one_line(
     assert loads == [1]
     assert err[0] == f"loading {model} ..."
     assert len(err) == 2 and err[1].startswith(f"error: cannot read the captioning model config of {model}")
+
+
+def test_the_published_layout_the_converter_reads_loads_and_answers(tmp_path: Path) -> None:
+    """The layout scripts/llama_server_fixture.sh converts: the same answer through transformers."""
+    model = write_tiny_qwen_omni(tmp_path / "full", answer="rock, piano, upbeat", full_omni=True)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["Qwen2_5OmniModel"] and "thinker_config" in config
+    backend = QwenOmniBackend.from_pretrained(str(model), device="cpu")
+    clip = np.zeros(MODEL_SAMPLE_RATE, np.float32)
+    assert backend.ask(clip, "Tags please.", 8) == Answer("rock, piano, upbeat", truncated=False)
+
+
+def test_the_tiny_model_writer_never_writes_into_a_full_folder(tmp_path: Path, capsys) -> None:
+    from acestep.captioning.tiny_omni import main
+
+    (tmp_path / "keep.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
