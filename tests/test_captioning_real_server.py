@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,3 +229,38 @@ def test_the_longest_clip_fills_one_audio_window(fixture_paths, tmp_path: Path) 
         thirty = prompt_tokens(port, 30 * MODEL_SAMPLE_RATE)
     assert longest == one_second
     assert one_more - longest == 750 and thirty == one_more
+
+
+def test_a_server_stopped_with_a_request_in_flight_is_noticed_long_before_the_timeout(
+    fixture_paths, tmp_path: Path
+) -> None:
+    """After SIGTERM the real server holds the open request without answering; the /health probe sees it."""
+    log = tmp_path / "log"
+    said: list[str] = []
+    with llama_server(
+        fixture_paths["LLAMA_SERVER"], fixture_paths["LOOP_GGUF"], fixture_paths["LOOP_MMPROJ"], log
+    ) as (port, process):
+
+        def stop_once_processing() -> None:
+            deadline = time.monotonic() + 30
+            while "processing task" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+
+        backend = LlamaServerBackend(
+            "127.0.0.1", port, timeout=120, retries=1, notice_every=0.5, say=said.append
+        )
+        stopper = threading.Thread(target=stop_once_processing)
+        stopper.start()
+        started = time.monotonic()
+        with pytest.raises(
+            BackendUnavailable,
+            match=r"stopped answering after 0 answers \(no answer after \d+ s, and /health fails\)",
+        ):
+            backend.ask(np.full(5 * MODEL_SAMPLE_RATE, 0.01, np.float32), "x", 2900)  # a long answer
+        took = time.monotonic() - started
+        stopper.join()
+    assert took < 15.0  # not the 120 s timeout
+    assert said and re.fullmatch(
+        rf"waiting for llama-server at http://127.0.0.1:{port}, \d+ s \(gives up at 120 s\)", said[0]
+    )
