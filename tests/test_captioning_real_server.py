@@ -61,7 +61,7 @@ def llama_server(
     """Start llama-server on 127.0.0.1 with a free port, wait until it serves, always stop it."""
     port = free_port()
     command = [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["-c", "4096", "-np", "1", "--threads", "2", "--no-webui", "--no-warmup"]
+    command += ["-c", "4096", "-np", "1", "--threads", "1", "--no-webui", "--no-warmup"]
     if mmproj is not None:
         command += ["--mmproj", str(mmproj)]
     with log.open("wb") as out:
