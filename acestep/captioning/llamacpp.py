@@ -23,8 +23,12 @@ from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# A 7B Q4 model on a CPU: about 1,200 prompt tokens (750 of them audio) and up to 512 answer tokens take
-# one to three minutes; 300 s covers that with room. On a GPU an answer takes seconds.
+# One request is about 1,200 prompt tokens (750 of them one audio window) and up to 512 answer tokens.
+# On the tiny test model (tests/test_captioning_real_server.py, 2 CPU cores) the fixed part of a request
+# (WAV upload, mel, audio encoder, HTTP) measured 0.4-0.5 s, a 512-token answer 0.7-0.9 s: the time is
+# the model's. A 7B Q4 model on a CPU (prompt at tens of tokens/s, answers at 5-10 tokens/s) takes one to
+# three minutes for a full lyrics answer; 300 s covers that with room, and on a GPU it takes seconds.
+# A long timeout costs nothing when a server dies: the /health probe while waiting notices that.
 DEFAULT_TIMEOUT = 300.0
 NOTICE_EVERY = 15.0  # seconds between "waiting for llama-server" lines
 HEALTH_TIMEOUT = 10.0
