@@ -67,8 +67,8 @@ def common_parser(description: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) -> int:
     """Caption the folder, print the summary table; exit code 1 when some file failed, 2 on a fatal error.
 
-    A fatal error (no server, a model that cannot be loaded, a server that stopped) still prints the
-    table of what was finished, then one `error:` line.
+    A fatal error (no server, a model that cannot be loaded, a server that stopped) prints the table of
+    what was finished (when anything was), then one `error:` line.
     """
     if not args.data_dir.is_dir():
         print(f"error: {args.data_dir}: not a folder", file=sys.stderr)
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
     try:
         reports = caption_folder(args.data_dir, make_backend, options, progress=not args.no_progress)
     except RunStopped as stop:
-        print(summary_table(stop.reports, args.data_dir, stop.not_reached))
+        if stop.anything_done:
+            print(summary_table(stop.reports, args.data_dir, stop.not_reached))
         print(f"error: {one_line(str(stop))}", file=sys.stderr)
         return EXIT_ERROR
     except AcestepError as err:

@@ -70,6 +70,14 @@ class RunStopped(AcestepError):
         self.reports = reports
         self.not_reached = not_reached
 
+    @property
+    def anything_done(self) -> bool:
+        """False when the run stopped at its very first request (no server, no model): no table then."""
+        *before, last = self.reports
+        return bool(before) or any(
+            cell not in (STOPPED, NOT_ASKED) for cell in (last.prompt, last.lyrics, last.bpm_key)
+        )
+
 
 def find_audio_files(data_dir: Path) -> list[Path]:
     """Audio files under `data_dir` (recursive, sorted), leftovers of interrupted writes ignored."""
