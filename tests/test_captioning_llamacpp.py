@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from acestep.captioning.caption import BackendUnavailable, CaptionError
+from acestep.captioning.caption import Answer, BackendUnavailable, CaptionError
 from acestep.captioning.cli import EXIT_ERROR, main_llamacpp
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
-from acestep.captioning.llamacpp import LlamaServerBackend
+from acestep.captioning.llamacpp import NO_AUDIO, LlamaServerBackend
 from acestep.captioning.prompts import SYSTEM_PROMPT, TAGS_INSTRUCTION
 
 
@@ -31,6 +31,9 @@ class FakeLlamaServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script: list[tuple[int, object, float]] = []
+        self.finish_reason = "stop"
+        self.audio = True  # what /props says in modalities.audio
+        self.health = 200
         self.requests: list[dict] = []
         self.decoded_audio: list[tuple[np.ndarray, int]] = []
         self.bad_requests: list[str] = []
@@ -47,7 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self._send(200 if self.path == "/health" else 404, {"status": "ok"})
+        if self.path == "/health":
+            self._send(self.server.health, {"status": "ok"})
+        elif self.path == "/props":
+            self._send(200, {"modalities": {"vision": False, "audio": self.server.audio}})
+        else:
+            self._send(404, {"error": "not found"})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -59,8 +67,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, answer, delay = self.server.script.pop(0) if self.server.script else (200, "rock", 0.0)
         time.sleep(delay)
+        message = {"role": "assistant", "content": answer}
         reply = (
-            {"choices": [{"message": {"role": "assistant", "content": answer}}]} if status == 200 else answer
+            {"choices": [{"message": message, "finish_reason": self.server.finish_reason}]}
+            if status == 200
+            else answer
         )
         self._send(status, reply)
 
@@ -125,7 +136,7 @@ CLIP = (0.25 * np.sin(2 * np.pi * 440.0 * np.arange(MODEL_SAMPLE_RATE) / MODEL_S
 def test_request_shape_and_answer(server: FakeLlamaServer) -> None:
     server.script = [(200, "Tags: pop, piano", 0.0)]
     answer = backend_for(server).ask(CLIP, TAGS_INSTRUCTION, 64)
-    assert answer == "Tags: pop, piano"
+    assert answer == Answer("Tags: pop, piano", truncated=False)
     assert server.bad_requests == []
     body = server.requests[0]
     assert body["max_tokens"] == 64 and body["temperature"] == 0.0
@@ -137,7 +148,7 @@ def test_request_shape_and_answer(server: FakeLlamaServer) -> None:
 
 def test_server_errors_are_retried_then_succeed(server: FakeLlamaServer) -> None:
     server.script = [(503, {"error": "loading"}, 0.0), (500, {"error": "boom"}, 0.0), (200, "jazz", 0.0)]
-    assert backend_for(server).ask(CLIP, TAGS_INSTRUCTION, 8) == "jazz"
+    assert backend_for(server).ask(CLIP, TAGS_INSTRUCTION, 8).text == "jazz"
     assert len(server.requests) == 3
 
 
@@ -155,10 +166,71 @@ def test_client_errors_are_not_retried(server: FakeLlamaServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_timeouts_are_retried_then_reported(server: FakeLlamaServer) -> None:
+def test_a_timeout_with_a_live_server_fails_the_output_without_a_retry(server: FakeLlamaServer) -> None:
     server.script = [(200, "late", 0.6), (200, "late", 0.6)]
-    with pytest.raises(CaptionError, match=r"failed after 2 attempts: no reply within 0.2 s"):
+    with pytest.raises(CaptionError, match=r"no answer within 0.2 s \(--timeout\); it is up"):
         backend_for(server, timeout=0.2, retries=1).ask(CLIP, TAGS_INSTRUCTION, 8)
+    assert len(server.requests) == 1  # the same request would take as long again
+
+
+def test_a_timeout_with_a_dead_server_stops_the_run(server: FakeLlamaServer) -> None:
+    server.script = [(200, "late", 0.6)]
+    server.health = 503
+    with pytest.raises(
+        BackendUnavailable, match=r"stopped answering .*no answer within 0.2 s, and /health fails"
+    ):
+        backend_for(server, timeout=0.2).ask(CLIP, TAGS_INSTRUCTION, 8)
+
+
+def test_a_waiting_request_says_so(server: FakeLlamaServer) -> None:
+    server.script = [(200, "rock", 0.35)]
+    lines: list[str] = []
+    backend = backend_for(server, notice_every=0.1)
+    backend.say = lines.append
+    assert backend.ask(CLIP, TAGS_INSTRUCTION, 8).text == "rock"
+    assert 2 <= len(lines) <= 4
+    assert lines[0] == f"waiting for llama-server at {backend.url}, 0 s (gives up at 5 s)"
+    time.sleep(0.3)
+    assert 2 <= len(lines) <= 4  # silent once answered
+
+
+def test_a_server_that_stops_while_a_request_waits_stops_the_run_early(server: FakeLlamaServer) -> None:
+    """A SIGTERMed llama-server holds the request open; the /health probe notices long before --timeout."""
+    server.script = [(200, "never sent in time", 5.0)]
+    server.health = 503
+    lines: list[str] = []
+    backend = backend_for(server, timeout=60.0, notice_every=0.1)
+    backend.say = lines.append
+    started = time.monotonic()
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"stopped answering after 0 answers \(no answer after 0 s, and /health fails\)",
+    ):
+        backend.ask(CLIP, TAGS_INSTRUCTION, 8)
+    assert time.monotonic() - started < 2.0
+    assert lines == [f"waiting for llama-server at {backend.url}, 0 s (gives up at 60 s)"]
+
+
+def test_a_truncated_answer_is_flagged(server: FakeLlamaServer) -> None:
+    server.script = [(200, "ld Ild Ild Ild", 0.0)]
+    server.finish_reason = "length"
+    assert backend_for(server).ask(CLIP, TAGS_INSTRUCTION, 4) == Answer("ld Ild Ild Ild", truncated=True)
+
+
+def test_a_server_without_audio_stops_at_the_check(server: FakeLlamaServer) -> None:
+    server.audio = False
+    with pytest.raises(BackendUnavailable) as err:
+        backend_for(server).check()
+    assert str(err.value) == NO_AUDIO.format(url=f"http://127.0.0.1:{server.port}")
+    assert "--mmproj" in str(err.value) and server.requests == []
+
+
+def test_unsupported_input_is_fatal_not_retried(server: FakeLlamaServer) -> None:
+    hint = "audio input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+    server.script = [(500, {"error": {"code": 500, "message": hint}}, 0.0)] * 4
+    with pytest.raises(BackendUnavailable, match="cannot hear audio"):
+        backend_for(server, retries=3).ask(CLIP, TAGS_INSTRUCTION, 8)
+    assert len(server.requests) == 1
 
 
 def test_answer_without_choices_is_a_caption_error(server: FakeLlamaServer) -> None:

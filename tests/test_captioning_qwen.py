@@ -1,4 +1,4 @@
-"""Qwen2.5-Omni through transformers, on a tiny random thinker built and saved here (nothing downloaded)."""
+"""Qwen2.5-Omni through transformers, on the tiny random thinker of acestep.captioning.tiny_omni (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5OmniThinkerConfig,
-    Qwen2_5OmniThinkerForConditionalGeneration,
-    Qwen2TokenizerFast,
-    WhisperFeatureExtractor,
-)
+from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+from acestep.captioning.caption import Answer, CaptionSettings
 from acestep.captioning.cli import main_transformers
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.parse import parse_tags
@@ -29,88 +24,9 @@ from acestep.captioning.qwen_omni import (
     chat_prefix,
     chat_suffix,
 )
+from acestep.captioning.runner import RunOptions, caption_folder
+from acestep.captioning.tiny_omni import MEL_BINS, write_tiny_qwen_omni
 from acestep.errors import CheckpointError
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|AUDIO|>",
-    "<|audio_bos|>",
-    "<|audio_eos|>",
-]
-CORPUS = [
-    "rock, pop, electric guitar, drums, piano, upbeat, female vocal, male vocal, energetic, slow, fast",
-    "[verse] hello world, I sing for you [chorus] la la la, yeah",
-    "system user assistant You are Qwen describe this music with short tags transcribe the lyrics",
-]
-MEL_BINS = 16
-
-
-def tiny_thinker_config(vocab_size: int) -> Qwen2_5OmniThinkerConfig:
-    ids = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    return Qwen2_5OmniThinkerConfig(
-        audio_config={
-            "num_mel_bins": MEL_BINS,
-            "encoder_layers": 1,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 32,
-            "d_model": 16,
-            "output_dim": 32,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": 32,
-            "fullatt_block_indexes": [0],
-        },
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        },
-        audio_token_index=ids["<|AUDIO|>"],
-        audio_start_token_id=ids["<|audio_bos|>"],
-        audio_end_token_id=ids["<|audio_eos|>"],
-        image_token_index=vocab_size - 2,
-        video_token_index=vocab_size - 1,
-        vision_start_token_id=vocab_size - 3,
-        vision_end_token_id=vocab_size - 4,
-    )
-
-
-def write_tiny_qwen_omni(folder: Path, silent_head: bool = False) -> Path:
-    """Tokenizer (byte-level BPE with the Qwen chat tokens), Whisper features, random thinker; save_pretrained.
-
-    `silent_head` zeroes the final norm, so every logit is 0 and greedy decoding picks token 0
-    (<|endoftext|>, an end token): the model answers nothing.
-    """
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(CORPUS * 5, trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
-    )
-    tokenizer.save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=MODEL_SAMPLE_RATE).save_pretrained(folder)
-    torch.manual_seed(0)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(bpe.get_vocab_size() + 8))
-    if silent_head:
-        with torch.no_grad():
-            model.model.language_model.norm.weight.zero_()
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -156,27 +72,38 @@ def test_prompt_layout_follows_the_omni_chat_template(tiny_model: Path) -> None:
     assert int(captured["feature_attention_mask"].sum()) == 250
 
 
-def test_random_model_runs_through_the_script(tiny_model: Path, tmp_path: Path, capsys) -> None:
+def test_the_script_writes_what_the_model_says(tmp_path: Path, capsys) -> None:
+    model = write_tiny_qwen_omni(tmp_path / "model", answer="rock, piano, upbeat")
     data = tmp_path / "songs"
     data.mkdir()
     write_song(data / "short.wav", 3.0)
     write_song(data / "long.wav", 40.0)  # two lyric pieces: 30 s + 10 s
+    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    assert main_transformers(argv) == 0
+    for stem in ("short", "long"):
+        assert (data / f"{stem}_prompt.txt").read_text(encoding="utf-8") == "rock, piano, upbeat\n"
+    assert (data / "short_lyrics.txt").read_text(encoding="utf-8") == "rock, piano, upbeat\n"
+    assert (data / "long_lyrics.txt").read_text(
+        encoding="utf-8"
+    ) == "rock, piano, upbeat\nrock, piano, upbeat\n"
+    assert "2 files, 2 complete, 0 with failures" in capsys.readouterr().out
+
+
+def test_random_answers_are_written_valid_or_reported(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "short.wav", 3.0)
     code = main_transformers(
-        ["--data_dir", str(data), "--lyrics", "--model", str(tiny_model), "--device", "cpu", "--no_progress"]
+        ["--data_dir", str(data), "--model", str(tiny_model), "--device", "cpu", "--no_progress"]
     )
     out = capsys.readouterr().out
     assert code in (0, 1)
-    for stem in ("short", "long"):
-        prompt = data / f"{stem}_prompt.txt"
-        if prompt.exists():  # garbage answers either parse to valid tags ...
-            tags = prompt.read_text(encoding="utf-8").strip().split(", ")
-            assert tags and parse_tags(", ".join(tags)) == tags
-            assert all(tag.isprintable() and tag == tag.lower() for tag in tags)
-        else:  # ... or the file is reported, never written empty
-            assert f"{stem}.wav: no usable tags" in out
-        lyrics = data / f"{stem}_lyrics.txt"
-        assert lyrics.exists() and lyrics.read_text(encoding="utf-8").strip() or "empty answer" in out
-    assert "2 files" in out
+    prompt = data / "short_prompt.txt"
+    if prompt.exists():  # garbage answers either parse to valid tags ...
+        tags = prompt.read_text(encoding="utf-8").strip().split(", ")
+        assert tags and parse_tags(", ".join(tags)) == tags
+    else:  # ... or the file is reported, never written empty
+        assert "short.wav: no usable tags" in out or "short.wav: unusable tags answer" in out
 
 
 def test_silent_model_fails_files_instead_of_writing_empty_sidecars(tmp_path: Path, capsys) -> None:
@@ -249,3 +176,79 @@ def test_gptq_checkpoint_without_gptqmodel_says_what_to_install(
 def test_missing_model_folder_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="cannot read the captioning model config"):
         QwenOmniBackend.from_pretrained(str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_an_answer_cut_off_at_max_new_tokens_is_flagged(tmp_path: Path) -> None:
+    looping = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)), device="cpu"
+    )
+    clip = np.zeros(MODEL_SAMPLE_RATE, np.float32)
+    assert looping.ask(clip, "Lyrics please.", 6) == Answer("la " * 6, truncated=True)
+    stops = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "stops", answer="rock, piano, upbeat")), device="cpu"
+    )
+    assert stops.ask(clip, "Tags please.", 6) == Answer("rock, piano, upbeat", truncated=False)
+    assert stops.ask(clip, "Tags please.", 1) == Answer("rock, piano, upbeat", truncated=True)
+
+
+def test_looping_lyrics_are_reported_and_not_written(tmp_path: Path) -> None:
+    backend = QwenOmniBackend.from_pretrained(
+        str(write_tiny_qwen_omni(tmp_path / "loop", answer="la ", repeat=True)), device="cpu"
+    )
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "a.wav", 2.0)
+    options = RunOptions(lyrics=True, settings=CaptionSettings(tag_tokens=8, lyrics_tokens=24))
+    (report,) = caption_folder(data, lambda: backend, options, progress=False)
+    assert sorted(p.name for p in data.iterdir()) == ["a.wav"]
+    assert report.errors == [
+        f"tags: {data / 'a.wav'}: unusable tags answer (cut off at the 8-token answer limit): '{'la ' * 7}la'",
+        f"lyrics: {data / 'a.wav'}: unusable lyrics answer: cut off at the 24-token answer limit: "
+        f"'{'la ' * 23}la'",
+    ]
+
+
+def test_an_unloadable_model_is_loaded_once_and_stops_in_one_line(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text("{not json", encoding="utf-8")
+    data = tmp_path / "songs"
+    data.mkdir()
+    for name in ("a", "b", "c", "d"):
+        write_song(data / f"{name}.wav", 1.0)
+    loads = []
+    original = QwenOmniBackend.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(QwenOmniBackend, "from_pretrained", classmethod(counted))
+    argv = ["--data_dir", str(data), "--lyrics", "--model", str(model), "--device", "cpu", "--no_progress"]
+    assert main_transformers(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert loads == [1]
+    assert err[0] == f"loading {model} ..."
+    assert len(err) == 2 and err[1].startswith(f"error: cannot read the captioning model config of {model}")
+
+
+def test_the_published_layout_the_converter_reads_loads_and_answers(tmp_path: Path) -> None:
+    """The layout scripts/llama_server_fixture.sh converts: the same answer through transformers."""
+    model = write_tiny_qwen_omni(tmp_path / "full", answer="rock, piano, upbeat", full_omni=True)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["Qwen2_5OmniModel"] and "thinker_config" in config
+    backend = QwenOmniBackend.from_pretrained(str(model), device="cpu")
+    clip = np.zeros(MODEL_SAMPLE_RATE, np.float32)
+    assert backend.ask(clip, "Tags please.", 8) == Answer("rock, piano, upbeat", truncated=False)
+
+
+def test_the_tiny_model_writer_never_writes_into_a_full_folder(tmp_path: Path, capsys) -> None:
+    from acestep.captioning.tiny_omni import main
+
+    (tmp_path / "keep.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

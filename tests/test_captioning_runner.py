@@ -10,9 +10,17 @@ import pytest
 import soundfile as sf
 from mutagen.flac import FLAC
 
-from acestep.captioning.caption import BackendUnavailable
-from acestep.captioning.cli import EXIT_ERROR, EXIT_SOME_FAILED, common_parser, run
-from acestep.captioning.clips import MODEL_SAMPLE_RATE
+from acestep.captioning.caption import Answer, BackendUnavailable
+from acestep.captioning.cli import (
+    EXIT_ERROR,
+    EXIT_SOME_FAILED,
+    HelpWithDefaults,
+    common_parser,
+    llamacpp_parser,
+    run,
+    transformers_parser,
+)
+from acestep.captioning.clips import MAX_CLIP_SAMPLES, MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import TAGS_INSTRUCTION
 from acestep.captioning.runner import RunOptions, caption_folder, find_audio_files, summary_table
 
@@ -28,15 +36,17 @@ class ScriptedBackend:
         self.lyrics_answers = list(lyrics_answers or LYRICS_ANSWERS)
         self.calls: list[tuple[str, int]] = []
 
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str:
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
         assert audio.dtype == np.float32 and audio.ndim == 1
         kind = "tags" if instruction == TAGS_INSTRUCTION else "lyrics"
         self.calls.append((kind, audio.shape[0]))
         if kind == "tags":
-            return self.tags_answer
-        return self.lyrics_answers[
-            (len([c for c in self.calls if c[0] == "lyrics"]) - 1) % len(self.lyrics_answers)
-        ]
+            return Answer(self.tags_answer)
+        return Answer(
+            self.lyrics_answers[
+                (len([c for c in self.calls if c[0] == "lyrics"]) - 1) % len(self.lyrics_answers)
+            ]
+        )
 
 
 def write_wav(path: Path, seconds: float, sample_rate: int = 8_000, channels: int = 2) -> Path:
@@ -81,14 +91,13 @@ def test_folder_run_writes_keeps_and_reports(folder: Path) -> None:
         by_name["long.wav"].prompt == "written (3 tags)"
         and by_name["long.wav"].lyrics == "model: transcribed"
     )
-    # tags from one 30 s excerpt; lyrics from three consecutive pieces (30 + 30 + 5 s)
-    sixteen_k = MODEL_SAMPLE_RATE
+    # tags from one audio window (just under 30 s); lyrics from three back-to-back pieces (30 + 30 + 5 s)
     long_calls = backend.calls[:4]
     assert long_calls == [
-        ("tags", 30 * sixteen_k),
-        ("lyrics", 30 * sixteen_k),
-        ("lyrics", 30 * sixteen_k),
-        ("lyrics", 5 * sixteen_k),
+        ("tags", MAX_CLIP_SAMPLES),
+        ("lyrics", MAX_CLIP_SAMPLES),
+        ("lyrics", MAX_CLIP_SAMPLES),
+        ("lyrics", 65 * MODEL_SAMPLE_RATE - 2 * MAX_CLIP_SAMPLES),
     ]
 
     tagged = folder / "sub" / "tagged.flac"
@@ -164,3 +173,81 @@ def test_bpm_key_without_librosa_gives_a_clear_message(folder: Path, capsys, mon
     err = capsys.readouterr().err
     assert "--bpm_key needs librosa" in err and "pip install 'acestep-lora-trainer[dsp]'" in err
     assert not (folder / "long_prompt.txt").exists()  # failed before any work
+
+
+def test_a_model_that_cannot_be_loaded_is_tried_once_and_stops_the_run(folder: Path, capsys) -> None:
+    """Issue 13 item 11: no retry of the load for every file; one line; the table of what was done."""
+    loads = []
+
+    def broken_model() -> ScriptedBackend:
+        loads.append(1)
+        raise OSError("cannot load the captioning model /models/x:\n  config.json is not valid JSON\n")
+
+    assert run(_args(folder, "--lyrics"), broken_model) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert loads == [1]
+    assert captured.err.splitlines() == [
+        "error: cannot load the captioning model /models/x: config.json is not valid JSON"
+    ]
+    assert captured.out == ""  # nothing was done: no table, just the line
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt")) == [
+        "done_lyrics.txt",
+        "done_prompt.txt",
+        "notes.txt",
+    ]
+
+
+class StopsAfter(ScriptedBackend):
+    """Answers `answers` requests, then behaves like a server that went away."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__()
+        self.left = answers
+
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
+        if self.left == 0:
+            raise BackendUnavailable("llama-server at http://127.0.0.1:1 stopped answering")
+        self.left -= 1
+        return super().ask(audio, instruction, max_new_tokens)
+
+
+def test_a_fatal_error_mid_run_prints_the_table_and_keeps_finished_sidecars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b", "c", "d"):
+        write_wav(tmp_path / f"{name}.wav", 2.0)
+    backend = StopsAfter(3)  # a: tags + lyrics, b: tags, then gone
+    assert run(_args(tmp_path, "--lyrics"), lambda: backend) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["error: llama-server at http://127.0.0.1:1 stopped answering"]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in captured.out.splitlines()
+        if line.startswith(("a.", "b."))
+    }
+    assert rows == {
+        "a.wav": ["written", "(3", "tags)", "model:", "transcribed", "-"],
+        "b.wav": ["written", "(3", "tags)", "stopped", "-"],
+    }
+    assert (
+        "2 files, 1 complete, 0 with failures; run stopped: 1 file(s) interrupted, 2 not reached"
+        in captured.out
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["a_lyrics.txt", "a_prompt.txt", "b_prompt.txt"]
+
+
+@pytest.mark.parametrize("make_parser", [llamacpp_parser, transformers_parser])
+def test_help_explains_every_flag_and_shows_its_default(make_parser) -> None:
+    parser = make_parser()
+    assert parser.formatter_class is HelpWithDefaults
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        shown = " ".join(HelpWithDefaults("x")._get_help_string(action).split()).replace(
+            "%(default)s", str(action.default)
+        )
+        assert shown in text, action.dest
+        assert ("(default:" in shown) != action.required, action.dest
+    assert "--data_dir DATA_DIR folder searched recursively for audio (required)" in text

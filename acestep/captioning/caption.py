@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from acestep.captioning.clips import MODEL_SAMPLE_RATE, PIECE_SECONDS, consecutive_pieces, middle_excerpt
+from acestep.captioning.junk import unusable_reason
 from acestep.captioning.parse import DEFAULT_MAX_TAGS, clean_lyrics, join_lyrics_parts, parse_tags
 from acestep.captioning.prompts import TAGS_INSTRUCTION, lyrics_instruction
 from acestep.errors import AcestepError
@@ -21,10 +22,18 @@ class BackendUnavailable(AcestepError):
     """The model cannot answer at all (no server, nothing loaded): stop the run instead of failing every file."""
 
 
-class AudioChatBackend(Protocol):
-    """A model that hears 16 kHz mono audio and answers an instruction in text."""
+@dataclass(frozen=True)
+class Answer:
+    """The model's text, and whether it stopped at the token limit instead of at an end token."""
 
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str: ...
+    text: str
+    truncated: bool = False
+
+
+class AudioChatBackend(Protocol):
+    """A model that hears 16 kHz mono audio (one clip of at most MAX_CLIP_SAMPLES) and answers in text."""
+
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer: ...
 
 
 @dataclass
@@ -43,19 +52,30 @@ def caption_tags(backend: AudioChatBackend, wav: np.ndarray, settings: CaptionSe
     """Clean tags for a 16 kHz mono song; CaptionError when none survive parsing (never an empty prompt)."""
     excerpt = middle_excerpt(wav, MODEL_SAMPLE_RATE, settings.excerpt_seconds)
     answer = backend.ask(excerpt, TAGS_INSTRUCTION, settings.tag_tokens)
-    tags = parse_tags(answer, settings.max_tags)
+    reason = unusable_reason(answer.text, answer.truncated, settings.tag_tokens)
+    if reason:
+        raise CaptionError(f"unusable tags answer ({reason}): {_shorten(answer.text)!r}")
+    tags = parse_tags(answer.text, settings.max_tags)
     if not tags:
-        raise CaptionError(f"no usable tags in the model's answer: {_shorten(answer)!r}")
+        raise CaptionError(f"no usable tags in the model's answer: {_shorten(answer.text)!r}")
     return tags
 
 
 def transcribe_lyrics(backend: AudioChatBackend, wav: np.ndarray, settings: CaptionSettings) -> str:
-    """Lyrics with section tags, or `[instrumental]`; CaptionError when the model gave no answer at all."""
+    """Lyrics with section tags, or `[instrumental]`.
+
+    CaptionError when the model gave no answer at all, or when any piece's answer is unusable (cut off or
+    a loop): a lyrics file with a hole or a loop in it would train the model on the wrong words.
+    """
     pieces = consecutive_pieces(wav, MODEL_SAMPLE_RATE, settings.piece_seconds, settings.max_lyrics_seconds)
-    parts = [
-        clean_lyrics(backend.ask(piece, lyrics_instruction(index, len(pieces)), settings.lyrics_tokens))
-        for index, piece in enumerate(pieces, start=1)
-    ]
+    parts = []
+    for index, piece in enumerate(pieces, start=1):
+        answer = backend.ask(piece, lyrics_instruction(index, len(pieces)), settings.lyrics_tokens)
+        reason = unusable_reason(answer.text, answer.truncated, settings.lyrics_tokens)
+        if reason:
+            where = f" (piece {index} of {len(pieces)})" if len(pieces) > 1 else ""
+            raise CaptionError(f"unusable lyrics answer{where}: {reason}: {_shorten(answer.text)!r}")
+        parts.append(clean_lyrics(answer.text))
     if not any(parts):
         raise CaptionError("the model gave an empty answer to the lyrics request")
     return join_lyrics_parts(parts)

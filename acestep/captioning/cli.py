@@ -8,41 +8,68 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from acestep.captioning.caption import AudioChatBackend, BackendUnavailable, CaptionError, CaptionSettings
-from acestep.captioning.runner import RunOptions, caption_folder, summary_table
+from acestep.captioning.clips import MAX_CLIP_SAMPLES
+from acestep.captioning.runner import RunOptions, RunStopped, caption_folder, summary_table
 from acestep.errors import AcestepError
 
 EXIT_SOME_FAILED = 1
 EXIT_ERROR = 2
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """An error as one line: loaders (transformers, requests) put tracebacks and hints on several lines."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in --help; required arguments show none (they have none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.required else super()._get_help_string(action)
+
+
 def common_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data_dir", type=Path, required=True, help="folder searched recursively for audio")
-    parser.add_argument("--lyrics", action="store_true", help="also write <stem>_lyrics.txt")
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpWithDefaults)
+    parser.add_argument(
+        "--data_dir", type=Path, required=True, help="folder searched recursively for audio (required)"
+    )
+    parser.add_argument(
+        "--lyrics",
+        action="store_true",
+        help="also write <stem>_lyrics.txt (embedded or .lrc lyrics first, else transcribed)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing sidecars")
     parser.add_argument(
         "--bpm_key", action="store_true", help="also write <stem>_bpm_key.json (needs librosa)"
     )
     defaults = CaptionSettings()
-    parser.add_argument("--max_tags", type=int, default=defaults.max_tags)
+    parser.add_argument(
+        "--max_tags", type=int, default=defaults.max_tags, help="keep at most this many tags per song"
+    )
     parser.add_argument(
         "--excerpt_seconds",
         type=float,
         default=defaults.excerpt_seconds,
-        help="length of the middle excerpt the tags come from (the model takes at most 30 s per clip)",
+        help="length of the middle excerpt the tags come from; capped at one 30 s audio window "
+        f"({MAX_CLIP_SAMPLES} samples at 16 kHz)",
     )
     parser.add_argument(
         "--max_lyrics_seconds",
         type=float,
         default=defaults.max_lyrics_seconds,
-        help="lyrics are transcribed from this much of the song, in 30 s pieces",
+        help="lyrics are transcribed from this much of the song, in pieces of one audio window",
     )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (logs, CI)")
     return parser
 
 
 def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) -> int:
-    """Caption the folder, print the summary table; exit code 1 when some file failed, 2 on a fatal error."""
+    """Caption the folder, print the summary table; exit code 1 when some file failed, 2 on a fatal error.
+
+    A fatal error (no server, a model that cannot be loaded, a server that stopped) prints the table of
+    what was finished (when anything was), then one `error:` line.
+    """
     if not args.data_dir.is_dir():
         print(f"error: {args.data_dir}: not a folder", file=sys.stderr)
         return EXIT_ERROR
@@ -51,15 +78,20 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
         overwrite=args.overwrite,
         bpm_key=args.bpm_key,
         settings=CaptionSettings(
-            excerpt_seconds=min(args.excerpt_seconds, 30.0),
+            excerpt_seconds=args.excerpt_seconds,
             max_lyrics_seconds=args.max_lyrics_seconds,
             max_tags=args.max_tags,
         ),
     )
     try:
         reports = caption_folder(args.data_dir, make_backend, options, progress=not args.no_progress)
+    except RunStopped as stop:
+        if stop.anything_done:
+            print(summary_table(stop.reports, args.data_dir, stop.not_reached))
+        print(f"error: {one_line(str(stop))}", file=sys.stderr)
+        return EXIT_ERROR
     except AcestepError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_ERROR
     if not reports:
         print(f"no audio files under {args.data_dir}")
@@ -68,7 +100,7 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
     return EXIT_SOME_FAILED if any(report.failed for report in reports) else 0
 
 
-def main_transformers(argv: Sequence[str] | None = None) -> int:
+def transformers_parser() -> argparse.ArgumentParser:
     from acestep.captioning.qwen_omni import DEFAULT_MODEL, GPTQ_MODEL
 
     parser = common_parser("Tags (and lyrics) for each audio file with Qwen2.5-Omni through transformers.")
@@ -77,8 +109,14 @@ def main_transformers(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MODEL,
         help=f"folder or hub id of Qwen2.5-Omni (bf16), or a GPTQ checkpoint such as {GPTQ_MODEL} (extra 'gptq')",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:1 or cpu (None: cuda when present, else cpu)"
+    )
+    return parser
+
+
+def main_transformers(argv: Sequence[str] | None = None) -> int:
+    args = transformers_parser().parse_args(argv)
 
     def make_backend() -> AudioChatBackend:
         from acestep.captioning.qwen_omni import QwenOmniBackend
@@ -89,16 +127,33 @@ def main_transformers(argv: Sequence[str] | None = None) -> int:
     return run(args, make_backend)
 
 
-def main_llamacpp(argv: Sequence[str] | None = None) -> int:
-    parser = common_parser("Tags (and lyrics) for each audio file through a running llama-server.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer")
-    parser.add_argument("--retries", type=int, default=3, help="retries after a timeout or HTTP 429/5xx")
+def llamacpp_parser() -> argparse.ArgumentParser:
+    from acestep.captioning.llamacpp import DEFAULT_TIMEOUT
+
+    parser = common_parser(
+        "Tags (and lyrics) for each audio file through a running llama-server. At start it checks that "
+        "the server answers and can hear audio (/props modalities.audio, i.e. it was started with --mmproj)."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address of the running llama-server")
+    parser.add_argument("--port", type=int, default=8080, help="port of the running llama-server")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for one answer (a 7B model on a CPU takes one to three minutes); "
+        "a line says how long a request has been waiting every 15 s",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries after HTTP 429/5xx or a refused connection"
+    )
     parser.add_argument(
         "--backoff", type=float, default=2.0, help="first retry delay in seconds, doubled each time"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_llamacpp(argv: Sequence[str] | None = None) -> int:
+    args = llamacpp_parser().parse_args(argv)
 
     def make_backend() -> AudioChatBackend:
         from acestep.captioning.llamacpp import LlamaServerBackend

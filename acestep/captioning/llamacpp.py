@@ -7,18 +7,40 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import requests
 import soundfile as sf
+from tqdm import tqdm
 
-from acestep.captioning.caption import BackendUnavailable, CaptionError
+from acestep.captioning.caption import Answer, BackendUnavailable, CaptionError
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# One request is about 1,200 prompt tokens (750 of them one audio window) and up to 512 answer tokens.
+# On the tiny test model (tests/test_captioning_real_server.py, 2 CPU cores) the fixed part of a request
+# (WAV upload, mel, audio encoder, HTTP) measured 0.4-0.5 s, a 512-token answer 0.7-0.9 s: the time is
+# the model's. A 7B Q4 model on a CPU (prompt at tens of tokens/s, answers at 5-10 tokens/s) takes one to
+# three minutes for a full lyrics answer; 300 s covers that with room, and on a GPU it takes seconds.
+# A long timeout costs nothing when a server dies: the /health probe while waiting notices that.
+DEFAULT_TIMEOUT = 300.0
+NOTICE_EVERY = 15.0  # seconds between "waiting for llama-server" lines
+HEALTH_TIMEOUT = 10.0
+UNSUPPORTED_INPUT = "input is not supported"  # llama-server's 500 for audio without an mmproj
+NO_AUDIO = (
+    "llama-server at {url} cannot hear audio (it was started without the model's mmproj): restart it with "
+    "--mmproj mmproj-<model>.gguf beside -m <model>.gguf, or with -hf ggml-org/Qwen2.5-Omni-7B-GGUF"
+)
+STOPPED = (
+    "llama-server at {url} stopped answering after {answers} answers ({last}); finished sidecars are kept: "
+    "start it again and rerun the same command to go on"
+)
 NO_SERVER = (
     "no llama-server answers at {url}: start one with an audio-capable Qwen2.5-Omni GGUF and its mmproj, "
     "e.g. `llama-server -hf ggml-org/Qwen2.5-Omni-7B-GGUF --port {port}`, or pass --host/--port"
@@ -51,37 +73,90 @@ def chat_request(audio: np.ndarray, instruction: str, max_new_tokens: int) -> di
     }
 
 
+def _say_on_stderr(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # above a live progress bar, never through it
+
+
 class LlamaServerBackend:
-    """Sends each clip to llama-server; retries timeouts and 429/5xx answers with exponential backoff."""
+    """Sends each clip to llama-server.
+
+    Retries HTTP 429/5xx answers with exponential backoff. Stops the run (BackendUnavailable) when the
+    server cannot hear audio, stopped answering (also while a request waits), or never answered. A timeout
+    is not retried: the same request would take as long again.
+    """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 8080,
-        timeout: float = 300.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         backoff_seconds: float = 2.0,
+        notice_every: float = NOTICE_EVERY,
+        say: Callable[[str], None] = _say_on_stderr,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.port = port
         self.timeout = timeout
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.notice_every = notice_every
+        self.say = say
+        self.answers = 0
         self.session = requests.Session()
 
     def check(self) -> None:
-        """Fail early with a clear message when nothing answers (llama-server's /health is 200 once loaded)."""
+        """Fail before the first song: nothing answers, the model is not loaded, or it cannot hear audio."""
         self._request("GET", "/health")
-
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str:
-        body = self._request("POST", "/v1/chat/completions", chat_request(audio, instruction, max_new_tokens))
         try:
-            content = body["choices"][0]["message"]["content"]
+            props = self._request("GET", "/props")
+        except CaptionError:
+            return  # a server without /props: a missing mmproj shows at the first request instead
+        modalities = props.get("modalities") if isinstance(props, dict) else None
+        if isinstance(modalities, dict) and not modalities.get("audio", False):
+            raise BackendUnavailable(NO_AUDIO.format(url=self.url))
+
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
+        body = self._watched("/v1/chat/completions", chat_request(audio, instruction, max_new_tokens))
+        try:
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise CaptionError(
                 f"llama-server answered without choices[0].message.content: {str(body)[:200]}"
             ) from None
-        return content or ""
+        self.answers += 1
+        return Answer(content or "", truncated=choice.get("finish_reason") == "length")
+
+    def _watched(self, path: str, payload: dict[str, Any]) -> Any:
+        """POST in a worker thread; every `notice_every` s say how long it has waited and probe /health.
+
+        A server stopped with SIGTERM keeps an in-flight request open without answering, so without the
+        probe a stopped server would only show after --timeout.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["body"] = self._request("POST", path, payload)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread as it is
+                outcome["error"] = err
+            finally:
+                done.set()
+
+        started = time.monotonic()
+        threading.Thread(target=work, daemon=True).start()  # daemon: an abandoned request never blocks exit
+        while not done.wait(self.notice_every):
+            waited = time.monotonic() - started
+            self.say(
+                f"waiting for llama-server at {self.url}, {waited:.0f} s (gives up at {self.timeout:g} s)"
+            )
+            if not done.is_set():
+                self._fail_unless_alive(f"no answer after {waited:.0f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["body"]
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         attempts = self.retries + 1
@@ -97,9 +172,14 @@ class LlamaServerBackend:
                 last = f"connection failed ({type(err).__name__})"
                 continue
             except requests.Timeout:
-                last = f"no reply within {self.timeout:g} s"
-                continue
+                self._fail_unless_alive(f"no answer within {self.timeout:g} s")
+                raise CaptionError(
+                    f"llama-server gave no answer within {self.timeout:g} s (--timeout); it is up, "
+                    "so it is busy or slow: raise --timeout for slow machines"
+                ) from None
             if response.status_code in RETRY_STATUSES:
+                if UNSUPPORTED_INPUT in response.text:  # a missing mmproj: every request fails alike
+                    raise BackendUnavailable(NO_AUDIO.format(url=self.url) + f" ({response.text[:120]})")
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:
@@ -111,5 +191,18 @@ class LlamaServerBackend:
             except ValueError:
                 raise CaptionError(f"llama-server sent non-JSON from {path}: {response.text[:200]}") from None
         if unreachable == attempts:
+            if self.answers:
+                raise BackendUnavailable(STOPPED.format(url=self.url, answers=self.answers, last=last))
             raise BackendUnavailable(NO_SERVER.format(url=self.url, port=self.port))
         raise CaptionError(f"llama-server {path} failed after {attempts} attempts: {last}")
+
+    def _fail_unless_alive(self, what: str) -> None:
+        """After a timeout or while a request waits: a server without /health stops the run, not every song."""
+        try:  # not self.session: a request may be in flight on it in another thread
+            alive = requests.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
+        except requests.RequestException:
+            alive = False
+        if not alive:
+            raise BackendUnavailable(
+                STOPPED.format(url=self.url, answers=self.answers, last=f"{what}, and /health fails")
+            )

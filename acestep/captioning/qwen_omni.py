@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from acestep.captioning.caption import BackendUnavailable
+from acestep.captioning.caption import Answer, BackendUnavailable
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
 from acestep.errors import CheckpointError
@@ -110,7 +110,7 @@ class QwenOmniBackend:
             raise CheckpointError(f"cannot load the captioning model {model}: {err}") from None
         return cls(thinker, tokenizer, feature_extractor, device)
 
-    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> str:
+    def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
         features = self.feature_extractor(
             audio,
             sampling_rate=MODEL_SAMPLE_RATE,
@@ -140,7 +140,10 @@ class QwenOmniBackend:
             raise BackendUnavailable(
                 f"out of GPU memory while captioning ({err}); try the GPTQ model {GPTQ_MODEL}"
             ) from None
-        return self.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+        generated = output[0, len(ids) :].tolist()
+        stopped = bool(generated) and generated[-1] in self._end_ids
+        truncated = len(generated) >= max_new_tokens and not stopped
+        return Answer(self.tokenizer.decode(generated, skip_special_tokens=True), truncated=truncated)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

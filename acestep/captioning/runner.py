@@ -1,8 +1,9 @@
 """The loop shared by both captioning scripts: find files, fill the missing sidecars, report every file.
 
 A failure on one file is printed at once and recorded; the run goes on. Only a backend that cannot answer
-at all (BackendUnavailable) stops the run. The model is loaded on first need, so a folder whose sidecars
-all exist, or whose lyrics all come from tags, never loads it.
+at all (BackendUnavailable, or a model that cannot be loaded) stops the run, and then RunStopped carries
+the reports of the files done so far, so the summary table is still printed. The model is loaded on first
+need, once, so a folder whose sidecars all exist, or whose lyrics all come from tags, never loads it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from acestep.captioning.sidecars import wanted_outputs, write_bpm_key, write_lyr
 from acestep.data.atomic import TEMP_MARK
 from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
 from acestep.data.sidecars import lyrics_path, prompt_path
+from acestep.errors import AcestepError
+from acestep.progress import progress as progress_bar
 
 NOT_ASKED = "-"
 KEPT = "kept"
 FAILED = "failed"
+STOPPED = "stopped"
 
 
 @dataclass
@@ -51,10 +55,28 @@ class FileReport:
     lyrics: str = NOT_ASKED
     bpm_key: str = NOT_ASKED
     errors: list[str] = field(default_factory=list)
+    stopped: str = ""  # why the run stopped while this file was in progress
 
     @property
     def failed(self) -> bool:
         return bool(self.errors)
+
+
+class RunStopped(AcestepError):
+    """The backend cannot answer any more; `reports` covers every file begun, `not_reached` the rest."""
+
+    def __init__(self, reason: str, reports: list[FileReport], not_reached: int) -> None:
+        super().__init__(reason)
+        self.reports = reports
+        self.not_reached = not_reached
+
+    @property
+    def anything_done(self) -> bool:
+        """False when the run stopped at its very first request (no server, no model): no table then."""
+        *before, last = self.reports
+        return bool(before) or any(
+            cell not in (STOPPED, NOT_ASKED) for cell in (last.prompt, last.lyrics, last.bpm_key)
+        )
 
 
 def find_audio_files(data_dir: Path) -> list[Path]:
@@ -67,7 +89,7 @@ def find_audio_files(data_dir: Path) -> list[Path]:
 
 
 class _LazyBackend:
-    """Builds the backend on first use, once."""
+    """Builds the backend on first use, once; a backend that cannot be built stops the run."""
 
     def __init__(self, factory: Callable[[], AudioChatBackend]) -> None:
         self._factory = factory
@@ -75,7 +97,12 @@ class _LazyBackend:
 
     def __call__(self) -> AudioChatBackend:
         if self._backend is None:
-            self._backend = self._factory()
+            try:
+                self._backend = self._factory()
+            except BackendUnavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - any load failure would repeat for every file
+                raise BackendUnavailable(str(err) or type(err).__name__) from err
         return self._backend
 
 
@@ -104,21 +131,26 @@ def caption_folder(
     options: RunOptions,
     progress: bool = True,
 ) -> list[FileReport]:
-    """Caption every audio file under `data_dir`; returns one report per file."""
+    """Caption every audio file under `data_dir`; returns one report per file.
+
+    Raises RunStopped (with the reports so far) when the backend cannot answer any more.
+    """
     if options.bpm_key:
         from acestep.captioning.dsp import require_librosa
 
         require_librosa()  # fail before any model is loaded
     backend = _LazyBackend(make_backend)
-    reports = []
+    reports: list[FileReport] = []
     files = find_audio_files(data_dir)
-    with tqdm(files, desc="captioning", unit="file", disable=not progress) as bar:
+    with progress_bar(files, desc="captioning", unit="file", disable=not progress) as bar:
         for audio in bar:
             bar.set_postfix_str(audio.name[-40:])
             report = caption_file(audio, backend, options)
             for error in report.errors:
                 tqdm.write(f"failed: {error}")
             reports.append(report)
+            if report.stopped:
+                raise RunStopped(report.stopped, reports, len(files) - len(reports))
     return reports
 
 
@@ -144,10 +176,13 @@ def caption_file(audio: Path, backend: Callable[[], AudioChatBackend], options: 
 
 
 def _attempt(report: FileReport, what: str, action: Callable[[], str]) -> str:
+    if report.stopped:
+        return STOPPED
     try:
         return action()
-    except BackendUnavailable:
-        raise
+    except BackendUnavailable as err:
+        report.stopped = str(err)
+        return STOPPED
     except Exception as err:  # noqa: BLE001 - one file's failure must not stop the run
         reason = str(err) if str(err) else type(err).__name__
         if str(report.audio) not in reason:
@@ -184,7 +219,7 @@ def _make_bpm_key(audio: Path, song: _SongAudio) -> str:
     return f"{info['bpm']:g} bpm, {info['key']}"
 
 
-def summary_table(reports: list[FileReport], root: Path) -> str:
+def summary_table(reports: list[FileReport], root: Path, not_reached: int = 0) -> str:
     """A plain-text table (one row per file), the failures with their reasons, and the totals."""
     header = ("file", "prompt", "lyrics", "bpm/key")
     rows = [(_relative(r.audio, root), r.prompt, r.lyrics, r.bpm_key) for r in reports]
@@ -197,10 +232,14 @@ def summary_table(reports: list[FileReport], root: Path) -> str:
     if failures:
         lines += ["", "failures:", *(f"  {error}" for error in failures)]
     failed_files = sum(report.failed for report in reports)
-    lines += [
-        "",
-        f"{len(reports)} files, {len(reports) - failed_files} complete, {failed_files} with failures",
-    ]
+    stopped_files = sum(bool(report.stopped) and not report.failed for report in reports)
+    totals = (
+        f"{len(reports)} files, {len(reports) - failed_files - stopped_files} complete, "
+        f"{failed_files} with failures"
+    )
+    if stopped_files or not_reached:
+        totals += f"; run stopped: {stopped_files} file(s) interrupted, {not_reached} not reached"
+    lines += ["", totals]
     return "\n".join(lines)
 
 
