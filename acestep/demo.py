@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from acestep.cli_help import make_parser
 from acestep.errors import AcestepError
 
 SAMPLE_RATE = 48000
@@ -200,17 +201,17 @@ def describe(outputs: DemoOutputs, seconds: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the whole chain: songs -> dataset -> preprocess -> LoRA.")
+    parser = make_parser("Run the whole chain: songs -> dataset -> preprocess -> LoRA.", "demo.py")
     parser.add_argument("--output_dir", default="demo_output", help="where everything goes (never cleared)")
     parser.add_argument("--checkpoint_dir", default=None, help="real ACE-Step checkpoint (default: a tiny random one)")
     parser.add_argument("--data_dir", default=None, help="your songs with side files (default: synthetic songs)")
     parser.add_argument("--songs", type=int, default=4, help="synthetic songs to generate")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic song")
     parser.add_argument("--steps", type=int, default=60, help="training steps")
-    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=2, help="songs per training micro-batch")
     parser.add_argument("--learning_rate", type=float, default=None, help=f"default: {TINY_LEARNING_RATE:g} on the tiny checkpoint, else the trainer's (1e-4)")
     parser.add_argument("--max_duration", type=float, default=30.0, help="seconds of each song used")
-    parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG))
+    parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
     parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")
     return parser.parse_args(argv)

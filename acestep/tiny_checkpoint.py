@@ -3,7 +3,6 @@ loading path on CPU: `python -m acestep.tiny_checkpoint OUT`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ from diffusers import AutoencoderDC
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
+from .cli_help import make_parser
 from .lyrics import write_tiny_lyric_vocab
 from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
@@ -93,9 +93,9 @@ def write_tiny_checkpoint(root: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a tiny random ACE-Step checkpoint (tests, demo).")
+    parser = make_parser("Write a tiny random ACE-Step checkpoint (tests, demo).", "python -m acestep.tiny_checkpoint")
     parser.add_argument("out", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
     print(f"tiny checkpoint written to {write_tiny_checkpoint(args.out, args.seed)}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
+from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_save_dataset
 from acestep.data.sidecars import (
     LYRICS_SUFFIX,
@@ -181,9 +182,7 @@ def build_filename_dataset(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Build the filename dataset (stage 2) from a folder of songs."
-    )
+    parser = make_parser("Build the filename dataset (stage 2) from a folder of songs.", "convert2hf_dataset_new.py")
     parser.add_argument("--data_dir", type=Path, required=True, help="folder with audio and side files")
     parser.add_argument("--output_name", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--repeat_count", type=int, default=1, help="repeat every row N times")
