@@ -20,6 +20,7 @@ import numpy as np
 
 from acestep.cli_help import make_parser
 from acestep.errors import AcestepError
+from acestep.quiet import quiet_third_party_noise
 
 SAMPLE_RATE = 48000
 TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
@@ -151,6 +152,11 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     filenames = out / f"filenames-{stamp}"
     summary = build_filename_dataset(songs, filenames)
     print(f"      stage 2: {summary.kept} songs listed in {filenames}")
+    for path, reason in summary.skipped:
+        print(f"      skipped {path}: {reason}")
+    if summary.kept > summary.with_prompt:
+        print(f"      warning: {summary.kept - summary.with_prompt} song(s) have no <stem>_prompt.txt: "
+              "the model learns from tags, so write one per song")
     prep = out / f"prep-{stamp}"
     print(f"[3/5] stage 3: encoding the songs into {prep}")
     encoders = load_encoders(str(checkpoint), device=args.device, dtype="auto", ssl=args.ssl)
@@ -160,6 +166,8 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     )
     del encoders
     print(f"      {result.encoded} songs encoded ({len(result.new_errors)} skipped)")
+    for error in result.new_errors:
+        print(f"      skipped {error.filename}: {error.reason}")
     from acestep.checkpoint import resolve_checkpoint
     from acestep.training.model import is_published_size
 
@@ -219,6 +227,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    quiet_third_party_noise()
     started = time.perf_counter()
     try:
         outputs = run_demo(args)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from tqdm import tqdm
 
 from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_save_dataset
@@ -26,6 +25,7 @@ from acestep.data.sidecars import (
     split_tags,
 )
 from acestep.errors import AcestepError, InputError
+from acestep.progress import progress
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 UNKNOWN = -1
@@ -154,7 +154,7 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
     summary = ScanSummary(files_found=len(audio_files))
     summary.orphan_sidecars = [str(p) for p in find_orphan_sidecars(data_dir, audio_files)]
     rows = []
-    for audio in tqdm(audio_files, desc="scanning", unit="file"):
+    for audio in progress(audio_files, desc="scanning", unit="file"):
         try:
             row, has_prompt, has_lyrics = make_row(audio, default_tag)
         except InputError as err:

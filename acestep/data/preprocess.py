@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import datasets
 import torch
-from tqdm import tqdm
 
 from acestep.cli_help import make_parser
 from acestep.data.encoders import SongEncoders
@@ -39,6 +38,7 @@ from acestep.data.preprocessed import (
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
 from acestep.errors import AcestepError, InputError
 from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
+from acestep.progress import progress
 
 SAMPLE_RATE = 48000
 MAX_PROMPT_CHARS = 256
@@ -296,7 +296,7 @@ def run_preprocess(
     if pending:
         (prep / MANIFEST_FILE).unlink(missing_ok=True)  # "manifest present" means every shard is done
     result = RunResult()
-    bar = tqdm(
+    bar = progress(
         total=len(shard_rows),
         initial=len(shard_rows) - len(pending),
         unit="song",

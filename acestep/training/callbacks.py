@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
+from acestep.progress import progress
 
 from .model import adapter_state_dict
 
@@ -152,3 +154,10 @@ class CompactProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in metrics.items()}
+
+    def init_train_tqdm(self) -> Any:
+        """Lightning's live bar on a terminal; in a log file or CI one whole line per interval instead."""
+        if sys.stdout.isatty():
+            return super().init_train_tqdm()
+        return progress(desc=self.train_description, unit="step", file=sys.stdout, disable=self.is_disabled,
+                        leave=True, smoothing=0, bar_format=self.BAR_FORMAT)

@@ -6,12 +6,14 @@ import sys
 from collections.abc import Sequence
 
 from acestep.errors import AcestepError
+from acestep.quiet import quiet_third_party_noise
 
 from .config import parse_config
 from .run import run_training, summary_text
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_third_party_noise()
     try:
         config = parse_config(list(sys.argv[1:] if argv is None else argv))
         result = run_training(config)
