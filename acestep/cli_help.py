@@ -1,5 +1,6 @@
-"""One look for every command line: each flag's default in --help, required flags marked, and the program
-named the way it was started (`python -m acestep.plan`, `trainer_new.py`), so usage lines can be copied."""
+"""One look for every command line: each flag's default in --help, required flags marked, the program named
+the way it was started (`python -m acestep.plan`, `trainer_new.py`), so usage lines can be copied, and output
+that never crashes on a song name the console's encoding lacks."""
 
 from __future__ import annotations
 
@@ -40,13 +41,26 @@ def invoked_prog(name: str | None = None) -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "acestep"
 
 
+def tolerate_unencodable_output() -> None:
+    """Print characters the console cannot encode as \\u escapes instead of raising UnicodeEncodeError.
+
+    A Windows console or log redirected with a legacy code page (cp1252) cannot encode e.g. a Japanese file
+    name; one such name in a skipped-file table must not end the run.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def make_parser(description: str, name: str | None = None, **kwargs: Any) -> argparse.ArgumentParser:
-    """An ArgumentParser with HelpFormatter and the invoked program name.
+    """An ArgumentParser with HelpFormatter and the invoked program name; output made encoding-proof first.
 
     `name` names the program when it was not started with `python -m`: the top-level script that wraps this
     command line (e.g. "trainer_new.py"), or "python -m acestep.X" for a module without one; it is also what
     tests that call main() directly see.
     """
+    tolerate_unencodable_output()
     kwargs.setdefault("formatter_class", HelpFormatter)
     return argparse.ArgumentParser(prog=invoked_prog(name), description=description, **kwargs)
 

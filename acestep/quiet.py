@@ -1,7 +1,8 @@
 """Silence third-party messages a user can do nothing about; every other warning stays visible.
 
-Lightning announces "GPU available: ..., TPU available: ..." and a litmodels advertisement on every run, and
-its own code trips a torch deprecation (`LeafSpec`) that only Lightning can fix.
+Lightning announces "GPU available: ..., TPU available: ...", a litmodels advertisement and "`Trainer.fit`
+stopped: `max_steps=N` reached" (our own summary says it better) on every run, and its own code trips a
+torch deprecation (`LeafSpec`) that only Lightning can fix.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ LIGHTNING_LOGGERS = (
     "lightning.fabric.utilities.rank_zero",
     "lightning_utilities.core.rank_zero",
 )
-NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "💡 Tip:")
+NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "💡 Tip:",
+                  "`Trainer.fit` stopped: `max_steps=")
 
 
 class DropNoise(logging.Filter):
