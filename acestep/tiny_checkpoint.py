@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC
+from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers.utils import logging as transformers_logging
 
 from .cli_help import make_parser
 from .lyrics import write_tiny_lyric_vocab
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
+    diffusers_logging.disable_progress_bar()  # a bar per tiny model file says nothing
+    transformers_logging.disable_progress_bar()
     print(f"tiny checkpoint written to {write_tiny_checkpoint(args.out, args.seed)}")
 
 

@@ -192,6 +192,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    datasets.disable_progress_bars()  # its bar for saving a few rows would be redrawn in logs
     try:
         summary = build_filename_dataset(args.data_dir, args.output_name, args.repeat_count, args.default_tag)
     except AcestepError as err:
