@@ -409,7 +409,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="language for lyrics whose detected language is unsupported (default: such lyrics are skipped)",
     )
     parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"],
-                        help="order of a song's tags in its prompt: shuffled (seeded per song) or as written")
+                        help="order of a song's tags in its prompt: shuffled with a per-row seed (repeated rows "
+                             "differ, a rerun is identical) or as written")
     parser.add_argument(
         "--ssl",
         action=argparse.BooleanOptionalAction,
