@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Create .venv and install the toolkit. CPU torch 2.13 by default; set TORCH_SPEC for a CUDA build,
-# e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+# Create .venv and install the toolkit (Linux, macOS). setup.ps1 does the same on Windows, line for line.
+# CPU torch 2.13 by default; set TORCH_SPEC for a CUDA build, e.g.
+# TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash setup.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  # shellcheck disable=SC2086
-  .venv/bin/python -m pip install -q $TORCH_SPEC
-fi
+# Torch is found and pinned from its metadata, never imported: before numpy is installed, importing torch prints
+# "Failed to initialize NumPy".
+HAS_TORCH="import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"
+PIN_TORCH="import importlib.metadata as m, sys; v = m.version('torch'); open(sys.argv[1], 'w').write('torch==' + v.split('+')[0] + '\n')"
+VENV_PY=.venv/bin/python
+[ -x "$VENV_PY" ] || "$PY" -m venv .venv
+"$VENV_PY" -m pip install -q --upgrade pip
+# shellcheck disable=SC2086  # TORCH_SPEC may hold several words (an --index-url)
+"$VENV_PY" -c "$HAS_TORCH" || "$VENV_PY" -m pip install -q $TORCH_SPEC
 # Pin whatever torch is installed so no later dependency swaps it for another build.
-.venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv/torch-constraint.txt
-.venv/bin/python -m pip install -q -c .venv/torch-constraint.txt -e ".[dev]"
-echo "setup done: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
+"$VENV_PY" -c "$PIN_TORCH" .venv/torch-constraint.txt
+"$VENV_PY" -m pip install -q -c .venv/torch-constraint.txt -e ".[dev]"
+echo "setup done: $("$VENV_PY" -c 'import torch; print("torch", torch.__version__)')"

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from acestep.cli_help import make_parser
 from acestep.errors import AcestepError
+from acestep.quiet import quiet_third_party_noise
 
 SAMPLE_RATE = 48000
 TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
@@ -150,6 +152,11 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     filenames = out / f"filenames-{stamp}"
     summary = build_filename_dataset(songs, filenames)
     print(f"      stage 2: {summary.kept} songs listed in {filenames}")
+    for path, reason in summary.skipped:
+        print(f"      skipped {path}: {reason}")
+    if summary.kept > summary.with_prompt:
+        print(f"      warning: {summary.kept - summary.with_prompt} song(s) have no <stem>_prompt.txt: "
+              "the model learns from tags, so write one per song")
     prep = out / f"prep-{stamp}"
     print(f"[3/5] stage 3: encoding the songs into {prep}")
     encoders = load_encoders(str(checkpoint), device=args.device, dtype="auto", ssl=args.ssl)
@@ -159,6 +166,8 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     )
     del encoders
     print(f"      {result.encoded} songs encoded ({len(result.new_errors)} skipped)")
+    for error in result.new_errors:
+        print(f"      skipped {error.filename}: {error.reason}")
     from acestep.checkpoint import resolve_checkpoint
     from acestep.training.model import is_published_size
 
@@ -200,17 +209,17 @@ def describe(outputs: DemoOutputs, seconds: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the whole chain: songs -> dataset -> preprocess -> LoRA.")
+    parser = make_parser("Run the whole chain: songs -> dataset -> preprocess -> LoRA.", "demo.py")
     parser.add_argument("--output_dir", default="demo_output", help="where everything goes (never cleared)")
     parser.add_argument("--checkpoint_dir", default=None, help="real ACE-Step checkpoint (default: a tiny random one)")
     parser.add_argument("--data_dir", default=None, help="your songs with side files (default: synthetic songs)")
     parser.add_argument("--songs", type=int, default=4, help="synthetic songs to generate")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic song")
     parser.add_argument("--steps", type=int, default=60, help="training steps")
-    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=2, help="songs per training micro-batch")
     parser.add_argument("--learning_rate", type=float, default=None, help=f"default: {TINY_LEARNING_RATE:g} on the tiny checkpoint, else the trainer's (1e-4)")
     parser.add_argument("--max_duration", type=float, default=30.0, help="seconds of each song used")
-    parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG))
+    parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
     parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")
     return parser.parse_args(argv)
@@ -218,6 +227,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    quiet_third_party_noise()
     started = time.perf_counter()
     try:
         outputs = run_demo(args)

@@ -12,7 +12,6 @@ allocator cache): `CUDA_CONTEXT_GB` and `ALLOCATOR_SLACK` are assumptions, not m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from acestep.cli_help import make_parser
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
@@ -391,18 +391,20 @@ def format_plan(plan: MemoryPlan) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> PlanRequest:
-    p = argparse.ArgumentParser(prog="python -m acestep.plan", description=__doc__.splitlines()[0])
+    p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")
     p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
-    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--batch_size", type=int, default=1, help="songs per micro-batch")
     p.add_argument("--gpu_gb", type=float, default=10.0, help="GPU memory to plan for, in GB (1e9 bytes)")
-    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES))
-    p.add_argument("--base_dtype", default="bf16", choices=sorted(DTYPE_BYTES))
-    p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG))
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
+                   help="the trainer's --optimizer (its state bytes per LoRA weight)")
+    p.add_argument("--base_dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="dtype of the frozen base model")
+    p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
     p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
     p.add_argument("--text_tokens", type=int, default=64, help="prompt tokens per song")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cuda adds the CUDA context and allocator slack to the estimate")
     p.add_argument("--keep_unused_weights", action="store_true",
                    help="plan for the trainer's --no-release_unused_weights")
     a = p.parse_args(argv)

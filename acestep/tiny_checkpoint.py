@@ -3,7 +3,6 @@ loading path on CPU: `python -m acestep.tiny_checkpoint OUT`."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import tempfile
@@ -11,9 +10,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC
+from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers.utils import logging as transformers_logging
 
+from .cli_help import make_parser
 from .data.atomic import make_readable, output_error, replace_folder, replace_with_retry
 from .errors import AcestepError, one_line_errors
 from .lyrics import write_tiny_lyric_vocab
@@ -120,13 +122,13 @@ def _write_components(root: Path, seed: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m acestep.tiny_checkpoint",
-                                     description="Write a tiny random ACE-Step checkpoint (tests, demo).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser("Write a tiny random ACE-Step checkpoint (tests, demo).", "python -m acestep.tiny_checkpoint")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
+    diffusers_logging.disable_progress_bar()  # a bar per tiny model file says nothing
+    transformers_logging.disable_progress_bar()
     with one_line_errors():
         root = write_tiny_checkpoint(args.out, args.seed, args.overwrite)
     print(f"tiny checkpoint written to {root}")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -16,6 +15,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from training_helpers import synthetic_songs  # noqa: E402
 
+from acestep.cli_help import make_parser  # noqa: E402
 from acestep.tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 from acestep.training import TrainConfig, run_training  # noqa: E402
 from acestep.training.callbacks import read_metrics  # noqa: E402
@@ -23,12 +23,12 @@ from acestep.training.memory import peak_rss_gb  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="training steps (the first 5 are not timed)")
+    parser.add_argument("--batch_size", type=int, default=1, help="songs per step")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each synthetic song")
-    parser.add_argument("--ssl", action="store_true")
-    parser.add_argument("--no_checkpointing", action="store_true")
+    parser.add_argument("--ssl", action="store_true", help="songs with MERT/mHuBERT targets (SSL losses on)")
+    parser.add_argument("--no_checkpointing", action="store_true", help="train without gradient checkpointing")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)

@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/data_helpers.py writes 
 
 from data_helpers import write_with_pyav  # noqa: E402
 
+from acestep.cli_help import make_parser  # noqa: E402
 from acestep.demo import synth_song  # noqa: E402
 from bench.common import format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
 
@@ -406,14 +407,17 @@ def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device of the encoders")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="encoder dtype")
     parser.add_argument("--seconds", type=float, default=30.0, help="audio length per song")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (min and median reported)")
-    parser.add_argument("--sizes", type=lambda s: parse_list(s, SIZES), default=list(SIZES))
-    parser.add_argument("--parts", type=lambda s: parse_list(s, PARTS), default=list(PARTS))
-    parser.add_argument("--formats", type=lambda s: parse_list(s, FORMATS), default=list(FORMATS))
+    parser.add_argument("--sizes", type=lambda s: parse_list(s, SIZES), default=",".join(SIZES),
+                        help="comma-separated encoder sizes")
+    parser.add_argument("--parts", type=lambda s: parse_list(s, PARTS), default=",".join(PARTS),
+                        help="comma-separated parts to time")
+    parser.add_argument("--formats", type=lambda s: parse_list(s, FORMATS), default=",".join(FORMATS),
+                        help="comma-separated audio formats of the decoding part")
     parser.add_argument("--tag", default=None, help="results file tag (default: from the machine)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from acestep.cli_help import make_parser  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
 from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config  # noqa: E402
 from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest, count_parameters, estimate  # noqa: E402
@@ -123,18 +124,19 @@ COLUMNS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="tiny,mid,full")
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,mid,full", help="comma-separated model sizes: tiny, mid, full")
     parser.add_argument("--seconds", default="10,30", help="audio seconds per song, comma-separated")
     parser.add_argument("--full_seconds", default=None, help="audio seconds for the full size (default: --seconds)")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--mid_blocks", type=int, default=2)
-    parser.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG))
-    parser.add_argument("--lyric_tokens", type=int, default=512)
-    parser.add_argument("--text_tokens", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=1, help="songs per step")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda when present, else cpu)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="dtype of the random base weights")
+    parser.add_argument("--mid_blocks", type=int, default=2, help="transformer blocks of the mid size")
+    parser.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON")
+    parser.add_argument("--lyric_tokens", type=int, default=512, help="lyric tokens per song")
+    parser.add_argument("--text_tokens", type=int, default=64, help="prompt tokens per song")
     parser.add_argument("--no_ssl", action="store_true", help="train without MERT/mHuBERT targets")
     parser.add_argument("--keep_unused_weights", action="store_true",
                         help="keep the never-used add_* layers (the trainer's --no-release_unused_weights)")

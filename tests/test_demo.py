@@ -52,3 +52,16 @@ def test_demo_runs_the_whole_chain_from_an_empty_folder(tmp_path: Path, capsys: 
     curve = run_dir / "loss_curve.png"
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(baked) in printed and str(curve) in printed
+
+
+@pytest.mark.slow
+def test_demo_on_your_songs_names_each_skipped_song_and_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    songs = write_synthetic_songs(tmp_path / "songs", count=2, seconds=3.0)
+    (songs / "broken.wav").write_bytes(b"RIFF\x00\x00 not audio")
+    main(["--output_dir", str(tmp_path / "out"), "--data_dir", str(songs), "--steps", "2", "--no-ssl",
+          "--max_duration", "3"])
+    printed = capsys.readouterr().out
+    skipped = [line.strip() for line in printed.splitlines() if line.strip().startswith("skipped ")]
+    assert len(skipped) == 1 and str(songs / "broken.wav") in skipped[0]
+    assert len(skipped[0]) > len(f"skipped {songs / 'broken.wav'}: ")  # a reason follows the name
+    assert "2 songs listed" in printed and "Demo done" in printed

@@ -7,7 +7,6 @@ only the lyric inputs of the named sequences are written here, reconstructed fro
 from __future__ import annotations
 
 import ast
-import os
 import re
 from pathlib import Path
 
@@ -144,30 +143,3 @@ def test_german_example(tokenizer: LyricTokenizer, examples_text: str) -> None:
     for mode, key in (("training", "train"), ("inference", "infer")):
         assert " ".join(tokenizer.pieces(tokenizer.encode(GERMAN, mode=mode))) == block[key]
 
-
-def test_repository_sample_lyrics(tokenizer: LyricTokenizer, examples_text: str, reference_dir: Path) -> None:
-    """The upstream `data/test_track_001_lyrics.txt` (not redistributed here): totals and first 60 pieces."""
-    path = Path(os.environ.get("ACESTEP_SAMPLE_LYRICS", reference_dir / "test_track_001_lyrics.txt"))
-    if not path.is_file():
-        pytest.skip(f"sample lyrics not present at {path} (set $ACESTEP_SAMPLE_LYRICS)")
-    lyrics = path.read_text(encoding="utf-8")
-    totals = re.search(
-        r"chars (\d+) lines (\d+) train tokens (\d+) infer tokens (\d+) UNK in train (\d+) UNK in infer (\d+)",
-        examples_text,
-    )
-    chars, lines, n_train, n_infer, unk_train, unk_infer = map(int, totals.groups())
-    assert (len(lyrics), len(lyrics.split("\n"))) == (chars, lines)
-    train = tokenizer.encode(lyrics, mode="training")
-    infer = tokenizer.encode(lyrics, mode="inference")
-    assert (len(train), len(infer), train.count(1), infer.count(1)) == (
-        n_train,
-        n_infer,
-        unk_train,
-        unk_infer,
-    )
-    counts_line = re.search(r"^counts (\[.*\])$", examples_text, re.MULTILINE).group(1)
-    assert segment_lyrics(lyrics)[1][:5] == ast.literal_eval(counts_line)
-    first_train = re.search(r"^first 60 train pieces: (.*)$", examples_text, re.MULTILINE).group(1)
-    first_infer = re.search(r"^first 60 infer pieces: (.*)$", examples_text, re.MULTILINE).group(1)
-    assert " ".join(tokenizer.pieces(train[:60])) == first_train
-    assert " ".join(tokenizer.pieces(infer[:60])) == first_infer

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from tqdm import tqdm
 
 from acestep.audio.conditioning import MIN_SECONDS
+from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_save_dataset, check_dataset_destination
 from acestep.data.sidecars import (
     LYRICS_SUFFIX,
@@ -25,6 +25,7 @@ from acestep.data.sidecars import (
     split_tags,
 )
 from acestep.errors import AcestepError, InputError, one_line_errors
+from acestep.progress import progress
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 UNKNOWN = -1
@@ -165,7 +166,7 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
     summary = ScanSummary(files_found=len(audio_files))
     summary.orphan_sidecars = [str(p) for p in find_orphan_sidecars(data_dir, audio_files)]
     rows = []
-    for audio in tqdm(audio_files, desc="scanning", unit="file"):
+    for audio in progress(audio_files, desc="scanning", unit="file"):
         try:
             row, has_prompt, has_lyrics = make_row(audio, default_tag)
         except InputError as err:
@@ -202,10 +203,7 @@ def build_filename_dataset(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Build the filename dataset (stage 2) from a folder of songs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = make_parser("Build the filename dataset (stage 2) from a folder of songs.", "convert2hf_dataset_new.py")
     parser.add_argument("--data_dir", type=Path, required=True, help="folder with audio and side files")
     parser.add_argument("--output_name", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--repeat_count", type=int, default=1, help="repeat every row N times")
@@ -217,6 +215,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    datasets.disable_progress_bars()  # its bar for saving a few rows would be redrawn in logs
     with one_line_errors():
         summary = build_filename_dataset(
             args.data_dir, args.output_name, args.repeat_count, args.default_tag, args.overwrite

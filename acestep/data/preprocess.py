@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import datasets
 import torch
-from tqdm import tqdm
 
 from acestep.audio.conditioning import MIN_SECONDS
+from acestep.cli_help import make_parser
 from acestep.data.encoders import SongEncoders
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
@@ -39,6 +39,7 @@ from acestep.data.preprocessed import (
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
 from acestep.errors import AcestepError, InputError, one_line_errors
 from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
+from acestep.progress import progress
 
 SAMPLE_RATE = 48000
 MAX_PROMPT_CHARS = 256
@@ -311,7 +312,7 @@ def run_preprocess(
     if pending:
         (prep / MANIFEST_FILE).unlink(missing_ok=True)  # "manifest present" means every shard is done
     result = RunResult()
-    bar = tqdm(
+    bar = progress(
         total=len(shard_rows),
         initial=len(shard_rows) - len(pending),
         unit="song",
@@ -408,31 +409,36 @@ def summary_lines(prep: Path, result: RunResult) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Encode a filename dataset into training tensors (stage 3).")
-    parser.add_argument("--input_name", type=Path, help="filename dataset folder (stage 2 output)")
+    parser = make_parser("Encode a filename dataset into training tensors (stage 3).", "preprocess_dataset_new.py")
+    parser.add_argument("--input_name", type=Path,
+                        help="filename dataset folder (stage 2 output) (required unless --merge)")
     parser.add_argument("--output_dir", type=Path, required=True, help="preprocessed dataset folder")
-    parser.add_argument("--checkpoint_dir", default=None, help="ACE-Step checkpoint folder or repo id")
-    parser.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (else found automatically)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--checkpoint_dir", default=None, help="ACE-Step checkpoint folder or repo id (default: the official repo)")
+    parser.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (default: found automatically, see README)")
+    parser.add_argument("--device", default="auto", help="torch device of the encoders: auto = cuda when present")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="encoder dtype: auto = bfloat16 on GPUs that have it, float32 on CPU")
     parser.add_argument("--batch_size", type=int, default=1, help="prompts per text-encoder call")
     parser.add_argument("--max_duration", type=float, default=360.0, help="seconds kept per song")
-    parser.add_argument("--target_lufs", type=float, default=None, help="loudness-normalise (off by default)")
+    parser.add_argument("--target_lufs", type=float, default=None, help="loudness-normalise to this LUFS (default: off)")
     parser.add_argument("--num_workers", type=int, default=2, help="audio decoding threads")
     parser.add_argument(
         "--lyrics_fallback_language",
         default=None,
         choices=SUPPORTED_LANGUAGES,
-        help="language for lyrics whose detected language is unsupported (else skipped)",
+        help="language for lyrics whose detected language is unsupported (default: such lyrics are skipped)",
     )
-    parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"])
+    parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"],
+                        help="order of a song's tags in its prompt: shuffled with a per-row seed (repeated rows "
+                             "differ, a rerun is identical) or as written")
     parser.add_argument(
         "--ssl",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="MERT + mHuBERT features for the SSL loss (on by default, as in the fork)",
     )
-    parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), help="i/n: this process's part")
+    parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(),
+                        help="i/n: this process's part of the rows (default: 0/1, all of them)")
     parser.add_argument("--merge", action="store_true", help="only merge finished shards of --output_dir")
     parser.add_argument("--retry_errors", action="store_true", help="try previously skipped songs again")
     args = parser.parse_args(argv)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import statistics
 import sys
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acestep.audio.conditioning import MIN_SECONDS
+from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_bytes, folder_size
 from acestep.data.preprocessed import is_fork_layout, load_preprocessed, storage_summary
 from acestep.data.shards import list_parts
@@ -136,7 +136,7 @@ def render_png(report: DatasetReport, path: Path, top: int = 20) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Counts and plots for a preprocessed dataset.")
+    parser = make_parser("Counts and plots for a preprocessed dataset.", "python -m acestep.data.report")
     parser.add_argument("prep", type=Path, help="preprocessed dataset folder")
     parser.add_argument("--output", type=Path, default=None, help="PNG path (default PREP/report.png)")
     parser.add_argument("--top", type=int, default=20, help="tags shown in the chart")

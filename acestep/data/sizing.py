@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from acestep.cli_help import make_parser
 from acestep.data.preprocessed import EncodedSong, features_for_record, record_nbytes
 from acestep.data.shards import PartWriter, ShardSpec
 
@@ -57,7 +58,9 @@ def measure_bytes_per_second(seconds: float, ssl: bool, folder: Path) -> tuple[f
     return writer.progress.chunks[0].bytes / song.duration, record_nbytes(record) / song.duration
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    make_parser("Bytes on disk per second of audio, with and without SSL features (30/60/180 s songs).",
+                "python -m acestep.data.sizing").parse_args(argv)
     print("seconds  ssl   MB on disk per s of audio  (tensor bytes only)")
     for seconds in (30.0, 60.0, 180.0):
         for ssl in (True, False):

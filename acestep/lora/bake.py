@@ -8,13 +8,13 @@ trained delta W at strength 1 in both. Facts: shared/reference/lora-format.md se
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
 
+from ..cli_help import make_parser
 from ..errors import AcestepError, InputError, one_line_errors
 from .io import (
     DIFFUSERS_METADATA,
@@ -137,12 +137,10 @@ def bake_file(
 
 def main(argv: list[str] | None = None) -> None:
     """add_alpha_in_lora.py: the reference fork's flag names."""
-    parser = argparse.ArgumentParser(prog="add_alpha_in_lora.py",
-                                     description="Bake LoRA alpha into the weights (load it at strength 1.0).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser("Bake LoRA alpha into the weights (load it at strength 1.0).", "add_alpha_in_lora.py")
     parser.add_argument("--input_name", required=True, help="LoRA .safetensors file or a folder holding one")
     parser.add_argument("--output_name", required=True, help="where to write the baked .safetensors file")
-    parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings")
+    parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings (default: the file's header)")
     parser.add_argument("--key_style", choices=STYLES, default="peft",
                         help="peft: bare names (ComfyUI + upstream); diffusion_model / kohya: prefixed, with .alpha")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_help import add_command, make_parser
 from ..errors import one_line_errors
 from .bake import bake_file
 from .convert import convert_file
@@ -13,13 +14,15 @@ from .merge import DTYPES, merge_file
 from .resize import METHODS, format_resize_table, rank_advice, resize_file
 from .settings import LoraSettings
 
+LORA_CONFIG_HELP = "the LoRA config it was trained with, for files that do not say (default: the file's header)"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m acestep.lora", description=__doc__)
+    parser = make_parser(__doc__, "python -m acestep.lora")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def lora_command(name: str, help_text: str, output: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = add_command(commands, name, help_text)
         sub.add_argument("input", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors")
         if output:
             sub.add_argument("output", help="the .safetensors file to write")
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="peft: bare names (ComfyUI + upstream pipeline, default); "
                                   "diffusion_model / kohya: prefixed names with .alpha = rank (ComfyUI, kohya tools)")
             sub.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-        sub.add_argument("--lora_config_path", help="the LoRA config it was trained with, for files that do not say")
+        sub.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
         return sub
 
     lora_command("inspect", "list modules, ranks, alpha, scale and |delta W| per module", output=False)
@@ -38,18 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     resize = lora_command("resize", "reduce the rank by SVD (fixed or dynamic), baked")
     resize.add_argument("--method", choices=METHODS, default="rank",
                         help="rank: fixed --rank; sv_ratio / sv_fro / sv_cumulative: smallest rank reaching --target")
-    resize.add_argument("--rank", type=int, help="the new rank (method rank) or the largest allowed (dynamic)")
+    resize.add_argument("--rank", type=int, help="the new rank (method rank) or the largest allowed (dynamic; default: the file's rank)")
     resize.add_argument("--target", type=float,
-                        help="sv_ratio: keep s >= s_max/target (e.g. 4); sv_fro / sv_cumulative: fraction (e.g. 0.9)")
+                        help="sv_ratio: keep s >= s_max/target (e.g. 4); sv_fro / sv_cumulative: fraction (e.g. 0.9); "
+                             "no default: dynamic methods need it")
     resize.add_argument("--table", action="store_true", help="print the per-module table")
 
-    merge = commands.add_parser("merge", help="add a LoRA into the transformer weights, save a checkpoint folder")
+    merge = add_command(commands, "merge", "add a LoRA into the transformer weights, save a checkpoint folder")
     merge.add_argument("transformer", help="checkpoint root, ace_step_transformer/ folder or a .safetensors file")
     merge.add_argument("lora", help="LoRA .safetensors file or folder")
     merge.add_argument("output", help="the transformer folder to write (config.json + safetensors)")
-    merge.add_argument("--strength", type=float, default=1.0, help="as the strength slider in ComfyUI (default 1.0)")
-    merge.add_argument("--lora_config_path", help="the LoRA config it was trained with, for files that do not say")
-    merge.add_argument("--config", help="transformer config.json, when the weights are a single file")
+    merge.add_argument("--strength", type=float, default=1.0, help="as the strength slider in ComfyUI")
+    merge.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
+    merge.add_argument("--config", help="transformer config.json, when the weights are a single file (default: beside the weights)")
     merge.add_argument("--dtype", choices=DTYPES, help="store the merged weights in this dtype (default: as read)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser

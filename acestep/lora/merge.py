@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from ..checkpoint import safetensors_problem
 from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
 from ..errors import AcestepError, CheckpointError
+from ..progress import progress
 from .bake import module_scales
 from .io import LoraFile, read_lora
 from .keys import kohya_lookup_for
@@ -55,7 +55,7 @@ def load_transformer_weights(
         raise CheckpointError(f"{path}: transformer checkpoint not found")
     config = read_config(config_file)
     state: dict[str, torch.Tensor] = {}
-    for file in tqdm(files, desc="load", unit="file", disable=None):
+    for file in progress(files, desc="load", unit="file"):
         problem = safetensors_problem(file) if file.is_file() else "missing"
         if problem:
             raise CheckpointError(f"{file}: damaged weight file ({problem}); download or copy it again")
@@ -88,7 +88,7 @@ def merge_into(state: dict[str, torch.Tensor], lora: LoraFile, scales: dict[str,
         if weight.flatten(1).shape != (module.up.shape[0], module.down.flatten(1).shape[1]):
             raise CheckpointError(f"{lora.path}: {name} is {tuple(weight.shape)} in the checkpoint, the LoRA "
                                   f"gives {module.up.shape[0]} x {module.down.flatten(1).shape[1]}")
-    for name in tqdm(lora.modules, desc="merge", unit="module", disable=None):
+    for name in progress(lora.modules, desc="merge", unit="module"):
         key = f"{name}.weight"
         weight = state[key]
         delta = lora.modules[name].delta(strength * scales[name]).reshape(weight.shape)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..errors import AcestepError
+from ..progress import progress
 from .bake import module_scales, provenance, save_baked
 from .io import LoraModule, check_output_file, read_lora
 from .settings import LoraSettings
@@ -99,7 +99,7 @@ def resize_file(
     lora = read_lora(src)
     scales = module_scales(lora, settings)
     resized, reports = {}, []
-    for name in tqdm(lora.modules, desc="resize", unit="module", disable=None):
+    for name in progress(lora.modules, desc="resize", unit="module"):
         resized[name], report = resize_module(name, lora.modules[name], scales[name], method, target, rank)
         reports.append(report)
     record = provenance(lora, scales, f"resize {method} rank={rank} target={target}", settings)

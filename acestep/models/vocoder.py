@@ -7,6 +7,7 @@ Names follow the published `music_vocoder/` checkpoint: `backbone.channel_layers
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -14,11 +15,23 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from torch.nn.utils import weight_norm
+from torch.nn.utils import weight_norm as _torch_weight_norm
 
 from .mel import LogMelSpectrogram
 
 LN_EPS = 1e-6
+
+
+def weight_norm(module: nn.Module) -> nn.Module:
+    """Old-style weight norm, whose `weight_g` / `weight_v` names the published checkpoint stores.
+
+    torch's parametrized replacement names them `parametrizations.weight.original0/1`, so the deprecated
+    function stays; its FutureWarning says nothing a user can act on and is silenced here only.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
+                                category=FutureWarning)
+        return _torch_weight_norm(module)
 
 
 class ChannelsFirstLayerNorm(nn.Module):

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 from acestep.lora.io import ADAPTER_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from acestep.progress import progress
 
 from .model import adapter_state_dict
 
@@ -253,3 +254,10 @@ class CompactProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in metrics.items()}
+
+    def init_train_tqdm(self) -> Any:
+        """Lightning's live bar on a terminal; in a log file or CI one whole line per interval instead."""
+        if sys.stdout.isatty():
+            return super().init_train_tqdm()
+        return progress(desc=self.train_description, unit="step", file=sys.stdout, disable=self.is_disabled,
+                        leave=True, smoothing=0, bar_format=self.BAR_FORMAT)

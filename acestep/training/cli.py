@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from acestep.errors import one_line_errors
+from acestep.quiet import quiet_third_party_noise
 
 from .config import parse_config
 from .run import run_training, summary_text
@@ -20,6 +21,7 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         config = parse_config(args)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_json
 from acestep.errors import AcestepError
 
@@ -27,7 +28,7 @@ class TrainConfig:
     # data
     dataset_path: str = _opt("", "preprocessed dataset folder (stage 3 output)", required=True)
     batch_size: int = _opt(1, "songs per micro-batch; shorter songs are padded and masked")
-    max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds")
+    max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds (default: no crop)")
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
     # model
@@ -72,7 +73,8 @@ class TrainConfig:
     wandb_project: str = _opt("ace-step-lora", "Weights & Biases project")
     wandb_offline: bool = _opt(False, "keep W&B logs local (sync later with `wandb sync`)")
     sample_every: int = _opt(0, "render audio samples with the current adapter every N steps (0 = off)")
-    sample_prompts: str | None = _opt(None, "JSON list / TOML [[samples]] of {prompt, lyrics, duration, seed, name}")
+    sample_prompts: str | None = _opt(None, "JSON list / TOML [[samples]] of {prompt, lyrics, duration, seed, name} "
+                                           "(default: none)")
     sample_steps: int = _opt(30, "sampling steps per rendered sample")
     # hardware
     accelerator: str = _opt("auto", "auto, gpu or cpu")
@@ -120,10 +122,8 @@ def _field_type(f: dataclasses.Field) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trainer_new.py",
-        description="Train an ACE-Step v1 LoRA on a preprocessed dataset (flow matching, PEFT, Lightning).",
-    )
+    parser = make_parser("Train an ACE-Step v1 LoRA on a preprocessed dataset (flow matching, PEFT, Lightning).",
+                         "trainer_new.py")
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
         meta = dict(f.metadata)

@@ -1,0 +1,36 @@
+"""Silence third-party messages a user can do nothing about; every other warning stays visible.
+
+Lightning announces "GPU available: ..., TPU available: ...", a litmodels advertisement and "`Trainer.fit`
+stopped: `max_steps=N` reached" (our own summary says it better) on every run, and its own code trips a
+torch deprecation (`LeafSpec`) that only Lightning can fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "💡 Tip:",
+                  "`Trainer.fit` stopped: `max_steps=")
+
+
+class DropNoise(logging.Filter):
+    """Drops log records that start with one of NOISE_PREFIXES."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(NOISE_PREFIXES)
+
+
+def quiet_third_party_noise() -> None:
+    """Install the filters (idempotent); call at the start of a command line."""
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropNoise) for f in logger.filters):
+            logger.addFilter(DropNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
