@@ -18,8 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_GUARD = 'if __name__ == "__main__":'
-# Command lines whose help texts are completed on another branch; the mark goes when that branch is merged.
-HELP_ON_ANOTHER_BRANCH = {"generate.py", "generate_prompts_lyrics.py", "generate_prompts_lyrics_llamacpp.py"}
 
 
 def _entry_points() -> list[tuple[str, str]]:
@@ -38,12 +36,7 @@ def _entry_points() -> list[tuple[str, str]]:
 
 
 def _params() -> list:
-    params = []
-    for kind, name in _entry_points():
-        marks = [pytest.mark.xfail(strict=False, reason="help added on another branch")] \
-            if name in HELP_ON_ANOTHER_BRANCH else []
-        params.append(pytest.param(kind, name, id=name, marks=marks))
-    return params
+    return [pytest.param(kind, name, id=name) for kind, name in _entry_points()]
 
 
 def _run_help(kind: str, name: str, monkeypatch: pytest.MonkeyPatch,
