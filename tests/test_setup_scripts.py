@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SH = (REPO / "setup.sh").read_text(encoding="utf-8")
 PS1 = (REPO / "setup.ps1").read_text(encoding="utf-8")
+BASH = pytest.mark.skipif(sys.platform == "win32", reason="setup.sh is the Linux/macOS script")
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Logs every call; runs -c snippets with the real interpreter; pretends pip and venv succeed.
@@ -41,6 +44,7 @@ def _run_setup(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
     return done, log.read_text(encoding="utf-8").splitlines(), repo
 
 
+@BASH
 def test_setup_installs_torch_spec_then_pins_it_without_importing_torch_early(tmp_path: Path) -> None:
     spec = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
     done, calls, repo = _run_setup(tmp_path, NO_TORCH="1", TORCH_SPEC=spec)
@@ -58,6 +62,7 @@ def test_setup_installs_torch_spec_then_pins_it_without_importing_torch_early(tm
     assert done.stdout.startswith("setup done: torch ")
 
 
+@BASH
 def test_setup_keeps_an_installed_torch(tmp_path: Path) -> None:
     done, calls, _ = _run_setup(tmp_path)
     assert done.returncode == 0, done.stderr
