@@ -61,7 +61,7 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
 fi
 
 if ! "$SERVER" --version >/dev/null 2>&1; then
-  log "building llama-server $VERSION with $JOBS jobs (about 9 minutes on 2 cores)"
+  log "building llama-server $VERSION with $JOBS jobs (9-20 minutes on 2 cores, once per machine)"
   start=$(date +%s)
   cmake -S "$SRC" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
@@ -102,4 +102,5 @@ if [ ! -f "$MODELS/done" ]; then
   touch "$MODELS.tmp/done"
   rm -rf "$MODELS" && mv "$MODELS.tmp" "$MODELS"
 fi
+log "ready: $SERVER and the tiny models in $MODELS"
 print_paths
