@@ -29,27 +29,42 @@ class LineProgress(tqdm):
     def __init__(self, *args: Any, interval: float = LOG_INTERVAL_S, **kwargs: Any) -> None:
         self._line_interval = interval
         self._last_line_at = -float("inf")
+        self._line_open = False  # a status line was written and not yet ended
+        self._printed_final = False
+        self._closing = False
         super().__init__(*args, **kwargs)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        """Write a line when the interval has passed, when done, or when closing; tqdm's close() ends it."""
+        """Write a line when the interval has passed, when done, or when closing."""
+        if msg == "":  # tqdm erasing a bar: nothing was drawn over, so nothing to erase
+            return False
         now = time.monotonic()
         finished = self.total is not None and self.n >= self.total
-        closing = getattr(self, "_closing", False)
-        if getattr(self, "_printed_final", False):
+        if self._printed_final:
             return True
-        if not (finished or closing or msg is not None) and now - self._last_line_at < self._line_interval:
+        if not (finished or self._closing or msg is not None) and now - self._last_line_at < self._line_interval:
             return True
-        separator = "\n" if getattr(self, "_wrote_line", False) else ""
-        self.fp.write(separator + (msg if msg is not None else self.__str__()))
+        self.fp.write(("\n" if self._line_open else "") + (msg if msg is not None else self.__str__()))
         self.fp.flush()
-        self._wrote_line = True
-        self._printed_final = finished or closing
+        self._line_open = True
+        self._printed_final = finished or self._closing
         self._last_line_at = now
         return True
 
+    def clear(self, nolock: bool = False) -> None:
+        """End the open line, so a message written between updates (tqdm.write) starts a line of its own."""
+        if self._line_open and not self.disable:
+            self.fp.write("\n")
+            self._line_open = False
+
     def close(self) -> None:
+        if self.disable:
+            return
         self._closing = True
+        if self.leave or self.leave is None:
+            self.display()
+        self.clear()
+        self.leave = False  # the last line is written and ended: tqdm has nothing left to print
         super().close()
 
 

@@ -37,3 +37,16 @@ def test_non_terminal_gets_line_progress_and_ascii_on_cp1252():
     assert bar.ascii is True
     list(bar)
     stream.getvalue().encode("cp1252")
+
+
+def test_messages_between_updates_get_lines_of_their_own():
+    buffer = io.StringIO()
+    bar = progress(range(3), desc="z", file=buffer, interval=3600)
+    for index in bar:
+        if index == 1:
+            bar.write("failed: song.mp3", file=buffer)
+    lines = buffer.getvalue().split("\n")
+    assert "failed: song.mp3" in lines
+    assert "\r" not in buffer.getvalue()
+    assert "" not in lines[:-1]  # no blank lines
+    assert "3/3" in lines[-2]

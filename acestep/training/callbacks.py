@@ -259,5 +259,6 @@ class CompactProgressBar(TQDMProgressBar):
         """Lightning's live bar on a terminal; in a log file or CI one whole line per interval instead."""
         if sys.stdout.isatty():
             return super().init_train_tqdm()
+        # delay > 0: no line before _whole_run has set the run's total
         return progress(desc=self.train_description, unit="step", file=sys.stdout, disable=self.is_disabled,
-                        leave=True, smoothing=0, bar_format=self.BAR_FORMAT)
+                        leave=True, smoothing=0, bar_format=self.BAR_FORMAT, delay=1e-9)
