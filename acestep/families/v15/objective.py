@@ -94,6 +94,12 @@ def drop_conditions(
     return torch.where(drop[:, None, None], null, states)
 
 
+def base_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen weights (LoRA factors are fp32 whatever the base holds)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    return (frozen or list(model.parameters()))[0].dtype
+
+
 class V15Step:
     """One micro-batch's loss for a LoRA-adapted AceStepTransformer1DModel (the trainer's `StepObjective`)."""
 
@@ -113,7 +119,7 @@ class V15Step:
             states = drop_conditions(states, self.null_embedding, self.condition_dropout, generator)
         t = self.sampler.sample(latents.shape[0], generator)
         noised = add_noise(latents, t, generator)
-        dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
+        dtype = base_dtype(transformer)
         prediction = transformer(
             hidden_states=noised.noisy.to(dtype), timestep=noised.t.to(dtype), timestep_r=noised.t.to(dtype),
             encoder_hidden_states=states.to(dtype), context_latents=batch["context_latents"].to(dtype),
