@@ -24,7 +24,7 @@ def trained_model(settings: LoraSettings, seed: int = 0) -> torch.nn.Module:
     attach_lora(model, settings, "trained")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
     return model.eval()
