@@ -263,7 +263,7 @@ def load_original_components(
             module.load_state_dict(components[name], strict=True)
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
-        modules[name] = module.to(dtype).eval()
+        modules[name] = (module if dtype == torch.float32 else module.to(dtype)).eval()
     return modules
 
 
