@@ -21,6 +21,7 @@ from acestep.data.sidecars import (
     is_instrumental,
     lyrics_path,
     prompt_path,
+    read_music_metadata,
     read_sidecar,
     split_tags,
 )
@@ -39,6 +40,11 @@ FILENAME_FEATURES = datasets.Features(
         "recaption": {},
         "duration": datasets.Value("float64"),
         "sample_rate": datasets.Value("int32"),
+        # music metadata from <stem>_bpm_key.json (stage 1 --bpm_key); -1 / "" = unknown. ACE-Step 1.5 prompts use it
+        "bpm": datasets.Value("float64"),
+        "keyscale": datasets.Value("string"),
+        "timesignature": datasets.Value("string"),
+        "language": datasets.Value("string"),
     }
 )
 
@@ -130,6 +136,7 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
     prompt = read_sidecar(prompt_path(audio))
     lyrics = read_sidecar(lyrics_path(audio))
     duration, sample_rate = probe_audio(audio)
+    metadata = read_music_metadata(audio)
     row = {
         "keys": audio.stem,
         "filename": str(audio.resolve()),
@@ -139,6 +146,8 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
         "recaption": {},
         "duration": duration,
         "sample_rate": sample_rate,
+        **metadata,
+        "bpm": metadata["bpm"] if metadata["bpm"] is not None else UNKNOWN,
     }
     return row, prompt is not None, lyrics is not None
 

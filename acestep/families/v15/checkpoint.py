@@ -275,7 +275,7 @@ def load_components(
         return load_original_components(checkpoint, names, dtype)
     classes = _component_classes()
     return {
-        name: classes[name].from_pretrained(checkpoint.root / name, torch_dtype=dtype).eval() for name in names
+        name: classes[name].from_pretrained(checkpoint.root / name, dtype=dtype).eval() for name in names
     }
 
 
@@ -290,12 +290,12 @@ def load_pipeline(
 
     if checkpoint.layout == "diffusers":
         skip = {} if with_transformer else {"transformer": None}
-        return AceStepPipeline.from_pretrained(checkpoint.root, torch_dtype=dtype, **skip)
+        return AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
     names = ("transformer", "condition_encoder") if with_transformer else ("condition_encoder",)
     modules = load_original_components(checkpoint, names, dtype)
     text_dir = checkpoint.root / TEXT_ENCODER_FOLDER
     return AceStepPipeline(
-        vae=AutoencoderOobleck.from_pretrained(checkpoint.root / "vae", torch_dtype=dtype).eval(),
+        vae=AutoencoderOobleck.from_pretrained(checkpoint.root / "vae", dtype=dtype).eval(),
         text_encoder=AutoModel.from_pretrained(text_dir, dtype=dtype).eval(),
         tokenizer=AutoTokenizer.from_pretrained(text_dir),
         transformer=modules.get("transformer"),
