@@ -146,3 +146,15 @@ def test_original_layout_encodes_like_the_diffusers_layout(tiny_v15_checkpoint: 
     a, b = load_preprocessed(tmp_path / "o")[0], load_preprocessed(tmp_path / "d")[0]
     for column in ("target_latents", "encoder_hidden_states", "context_latents"):
         assert torch.equal(a[column], b[column])
+
+
+def test_published_size_storage_is_what_the_shapes_say(tmp_path: Path) -> None:
+    from acestep.families.v15.sizing import TEXT_TOKENS, TIMBRE_TOKENS, measure_bytes_per_second
+
+    disk, raw = measure_bytes_per_second(60.0, "outputs", tmp_path / "o")
+    length = TEXT_TOKENS + 600 + TIMBRE_TOKENS
+    expected = (1500 * 64 + 1500 * 128 + length * 2048) * 2 + length  # float16 matrices, int8 mask
+    assert raw == pytest.approx(expected / 60.0)
+    assert raw <= disk < 1.05 * raw
+    smaller, _ = measure_bytes_per_second(60.0, "inputs", tmp_path / "i")
+    assert smaller < disk  # 1024-wide inputs instead of 2048-wide outputs
