@@ -94,3 +94,16 @@ def test_machinery_never_imports_families() -> None:
                     names = [("." * node.level) + (node.module or "")]
                 offenders += [f"{path.name}: {n}" for n in names if "families" in n]
     assert offenders == []
+
+
+def test_stage3_family_layer_hands_v1_its_own_encoders(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from acestep.data.preprocess import SongPipeline, parse_args
+
+    args = parse_args(["--input_name", "x", "--output_dir", str(tmp_path / "prep"), "--checkpoint_dir",
+                       str(tiny_checkpoint), "--no-ssl", "--device", "cpu", "--dtype", "float32"])
+    stages = families.song_stages_for_args(args)
+    assert isinstance(stages, SongPipeline) and stages.encoders.ssl is None
+    assert "family" not in stages.stored_settings()  # v1 settings unchanged: older v1 folders stay resumable
+    assert isinstance(args, argparse.Namespace) and args.checkpoint_dir == str(tiny_checkpoint)

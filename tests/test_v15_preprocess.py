@@ -158,3 +158,21 @@ def test_published_size_storage_is_what_the_shapes_say(tmp_path: Path) -> None:
     assert raw <= disk < 1.05 * raw
     smaller, _ = measure_bytes_per_second(60.0, "inputs", tmp_path / "i")
     assert smaller < disk  # 1024-wide inputs instead of 2048-wide outputs
+
+
+@pytest.mark.slow
+def test_stage3_cli_picks_the_family_from_the_checkpoint(
+    tiny_v15_checkpoint: Path, filenames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from acestep.data.preprocess import main
+
+    prep = tmp_path / "prep"
+    argv = ["--input_name", str(filenames), "--output_dir", str(prep), "--checkpoint_dir",
+            str(tiny_v15_checkpoint / "original"), "--device", "cpu", "--dtype", "float32", "--num_workers", "0"]
+    main([*argv, "--condition_store", "inputs"], song_stages=families.song_stages_for_args)
+    out = capsys.readouterr().out
+    assert "checkpoint: ace-step-1.5 turbo, original layout" in out and "2 songs encoded" in out
+    manifest = json.loads((prep / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["family"] == "ace-step-1.5" and manifest["settings"]["condition_store"] == "inputs"
+    with pytest.raises(SystemExit, match="condition_store: 'inputs' -> 'outputs'"):  # a resume must repeat it
+        main(argv, song_stages=families.song_stages_for_args)
