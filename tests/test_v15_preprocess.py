@@ -38,7 +38,8 @@ def filenames(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                       "language": "en"}), encoding="utf-8")
     write_audio(songs / "b.flac", seconds=1.5, freq=220.0)  # no sidecars: instrumental, metadata unknown
     out = tmp_path_factory.mktemp("filenames") / "ds"
-    build_filename_dataset(songs, out)
+    summary = build_filename_dataset(songs, out)
+    assert summary.with_bpm_key == 1 and "with bpm/key:          1" in "\n".join(summary.lines(""))
     return out
 
 

@@ -57,6 +57,7 @@ class ScanSummary:
     with_prompt: int = 0
     with_lyrics: int = 0
     instrumental: int = 0
+    with_bpm_key: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     orphan_sidecars: list[str] = field(default_factory=list)
 
@@ -71,6 +72,7 @@ class ScanSummary:
             f"with prompt:           {self.with_prompt}  (without: {self.kept - self.with_prompt})",
             f"with lyrics:           {self.with_lyrics}  (without: {self.kept - self.with_lyrics})",
             f"instrumental:          {self.instrumental}  (no lyrics or only [inst])",
+            f"with bpm/key:          {self.with_bpm_key}  (<stem>_bpm_key.json; ACE-Step 1.5 prompts use it)",
             f"skipped:               {len(self.skipped)}",
         ]
         out += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
@@ -172,6 +174,7 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
         summary.with_prompt += has_prompt
         summary.with_lyrics += has_lyrics
         summary.instrumental += is_instrumental(row["norm_lyrics"])
+        summary.with_bpm_key += row["bpm"] != UNKNOWN or bool(row["keyscale"])
     return rows, summary
 
 
