@@ -213,12 +213,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG))
     parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
     parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")
+    parser.add_argument(
+        "--family",
+        default="ace-step-v1",
+        choices=["ace-step-v1", "ace-step-1.5"],
+        help="model family of the tiny checkpoint (with --checkpoint_dir it must match the folder)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.family == "ace-step-1.5":
+        from acestep.demo_v15 import describe_v15, run_demo_v15
+
+        try:
+            outputs_v15 = run_demo_v15(args)
+        except AcestepError as error:
+            sys.exit(f"error: {error}")
+        print()
+        print(describe_v15(outputs_v15, time.perf_counter() - started))
+        if outputs_v15.stopped:
+            sys.exit(1)
+        return
     try:
         outputs = run_demo(args)
     except AcestepError as error:

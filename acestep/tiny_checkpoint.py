@@ -96,7 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a tiny random ACE-Step checkpoint (tests, demo).")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--family",
+        default="ace-step-v1",
+        choices=["ace-step-v1", "ace-step-1.5"],
+        help="model family; ace-step-1.5 writes OUT/original (Ace-Step1.5 layout) and OUT/diffusers (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.family == "ace-step-1.5":
+        from .families.v15.tiny import write_tiny_v15_checkpoint
+
+        original, diffusers_layout = write_tiny_v15_checkpoint(args.out, args.seed)
+        print(f"tiny ACE-Step 1.5 checkpoint written to {original} (original layout) and {diffusers_layout} (diffusers)")
+        return
     print(f"tiny checkpoint written to {write_tiny_checkpoint(args.out, args.seed)}")
 
 

@@ -44,3 +44,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_checkpoint")
     write_tiny_checkpoint(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_v15_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ACE-Step 1.5 checkpoint: ROOT/original (Ace-Step1.5 layout) and ROOT/diffusers, once per session."""
+    from acestep.families.v15.tiny import write_tiny_v15_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_v15_checkpoint")
+    write_tiny_v15_checkpoint(root)
+    return root
