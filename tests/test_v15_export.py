@@ -12,7 +12,7 @@ from v15_helpers import tiny_dit
 from acestep.errors import AcestepError
 from acestep.families.v15.export import write_step_files
 from acestep.lora import LoraSettings, convert_file, inspect_lora, merge_file, read_lora, resize_file
-from acestep.lora.keys import V15_ORIGINAL_NAMES
+from acestep.lora.keys import v15_original_name
 from acestep.training.model import adapter_state_dict, attach_lora
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -83,8 +83,8 @@ def test_comfyui_file_holds_the_original_names_with_the_scale_baked_in(step_fold
     names = sorted(folder.glob("*.safetensors"))
     assert [p.name for p in names] == ["exp-step7-comfyui.safetensors"]  # the only LoRA file at the top
     targeted = [n for n, m in model.named_modules() if n.endswith(TARGETS) and hasattr(m, "lora_A")]
-    original = {n.rsplit(".", 2)[0] + "." + V15_ORIGINAL_NAMES["to_out.0"] if n.endswith("to_out.0")
-                else n.rsplit(".", 1)[0] + "." + V15_ORIGINAL_NAMES[n.rsplit(".", 1)[1]] for n in targeted}
+    projections = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj"}  # diffusers' converter
+    original = {next(n[: -len(d)] + o for d, o in projections.items() if n.endswith(d)) for n in targeted}
     with safe_open(str(names[0]), framework="pt") as handle:
         keys = set(handle.keys())
         header = handle.metadata()
@@ -96,16 +96,9 @@ def test_comfyui_file_holds_the_original_names_with_the_scale_baked_in(step_fold
     for name in targeted:
         layer = modules[name]
         trained = settings.scale * layer.lora_B["trained"].weight @ layer.lora_A["trained"].weight
-        stem = f"base_model.model.{_original(name)}"
+        stem = f"base_model.model.{v15_original_name(name)}"
         baked = tensors[f"{stem}.lora_B.weight"] @ tensors[f"{stem}.lora_A.weight"]
         torch.testing.assert_close(baked, trained, rtol=1e-5, atol=1e-7)
-
-
-def _original(name: str) -> str:
-    for diffusers, original in V15_ORIGINAL_NAMES.items():
-        if name.endswith("." + diffusers):
-            return name[: -len(diffusers)] + original
-    return name
 
 
 def test_lora_tools_work_on_1_5_files(step_folder, tmp_path: Path) -> None:  # noqa: ANN001

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from ..models.v15_keys import to_diffusers_name, to_original_name
+
 V1_STYLES = ("peft", "diffusion_model", "kohya")
 V15_STYLES = ("v15_comfyui", "v15_diffusers")
 STYLES = V1_STYLES + V15_STYLES
@@ -24,10 +26,7 @@ V15_FAMILY = "ace-step-1.5"
 DEFAULT_STYLE = {V1_FAMILY: "peft", V15_FAMILY: "v15_comfyui"}
 KOHYA_PREFIX = "lora_unet_"
 PEFT_PREFIX = "base_model.model."
-# ACE-Step 1.5 DiT: diffusers module name -> original decoder name, for the parts whose names differ
-# (diffusers' ace_step LoRA converter and scripts/convert_ace_step_to_diffusers.py).
-V15_ORIGINAL_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj",
-                      "proj_in_conv": "proj_in.1", "proj_out_conv": "proj_out.1"}
+
 # Longest first, so `.lora_A.default.weight` is not mistaken for something shorter.
 FACTOR_SUFFIXES = (
     (".lora_A.default.weight", "down"),
@@ -68,19 +67,13 @@ def module_path(stem: str, kohya_lookup: dict[str, str] | None) -> str | None:
 
 
 def v15_original_name(module: str) -> str:
-    """`layers.0.self_attn.to_q` -> `layers.0.self_attn.q_proj` (names that agree pass through)."""
-    for diffusers, original in V15_ORIGINAL_NAMES.items():
-        if module == diffusers or module.endswith("." + diffusers):
-            return module[: len(module) - len(diffusers)] + original
-    return module
+    """DiT module `layers.0.self_attn.to_q` -> `layers.0.self_attn.q_proj` (names that agree pass through)."""
+    return to_original_name(f".{module}.").strip(".")
 
 
 def v15_diffusers_name(module: str) -> str:
     """The inverse of v15_original_name."""
-    for diffusers, original in V15_ORIGINAL_NAMES.items():
-        if module == original or module.endswith("." + original):
-            return module[: len(module) - len(original)] + diffusers
-    return module
+    return to_diffusers_name(f".{module}.").strip(".")
 
 
 def detect_family(modules: Iterable[str]) -> str | None:

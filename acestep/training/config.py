@@ -33,7 +33,9 @@ class TrainConfig:
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
     # model
-    checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo (default: the official one)")
+    checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
+                                      "(default: the official v1 one)")
+    dit: str | None = _opt(None, "ACE-Step 1.5 original layout: the DiT folder to train (default: acestep-v15-turbo)")
     lora_config_path: str | None = _opt(None, "LoRA config JSON (r, alpha, targets); default: "
                                         f"{DEFAULT_V1_LORA_CONFIG} for v1, config/lora_config_v15.json for 1.5")
     base_dtype: str = _opt("auto", "dtype of the frozen base: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU",

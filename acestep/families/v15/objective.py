@@ -22,6 +22,7 @@ from acestep.errors import AcestepError
 SCHEDULES = ("auto", "turbo", "logit_normal")
 TURBO_STEPS = 8
 TURBO_SHIFT = 3.0
+TIMBRE_FRAMES = 750  # AceStepPipeline: ceil(30 s * 25 latents/s) of silence_latent without reference audio
 
 
 def shifted_timesteps(steps: int = TURBO_STEPS, shift: float = TURBO_SHIFT) -> torch.Tensor:
@@ -103,18 +104,43 @@ def base_dtype(model: torch.nn.Module) -> torch.dtype:
 class V15Step:
     """One micro-batch's loss for a LoRA-adapted AceStepTransformer1DModel (the trainer's `StepObjective`)."""
 
-    def __init__(self, sampler: TimestepSampler, null_embedding: torch.Tensor | None, condition_dropout: float) -> None:
+    def __init__(
+        self, sampler: TimestepSampler, null_embedding: torch.Tensor | None, condition_dropout: float,
+        condition_encoder: torch.nn.Module | None = None,
+    ) -> None:
+        """`condition_encoder`: run the (frozen) encoder in the step, for datasets that store its inputs."""
         if condition_dropout > 0 and null_embedding is None:
             raise AcestepError("--condition_dropout needs the condition encoder's null_condition_emb")
         self.sampler = sampler
         self.null_embedding = null_embedding
         self.condition_dropout = condition_dropout
+        self.condition_encoder = condition_encoder
+
+    def conditions(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Stored encoder output, or the encoder run on stored inputs with the silent timbre reference that
+        AceStepPipeline feeds when no reference audio is given (its first 750 frames = 30 s)."""
+        if self.condition_encoder is None:
+            return batch["encoder_hidden_states"]
+        encoder = self.condition_encoder
+        size = batch["text_hidden_states"].shape[0]
+        dtype, device = encoder.dtype, batch["text_hidden_states"].device
+        silence = encoder.silence_latent[:, :TIMBRE_FRAMES].to(device, dtype).expand(size, -1, -1).contiguous()
+        with torch.no_grad():
+            states, _ = encoder(
+                text_hidden_states=batch["text_hidden_states"].to(dtype),
+                text_attention_mask=batch["text_attention_mask"].long(),
+                lyric_hidden_states=batch["lyric_hidden_states"].to(dtype),
+                lyric_attention_mask=batch["lyric_attention_mask"].long(),
+                refer_audio_acoustic_hidden_states_packed=silence,
+                refer_audio_order_mask=torch.arange(size, device=device),
+            )
+        return states
 
     def __call__(
         self, transformer: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         latents = batch["target_latents"]
-        states = batch["encoder_hidden_states"]
+        states = self.conditions(batch)
         if self.null_embedding is not None:
             states = drop_conditions(states, self.null_embedding, self.condition_dropout, generator)
         t = self.sampler.sample(latents.shape[0], generator)

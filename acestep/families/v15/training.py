@@ -22,12 +22,15 @@ from acestep.training.config import TrainConfig
 from acestep.training.data import Draw
 from acestep.training.family import TrainingParts
 
+from .checkpoint import V15Checkpoint, load_components
 from .export import usage_lines, write_step_files
 from .objective import TimestepSampler, V15Step, resolve_schedule
 
 LATENT_FRAMES_PER_SECOND = 25.0  # 48 kHz / 1920 (AutoencoderOobleck)
 DEFAULT_LORA_CONFIG = "config/lora_config_v15.json"
-REQUIRED_COLUMNS = ("target_latents", "context_latents", "encoder_hidden_states", "encoder_attention_mask")
+LATENT_COLUMNS = ("target_latents", "context_latents")
+OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
+INPUT_COLUMNS = ("text_hidden_states", "text_attention_mask", "lyric_hidden_states", "lyric_attention_mask")
 
 
 def frames_for_seconds(seconds: float | None) -> int | None:
@@ -41,10 +44,13 @@ class V15Songs(Dataset):
     """
 
     def __init__(self, dataset: datasets.Dataset, max_frames: int | None = None) -> None:
-        missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+        names = set(dataset.column_names)
+        self.stores_inputs = not set(OUTPUT_COLUMNS) <= names and set(INPUT_COLUMNS) <= names
+        self.condition_columns = INPUT_COLUMNS if self.stores_inputs else OUTPUT_COLUMNS
+        missing = [c for c in LATENT_COLUMNS + self.condition_columns if c not in names]
         if missing:
             raise AcestepError(f"the dataset lacks the column(s) {', '.join(missing)}: not an ACE-Step 1.5 dataset")
-        self.dataset = dataset.select_columns(list(REQUIRED_COLUMNS)).with_format("torch")
+        self.dataset = dataset.select_columns(list(LATENT_COLUMNS + self.condition_columns)).with_format("torch")
         self.max_frames = max_frames
 
     def __len__(self) -> int:
@@ -58,13 +64,9 @@ class V15Songs(Dataset):
             generator = torch.Generator().manual_seed(draw.seed)
             start = int(torch.randint(0, frames - self.max_frames + 1, (1,), generator=generator))
             latents, context = latents[start:start + self.max_frames], context[start:start + self.max_frames]
-        return {
-            "target_latents": latents,
-            "context_latents": context,
-            "encoder_hidden_states": row["encoder_hidden_states"].float(),
-            "encoder_attention_mask": row["encoder_attention_mask"].float(),
-            "micro_batch": draw.micro_batch,
-        }
+        item = {"target_latents": latents, "context_latents": context, "micro_batch": draw.micro_batch}
+        item.update({name: row[name].float() for name in self.condition_columns})
+        return item
 
 
 def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,27 +87,35 @@ def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
     frames. Batch size 1 (the default) or equal crops (--max_duration) avoid padding altogether.
     """
     latents, frame_mask = _pad([i["target_latents"] for i in items])
-    context, _ = _pad([i["context_latents"] for i in items])
-    states, _ = _pad([i["encoder_hidden_states"] for i in items])
-    state_mask, _ = _pad([i["encoder_attention_mask"] for i in items])
-    return {
-        "target_latents": latents, "attention_mask": frame_mask, "context_latents": context,
-        "encoder_hidden_states": states, "encoder_attention_mask": state_mask,
-        "micro_batch": items[0]["micro_batch"],
-    }
+    batch = {"target_latents": latents, "attention_mask": frame_mask, "micro_batch": items[0]["micro_batch"]}
+    for name in items[0]:
+        if name not in batch and name != "micro_batch":
+            batch[name] = _pad([i[name] for i in items])[0]
+    return batch
 
 
-def load_dit(checkpoint_dir: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The DiT and the condition encoder's null_condition_emb of a diffusers-layout 1.5 folder."""
-    from diffusers import AceStepTransformer1DModel
-    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
+def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> TrainingParts:
+    """The trainer CLI's 1.5 path: DiT and condition encoder from either layout, the stored songs of --dataset_path."""
+    from acestep.data.preprocessed import dataset_family, load_preprocessed
+    from acestep.families import check_same_family
+    from acestep.training.model import resolve_base_dtype
 
-    root = Path(checkpoint_dir)
-    if not (root / "transformer").is_dir() or not (root / "condition_encoder").is_dir():
-        raise AcestepError(f"{root}: not an ACE-Step 1.5 diffusers folder (needs transformer/ and condition_encoder/)")
-    transformer = AceStepTransformer1DModel.from_pretrained(root / "transformer", torch_dtype=dtype)
-    encoder = AceStepConditionEncoder.from_pretrained(root / "condition_encoder", torch_dtype=dtype)
-    return transformer, encoder.null_condition_emb.detach().clone()
+    found = dataset_family(config.dataset_path)
+    if found is None:
+        raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
+    check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
+    gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    dtype = resolve_base_dtype(config.base_dtype, gpu)
+    modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
+    encoder = modules["condition_encoder"].requires_grad_(False)
+    null = encoder.null_condition_emb.detach().clone()
+    return training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
+                          base_model_name(checkpoint), encoder)
+
+
+def base_model_name(checkpoint: V15Checkpoint) -> str:
+    """What the LoRA header records: the checkpoint folder and the DiT variant."""
+    return f"{checkpoint.root.resolve()}" + (f" ({checkpoint.dit.name})" if checkpoint.dit else "")
 
 
 def is_turbo(transformer: torch.nn.Module) -> bool:
@@ -120,16 +130,23 @@ def training_parts(
     null_embedding: torch.Tensor | None,
     dataset: datasets.Dataset,
     base_model: str,
+    condition_encoder: torch.nn.Module | None = None,
 ) -> TrainingParts:
-    """Everything the shared trainer needs for a 1.5 run on `transformer` (frozen base in its dtype)."""
+    """Everything the shared trainer needs for a 1.5 run on `transformer` (frozen base in its dtype).
+
+    `condition_encoder` (frozen) runs in the step when the dataset stores its inputs (--condition_store inputs).
+    """
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
+    songs = V15Songs(dataset, frames_for_seconds(config.max_duration))
+    if songs.stores_inputs and condition_encoder is None:
+        raise AcestepError("the dataset stores the condition encoder's inputs: the run needs the condition encoder")
     step = V15Step(TimestepSampler(schedule, config.timestep_mu, config.timestep_sigma), null_embedding,
-                   config.condition_dropout)
+                   config.condition_dropout, condition_encoder if songs.stores_inputs else None)
     return TrainingParts(
         family=V15_FAMILY,
         transformer=transformer,
-        songs=V15Songs(dataset, frames_for_seconds(config.max_duration)),
+        songs=songs,
         collate=collate_v15,
         step=step,
         settings=settings,
