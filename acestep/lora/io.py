@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import InputError
-from .keys import detect_style, module_path, split_key
+from .keys import V15_FAMILY, detect_family, detect_style, module_path, split_key, v15_diffusers_name
 from .settings import LoraSettings
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -25,6 +25,7 @@ META_SETTINGS = "acestep_lora_settings"
 META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
 META_BAKED_SCALE = "acestep_lora_baked_scale"
+META_FAMILY = "acestep_family"  # "ace-step-v1" / "ace-step-1.5" (LAYOUT.md)
 DIFFUSERS_METADATA = "lora_adapter_metadata"
 
 
@@ -52,8 +53,16 @@ def save_adapter(
     settings: LoraSettings,
     base_model: str = "ACE-Step/ACE-Step-v1-3.5B",
     step: int | None = None,
+    family: str | None = None,
+    file_name: str = WEIGHTS_NAME,
 ) -> Path:
-    """Write `folder/pytorch_lora_weights.safetensors` (un-baked, as trained) with our metadata."""
+    """Write `folder/<file_name>` (un-baked, as trained) with our metadata."""
+    metadata = adapter_metadata(settings, base_model, step, family)
+    return save_safetensors_atomic(state_dict, Path(folder) / file_name, metadata)
+
+
+def adapter_metadata(settings: LoraSettings, base_model: str, step: int | None, family: str | None) -> dict[str, str]:
+    """Our header of an un-baked adapter: its settings (so every tool knows the scale), base model, step, family."""
     metadata = {
         "format": "pt",
         META_SETTINGS: json.dumps(settings.to_peft_kwargs(), sort_keys=True),
@@ -61,7 +70,9 @@ def save_adapter(
     }
     if step is not None:
         metadata[META_STEP] = str(step)
-    return save_safetensors_atomic(state_dict, Path(folder) / WEIGHTS_NAME, metadata)
+    if family is not None:
+        metadata[META_FAMILY] = family
+    return metadata
 
 
 def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -118,6 +129,11 @@ class LoraFile:
     def base_model(self) -> str | None:
         return self.metadata.get(META_BASE_MODEL)
 
+    @property
+    def family(self) -> str | None:
+        """The model family from the header, else from the module names (None when neither tells)."""
+        return self.metadata.get(META_FAMILY) or detect_family(self.modules)
+
 
 def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> LoraFile:
     """Any supported key spelling -> module path -> factors; a clear error for keys we cannot use.
@@ -136,6 +152,8 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
         if module is None:
             raise InputError(file, f"{key!r} names no module of the ACE-Step transformer")
         parts.setdefault(module, {})[role] = tensor
+    if (metadata.get(META_FAMILY) or detect_family(parts)) == V15_FAMILY:
+        parts = {v15_diffusers_name(module): roles for module, roles in parts.items()}  # original names -> ours
     modules = {}
     for module, roles in parts.items():
         if "down" not in roles or "up" not in roles:

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import AcestepError
-from .bake import module_scales, provenance, save_baked
+from .bake import module_scales, provenance, save_baked, style_for
 from .io import LoraModule, read_lora
 from .settings import LoraSettings
 
@@ -89,12 +89,13 @@ def resize_file(
     rank: int | None = None,
     target: float | None = None,
     settings: LoraSettings | None = None,
-    style: str = "peft",
+    style: str | None = None,
 ) -> tuple[Path, list[ResizedModule]]:
     """Write the resized, baked LoRA; `rank` is the fixed rank (method 'rank') or the cap of a dynamic method."""
     if method not in METHODS:
         raise AcestepError(f"unknown resize method {method!r}; choose one of {', '.join(METHODS)}")
     lora = read_lora(src)
+    style = style_for(lora, style)
     scales = module_scales(lora, settings)
     resized, reports = {}, []
     for name in tqdm(lora.modules, desc="resize", unit="module", disable=None):
@@ -102,7 +103,7 @@ def resize_file(
         reports.append(report)
     record = provenance(lora, scales, f"resize {method} rank={rank} target={target}", settings)
     record["kept_fro_min"] = min(r.kept_fro for r in reports)
-    return save_baked(resized, dst, style, record, lora.base_model), reports
+    return save_baked(resized, dst, style, record, lora.base_model, lora.family), reports
 
 
 def rank_advice(reports: list[ResizedModule]) -> str:

@@ -23,11 +23,15 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from acestep.data.atomic import atomic_write_text, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 
+from .family import StepFileWriter
 from .model import adapter_state_dict
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = Path("state") / "last.ckpt"
 METRICS_FILE = "metrics.jsonl"
+# The PEFT-standard adapter of a step folder (LAYOUT.md); older v1 folders hold WEIGHTS_NAME at the top instead.
+ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
+STEP_SUBFOLDERS = ("adapter", "diffusers")
 
 
 def step_folder_name(step: int) -> str:
@@ -43,16 +47,19 @@ def list_step_folders(run_dir: Path) -> list[tuple[int, Path]]:
     if not run_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(f for f in found if (f[1] / WEIGHTS_NAME).is_file())
+    return sorted(f for f in found if (f[1] / WEIGHTS_NAME).is_file() or (f[1] / ADAPTER_FILE).is_file())
 
 
 class AdapterSaver(Callback):
     """Every N steps and at the end: write the adapter pair atomically, the resumable state, prune old steps."""
 
     def __init__(
-        self, run_dir: Path, every_n_steps: int, keep_last: int, settings: LoraSettings, base_model: str, exp_name: str
+        self, run_dir: Path, every_n_steps: int, keep_last: int, settings: LoraSettings, base_model: str, exp_name: str,
+        write_files: StepFileWriter | None = None,
     ) -> None:
+        """`write_files`: the family's step-folder writer (default: the v1 adapter + its baked ComfyUI file)."""
         self.run_dir = Path(run_dir)
+        self.write_files = write_files
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.settings = settings
@@ -87,13 +94,19 @@ class AdapterSaver(Callback):
         """Both files go into a temp folder first, so a step folder is either complete or absent."""
         temp = temp_sibling(folder)
         try:
-            weights = save_adapter(tensors, temp, self.settings, self.base_model, step)
-            bake_file(weights, temp / baked_file_name(self.exp_name, step))
+            if self.write_files is not None:
+                self.write_files(tensors, temp, step)
+            else:
+                weights = save_adapter(tensors, temp, self.settings, self.base_model, step)
+                bake_file(weights, temp / baked_file_name(self.exp_name, step))
             if not folder.exists():
                 os.replace(temp, folder)
             else:  # the same step saved again after a resume: replace its files one by one
-                for file in temp.iterdir():
-                    os.replace(file, folder / file.name)
+                for file in sorted(temp.rglob("*")):
+                    if file.is_file():
+                        target = folder / file.relative_to(temp)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(file, target)
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
@@ -103,6 +116,12 @@ class AdapterSaver(Callback):
         for _, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
             for file in [folder / WEIGHTS_NAME, *folder.glob("*-comfyui.safetensors")]:
                 file.unlink(missing_ok=True)
+            for name in STEP_SUBFOLDERS:
+                for file in (folder / name).glob("*"):
+                    if file.name in (ADAPTER_FILE.name, "adapter_config.json", WEIGHTS_NAME):
+                        file.unlink(missing_ok=True)
+                if (folder / name).is_dir() and not any((folder / name).iterdir()):
+                    (folder / name).rmdir()
             try:
                 folder.rmdir()
             except OSError:
