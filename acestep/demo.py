@@ -116,6 +116,8 @@ def plot_loss_curve(metrics_file: Path, png: Path) -> Path | None:
     window = max(1, len(rows) // 10)
     figure, axis = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "total loss"), ("denoising_loss", "flow-matching loss")):
+        if key not in rows[0]:
+            continue
         values = np.array([r[key] for r in rows])
         line = axis.plot(steps, values, alpha=0.3)[0]
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from acestep.demo import SYNTHETIC_SONGS, write_synthetic_songs
+from acestep.demo import DEFAULT_LORA_CONFIG as DEFAULT_V1_LORA_CONFIG
+from acestep.demo import SYNTHETIC_SONGS, TINY_LEARNING_RATE, plot_loss_curve, write_synthetic_songs
 
 SYNTHETIC_BPM = 120  # synth_song plays two notes per second
+V15_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_v15.json"
 
 
 @dataclass
@@ -96,7 +98,54 @@ def run_demo_v15(args: argparse.Namespace) -> V15DemoOutputs:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = ensure_v15_checkpoint(args.checkpoint_dir, out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return run_stages_2_3(args, out, checkpoint, stamp)
+    outputs = run_stages_2_3(args, out, checkpoint, stamp)
+    train(args, out, outputs, stamp)
+    if outputs.comfyui_file is not None and not outputs.stopped:
+        outputs.sample = render_sample(args, outputs, out / f"samples-v15-{stamp}")
+    return outputs
+
+
+def train(args: argparse.Namespace, out: Path, outputs: V15DemoOutputs, stamp: str) -> None:
+    """Stages 4 and 5: the trainer's 1.5 parts (the CLI's family layer), then the step folder's files."""
+    from acestep.families.training import training_parts_for
+    from acestep.training import TrainConfig, run_training
+
+    tiny = "tiny_checkpoint_v15" in str(outputs.checkpoint)
+    lora_config = args.lora_config_path if args.lora_config_path != str(DEFAULT_V1_LORA_CONFIG) else V15_LORA_CONFIG
+    print(f"[4/6] stage 4: training a LoRA for {args.steps} steps ({Path(lora_config).name})")
+    config = TrainConfig(
+        dataset_path=str(outputs.prep), checkpoint_dir=str(outputs.checkpoint), lora_config_path=str(lora_config),
+        output_dir=str(out / "runs"), exp_name=f"demo15-{stamp}", max_steps=args.steps,
+        every_n_train_steps=max(1, args.steps // 3), learning_rate=args.learning_rate or (
+            TINY_LEARNING_RATE if tiny else None), batch_size=args.batch_size, max_duration=args.max_duration,
+        logger="csv", accelerator="cpu" if args.device == "cpu" else "auto",
+        devices="1" if args.device == "cpu" else "auto",
+    )
+    trained = run_training(config, parts=training_parts_for(config))
+    outputs.run_dir, outputs.steps, outputs.stopped = trained.run_dir, trained.steps, trained.stopped
+    step_dir = trained.adapter_dir  # the latest saved step folder
+    if step_dir is not None:
+        outputs.step_dir = step_dir
+        outputs.comfyui_file = next(iter(sorted(step_dir.glob("*-comfyui.safetensors"))), None)
+        diffusers_file = step_dir / "diffusers" / "pytorch_lora_weights.safetensors"
+        outputs.diffusers_file = diffusers_file if diffusers_file.is_file() else None
+    print(f"[5/6] stage 5: baked LoRA files in {outputs.step_dir}; loss curve")
+    outputs.loss_curve = plot_loss_curve(trained.metrics_file, trained.run_dir / "loss_curve.png")
+
+
+def render_sample(args: argparse.Namespace, outputs: V15DemoOutputs, folder: Path) -> Path:
+    """Stage 6: one clip through AceStepPipeline with the ComfyUI file at strength 1.0 (generate.py's 1.5 path)."""
+    from acestep.families.generation import main as generate_main
+
+    tags, lyrics, _ = SYNTHETIC_SONGS[0]
+    print(f"[6/6] rendering one clip with the LoRA into {folder}")
+    generate_main([
+        "--checkpoint_dir", str(outputs.checkpoint), "--prompt", tags, "--lyrics", lyrics,
+        "--duration", f"{min(args.seconds, 10.0):g}", "--bpm", str(SYNTHETIC_BPM), "--keyscale", "A minor",
+        "--lora", f"{outputs.comfyui_file}:1.0", "--device", args.device, "--dtype", "float32",
+        "--out_dir", str(folder),
+    ])
+    return next(iter(sorted(folder.glob("*.wav"))))
 
 
 def describe_v15(outputs: V15DemoOutputs, seconds: float) -> str:

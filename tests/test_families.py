@@ -107,3 +107,33 @@ def test_stage3_family_layer_hands_v1_its_own_encoders(tiny_checkpoint: Path, tm
     assert isinstance(stages, SongPipeline) and stages.encoders.ssl is None
     assert "family" not in stages.stored_settings()  # v1 settings unchanged: older v1 folders stay resumable
     assert isinstance(args, argparse.Namespace) and args.checkpoint_dir == str(tiny_checkpoint)
+
+
+def test_repo_ids_are_identified_from_their_file_list(tiny_v15_checkpoint: Path, monkeypatch) -> None:
+    listings = {
+        "ACE-Step/acestep-v15-xl-turbo-diffusers": {"model_index.json", "condition_encoder/config.json",
+                                                    "transformer/config.json", "vae/config.json"},
+        "ACE-Step/Ace-Step1.5": {"acestep-v15-turbo/model.safetensors", "acestep-v15-turbo/config.json",
+                                 "acestep-v15-turbo/silence_latent.pt", "vae/config.json"},
+        "ACE-Step/ACE-Step-v1-3.5B": {"ace_step_transformer/config.json", "music_dcae_f8c8/config.json"},
+    }
+    monkeypatch.setattr(families, "list_repo", lambda repo: listings[repo])
+    assert families.detect("ACE-Step/acestep-v15-xl-turbo-diffusers").NAME == "ace-step-1.5"
+    assert families.detect("ACE-Step/Ace-Step1.5").NAME == "ace-step-1.5"
+    assert families.detect("ACE-Step/ACE-Step-v1-3.5B").NAME == "ace-step-v1"
+    downloads = []
+    monkeypatch.setattr(v15_checkpoint, "_download",
+                        lambda repo: downloads.append(repo) or tiny_v15_checkpoint / "diffusers")
+    _, found = families.resolve("ACE-Step/acestep-v15-xl-turbo-diffusers")
+    assert downloads == ["ACE-Step/acestep-v15-xl-turbo-diffusers"] and found.layout == "diffusers"
+
+
+@pytest.mark.slow
+def test_tiny_checkpoint_cli_writes_both_layouts(tmp_path: Path, capsys) -> None:
+    from acestep.tiny_checkpoint import main
+
+    main([str(tmp_path / "tiny"), "--family", "ace-step-1.5"])
+    assert "original layout" in capsys.readouterr().out
+    assert (tmp_path / "tiny" / "diffusers" / "model_index.json").is_file()
+    assert families.detect(tmp_path / "tiny" / "original").NAME == "ace-step-1.5"
+    assert [p.name for p in (tmp_path / "tiny").iterdir() if p.name.startswith(".tiny-")] == []
