@@ -156,3 +156,10 @@ def test_comfyui_names_are_modules_of_the_original_checkpoint(tiny_v15_checkpoin
         stems = {key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for key in handle.keys()}
     assert len(stems) == 4 * 2 * model.config.num_hidden_layers
     assert {f"decoder.{stem}.weight" for stem in stems} <= original
+
+
+def test_a_step_folder_reads_as_its_adapter(step_folder) -> None:  # noqa: ANN001
+    folder, _, settings = step_folder
+    lora = read_lora(folder)
+    assert lora.path == folder / "adapter" / "adapter_model.safetensors" and not lora.baked
+    assert inspect_lora(folder).modules[0].scale == pytest.approx(settings.scale)

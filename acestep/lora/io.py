@@ -21,6 +21,7 @@ from .keys import V15_FAMILY, detect_family, detect_style, module_path, split_ke
 from .settings import LoraSettings
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
 META_SETTINGS = "acestep_lora_settings"
 META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
@@ -33,6 +34,14 @@ def weights_path(path: str | Path) -> Path:
     """A .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
     path = Path(path)
     return path / WEIGHTS_NAME if path.is_dir() else path
+
+
+def source_path(path: str | Path) -> Path:
+    """The LoRA file to read for `path`: a file, a folder's pytorch_lora_weights.safetensors, or else a step
+    folder's PEFT adapter (adapter/adapter_model.safetensors, LAYOUT.md)."""
+    file = weights_path(path)
+    adapter = Path(path) / ADAPTER_FILE
+    return adapter if Path(path).is_dir() and not file.is_file() and adapter.is_file() else file
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
@@ -77,7 +86,7 @@ def adapter_metadata(settings: LoraSettings, base_model: str, step: int | None, 
 
 def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, header metadata) of a LoRA file or folder; clear error when it is missing or unreadable."""
-    file = weights_path(path)
+    file = source_path(path)
     if not file.is_file():
         raise InputError(file, "LoRA file not found")
     try:
@@ -141,7 +150,7 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
     `kohya_lookup` maps kohya names to module paths (default: the published transformer's modules).
     """
     tensors, metadata = load_adapter(path)
-    file = weights_path(path)
+    file = source_path(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         split = split_key(key)
