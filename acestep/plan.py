@@ -389,9 +389,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--keep_unused_weights", action="store_true",
                    help="plan for the trainer's --no-release_unused_weights")
     p.add_argument("--model", default="v1", choices=MODELS,
-                   help="v1: ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
+                   help="v1 (the default): ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
     p.add_argument("--condition_tokens", type=int, default=512,
-                   help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder)")
+                   help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
     a = p.parse_args(argv)
     if a.model != "v1":
         return v15_request(a)
