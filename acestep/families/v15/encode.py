@@ -40,14 +40,6 @@ TIMBRE_SECONDS = 30  # the pipeline's silent timbre reference: ceil(30 s * laten
 INSTRUMENTAL_LYRICS = "[Instrumental]"  # what the official preprocessing encodes for songs without lyrics
 UNKNOWN_LANGUAGE = "unknown"
 CONDITION_STORES = ("outputs", "inputs")
-MATRIX_COLUMNS = {
-    "outputs": ("target_latents", "context_latents", "encoder_hidden_states"),
-    "inputs": ("target_latents", "context_latents", "text_hidden_states", "lyric_hidden_states"),
-}
-MASK_COLUMNS = {
-    "outputs": ("encoder_attention_mask",),
-    "inputs": ("text_attention_mask", "lyric_attention_mask"),
-}
 
 
 @dataclass(frozen=True)
