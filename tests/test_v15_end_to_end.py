@@ -42,14 +42,19 @@ def prepared(tiny_v15_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 def test_train_then_render_with_the_lora(tiny_v15_checkpoint: Path, prepared: dict[str, Path], tmp_path: Path,
                                          store: str, capsys: pytest.CaptureFixture[str]) -> None:
     runs = tmp_path / "runs"
+    prompts = tmp_path / "samples.json"
+    prompts.write_text(json.dumps([{"prompt": "acoustic", "duration": 0.5, "seed": 1, "name": "probe"}]))
     train_main(["--dataset_path", str(prepared[store]), "--checkpoint_dir", str(tiny_v15_checkpoint / "original"),
                 "--output_dir", str(runs), "--exp_name", "tiny", "--max_steps", "2", "--every_n_train_steps", "2",
                 "--logger", "none", "--no-progress_bar", "--accelerator", "cpu", "--condition_dropout", "0.2",
-                "--learning_rate", "1e-2"], build_parts=training_parts_for)
+                "--learning_rate", "1e-2", "--sample_every", "2", "--sample_prompts", str(prompts)],
+               build_parts=training_parts_for)
     out = capsys.readouterr().out
     assert "checkpoint: ace-step-1.5 turbo" in out and "comfyui.safetensors" in out
     step = runs / "tiny" / "step-000002"
     assert (step / "adapter" / "adapter_config.json").is_file() and (step / "diffusers").is_dir()
+    sample, _ = sf.read(runs / "tiny" / "samples" / "step_000002" / "probe_seed1.wav")
+    assert sample.shape == (13 * 1920, 2)  # rendered during training: ceil(0.5 s x 25) latent frames at 48 kHz
     comfy = step / "tiny-step2-comfyui.safetensors"
     generate_main(["--checkpoint_dir", str(tiny_v15_checkpoint / "diffusers"), "--prompt", "acoustic", "--duration",
                    "1.0", "--seed", "3", "--lora", f"{comfy}:0.5", "--out_dir", str(tmp_path / "out")])

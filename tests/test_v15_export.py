@@ -138,3 +138,21 @@ def test_merge_into_a_diffusers_1_5_transformer_gives_the_lora_output(step_folde
     merged = AceStepTransformer1DModel.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**dit_inputs()).sample, model(**dit_inputs()).sample, rtol=0, atol=2e-6)
+
+
+def test_comfyui_names_are_modules_of_the_original_checkpoint(tiny_v15_checkpoint: Path, tmp_path: Path) -> None:
+    """Every key stem of the ComfyUI file is `decoder.<stem>.weight` in the original model.safetensors, which is
+    what ComfyUI loads as `diffusion_model.decoder.*`."""
+    from acestep.families.v15.checkpoint import load_components, resolve
+
+    checkpoint = resolve(tiny_v15_checkpoint / "original")
+    model = load_components(checkpoint, ("transformer",))["transformer"]
+    settings = LoraSettings(r=2, lora_alpha=4.0, use_rslora=False, target_modules=TARGETS)
+    attach_lora(model, settings, "trained")
+    write_step_files(adapter_state_dict(model, "trained"), tmp_path, 1, settings, "tiny", "exp")
+    with safe_open(str(checkpoint.dit / "model.safetensors"), framework="pt") as handle:
+        original = set(handle.keys())
+    with safe_open(str(tmp_path / "exp-step1-comfyui.safetensors"), framework="pt") as handle:
+        stems = {key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for key in handle.keys()}
+    assert len(stems) == 4 * 2 * model.config.num_hidden_layers
+    assert {f"decoder.{stem}.weight" for stem in stems} <= original

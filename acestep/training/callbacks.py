@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
+from acestep.lora.keys import V1_FAMILY
 
 from .family import StepFileWriter
 from .model import adapter_state_dict
@@ -97,7 +98,7 @@ class AdapterSaver(Callback):
             if self.write_files is not None:
                 self.write_files(tensors, temp, step)
             else:
-                weights = save_adapter(tensors, temp, self.settings, self.base_model, step)
+                weights = save_adapter(tensors, temp, self.settings, self.base_model, step, V1_FAMILY)
                 bake_file(weights, temp / baked_file_name(self.exp_name, step))
             if not folder.exists():
                 os.replace(temp, folder)

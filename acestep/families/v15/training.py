@@ -109,8 +109,16 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
     encoder = modules["condition_encoder"].requires_grad_(False)
     null = encoder.null_condition_emb.detach().clone()
-    return training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
-                          base_model_name(checkpoint), encoder)
+    parts = training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
+                           base_model_name(checkpoint), encoder)
+    if config.sample_every > 0:
+        from .samples import V15SampleRenderer, read_v15_prompts
+
+        if not config.sample_prompts:
+            raise AcestepError("--sample_every needs --sample_prompts FILE")
+        prompts = read_v15_prompts(config.sample_prompts)
+        parts.callbacks.append(V15SampleRenderer(config.run_dir, config.sample_every, prompts, checkpoint))
+    return parts
 
 
 def base_model_name(checkpoint: V15Checkpoint) -> str:
