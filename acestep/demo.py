@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from acestep.errors import AcestepError
+from acestep.families import FAMILY_NAMES, V15
 
 SAMPLE_RATE = 48000
 TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
@@ -218,7 +219,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--family",
         default="ace-step-v1",
-        choices=["ace-step-v1", "ace-step-1.5"],
+        choices=FAMILY_NAMES,
         help="model family of the tiny checkpoint (with --checkpoint_dir it must match the folder)",
     )
     return parser.parse_args(argv)
@@ -227,7 +228,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.family == "ace-step-1.5":
+    if args.family == V15:
         from acestep.demo_v15 import describe_v15, run_demo_v15
 
         try:

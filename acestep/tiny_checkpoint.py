@@ -14,6 +14,7 @@ from diffusers import AutoencoderDC
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
+from .families import FAMILY_NAMES, V15
 from .lyrics import write_tiny_lyric_vocab
 from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
@@ -99,11 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--family",
         default="ace-step-v1",
-        choices=["ace-step-v1", "ace-step-1.5"],
+        choices=FAMILY_NAMES,
         help="model family; ace-step-1.5 writes OUT/original (Ace-Step1.5 layout) and OUT/diffusers (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.family == "ace-step-1.5":
+    if args.family == V15:
         from .families.v15.tiny import write_tiny_v15_checkpoint
 
         original, diffusers_layout = write_tiny_v15_checkpoint(args.out, args.seed)

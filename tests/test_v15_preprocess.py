@@ -15,6 +15,7 @@ from acestep import families
 from acestep.data.filenames import build_filename_dataset
 from acestep.data.preprocess import RunOptions, run_song_stages
 from acestep.data.preprocessed import dataset_family, load_preprocessed
+from acestep.errors import AcestepError
 from acestep.families.v15.checkpoint import load_pipeline
 from acestep.families.v15.encode import V15Settings, V15SongStages
 
@@ -177,3 +178,27 @@ def test_stage3_cli_picks_the_family_from_the_checkpoint(
     assert manifest["family"] == "ace-step-1.5" and manifest["settings"]["condition_store"] == "inputs"
     with pytest.raises(SystemExit, match="condition_store: 'inputs' -> 'outputs'"):  # a resume must repeat it
         main(argv, song_stages=families.song_stages_for_args)
+
+
+@pytest.mark.slow
+def test_long_songs_are_encoded_in_tiles_that_join_seamlessly(pipe) -> None:
+    """VAE tiles give the latents of one whole encode (up to float rounding: the tiny VAE's receptive field is
+    shorter than the overlap), so a 6-minute song fits a small GPU without changing what is stored."""
+    from acestep.families.v15.encode import PreparedV15Song, SongText
+
+    wav = torch.randn(2, 3 * 48000, generator=torch.Generator().manual_seed(1)) * 0.1
+    text = SongText(caption="pop", lyrics="[Instrumental]", language="en")
+    whole = V15SongStages(pipe, V15Settings(), None, None).encode_song(PreparedV15Song(0, "k", "f", text, wav))
+    overlap = pipe.vae.tile_sample_overlap
+    pipe.vae.tile_sample_overlap = 23040  # 12 frames each side (2 s as published) keeps the test short
+    try:
+        with pytest.raises(AcestepError, match="whole latent frames"):
+            V15SongStages(pipe, V15Settings(vae_tile_seconds=1.5), None, None)  # 13.5-frame cores
+        tiled_stages = V15SongStages(pipe, V15Settings(vae_tile_seconds=2.0), None, None)  # 26-frame cores
+        tiled = tiled_stages.encode_song(PreparedV15Song(0, "k", "f", text, wav))
+        assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_length == 2 * 48000
+    finally:
+        pipe.vae.tile_sample_overlap = overlap
+        V15SongStages(pipe, V15Settings(), None, None)  # back to 30 s tiles for the other tests
+    assert whole.tensors["target_latents"].shape == tiled.tensors["target_latents"].shape == (75, 8)
+    assert torch.allclose(whole.tensors["target_latents"], tiled.tensors["target_latents"], atol=1e-5)

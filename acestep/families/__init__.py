@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from acestep.errors import AcestepError, CheckpointError
+from acestep.lora.keys import V1_FAMILY as V1
+from acestep.lora.keys import V15_FAMILY as V15
 
-V1 = "ace-step-v1"
-V15 = "ace-step-1.5"
 FAMILY_NAMES = (V1, V15)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from acestep.checkpoint import PARTS, CheckpointPaths, resolve_checkpoint
 from acestep.data.preprocess import SongStages, v1_song_stages
+from acestep.lora.keys import V1_FAMILY
 from acestep.training.flow_matching import FlowMatchingObjective
 
-NAME = "ace-step-v1"
+NAME = V1_FAMILY
 OBJECTIVE = FlowMatchingObjective
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .checkpoint import V15Checkpoint, recognizes, resolve
-
-NAME = "ace-step-1.5"
+from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
 
 __all__ = ["NAME", "V15Checkpoint", "recognizes", "resolve", "song_stages"]
 

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from acestep.errors import CheckpointError
+from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 
-NAME = "ace-step-1.5"
+NAME = V15_FAMILY
 DEFAULT_DIT = "acestep-v15-turbo"
 TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")

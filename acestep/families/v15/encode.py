@@ -40,14 +40,6 @@ TIMBRE_SECONDS = 30  # the pipeline's silent timbre reference: ceil(30 s * laten
 INSTRUMENTAL_LYRICS = "[Instrumental]"  # what the official preprocessing encodes for songs without lyrics
 UNKNOWN_LANGUAGE = "unknown"
 CONDITION_STORES = ("outputs", "inputs")
-MATRIX_COLUMNS = {
-    "outputs": ("target_latents", "context_latents", "encoder_hidden_states"),
-    "inputs": ("target_latents", "context_latents", "text_hidden_states", "lyric_hidden_states"),
-}
-MASK_COLUMNS = {
-    "outputs": ("encoder_attention_mask",),
-    "inputs": ("text_attention_mask", "lyric_attention_mask"),
-}
 
 
 @dataclass(frozen=True)
@@ -60,6 +52,9 @@ class V15Settings:
     tag_order: str = "shuffle"
     condition_store: str = "outputs"  # "outputs": condition encoder output; "inputs": its inputs
     latent_sampling: str = "posterior-sample-seeded-by-row"  # Oobleck latent_dist.sample(), as upstream
+    # long songs are encoded in tiles of this many seconds (2 s overlap each side, AutoencoderOobleck's own tiling,
+    # as upstream's tiled encode) so a 6-minute song fits an 8 GB GPU; shorter songs are encoded whole
+    vae_tile_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +230,15 @@ class V15SongStages:
         self.format_prompt = format_prompt
         self.load_audio = load_audio
         self.hop = round(SAMPLE_RATE / pipe.latents_per_second)
+        tile = round(settings.vae_tile_seconds * SAMPLE_RATE)
+        overlap = pipe.vae.tile_sample_overlap
+        core = tile - 2 * overlap
+        if core <= 0 or core % self.hop or overlap % self.hop:
+            raise AcestepError(
+                f"vae_tile_seconds {settings.vae_tile_seconds:g} must exceed the overlap ({2 * overlap / SAMPLE_RATE:g} s) by whole latent frames"
+            )
+        pipe.vae.enable_tiling()  # configures the given pipeline's VAE as the settings say
+        pipe.vae.tile_sample_min_length = tile
 
     def stored_settings(self) -> dict[str, Any]:
         return asdict(self.settings)
