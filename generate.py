@@ -1,6 +1,7 @@
-"""Text-to-music with ACE-Step v1 and optional LoRAs: `python generate.py --prompt "pop, piano" --duration 30`."""
+"""Text-to-music with optional LoRAs, ACE-Step v1 or 1.5 (told by --checkpoint_dir):
+`python generate.py --prompt "pop, piano" --duration 30`."""
 
-from acestep.pipeline.cli import main
+from acestep.families.generation import main
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ import numpy as np
 
 from acestep.cli_help import make_parser
 from acestep.errors import AcestepError
+from acestep.families import FAMILY_NAMES, V15
 from acestep.quiet import quiet_third_party_noise
 
 SAMPLE_RATE = 48000
@@ -118,6 +119,8 @@ def plot_loss_curve(metrics_file: Path, png: Path) -> Path | None:
     window = max(1, len(rows) // 10)
     figure, axis = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "total loss"), ("denoising_loss", "flow-matching loss")):
+        if key not in rows[0]:
+            continue
         values = np.array([r[key] for r in rows])
         line = axis.plot(steps, values, alpha=0.3)[0]
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
@@ -222,6 +225,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
     parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")
+    parser.add_argument(
+        "--family",
+        default="ace-step-v1",
+        choices=FAMILY_NAMES,
+        help="model family of the tiny checkpoint (with --checkpoint_dir it must match the folder)",
+    )
     return parser.parse_args(argv)
 
 
@@ -229,6 +238,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     quiet_third_party_noise()
     started = time.perf_counter()
+    if args.family == V15:
+        from acestep.demo_v15 import describe_v15, run_demo_v15
+
+        try:
+            outputs_v15 = run_demo_v15(args)
+        except AcestepError as error:
+            sys.exit(f"error: {error}")
+        print()
+        print(describe_v15(outputs_v15, time.perf_counter() - started))
+        if outputs_v15.stopped:
+            sys.exit(1)
+        return
     try:
         outputs = run_demo(args)
     except AcestepError as error:

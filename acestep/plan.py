@@ -12,6 +12,7 @@ allocator cache): `CUDA_CONTEXT_GB` and `ALLOCATOR_SLACK` are assumptions, not m
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,6 +54,7 @@ BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 96
 # each in_channels x patch height values.
 LOSS_TENSORS = 4
 PATCH_EMBED_CHANNELS_PER_INPUT = 256  # the patch embedding widens 8 channels x 16 rows to 2048 before projecting
+MODELS = ("v1", "2b", "xl")
 
 
 @dataclass(frozen=True)
@@ -390,7 +393,8 @@ def format_plan(plan: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> PlanRequest:
+def parse_args(argv: Sequence[str] | None) -> Any:
+    """A PlanRequest (v1), or the ACE-Step 1.5 planner's request for --model 2b / xl."""
     p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")
     p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
@@ -407,16 +411,39 @@ def parse_args(argv: Sequence[str] | None) -> PlanRequest:
                    help="cuda adds the CUDA context and allocator slack to the estimate")
     p.add_argument("--keep_unused_weights", action="store_true",
                    help="plan for the trainer's --no-release_unused_weights")
+    p.add_argument("--model", default="v1", choices=MODELS,
+                   help="v1 (the default): ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
+    p.add_argument("--condition_tokens", type=int, default=512,
+                   help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
     a = p.parse_args(argv)
+    if a.model != "v1":
+        return v15_request(a)
     return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
                        optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
                        lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
                        release_unused_weights=not a.keep_unused_weights)
 
 
+def v15_request(a: argparse.Namespace) -> Any:
+    """The ACE-Step 1.5 planner's request (acestep.families.v15.plan) from the same flags."""
+    from acestep.families.v15.plan import DEFAULT_LORA_CONFIG as V15_LORA_CONFIG
+    from acestep.families.v15.plan import V15PlanRequest
+
+    lora_config = V15_LORA_CONFIG if Path(a.lora_config) == DEFAULT_LORA_CONFIG else a.lora_config
+    return V15PlanRequest(model=a.model, duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
+                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=lora_config,
+                          condition_tokens=a.condition_tokens, device=a.device)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        print(format_plan(estimate(parse_args(argv))))
+        request = parse_args(argv)
+        if not isinstance(request, PlanRequest):
+            from acestep.families.v15 import plan as v15_plan
+
+            print(v15_plan.format_plan(v15_plan.estimate(request)))
+            return
+        print(format_plan(estimate(request)))
     except AcestepError as error:
         raise SystemExit(f"error: {error}") from None
 

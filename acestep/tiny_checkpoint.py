@@ -3,9 +3,7 @@ loading path on CPU: `python -m acestep.tiny_checkpoint OUT`."""
 
 from __future__ import annotations
 
-import errno
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,8 +14,9 @@ from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config,
 from transformers.utils import logging as transformers_logging
 
 from .cli_help import make_parser
-from .data.atomic import make_readable, output_error, replace_folder, replace_with_retry
-from .errors import AcestepError, one_line_errors
+from .data.atomic import build_into
+from .errors import one_line_errors
+from .families import FAMILY_NAMES, V15
 from .lyrics import write_tiny_lyric_vocab
 from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
@@ -72,64 +71,51 @@ def write_tiny_checkpoint(root: str | Path, seed: int = 0, overwrite: bool = Fal
     Existing components are replaced only with `overwrite` (a real checkpoint in `root` is never touched
     by accident); other files in `root` always stay.
     """
-    root = Path(root)
-    existing = [name for name in COMPONENTS if (root / name).exists()]
-    if existing and not overwrite:
-        raise AcestepError(f"{root}: already holds {', '.join(existing)}; pass --overwrite to replace them or "
-                           "name a new folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        return _write_components(root, seed)
-    except OSError as error:
-        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
-            raise output_error(root, error) from error
-        raise
+    return build_into(Path(root), COMPONENTS, overwrite, lambda staging: _write_components(staging, seed))
 
 
-def _write_components(root: Path, seed: int) -> Path:
-    with tempfile.TemporaryDirectory(dir=root, prefix=".tiny-") as temp:
-        staging = Path(temp)
-        torch.manual_seed(seed)
-        vocab_size = write_tiny_lyric_vocab(staging / "lyric_tokenizer" / "vocab.json")
-        transformer = ACEStepTransformer2DModel(
-            **tiny_transformer_config(lyric_encoder_vocab_size=vocab_size, text_embedding_dim=TEXT_WIDTH)
-        )
-        transformer.save_pretrained(str(staging / "ace_step_transformer"))
-        AutoencoderDC(**tiny_dcae_config()).save_pretrained(str(staging / "music_dcae_f8c8"))
-        ADaMoSHiFiGANV1(**tiny_vocoder_config()).save_pretrained(str(staging / "music_vocoder"))
-        umt5 = UMT5EncoderModel(UMT5Config(
-            vocab_size=200, d_model=TEXT_WIDTH, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-        ))
-        umt5.save_pretrained(str(staging / "umt5-base"))
-        _train_text_tokenizer(staging / "umt5-base")
-        _write_hubert(staging / "mert", 32, mert_layout=True)
-        _write_hubert(staging / "mhubert", 24, mert_layout=False)
-        (staging / "README.json").write_text(json.dumps({
-            "what": "tiny random ACE-Step v1 checkpoint for tests and the demo; it makes noise, not music",
-            "layout": "ACE-Step/ACE-Step-v1-3.5B", "seed": seed,
-        }, indent=2))
-        for item in staging.iterdir():
-            for file in [item, *item.rglob("*")] if item.is_dir() else [item]:
-                if file.is_file():
-                    make_readable(file)  # safetensors writes 0600
-            target = root / item.name
-            if target.is_dir():
-                replace_folder(item, target)
-            else:
-                replace_with_retry(item, target)
-    return root
+def _write_components(staging: Path, seed: int) -> None:
+    """Random weights of every component, in the published layout."""
+    torch.manual_seed(seed)
+    vocab_size = write_tiny_lyric_vocab(staging / "lyric_tokenizer" / "vocab.json")
+    transformer = ACEStepTransformer2DModel(
+        **tiny_transformer_config(lyric_encoder_vocab_size=vocab_size, text_embedding_dim=TEXT_WIDTH)
+    )
+    transformer.save_pretrained(str(staging / "ace_step_transformer"))
+    AutoencoderDC(**tiny_dcae_config()).save_pretrained(str(staging / "music_dcae_f8c8"))
+    ADaMoSHiFiGANV1(**tiny_vocoder_config()).save_pretrained(str(staging / "music_vocoder"))
+    umt5 = UMT5EncoderModel(UMT5Config(
+        vocab_size=200, d_model=TEXT_WIDTH, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+    ))
+    umt5.save_pretrained(str(staging / "umt5-base"))
+    _train_text_tokenizer(staging / "umt5-base")
+    _write_hubert(staging / "mert", 32, mert_layout=True)
+    _write_hubert(staging / "mhubert", 24, mert_layout=False)
+    (staging / "README.json").write_text(json.dumps({
+        "what": "tiny random ACE-Step v1 checkpoint for tests and the demo; it makes noise, not music",
+        "layout": "ACE-Step/ACE-Step-v1-3.5B", "seed": seed,
+    }, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = make_parser("Write a tiny random ACE-Step checkpoint (tests, demo).", "python -m acestep.tiny_checkpoint")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--family", default="ace-step-v1", choices=FAMILY_NAMES,
+                        help="model family; ace-step-1.5 writes OUT/original (Ace-Step1.5 layout) and OUT/diffusers")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
     diffusers_logging.disable_progress_bar()  # a bar per tiny model file says nothing
     transformers_logging.disable_progress_bar()
     with one_line_errors():
+        if args.family == V15:
+            from .families.v15.tiny import write_tiny_v15_checkpoint
+
+            original, diffusers_layout = write_tiny_v15_checkpoint(args.out, args.seed, args.overwrite)
+            print(f"tiny ACE-Step 1.5 checkpoint written to {original} (original layout) and {diffusers_layout} "
+                  "(diffusers)")
+            return
         root = write_tiny_checkpoint(args.out, args.seed, args.overwrite)
     print(f"tiny checkpoint written to {root}")
 

@@ -65,3 +65,13 @@ def read_only_folder(tmp_path: Path):
         yield Path("/sys/acestep-read-only-test")
     else:
         pytest.skip("running as root without sysfs: no folder refuses writes")
+
+
+@pytest.fixture(scope="session")
+def tiny_v15_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ACE-Step 1.5 checkpoint: ROOT/original (Ace-Step1.5 layout) and ROOT/diffusers, once per session."""
+    from acestep.families.v15.tiny import write_tiny_v15_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_v15_checkpoint")
+    write_tiny_v15_checkpoint(root)
+    return root

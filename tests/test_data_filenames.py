@@ -90,7 +90,9 @@ def test_build_writes_fork_columns_plus_extras_atomically(song_dir: Path, tmp_pa
     (out / "stale.txt").write_text("old output is replaced", encoding="utf-8")
     build_filename_dataset(song_dir, out, repeat_count=3, overwrite=True)
     dataset = datasets.load_from_disk(str(out))
-    assert dataset.column_names == [*FORK_COLUMNS, "duration", "sample_rate"]
+    metadata = ["bpm", "keyscale", "timesignature", "language"]  # unknown here: -1 / ""
+    assert dataset.column_names == [*FORK_COLUMNS, "duration", "sample_rate", *metadata]
+    assert dataset[0]["bpm"] == -1 and dataset[0]["keyscale"] == "" and dataset[0]["language"] == ""
     assert len(dataset) == 21
     assert dataset.features["tags"] == datasets.List(datasets.Value("string"))
     assert dataset.features["sample_rate"] == datasets.Value("int32")

@@ -65,3 +65,24 @@ def test_demo_on_your_songs_names_each_skipped_song_and_why(tmp_path: Path, caps
     assert len(skipped) == 1 and str(songs / "broken.wav") in skipped[0]
     assert len(skipped[0]) > len(f"skipped {songs / 'broken.wav'}: ")  # a reason follows the name
     assert "2 songs listed" in printed and "Demo done" in printed
+
+
+def test_demo_runs_the_1_5_chain_from_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`python demo.py --family ace-step-1.5`: tiny 1.5 checkpoint, stages 2-5 and one rendering with the LoRA."""
+    from acestep.data.preprocessed import dataset_family, load_preprocessed
+    from acestep.lora import read_lora
+
+    out = tmp_path / "demo_output"
+    main(["--family", "ace-step-1.5", "--output_dir", str(out), "--songs", "2", "--seconds", "3.5", "--steps", "3"])
+    printed = capsys.readouterr().out
+    assert "ACE-Step 1.5 demo done" in printed and "(3 training steps)" in printed
+    assert "original layout" in printed
+    prep = next(out.glob("prep-v15-*"))
+    assert dataset_family(prep) == "ace-step-1.5" and len(load_preprocessed(prep)) == 2
+    assert load_preprocessed(prep)[0]["bpm"] == 120  # the demo's bpm/key side files reach the stored prompt
+    step = next(out.glob("runs/demo15-*/step-000003"))
+    comfy = next(step.glob("*-comfyui.safetensors"))
+    assert read_lora(comfy).family == "ace-step-1.5"
+    assert (step / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    wav, rate = sf.read(next(out.glob("samples-v15-*/*.wav")))
+    assert rate == 48000 and wav.shape == (88 * 1920, 2)  # ceil(3.5 s * 25 Hz) frames and np.abs(wav).max() > 0

@@ -9,13 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acestep.data.atomic import atomic_write_json, atomic_write_text
-from acestep.data.sidecars import lyrics_path, prompt_path
+from acestep.data.sidecars import BPM_KEY_SUFFIX, bpm_key_path, lyrics_path, prompt_path
 
-BPM_KEY_SUFFIX = "_bpm_key.json"
-
-
-def bpm_key_path(audio: Path) -> Path:
-    return audio.with_name(audio.stem + BPM_KEY_SUFFIX)
+__all__ = ["BPM_KEY_SUFFIX", "bpm_key_path", "wanted_outputs", "write_bpm_key", "write_lyrics", "write_prompt"]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -202,3 +203,35 @@ def remove_temp_leftovers(folder: Path) -> list[Path]:
 def folder_size(path: Path) -> int:
     """Bytes of every file under `path` (what the data costs on disk)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+
+def build_into(root: Path, names: tuple[str, ...], overwrite: bool, build: Callable[[Path], None]) -> Path:
+    """Let `build` write the items `names` into a staging folder inside `root`, then move them into place.
+
+    Items already in `root` are replaced only with `overwrite` (what the user has there is never replaced by
+    accident); other files in `root` always stay. Files get ordinary permissions (safetensors writes 0600).
+    """
+    existing = [name for name in names if (root / name).exists()]
+    if existing and not overwrite:
+        raise AcestepError(f"{root}: already holds {', '.join(existing)}; pass --overwrite to replace them or "
+                           "name a new folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".tmp-build-") as temp:
+            staging = Path(temp)
+            build(staging)
+            for item in staging.iterdir():
+                for file in [item, *item.rglob("*")] if item.is_dir() else [item]:
+                    if file.is_file():
+                        make_readable(file)
+                target = root / item.name
+                if target.is_dir():
+                    replace_folder(item, target)
+                else:
+                    replace_with_retry(item, target)
+    except OSError as error:
+        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
+            raise output_error(root, error) from error
+        raise
+    return root

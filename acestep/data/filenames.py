@@ -21,6 +21,7 @@ from acestep.data.sidecars import (
     is_instrumental,
     lyrics_path,
     prompt_path,
+    read_music_metadata,
     read_sidecar,
     split_tags,
 )
@@ -41,6 +42,11 @@ FILENAME_FEATURES = datasets.Features(
         "recaption": {},
         "duration": datasets.Value("float64"),
         "sample_rate": datasets.Value("int32"),
+        # music metadata from <stem>_bpm_key.json (stage 1 --bpm_key); -1 / "" = unknown. ACE-Step 1.5 prompts use it
+        "bpm": datasets.Value("float64"),
+        "keyscale": datasets.Value("string"),
+        "timesignature": datasets.Value("string"),
+        "language": datasets.Value("string"),
     }
 )
 
@@ -53,6 +59,7 @@ class ScanSummary:
     with_prompt: int = 0
     with_lyrics: int = 0
     instrumental: int = 0
+    with_bpm_key: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     orphan_sidecars: list[str] = field(default_factory=list)
     empty_prompts: list[str] = field(default_factory=list)
@@ -70,6 +77,7 @@ class ScanSummary:
             f"with lyrics:           {self.with_lyrics}  (without: {self.kept - self.with_lyrics})",
             f"instrumental:          {self.instrumental}  (no lyrics or only [inst])",
             f"shorter than {MIN_SECONDS:g} s:      {len(self.short)}  (padded with silence to {MIN_SECONDS:g} s)",
+            f"with bpm/key:          {self.with_bpm_key}  (<stem>_bpm_key.json; ACE-Step 1.5 prompts use it)",
             f"skipped:               {len(self.skipped)}",
         ]
         out += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
@@ -143,6 +151,7 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
         prompt = None
     lyrics = read_sidecar(lyrics_path(audio))
     duration, sample_rate = probe_audio(audio)
+    metadata = read_music_metadata(audio)
     row = {
         "keys": audio.stem,
         "filename": str(audio.resolve()),
@@ -152,6 +161,8 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
         "recaption": {},
         "duration": duration,
         "sample_rate": sample_rate,
+        **metadata,
+        "bpm": metadata["bpm"] if metadata["bpm"] is not None else UNKNOWN,
     }
     return row, prompt is not None, lyrics is not None
 
@@ -180,6 +191,7 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
         summary.with_prompt += has_prompt
         summary.with_lyrics += has_lyrics
         summary.instrumental += is_instrumental(row["norm_lyrics"])
+        summary.with_bpm_key += row["bpm"] != UNKNOWN or bool(row["keyscale"])
     return rows, summary
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import datasets
 import torch
@@ -83,6 +83,11 @@ class FilenameRow:
     lyrics: str
     recaptions: tuple[str, ...] = ()
     seconds: float | None = None  # the real length from stage 2 (the fork's datasets do not say)
+    # music metadata (stage 2 columns, from the --bpm_key sidecar); None = unknown. ACE-Step 1.5 prompts use it.
+    bpm: float | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+    language: str | None = None
 
     def notes(self) -> list[str]:
         """What stage 3 does to this song that the user did not write: an invented prompt, silence padding."""
@@ -135,17 +140,30 @@ def read_filename_rows(path: Path) -> list[FilenameRow]:
                 lyrics=item.get("norm_lyrics") or "",
                 recaptions=tuple(v for v in recaption.values() if isinstance(v, str) and v.strip()),
                 seconds=item.get("duration"),
+                bpm=_known(item.get("bpm")),
+                keyscale=_known(item.get("keyscale")),
+                timesignature=_known(item.get("timesignature")),
+                language=_known(item.get("language")),
             )
         )
     return rows
 
 
+def _known(value: Any) -> Any:
+    """A metadata cell, or None when missing/unknown (stage 2 writes None, -1 or "" for unknown)."""
+    if value is None or value == "" or (isinstance(value, (int, float)) and value <= 0):
+        return None
+    return value
+
+
 def input_fingerprint(rows: Sequence[FilenameRow]) -> str:
-    """Identifies the input content, so a resume never mixes rows of two different filename datasets."""
+    """Identifies the input content, so a resume never mixes rows of two different filename datasets.
+
+    Unknown metadata is left out, so datasets without metadata keep the fingerprint they had before it existed."""
     digest = hashlib.sha256()
     for row in rows:
-        fields = asdict(row)
-        fields.pop("seconds")  # only informs the notes; kept out so older runs still resume
+        # seconds only informs the notes: kept out so older runs still resume
+        fields = {k: v for k, v in asdict(row).items() if v is not None and k != "seconds"}
         digest.update(json.dumps(fields, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
 
@@ -204,14 +222,50 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+class EncodedRecord(Protocol):
+    """One encoded song as a family returns it; `to_record()` gives the stored row (16-bit tensors)."""
+
+    row: int
+    key: str
+    filename: str
+    duration: float
+
+    def to_record(self) -> dict[str, Any]: ...
+
+
+class SongStages(Protocol):
+    """A model family's per-song encoder: cheap text steps, audio decoding (worker threads), model encoding.
+
+    `stored_settings()` is what a resumed or parallel run must repeat (it includes the family name for 1.5);
+    `make_features(record)` is the Arrow schema of a stored row.
+    """
+
+    def prepare(self, index: int, row: FilenameRow) -> Any: ...  # PreparedSong-like (has .wav) | ErrorRecord
+
+    def decode(self, song: Any) -> torch.Tensor | str: ...
+
+    def encode(self, batch: list[Any]) -> list[EncodedRecord | ErrorRecord]: ...
+
+    def stored_settings(self) -> dict[str, Any]: ...
+
+    def make_features(self, record: dict[str, Any]) -> datasets.Features: ...
+
+
 class SongPipeline:
-    """Turns filename rows into EncodedSong objects or ErrorRecords; one bad song never stops the run."""
+    """ACE-Step v1's SongStages: filename rows to EncodedSong objects or ErrorRecords; one bad song never
+    stops the run."""
 
     def __init__(self, encoders: SongEncoders, settings: PreprocessSettings) -> None:
         if settings.ssl != (encoders.ssl is not None):
             raise AcestepError(f"settings say ssl={settings.ssl} but the SSL extractor is {encoders.ssl!r}")
         self.encoders = encoders
         self.settings = settings
+
+    def stored_settings(self) -> dict[str, Any]:
+        return asdict(self.settings)  # no family key: v1 datasets written before families existed stay resumable
+
+    def make_features(self, record: dict[str, Any]) -> datasets.Features:
+        return features_for_record(record)
 
     def prepare(self, index: int, row: FilenameRow) -> PreparedSong | ErrorRecord:
         """Prompt and lyric ids (cheap, main thread); lyrics are checked before any audio is decoded."""
@@ -286,22 +340,29 @@ def run_preprocess(
     settings: PreprocessSettings = PreprocessSettings(),
     options: RunOptions = RunOptions(),
 ) -> RunResult:
-    """Encode this shard's pending rows into PREP; committed work survives any interruption."""
+    """Encode this shard's pending rows into PREP with ACE-Step v1's encoders (see run_song_stages)."""
+    return run_song_stages(input_path, prep, SongPipeline(encoders, settings), options)
+
+
+def run_song_stages(
+    input_path: Path, prep: Path, pipeline: SongStages, options: RunOptions = RunOptions()
+) -> RunResult:
+    """Encode this shard's pending rows into PREP with any family's SongStages; committed work survives
+    any interruption."""
     rows = read_filename_rows(input_path)
     config = {
         "format_version": FORMAT_VERSION,
         "input_fingerprint": input_fingerprint(rows),
         "input_rows": len(rows),
-        **asdict(settings),
+        **pipeline.stored_settings(),
     }
-    pipeline = SongPipeline(encoders, settings)
     shard_rows = options.shard.rows(len(rows))
     writer = PartWriter(
         prep,
         options.shard,
         config,
         len(shard_rows),
-        make_features=features_for_record,
+        make_features=pipeline.make_features,
         chunk_rows=options.chunk_rows,
         chunk_bytes=options.chunk_bytes,
         retry_errors=options.retry_errors,
@@ -437,6 +498,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="MERT + mHuBERT features for the SSL loss (on by default, as in the fork)",
     )
+    parser.add_argument(
+        "--dit",
+        default=None,
+        help="ACE-Step 1.5 original layout: the DiT folder inside --checkpoint_dir (default: acestep-v15-turbo)",
+    )
+    parser.add_argument(
+        "--condition_store",
+        default="outputs",
+        choices=["outputs", "inputs"],
+        help="ACE-Step 1.5: store the condition encoder's output (valid while the LoRA does not target it and "
+        "no condition dropout is trained) or its inputs (the trainer runs it every step)",
+    )
     parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(),
                         help="i/n: this process's part of the rows (default: 0/1, all of them)")
     parser.add_argument("--merge", action="store_true", help="only merge finished shards of --output_dir")
@@ -452,7 +525,23 @@ def merge_main(prep: Path) -> None:
     print(json.dumps(manifest, indent=1))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def v1_song_stages(args: argparse.Namespace) -> SongStages:
+    """ACE-Step v1's encoders for the parsed options (the default when no family layer is given)."""
+    from acestep.data.encoders import load_encoders
+
+    settings = PreprocessSettings(
+        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order
+    )
+    encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
+    return SongPipeline(encoders, settings)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    song_stages: Callable[[argparse.Namespace], SongStages] = v1_song_stages,
+) -> None:
+    """`song_stages` builds the family's encoder from the options; the top-level script passes
+    `acestep.families.song_stages_for_args`, which picks the family from --checkpoint_dir."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         if argv[:1] == ["merge"]:
@@ -464,20 +553,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.merge:
             merge_main(args.output_dir)
             return
-        from acestep.data.encoders import load_encoders
-
         datasets.disable_progress_bars()  # one bar per chunk save would drown ours
-        settings = PreprocessSettings(
-            args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order
-        )
         options = RunOptions(
             shard=args.shard,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             retry_errors=args.retry_errors,
         )
-        encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
-        result = run_preprocess(args.input_name, args.output_dir, encoders, settings, options)
+        result = run_song_stages(args.input_name, args.output_dir, song_stages(args), options)
     print("\n".join(summary_lines(args.output_dir, result)))
 
 

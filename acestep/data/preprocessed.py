@@ -19,6 +19,7 @@ import torch
 from acestep.data.atomic import atomic_write_json, atomic_write_text
 from acestep.data.shards import ErrorRecord, PartProgress, list_parts, settings_mismatch
 from acestep.errors import AcestepError, InputError
+from acestep.lora.keys import V1_FAMILY
 
 FORMAT_NAME = "acestep-preprocessed"
 FORMAT_VERSION = 1
@@ -26,6 +27,7 @@ MANIFEST_FILE = "manifest.json"
 ERRORS_FILE = "errors.jsonl"
 SSL_COLUMNS = ("mert_ssl_hidden_states", "mhubert_ssl_hidden_states")
 FORK_ONLY_COLUMNS = ("attention_mask", "text_attention_mask", "speaker_embds")
+DEFAULT_FAMILY = V1_FAMILY  # datasets that record no family (written before 1.5 support) are v1
 
 
 @dataclass
@@ -159,6 +161,21 @@ def load_preprocessed(prep: str | Path) -> datasets.Dataset:
     return dataset.select(np.argsort(dataset["row"], kind="stable")).with_format("torch")
 
 
+def dataset_family(prep: str | Path) -> str | None:
+    """The model family a preprocessed folder holds (its settings' "family"; none recorded means v1, which
+    wrote no family before 1.5 existed), or None for a folder with no preprocessed songs yet."""
+    prep = Path(prep)
+    manifest = prep / MANIFEST_FILE
+    if manifest.is_file():
+        return json.loads(manifest.read_text(encoding="utf-8")).get("family", DEFAULT_FAMILY)
+    parts = list_parts(prep)
+    if parts:
+        return parts[0][1].settings.get("family", DEFAULT_FAMILY)
+    if _is_saved_dataset(prep):
+        return DEFAULT_FAMILY  # the fork's float32 layout
+    return None
+
+
 def storage_summary(parts: list[tuple[Path, PartProgress]]) -> dict[str, Any]:
     """Songs, errors, audio seconds and bytes on disk of the committed chunks."""
     songs = sum(len(c.rows) for _, p in parts for c in p.chunks)
@@ -197,6 +214,7 @@ def merge_parts(prep: str | Path) -> dict[str, Any]:
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
+        "family": parts[0][1].settings.get("family", DEFAULT_FAMILY),
         "shards": parts[0][1].shard.count,
         "settings": parts[0][1].settings,
         **storage_summary(parts),

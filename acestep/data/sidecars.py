@@ -1,14 +1,17 @@
-"""Side files next to each audio file: `<stem>_prompt.txt` (comma-separated tags) and `<stem>_lyrics.txt`."""
+"""Side files next to each audio file: `<stem>_prompt.txt` (comma-separated tags), `<stem>_lyrics.txt` and the
+optional `<stem>_bpm_key.json` (stage 1 --bpm_key: {"bpm": 120.0, "key": "A minor", ...})."""
 
 from __future__ import annotations
 
 import codecs
+import json
 from pathlib import Path
 
 from acestep.errors import InputError
 
 PROMPT_SUFFIX = "_prompt.txt"
 LYRICS_SUFFIX = "_lyrics.txt"
+BPM_KEY_SUFFIX = "_bpm_key.json"
 INSTRUMENTAL_MARKERS = frozenset({"", "[inst]", "[instrumental]"})
 
 
@@ -18,6 +21,32 @@ def prompt_path(audio: Path) -> Path:
 
 def lyrics_path(audio: Path) -> Path:
     return audio.with_name(audio.stem + LYRICS_SUFFIX)
+
+
+def bpm_key_path(audio: Path) -> Path:
+    return audio.with_name(audio.stem + BPM_KEY_SUFFIX)
+
+
+def read_music_metadata(audio: Path) -> dict:
+    """BPM, key, time signature and language from `<stem>_bpm_key.json`, where known: {"bpm": float | None,
+    "keyscale": str, "timesignature": str, "language": str} ("" = unknown). The captioner writes "bpm" and "key";
+    "timesignature" (e.g. "4") and "language" (e.g. "en") may be added by hand."""
+    path = bpm_key_path(audio)
+    text = read_sidecar(path)
+    if not text:
+        return {"bpm": None, "keyscale": "", "timesignature": "", "language": ""}
+    try:
+        info = json.loads(text)
+        bpm = info.get("bpm")
+        bpm = float(bpm) if bpm is not None and float(bpm) > 0 else None
+    except (ValueError, TypeError, AttributeError) as err:
+        raise InputError(path, f"not a JSON object with a numeric bpm ({err})") from None
+    return {
+        "bpm": bpm,
+        "keyscale": str(info.get("keyscale") or info.get("key") or "").strip(),
+        "timesignature": str(info.get("timesignature") or info.get("time_signature") or "").strip(),
+        "language": str(info.get("language") or "").strip(),
+    }
 
 
 def read_sidecar(path: Path) -> str | None:

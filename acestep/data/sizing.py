@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,14 +50,20 @@ def published_song(seconds: float, ssl: bool, text_tokens: int = 24, lyric_token
     )
 
 
+def stored_bytes_per_second(
+    record: dict[str, Any], seconds: float, make_features: Callable[[dict[str, Any]], Any], folder: Path
+) -> tuple[float, float]:
+    """(bytes on disk, raw tensor bytes) per second of audio of one stored row, written by the real shard writer."""
+    writer = PartWriter(folder, ShardSpec(), {"sizing": True}, 1, make_features=make_features)
+    writer.add(record, seconds, record_nbytes(record))
+    writer.flush()
+    return writer.progress.chunks[0].bytes / seconds, record_nbytes(record) / seconds
+
+
 def measure_bytes_per_second(seconds: float, ssl: bool, folder: Path) -> tuple[float, float]:
     """(bytes on disk, raw tensor bytes) per second of audio for one published-size song."""
     song = published_song(seconds, ssl)
-    record = song.to_record()
-    writer = PartWriter(folder, ShardSpec(), {"sizing": True}, 1, make_features=features_for_record)
-    writer.add(record, song.duration, record_nbytes(record))
-    writer.flush()
-    return writer.progress.chunks[0].bytes / song.duration, record_nbytes(record) / song.duration
+    return stored_bytes_per_second(song.to_record(), song.duration, features_for_record, folder)
 
 
 def main(argv: list[str] | None = None) -> None:

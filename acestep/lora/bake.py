@@ -20,6 +20,7 @@ from .io import (
     DIFFUSERS_METADATA,
     META_BAKED_SCALE,
     META_BASE_MODEL,
+    META_FAMILY,
     LoraFile,
     LoraModule,
     check_output_file,
@@ -28,7 +29,7 @@ from .io import (
     settings_from_metadata,
     weights_path,
 )
-from .keys import STYLES, factor_keys
+from .keys import DEFAULT_STYLE, STYLES, V1_FAMILY, V1_STYLES, V15_FAMILY, V15_STYLES, factor_keys
 from .settings import LoraSettings
 
 
@@ -70,13 +71,17 @@ def scale_into_factors(modules: dict[str, LoraModule], scales: dict[str, float])
     return baked
 
 
-def neutral_metadata(ranks: dict[str, int], style: str, provenance: dict, base_model: str | None) -> dict[str, str]:
+def neutral_metadata(
+    ranks: dict[str, int], style: str, provenance: dict, base_model: str | None, family: str | None = None
+) -> dict[str, str]:
     """A header no loader turns into a second scale; provenance under our own key (also the 'baked' marker)."""
     metadata = {"format": "pt", META_BAKED_SCALE: json.dumps(provenance, sort_keys=True)}
     if base_model:
         metadata[META_BASE_MODEL] = base_model
+    if family:
+        metadata[META_FAMILY] = family
     distinct = sorted(set(ranks.values()))
-    if style == "peft" and len(distinct) > 1:
+    if style in ("peft", "v15_diffusers") and len(distinct) > 1:
         # Without a config diffusers takes the first module's rank as alpha for all: spell out alpha = rank.
         first = next(iter(ranks.values()))
         metadata[DIFFUSERS_METADATA] = json.dumps({
@@ -90,7 +95,8 @@ def neutral_metadata(ranks: dict[str, int], style: str, provenance: dict, base_m
 
 
 def save_baked(
-    modules: dict[str, LoraModule], dst: str | Path, style: str, provenance: dict, base_model: str | None = None
+    modules: dict[str, LoraModule], dst: str | Path, style: str, provenance: dict, base_model: str | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write factors that already hold their scale, in one key style, with `.alpha = rank` where the style has it.
 
@@ -106,7 +112,23 @@ def save_baked(
             # alpha = rank makes ComfyUI's alpha/rank exactly 1: the scale is already in the weights.
             tensors[alpha_key] = torch.tensor(float(module.rank))
     ranks = {name: module.rank for name, module in modules.items()}
-    return save_safetensors_atomic(tensors, weights_path(dst), neutral_metadata(ranks, style, provenance, base_model))
+    if style in V15_STYLES:
+        family = V15_FAMILY
+    metadata = neutral_metadata(ranks, style, provenance, base_model, family)
+    return save_safetensors_atomic(tensors, weights_path(dst), metadata)
+
+
+def style_for(lora: LoraFile, style: str | None) -> str:
+    """The requested key style, or the family's default; a style of the other family is refused in one line."""
+    family = lora.family or V1_FAMILY
+    if style is None:
+        return DEFAULT_STYLE[family]
+    if style not in STYLES:
+        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    if (style in V15_STYLES) != (family == V15_FAMILY):
+        raise InputError(lora.path, f"a {family} LoRA cannot be written in the {style} key style "
+                         f"(styles for it: {', '.join(V15_STYLES if family == V15_FAMILY else V1_STYLES)})")
+    return style
 
 
 def provenance(lora: LoraFile, scales: dict[str, float], action: str, settings: LoraSettings | None = None) -> dict:
@@ -119,20 +141,22 @@ def provenance(lora: LoraFile, scales: dict[str, float], action: str, settings: 
 
 
 def bake_file(
-    src: str | Path, dst: str | Path, settings: LoraSettings | None = None, style: str = "peft",
+    src: str | Path, dst: str | Path, settings: LoraSettings | None = None, style: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the baked copy of `src` (file or folder) to `dst` atomically; refuse a file that is baked already,
-    `dst` = `src`, and an existing `dst` unless `overwrite`."""
-    if style not in STYLES:
-        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    `dst` = `src`, and an existing `dst` unless `overwrite`.
+
+    `style` None: the family's ComfyUI spelling (v1 peft, 1.5 v15_comfyui).
+    """
     check_output_file(src, dst, overwrite)
     lora = read_lora(src)
+    style = style_for(lora, style)
     if lora.baked:
         raise InputError(lora.path, "already baked (alpha is in the weights); baking again would apply it twice")
     scales = module_scales(lora, settings)
     baked = scale_into_factors(lora.modules, scales)
-    return save_baked(baked, dst, style, provenance(lora, scales, "bake", settings), lora.base_model)
+    return save_baked(baked, dst, style, provenance(lora, scales, "bake", settings), lora.base_model, lora.family)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input_name", required=True, help="LoRA .safetensors file or a folder holding one")
     parser.add_argument("--output_name", required=True, help="where to write the baked .safetensors file")
     parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings (default: the file's header)")
-    parser.add_argument("--key_style", choices=STYLES, default="peft",
-                        help="peft: bare names (ComfyUI + upstream); diffusion_model / kohya: prefixed, with .alpha")
+    parser.add_argument("--key_style", choices=STYLES, default=None,
+                        help="default: the family's ComfyUI spelling (v1 peft: bare names, ComfyUI + upstream; 1.5 "
+                             "v15_comfyui); diffusion_model / kohya: prefixed, with .alpha; v15_diffusers: "
+                             "transformer.* for AceStepPipeline")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     with one_line_errors():

@@ -9,6 +9,7 @@ from ..errors import one_line_errors
 from .bake import bake_file
 from .convert import convert_file
 from .inspect import format_report, inspect_lora
+from .io import read_lora
 from .keys import STYLES
 from .merge import DTYPES, merge_file
 from .resize import METHODS, format_resize_table, rank_advice, resize_file
@@ -26,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("input", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors")
         if output:
             sub.add_argument("output", help="the .safetensors file to write")
-            sub.add_argument("--key_style", choices=STYLES, default="peft",
-                             help="peft: bare names (ComfyUI + upstream pipeline, default); "
-                                  "diffusion_model / kohya: prefixed names with .alpha = rank (ComfyUI, kohya tools)")
+            sub.add_argument("--key_style", choices=STYLES, default=None,
+                             help="default: the family's ComfyUI spelling (v1: peft, bare names for ComfyUI + upstream "
+                                  "pipeline; 1.5: v15_comfyui, base_model.model.<original name>). v1 also: "
+                                  "diffusion_model / kohya, prefixed names with .alpha = rank (ComfyUI, kohya tools); "
+                                  "1.5 also: v15_diffusers, transformer.* keys for AceStepPipeline.load_lora_weights")
             sub.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         sub.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
         return sub
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "convert":
         out = convert_file(args.input, args.output, args.key_style, settings, args.already_baked,
                            args.overwrite)
-        return f"{args.key_style}-style LoRA written to {out} (scale baked in: load it at strength 1.0)"
+        style = read_lora(out).style
+        return f"{style}-style LoRA written to {out} (scale baked in: load it at strength 1.0)"
     if args.command == "resize":
         out, reports = resize_file(args.input, args.output, args.method, args.rank, args.target, settings,
                                    args.key_style, args.overwrite)

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import AcestepError
-from .bake import module_scales, provenance, save_baked, scale_into_factors
+from .bake import module_scales, provenance, save_baked, scale_into_factors, style_for
 from .io import check_output_file, read_lora
-from .keys import STYLES
 from .settings import LoraSettings
 
 
 def convert_file(
     src: str | Path,
     dst: str | Path,
-    style: str = "kohya",
+    style: str | None = "kohya",
     settings: LoraSettings | None = None,
     already_baked: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """`already_baked`: a file without scale information holds its scale already (e.g. another tool baked it)."""
-    if style not in STYLES:
-        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+    """`already_baked`: a file without scale information holds its scale already (e.g. another tool baked it).
+
+    `style` None: the family's ComfyUI spelling.
+    """
     check_output_file(src, dst, overwrite)
     lora = read_lora(src)
+    style = style_for(lora, style)
     scales = module_scales(lora, settings, fallback=1.0 if already_baked else None)
     factors = scale_into_factors(lora.modules, scales)
     return save_baked(factors, dst, style, provenance(lora, scales, f"convert {lora.style} -> {style}", settings),
-                      lora.base_model)
+                      lora.base_model, lora.family)

@@ -34,6 +34,7 @@ class LoraReport:
     dtype: str
     modules: list[ModuleReport]
     metadata: dict[str, str]
+    family: str | None = None
 
     @property
     def ranks(self) -> list[int]:
@@ -63,7 +64,7 @@ def inspect_lora(path: str | Path, settings: LoraSettings | None = None) -> Lora
             delta_norm=abs(scale if scale is not None else 1.0) * product_norm(module),
         ))
     dtypes = sorted({str(m.down.dtype).removeprefix("torch.") for m in lora.modules.values()})
-    return LoraReport(lora.path, lora.style, lora.baked, ",".join(dtypes), rows, lora.metadata)
+    return LoraReport(lora.path, lora.style, lora.baked, ",".join(dtypes), rows, lora.metadata, lora.family)
 
 
 def natural_key(name: str) -> list:
@@ -76,6 +77,7 @@ def format_report(report: LoraReport) -> str:
     scales = {row.scale for row in report.modules}
     lines = [
         f"file:     {report.path}",
+        f"model:    {report.family or 'unknown'}",
         f"keys:     {report.style} style, {len(report.modules)} modules, dtype {report.dtype}",
         f"ranks:    min {min(ranks)}, median {statistics.median(ranks):g}, max {max(ranks)}",
         f"baked:    {'yes (load at strength 1.0)' if report.baked else 'no'}",

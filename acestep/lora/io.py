@@ -19,20 +19,23 @@ from safetensors.torch import save
 
 from ..data.atomic import atomic_write_bytes, atomic_write_json
 from ..errors import AcestepError, InputError
-from .keys import detect_style, module_path, split_key
+from .keys import V15_FAMILY, detect_family, detect_style, module_path, split_key, v15_diffusers_name
 from .settings import LoraSettings
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
 META_SETTINGS = "acestep_lora_settings"
 META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
 META_BAKED_SCALE = "acestep_lora_baked_scale"
+META_FAMILY = "acestep_family"  # "ace-step-v1" / "ace-step-1.5" (LAYOUT.md)
 DIFFUSERS_METADATA = "lora_adapter_metadata"
 HEADER_SIZE_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 HEADER_ALIGNMENT = 8  # the header is padded with spaces so tensor data starts 8-byte aligned
 
 
 ADAPTER_DIR = "adapter"
+DIFFUSERS_DIR = "diffusers"  # ACE-Step 1.5 step folders: the baked file AceStepPipeline.load_lora_weights reads
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_KEY_PREFIX = "base_model.model."
@@ -100,6 +103,7 @@ def save_adapter(
     settings: LoraSettings,
     base_model: str = "ACE-Step/ACE-Step-v1-3.5B",
     step: int | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write the PEFT-standard adapter folder (un-baked, as trained): `folder/adapter_model.safetensors` with
     our metadata and diffusers' config in its header, and `folder/adapter_config.json`. Returns the weights file.
@@ -110,14 +114,26 @@ def save_adapter(
     kwargs = settings.to_peft_kwargs()
     # diffusers keeps only the metadata keys under the prefix it loads with (prefix="base_model.model").
     diffusers_config = {PEFT_KEY_PREFIX + key: value for key, value in kwargs.items()}
-    metadata = {"format": "pt", META_SETTINGS: json.dumps(kwargs, sort_keys=True),
-                DIFFUSERS_METADATA: json.dumps(diffusers_config, sort_keys=True), META_BASE_MODEL: base_model}
-    if step is not None:
-        metadata[META_STEP] = str(step)
+    metadata = adapter_metadata(settings, base_model, step, family)
+    metadata[DIFFUSERS_METADATA] = json.dumps(diffusers_config, sort_keys=True)
     tensors = {PEFT_KEY_PREFIX + key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state_dict.items()}
     weights = save_safetensors_atomic(tensors, folder / PEFT_WEIGHTS_NAME, metadata)
     atomic_write_json(folder / PEFT_CONFIG_NAME, peft_adapter_config(settings, base_model))
     return weights
+
+
+def adapter_metadata(settings: LoraSettings, base_model: str, step: int | None, family: str | None) -> dict[str, str]:
+    """Our header of an un-baked adapter: its settings (so every tool knows the scale), base model, step, family."""
+    metadata = {
+        "format": "pt",
+        META_SETTINGS: json.dumps(settings.to_peft_kwargs(), sort_keys=True),
+        META_BASE_MODEL: base_model,
+    }
+    if step is not None:
+        metadata[META_STEP] = str(step)
+    if family is not None:
+        metadata[META_FAMILY] = family
+    return metadata
 
 
 def peft_adapter_config(settings: LoraSettings, base_model: str) -> dict:
@@ -198,6 +214,11 @@ class LoraFile:
     def base_model(self) -> str | None:
         return self.metadata.get(META_BASE_MODEL)
 
+    @property
+    def family(self) -> str | None:
+        """The model family from the header, else from the module names (None when neither tells)."""
+        return self.metadata.get(META_FAMILY) or detect_family(self.modules)
+
 
 def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> LoraFile:
     """Any supported key spelling -> module path -> factors; a clear error for keys we cannot use.
@@ -216,6 +237,8 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
         if module is None:
             raise InputError(file, f"{key!r} names no module of the ACE-Step transformer")
         parts.setdefault(module, {})[role] = tensor
+    if (metadata.get(META_FAMILY) or detect_family(parts)) == V15_FAMILY:
+        parts = {v15_diffusers_name(module): roles for module, roles in parts.items()}  # original names -> ours
     modules = {}
     for module, roles in parts.items():
         if "down" not in roles or "up" not in roles:

@@ -1,8 +1,9 @@
 """Add a LoRA at a strength into the transformer weights and save a plain checkpoint folder (no adapter needed).
 
 W' = W + strength * scale * B @ A, computed in fp32 and stored in W's dtype (or the requested one). The input is
-a checkpoint root (with ace_step_transformer/), a transformer folder (config.json + safetensors, sharded or not)
-or a single .safetensors file (config: --config, else the published one).
+a checkpoint root (with ace_step_transformer/, or transformer/ of a diffusers ACE-Step 1.5 folder), a transformer
+folder (config.json + safetensors, sharded or not) or a single .safetensors file (config: --config, else the
+published v1 one).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from ..errors import AcestepError, CheckpointError
 from ..progress import progress
 from .bake import module_scales
 from .io import LoraFile, read_lora
-from .keys import kohya_lookup_for
+from .keys import V1_FAMILY, V15_FAMILY, kohya_lookup_for
 from .settings import LoraSettings
 
 TRANSFORMER_SUBFOLDER = "ace_step_transformer"
+V15_SUBFOLDER = "transformer"  # diffusers layout of ACE-Step 1.5
+V15_CLASS_NAME = "AceStepTransformer1DModel"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
 CLASS_NAME = "ACEStepTransformer2DModel"
@@ -37,8 +40,10 @@ def load_transformer_weights(
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state dict) of a checkpoint root, a transformer folder or one .safetensors file."""
     path = Path(path)
-    if (path / TRANSFORMER_SUBFOLDER).is_dir():
-        path = path / TRANSFORMER_SUBFOLDER
+    for subfolder in (TRANSFORMER_SUBFOLDER, V15_SUBFOLDER):
+        if (path / subfolder).is_dir():
+            path = path / subfolder
+            break
     if path.is_dir():
         config_file = Path(config_path) if config_path else path / "config.json"
         if (path / INDEX_FILE).is_file():
@@ -145,12 +150,15 @@ def merge_file(
     """Merge `lora_path` at `strength` into the transformer and write a full transformer folder to `out`."""
     out = Path(out)
     source = Path(transformer).resolve()
-    if out.resolve() in (source, source / TRANSFORMER_SUBFOLDER):
+    if out.resolve() in (source, source / TRANSFORMER_SUBFOLDER, source / V15_SUBFOLDER):
         raise AcestepError(f"{out}: write the merged model to a new folder, not over its source")
     config, state = load_transformer_weights(transformer, config_path)
     check_matches_config(config, state, Path(transformer))
     modules = {key.removesuffix(".weight") for key in state if key.endswith(".weight")}
     lora = read_lora(lora_path, kohya_lookup=kohya_lookup_for(modules))
+    model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
+    if lora.family is not None and lora.family != model_family:
+        raise AcestepError(f"{lora.path}: an {lora.family} LoRA cannot be merged into an {model_family} transformer")
     if dtype is not None:
         state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
     merge_into(state, lora, module_scales(lora, settings), strength)
@@ -159,10 +167,13 @@ def merge_file(
 
 def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:
     """The weights must be exactly what the config builds, or the saved folder would not load."""
-    from ..models import ACEStepTransformer2DModel
+    if config.get("_class_name") == V15_CLASS_NAME:
+        from diffusers import AceStepTransformer1DModel as model_class
+    else:
+        from ..models import ACEStepTransformer2DModel as model_class
 
     with torch.device("meta"):
-        expected = ACEStepTransformer2DModel.from_config(config).state_dict()
+        expected = model_class.from_config(config).state_dict()
     wrong = sorted(key for key in expected.keys() | state.keys()
                    if key not in state or key not in expected or expected[key].shape != state[key].shape)
     if wrong:

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import AcestepError
 from ..progress import progress
-from .bake import module_scales, provenance, save_baked
+from .bake import module_scales, provenance, save_baked, style_for
 from .io import LoraModule, check_output_file, read_lora
 from .settings import LoraSettings
 
@@ -89,7 +89,7 @@ def resize_file(
     rank: int | None = None,
     target: float | None = None,
     settings: LoraSettings | None = None,
-    style: str = "peft",
+    style: str | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, list[ResizedModule]]:
     """Write the resized, baked LoRA; `rank` is the fixed rank (method 'rank') or the cap of a dynamic method."""
@@ -97,6 +97,7 @@ def resize_file(
         raise AcestepError(f"unknown resize method {method!r}; choose one of {', '.join(METHODS)}")
     check_output_file(src, dst, overwrite)
     lora = read_lora(src)
+    style = style_for(lora, style)
     scales = module_scales(lora, settings)
     resized, reports = {}, []
     for name in progress(lora.modules, desc="resize", unit="module"):
@@ -104,7 +105,7 @@ def resize_file(
         reports.append(report)
     record = provenance(lora, scales, f"resize {method} rank={rank} target={target}", settings)
     record["kept_fro_min"] = min(r.kept_fro for r in reports)
-    return save_baked(resized, dst, style, record, lora.base_model), reports
+    return save_baked(resized, dst, style, record, lora.base_model, lora.family), reports
 
 
 def rank_advice(reports: list[ResizedModule]) -> str:

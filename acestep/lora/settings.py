@@ -34,6 +34,7 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    lora_dropout: float = 0.0  # dropout on the LoRA input during training (ACE-Step 1.5's official 0.1)
 
     @property
     def scale(self) -> float:
@@ -58,6 +59,7 @@ class LoraSettings:
                 target_modules=tuple([targets] if isinstance(targets, str) else targets),
                 rank_pattern={k: int(v) for k, v in (data.get("rank_pattern") or {}).items()},
                 alpha_pattern={k: float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
+                lora_dropout=float(data.get("lora_dropout") or 0.0),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise AcestepError(f"LoRA settings need r, lora_alpha and target_modules: {error}") from error

@@ -30,9 +30,11 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
-from acestep.lora.io import ADAPTER_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from acestep.lora.keys import V1_FAMILY
 from acestep.progress import progress
 
+from .family import StepFileWriter
 from .model import adapter_state_dict
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -53,7 +55,7 @@ def adapter_files(folder: Path) -> list[Path]:
     """The files the trainer writes into a step folder (this layout's and older versions')."""
     adapter = folder / ADAPTER_DIR
     return [adapter / PEFT_WEIGHTS_NAME, adapter / PEFT_CONFIG_NAME, folder / WEIGHTS_NAME,
-            *folder.glob("*-comfyui.safetensors")]
+            folder / DIFFUSERS_DIR / WEIGHTS_NAME, *folder.glob("*-comfyui.safetensors")]
 
 
 def list_step_folders(run_dir: Path) -> list[tuple[int, Path]]:
@@ -69,9 +71,12 @@ class AdapterSaver(Callback):
     """Every N steps and at the end: write the adapter pair atomically, the resumable state, prune old steps."""
 
     def __init__(
-        self, run_dir: Path, every_n_steps: int, keep_last: int, settings: LoraSettings, base_model: str, exp_name: str
+        self, run_dir: Path, every_n_steps: int, keep_last: int, settings: LoraSettings, base_model: str, exp_name: str,
+        write_files: StepFileWriter | None = None,
     ) -> None:
+        """`write_files`: the family's step-folder writer (default: the v1 adapter + its baked ComfyUI file)."""
         self.run_dir = Path(run_dir)
+        self.write_files = write_files
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.settings = settings
@@ -106,15 +111,20 @@ class AdapterSaver(Callback):
         """Everything goes into a temp folder first, so a step folder is either complete or absent."""
         temp = temp_sibling(folder)
         try:
-            weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step)
-            bake_file(weights, temp / baked_file_name(self.exp_name, step))
+            if self.write_files is not None:
+                self.write_files(tensors, temp, step)
+            else:
+                weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step, V1_FAMILY)
+                bake_file(weights, temp / baked_file_name(self.exp_name, step))
             if not folder.exists():
                 replace_with_retry(temp, folder)
             else:  # the same step saved again after a resume: replace our files, keep anything else
                 (folder / WEIGHTS_NAME).unlink(missing_ok=True)  # an older version's un-baked file
-                replace_folder(temp / ADAPTER_DIR, folder / ADAPTER_DIR)
-                for file in temp.glob("*.safetensors"):
-                    replace_with_retry(file, folder / file.name)
+                for item in temp.iterdir():
+                    if item.is_dir():
+                        replace_folder(item, folder / item.name)
+                    else:
+                        replace_with_retry(item, folder / item.name)
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
@@ -125,8 +135,9 @@ class AdapterSaver(Callback):
             for file in adapter_files(folder):
                 file.unlink(missing_ok=True)
             try:
-                if (folder / ADAPTER_DIR).is_dir():
-                    (folder / ADAPTER_DIR).rmdir()
+                for name in (ADAPTER_DIR, DIFFUSERS_DIR):
+                    if (folder / name).is_dir():
+                        (folder / name).rmdir()
                 folder.rmdir()
             except OSError:
                 warnings.warn(f"{folder}: kept, it holds files the trainer did not write", stacklevel=2)

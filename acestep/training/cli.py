@@ -5,12 +5,13 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from acestep.errors import one_line_errors
 from acestep.quiet import quiet_third_party_noise
 
-from .config import parse_config
+from .config import TrainConfig, parse_config
+from .family import TrainingParts
 from .run import run_training, summary_text
 
 
@@ -20,12 +21,16 @@ def resume_command(args: list[str]) -> str:
     return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(
+    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None
+) -> None:
+    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1."""
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         config = parse_config(args)
-        result = run_training(config)
+        parts = build_parts(config) if build_parts is not None else None
+        result = run_training(config, parts=parts)
     print()
     print(summary_text(result))
     if result.interrupted:

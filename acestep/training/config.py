@@ -15,6 +15,8 @@ from acestep.errors import AcestepError
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_V1_LORA_CONFIG = "config/lora_config_transformer_only.json"
+TIMESTEP_SCHEDULES = ("auto", "turbo", "logit_normal")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -32,8 +34,11 @@ class TrainConfig:
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
     # model
-    checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo (default: the official one)")
-    lora_config_path: str = _opt("config/lora_config_transformer_only.json", "LoRA config JSON (r, alpha, targets)")
+    checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
+                                      "(default: the official v1 one)")
+    dit: str | None = _opt(None, "ACE-Step 1.5 original layout: the DiT folder to train (default: acestep-v15-turbo)")
+    lora_config_path: str | None = _opt(None, "LoRA config JSON (r, alpha, targets); default: "
+                                        f"{DEFAULT_V1_LORA_CONFIG} for v1, config/lora_config_v15.json for 1.5")
     base_dtype: str = _opt("auto", "dtype of the frozen base: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU",
                            choices=BASE_DTYPES)
     release_unused_weights: bool = _opt(True, "free the checkpoint's never-used cross-attention add_* layers "
@@ -50,6 +55,13 @@ class TrainConfig:
     prompt_dropout: float = _opt(0.0, "probability to zero a sample's prompt states (upstream: 0.15)")
     lyrics_dropout: float = _opt(0.0, "probability to drop a sample's lyrics (upstream: 0.15)")
     speaker_dropout: float = _opt(0.0, "probability to zero the speaker embedding (always zero in v1 data)")
+    timestep_schedule: str = _opt("auto", "ACE-Step 1.5: turbo = the 8 turbo sampling timesteps (shift 3), "
+                                  "logit_normal = t ~ sigmoid(N(timestep_mu, timestep_sigma)); auto = turbo for turbo "
+                                  "checkpoints, logit_normal for base/sft", choices=TIMESTEP_SCHEDULES)
+    timestep_mu: float = _opt(-0.4, "ACE-Step 1.5 logit_normal schedule: mean (the base model's own training value)")
+    timestep_sigma: float = _opt(1.0, "ACE-Step 1.5 logit_normal schedule: std")
+    condition_dropout: float = _opt(0.0, "ACE-Step 1.5: probability to replace a sample's condition by "
+                                    "null_condition_emb (what base/sft guidance feeds; the base model trained with 0.15)")
     # optimisation
     optimizer: str = _opt("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or prodigy", choices=OPTIMIZERS)
     learning_rate: float | None = _opt(None, "peak learning rate (default 1e-4 for AdamW, 1.0 for Prodigy: its multiplier)")
@@ -96,9 +108,11 @@ class TrainConfig:
             problems.append("--warmup_steps must be >= 0")
         if self.max_duration is not None and self.max_duration <= 0:
             problems.append("--max_duration must be positive")
-        for name in ("prompt_dropout", "lyrics_dropout", "speaker_dropout"):
+        for name in ("prompt_dropout", "lyrics_dropout", "speaker_dropout", "condition_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"--{name} must be between 0 and 1")
+        if self.timestep_sigma <= 0:
+            problems.append("--timestep_sigma must be positive")
         if self.final_lr_fraction is not None and not 0.0 <= self.final_lr_fraction <= 1.0:
             problems.append("--final_lr_fraction must be between 0 and 1")
         if any(c in self.exp_name for c in "/\\:") or self.exp_name in ("", ".", ".."):

@@ -7,7 +7,7 @@ exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,9 +180,12 @@ class RunLoader(DataLoader):
     would silently see other batches than the interrupted one, so that is refused.
     """
 
-    def __init__(self, dataset: SongLatents, sampler: RunOrderSampler, num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, sampler: RunOrderSampler, num_workers: int = 0,
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_songs,
+    ) -> None:
         super().__init__(
-            dataset, batch_sampler=sampler, collate_fn=collate_songs, num_workers=num_workers,
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
             persistent_workers=num_workers > 0,
         )
         self.order = sampler

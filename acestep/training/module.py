@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import Dataset
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.models import ACEStepTransformer2DModel
 
 from .config import TrainConfig
-from .data import RunLoader, RunOrderSampler, SongLatents, stream_seed
+from .data import RunLoader, RunOrderSampler, SongLatents, collate_songs, stream_seed
+from .family import StepObjective
 from .flow_matching import FlowMatchingObjective, combine_losses
 from .memory import peak_memory_gb
 from .model import attach_lora
@@ -39,10 +42,15 @@ class LoraTrainingModule(L.LightningModule):
         transformer: ACEStepTransformer2DModel,
         settings: LoraSettings,
         config: TrainConfig,
-        dataset: SongLatents,
+        dataset: SongLatents | Dataset,
         adapter_name: str = "acestep_lora",
+        step: StepObjective | None = None,
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_songs,
     ) -> None:
+        """`step` and `collate` come from the model family (default: the v1 flow-matching step and batches)."""
         super().__init__()
+        self.step_objective = step
+        self.collate = collate
         self.transformer = transformer
         self.settings = settings
         self.config = config
@@ -80,7 +88,7 @@ class LoraTrainingModule(L.LightningModule):
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
         )
-        return RunLoader(self.dataset, sampler, self.config.num_workers)
+        return RunLoader(self.dataset, sampler, self.config.num_workers, self.collate)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.transformer.parameters() if p.requires_grad]
@@ -112,6 +120,9 @@ class LoraTrainingModule(L.LightningModule):
         rank = self.global_rank
         generator = torch.Generator().manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 1))
         torch.manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 2))
+        if self.step_objective is not None:
+            loss, extra = self.step_objective(self.transformer, batch, generator)
+            return self._record(loss, {"loss": loss.detach(), **extra})
         latents = batch["target_latents"]
         frame_mask = batch["attention_mask"]
         conditions = self._drop_conditions(batch, generator)
@@ -125,6 +136,10 @@ class LoraTrainingModule(L.LightningModule):
         loss = combine_losses(denoising, output.proj_losses or [], self.config.ssl_coeff)
         parts = {"loss": loss.detach(), "denoising_loss": denoising.detach()}
         parts.update({f"{name}_loss": value.detach() for name, value in output.proj_losses or []})
+        return self._record(loss, parts)
+
+    def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stop on a non-finite loss; add the micro-batch's values to the step's running sums."""
         values = {k: float(v) for k, v in parts.items()}
         if not math.isfinite(values["loss"]):
             detail = ", ".join(f"{k} {v:.4g}" for k, v in values.items())

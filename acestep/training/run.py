@@ -28,8 +28,9 @@ from .callbacks import (
     baked_file_name,
     list_step_folders,
 )
-from .config import TrainConfig
+from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from .data import SongLatents, frames_for_seconds
+from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .samples import SampleRenderer, read_sample_prompts
@@ -48,6 +49,7 @@ class TrainResult:
     stopped: str | None = None
     interrupted: bool = False  # stopped by Ctrl-C after saving the last step
     first_step: int = 0  # global step the run started (or resumed) at
+    usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -102,31 +104,41 @@ def run_training(
     transformer: ACEStepTransformer2DModel | None = None,
     dataset: datasets.Dataset | None = None,
     base_model: str | None = None,
+    parts: TrainingParts | None = None,
 ) -> TrainResult:
-    """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset."""
+    """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset.
+
+    `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
+    """
     config.validate()
     resume_from = check_run_dir(config)
-    settings = LoraSettings.from_json(config.lora_config_path)
-    songs = SongLatents(
-        dataset if dataset is not None else load_preprocessed(config.dataset_path),
-        max_frames=frames_for_seconds(config.max_duration),
-        use_ssl=config.use_ssl,
-    )
-    if transformer is None:
-        dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
-        transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
-    dtype = next(transformer.parameters()).dtype
-    if config.release_unused_weights:
-        release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
+    if parts is not None:
+        transformer, settings, songs = parts.transformer, parts.settings, parts.songs
+        module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate)
+        base_model = parts.base_model
+    else:
+        settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
+        songs = SongLatents(
+            dataset if dataset is not None else load_preprocessed(config.dataset_path),
+            max_frames=frames_for_seconds(config.max_duration),
+            use_ssl=config.use_ssl,
+        )
+        if transformer is None:
+            dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
+            transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
+        if config.release_unused_weights:
+            release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
+        module = LoraTrainingModule(transformer, settings, config, songs)
+    dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
     transformer.train()
-    module = LoraTrainingModule(transformer, settings, config, songs)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
-                         base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name)
+                         base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name,
+                         parts.write_step_files if parts is not None else None)
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
-    samplers = []
-    if config.sample_every > 0:
+    samplers = list(parts.callbacks) if parts is not None else []
+    if config.sample_every > 0 and parts is None:
         if not config.sample_prompts:
             raise AcestepError("--sample_every needs --sample_prompts FILE")
         prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
@@ -163,6 +175,7 @@ def run_training(
     adapter_dir = latest[-1][1] if latest else None
     baked = adapter_dir / baked_file_name(config.exp_name, latest[-1][0]) if adapter_dir else None
     return TrainResult(
+        usage=parts.summary(adapter_dir) if parts is not None and parts.summary and adapter_dir else None,
         run_dir=config.run_dir,
         steps=trainer.global_step,
         seconds=time.perf_counter() - started,
@@ -187,6 +200,8 @@ def summary_text(result: TrainResult) -> str:
         lines.append(f"Reason: {result.stopped}")
     if result.adapter_dir is None:
         lines.append("No adapter was saved (the run stopped before its first save).")
+    elif result.usage:
+        lines += [f"Latest adapter: {result.adapter_dir}", *result.usage]
     else:
         lines += [
             f"Latest adapter: {result.adapter_dir}",

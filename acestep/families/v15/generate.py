@@ -1,0 +1,175 @@
+"""Rendering with ACE-Step 1.5 through diffusers' AceStepPipeline, with any number of LoRAs at any strength.
+
+Defaults fit the checkpoint's variant (as the official inference does): turbo runs its 8 distilled steps without
+guidance; base and sft run 50 steps with guidance (APG, learned null condition) at 7.0. Every LoRA our tools read
+(the ComfyUI file, the diffusers file, the raw adapter with its header, other trainers' files with a config) has
+its trained scale put into its factors first, so strength 1.0 is always the trained change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from acestep.data.atomic import atomic_write_json
+from acestep.errors import AcestepError, InputError
+from acestep.lora import LoraSettings, read_lora
+from acestep.lora.keys import V15_FAMILY
+from acestep.progress import progress
+
+from .checkpoint import V15Checkpoint, load_pipeline, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TURBO_DEFAULTS = {"steps": 8, "guidance_scale": 1.0}
+GUIDED_DEFAULTS = {"steps": 50, "guidance_scale": 7.0}
+
+
+@dataclass
+class V15Params:
+    prompt: str
+    lyrics: str = ""
+    duration: float = 30.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int | None = None  # None: the variant's default
+    guidance_scale: float | None = None
+    shift: float = 3.0
+    language: str = "en"
+    bpm: int | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+
+    def for_variant(self, is_turbo: bool) -> V15Params:
+        """Fill the defaults of the checkpoint's variant."""
+        defaults = TURBO_DEFAULTS if is_turbo else GUIDED_DEFAULTS
+        steps = self.steps if self.steps is not None else defaults["steps"]
+        guidance = self.guidance_scale if self.guidance_scale is not None else defaults["guidance_scale"]
+        return V15Params(**{**asdict(self), "steps": steps, "guidance_scale": guidance})
+
+
+def check_lora_family(path: str | Path) -> None:
+    """A v1 LoRA given to 1.5 generation is refused in one line (header family, else module names)."""
+    family = read_lora(path).family
+    if family is not None and family != V15_FAMILY:
+        raise InputError(Path(path), f"an {family} LoRA; this checkpoint is {V15_FAMILY}")
+
+
+def load_v15_loras(pipe: Any, loras: list[tuple[str, float]], settings: LoraSettings | None = None) -> list[str]:
+    """Every (path, strength) as its own adapter on the DiT, active together."""
+    from acestep.pipeline.lora_loading import load_loras
+
+    for path, _ in loras:
+        check_lora_family(path)
+    return load_loras(pipe.transformer, loras, settings)
+
+
+def render(pipe: Any, params: V15Params, is_turbo: bool) -> list[torch.Tensor]:
+    """One stereo waveform [2, samples] per seed at the VAE's rate (48 kHz), with a progress bar over the steps."""
+    params = params.for_variant(is_turbo)
+    pipe.set_progress_bar_config(disable=True)  # ours below: live on a terminal, lines in logs
+    wavs = []
+    for seed in params.seeds:
+        bar = progress(total=params.steps, desc=f"sampling seed {seed}", unit="step")
+        advance = _StepCounter(bar)
+        try:
+            audio = pipe(
+                prompt=params.prompt, lyrics=params.lyrics, audio_duration=params.duration,
+                vocal_language=params.language, num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale, shift=params.shift, bpm=params.bpm, keyscale=params.keyscale,
+                timesignature=params.timesignature, generator=torch.Generator().manual_seed(seed),
+                callback_on_step_end=advance,
+            ).audios
+        finally:
+            bar.close()
+        wavs.append(audio[0].float().cpu())
+    return wavs
+
+
+class _StepCounter:
+    """callback_on_step_end: one tick of the bar per sampling step."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __call__(self, _pipe: Any, _step: int, _t: Any, kwargs: dict) -> dict:
+        self.bar.update(1)
+        return kwargs
+
+
+def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int, out_dir: Path, stem: str,
+                  extra: dict[str, Any], overwrite: bool) -> list[Path]:
+    """STEM_seedS.wav (16-bit PCM, through a temp file) and its parameters as JSON; existing files need overwrite."""
+    import soundfile as sf
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}_seed{seed}.wav" for seed in params.seeds]
+    taken = [p for p in paths if p.exists()]
+    if taken and not overwrite:
+        raise AcestepError(f"{taken[0]} exists; pick another --out_dir or pass --overwrite")
+    for wav, seed, path in zip(wavs, params.seeds, paths):
+        temp = path.with_name(f".{path.name}.tmp")
+        sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
+        temp.replace(path)
+        atomic_write_json(path.with_suffix(".json"), {**asdict(params), "seed": seed, "sample_rate": sample_rate,
+                                                      **extra})
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Generate music with ACE-Step 1.5 (AceStepPipeline) and optional LoRAs.")
+    p.add_argument("--checkpoint_dir", required=True, help="ACE-Step 1.5 folder (diffusers or original layout)")
+    p.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
+    p.add_argument("--prompt", required=True, help="the caption: style, instruments, mood")
+    p.add_argument("--lyrics", default="", help="lyrics text or a path to a .txt file ('' = instrumental)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="one output per seed")
+    p.add_argument("--steps", type=int, help="sampling steps (default: 8 for turbo, 50 for base/sft)")
+    p.add_argument("--guidance_scale", type=float,
+                   help="APG guidance (default: 1.0 = none for turbo, which is guidance-distilled; 7.0 for base/sft)")
+    p.add_argument("--shift", type=float, default=3.0, help="timestep shift of the sampling schedule (1, 2 or 3)")
+    p.add_argument("--language", default="en", help="vocal language code")
+    p.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section")
+    p.add_argument("--keyscale", help="key, e.g. 'A minor'")
+    p.add_argument("--timesignature", help="beats per bar, e.g. 4")
+    p.add_argument("--lora", action="append", default=[], help="PATH[:STRENGTH]; repeat for several LoRAs")
+    p.add_argument("--lora_config_path", help="LoRA config for raw files that do not carry rank/alpha")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32",
+                   help="dtype of the models")
+    p.add_argument("--out_dir", default="outputs", help="folder for the WAV and JSON files")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs of the same name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from acestep.pipeline.cli import parse_lora
+
+    args = build_parser().parse_args(argv)
+    lyrics = args.lyrics
+    if lyrics and len(lyrics) < 260 and Path(lyrics).suffix == ".txt":
+        lyrics = Path(lyrics).read_text(encoding="utf-8-sig")
+    params = V15Params(prompt=args.prompt, lyrics=lyrics, duration=args.duration, seeds=args.seed, steps=args.steps,
+                       guidance_scale=args.guidance_scale, shift=args.shift, language=args.language, bpm=args.bpm,
+                       keyscale=args.keyscale, timesignature=args.timesignature)
+    try:
+        checkpoint: V15Checkpoint = resolve(args.checkpoint_dir, args.dit)
+        print(checkpoint.describe())
+        loras = [parse_lora(spec) for spec in args.lora]
+        for path, _ in loras:
+            check_lora_family(path)
+        pipe = load_pipeline(checkpoint, DTYPES[args.dtype]).to(args.device)
+        settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
+        load_v15_loras(pipe, loras, settings)
+        wavs = render(pipe, params, checkpoint.is_turbo)
+        paths = write_outputs(wavs, params.for_variant(checkpoint.is_turbo), pipe.sample_rate, Path(args.out_dir),
+                              "ace15", {"variant": checkpoint.variant,
+                                        "loras": [{"path": p, "strength": s} for p, s in loras]}, args.overwrite)
+    except (AcestepError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    for path in paths:
+        print(f"wrote {path} (+ {path.with_suffix('.json').name})")

@@ -1,0 +1,169 @@
+"""ACE-Step 1.5 training parts for the shared trainer: the DiT and its null condition, the stored songs, the step.
+
+The trainer machinery (acestep/training/) runs the loop, resume, saving and logging; this module only says what a
+1.5 micro-batch holds, which objective it trains and which files a step folder gets.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import Dataset
+
+from acestep.errors import AcestepError
+from acestep.lora import LoraSettings
+from acestep.lora.keys import V15_FAMILY
+from acestep.training.config import TrainConfig
+from acestep.training.data import Draw
+from acestep.training.family import TrainingParts
+
+from .checkpoint import V15Checkpoint, load_components
+from .export import usage_lines, write_step_files
+from .objective import TimestepSampler, V15Step, resolve_schedule
+
+LATENT_FRAMES_PER_SECOND = 25.0  # 48 kHz / 1920 (AutoencoderOobleck)
+DEFAULT_LORA_CONFIG = "config/lora_config_v15.json"
+LATENT_COLUMNS = ("target_latents", "context_latents")
+OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
+INPUT_COLUMNS = ("text_hidden_states", "text_attention_mask", "lyric_hidden_states", "lyric_attention_mask")
+
+
+def frames_for_seconds(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, math.floor(seconds * LATENT_FRAMES_PER_SECOND))
+
+
+class V15Songs(Dataset):
+    """Stored 1.5 rows as float tensors; latents and context latents cropped together to `max_frames`.
+
+    The condition (prompt, lyrics, metadata, timbre) always describes the whole song, as in the official trainer.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, max_frames: int | None = None) -> None:
+        names = set(dataset.column_names)
+        self.stores_inputs = not set(OUTPUT_COLUMNS) <= names and set(INPUT_COLUMNS) <= names
+        self.condition_columns = INPUT_COLUMNS if self.stores_inputs else OUTPUT_COLUMNS
+        missing = [c for c in LATENT_COLUMNS + self.condition_columns if c not in names]
+        if missing:
+            raise AcestepError(f"the dataset lacks the column(s) {', '.join(missing)}: not an ACE-Step 1.5 dataset")
+        self.dataset = dataset.select_columns(list(LATENT_COLUMNS + self.condition_columns)).with_format("torch")
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, draw: Draw) -> dict[str, Any]:
+        row = self.dataset[draw.index]
+        latents, context = row["target_latents"].float(), row["context_latents"].float()
+        frames = latents.shape[0]
+        if self.max_frames is not None and frames > self.max_frames:
+            generator = torch.Generator().manual_seed(draw.seed)
+            start = int(torch.randint(0, frames - self.max_frames + 1, (1,), generator=generator))
+            latents, context = latents[start:start + self.max_frames], context[start:start + self.max_frames]
+        item = {"target_latents": latents, "context_latents": context, "micro_batch": draw.micro_batch}
+        item.update({name: row[name].float() for name in self.condition_columns})
+        return item
+
+
+def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack along a new batch dim, zero-padding dim 0 to the longest; mask 1 on real rows."""
+    length = max(t.shape[0] for t in tensors)
+    stacked = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
+    mask = torch.zeros(len(tensors), length)
+    for i, tensor in enumerate(tensors):
+        stacked[i, : tensor.shape[0]] = tensor
+        mask[i, : tensor.shape[0]] = 1.0
+    return stacked, mask
+
+
+def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad frames and condition tokens to the longest in the batch.
+
+    diffusers' DiT takes no padding masks, so padded frames and tokens are attended to; the loss ignores padded
+    frames. Batch size 1 (the default) or equal crops (--max_duration) avoid padding altogether.
+    """
+    latents, frame_mask = _pad([i["target_latents"] for i in items])
+    batch = {"target_latents": latents, "attention_mask": frame_mask, "micro_batch": items[0]["micro_batch"]}
+    for name in items[0]:
+        if name not in batch and name != "micro_batch":
+            batch[name] = _pad([i[name] for i in items])[0]
+    return batch
+
+
+def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> TrainingParts:
+    """The trainer CLI's 1.5 path: DiT and condition encoder from either layout, the stored songs of --dataset_path."""
+    from acestep.data.preprocessed import dataset_family, load_preprocessed
+    from acestep.families import check_same_family
+    from acestep.training.model import resolve_base_dtype
+
+    found = dataset_family(config.dataset_path)
+    if found is None:
+        raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
+    check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
+    gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    dtype = resolve_base_dtype(config.base_dtype, gpu)
+    modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
+    encoder = modules["condition_encoder"].requires_grad_(False)
+    null = encoder.null_condition_emb.detach().clone()
+    parts = training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
+                           base_model_name(checkpoint), encoder)
+    if config.sample_every > 0:
+        from .samples import V15SampleRenderer, read_v15_prompts
+
+        if not config.sample_prompts:
+            raise AcestepError("--sample_every needs --sample_prompts FILE")
+        prompts = read_v15_prompts(config.sample_prompts)
+        parts.callbacks.append(V15SampleRenderer(config.run_dir, config.sample_every, prompts, checkpoint))
+    return parts
+
+
+def base_model_name(checkpoint: V15Checkpoint) -> str:
+    """What the LoRA header records: the checkpoint folder and the DiT variant."""
+    return f"{checkpoint.root.resolve()}" + (f" ({checkpoint.dit.name})" if checkpoint.dit else "")
+
+
+def is_turbo(transformer: torch.nn.Module) -> bool:
+    """As AceStepPipeline decides: the config's is_turbo flag or model_version 'turbo'."""
+    config = transformer.config
+    return bool(getattr(config, "is_turbo", False) or getattr(config, "model_version", None) == "turbo")
+
+
+def training_parts(
+    config: TrainConfig,
+    transformer: torch.nn.Module,
+    null_embedding: torch.Tensor | None,
+    dataset: datasets.Dataset,
+    base_model: str,
+    condition_encoder: torch.nn.Module | None = None,
+) -> TrainingParts:
+    """Everything the shared trainer needs for a 1.5 run on `transformer` (frozen base in its dtype).
+
+    `condition_encoder` (frozen) runs in the step when the dataset stores its inputs (--condition_store inputs).
+    """
+    settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
+    schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
+    songs = V15Songs(dataset, frames_for_seconds(config.max_duration))
+    if songs.stores_inputs and condition_encoder is None:
+        raise AcestepError("the dataset stores the condition encoder's inputs: the run needs the condition encoder")
+    step = V15Step(TimestepSampler(schedule, config.timestep_mu, config.timestep_sigma), null_embedding,
+                   config.condition_dropout, condition_encoder if songs.stores_inputs else None)
+    return TrainingParts(
+        family=V15_FAMILY,
+        transformer=transformer,
+        songs=songs,
+        collate=collate_v15,
+        step=step,
+        settings=settings,
+        base_model=base_model,
+        write_step_files=partial(_write, settings=settings, base_model=base_model, exp_name=config.exp_name),
+        summary=usage_lines,
+    )
+
+
+def _write(tensors: dict[str, torch.Tensor], folder: Path, step: int, *, settings: LoraSettings, base_model: str,
+           exp_name: str) -> list[Path]:
+    return write_step_files(tensors, folder, step, settings, base_model, exp_name)

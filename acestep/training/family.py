@@ -1,0 +1,46 @@
+"""What a model family hands the trainer: the machinery (loop, resume, saving, logging) stays family-agnostic.
+
+The CLI layer builds `TrainingParts` for the family it detected (acestep/families/...); nothing in training/
+imports a family. v1 runs without parts (run_training builds today's v1 model and data itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import Dataset
+
+from acestep.lora import LoraSettings
+
+
+class StepObjective(Protocol):
+    """The loss of one micro-batch; every random draw comes from `generator` (seeded per micro-batch)."""
+
+    def __call__(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+# (PEFT state dict of the adapter, folder to write into, optimizer step) -> files written
+StepFileWriter = Callable[[dict[str, torch.Tensor], Path, int], list[Path]]
+
+
+@dataclass
+class TrainingParts:
+    """A family's model, data and objective, and how it writes a step folder."""
+
+    family: str
+    transformer: torch.nn.Module
+    songs: Dataset  # items by acestep.training.data.Draw
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    step: StepObjective
+    settings: LoraSettings
+    base_model: str
+    write_step_files: StepFileWriter
+    callbacks: list[Callback] = field(default_factory=list)  # e.g. audio samples during training
+    summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
