@@ -10,6 +10,7 @@ from pathlib import Path
 from acestep.captioning.caption import AudioChatBackend, BackendUnavailable, CaptionError, CaptionSettings
 from acestep.captioning.clips import MAX_CLIP_SAMPLES
 from acestep.captioning.runner import RunOptions, RunStopped, caption_folder, summary_table
+from acestep.cli_help import make_parser
 from acestep.errors import AcestepError
 
 EXIT_SOME_FAILED = 1
@@ -22,17 +23,10 @@ def one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's default in --help; required arguments show none (they have none)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.required else super()._get_help_string(action)
-
-
-def common_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpWithDefaults)
+def common_parser(description: str, name: str) -> argparse.ArgumentParser:
+    parser = make_parser(description, name)
     parser.add_argument(
-        "--data_dir", type=Path, required=True, help="folder searched recursively for audio (required)"
+        "--data_dir", type=Path, required=True, help="folder searched recursively for audio"
     )
     parser.add_argument(
         "--lyrics",
@@ -103,7 +97,8 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
 def transformers_parser() -> argparse.ArgumentParser:
     from acestep.captioning.qwen_omni import DEFAULT_MODEL, GPTQ_MODEL
 
-    parser = common_parser("Tags (and lyrics) for each audio file with Qwen2.5-Omni through transformers.")
+    parser = common_parser("Tags (and lyrics) for each audio file with Qwen2.5-Omni through transformers.",
+                           "generate_prompts_lyrics.py")
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -132,7 +127,8 @@ def llamacpp_parser() -> argparse.ArgumentParser:
 
     parser = common_parser(
         "Tags (and lyrics) for each audio file through a running llama-server. At start it checks that "
-        "the server answers and can hear audio (/props modalities.audio, i.e. it was started with --mmproj)."
+        "the server answers and can hear audio (/props modalities.audio, i.e. it was started with --mmproj).",
+        "generate_prompts_lyrics_llamacpp.py",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address of the running llama-server")
     parser.add_argument("--port", type=int, default=8080, help="port of the running llama-server")

@@ -15,6 +15,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from ..cli_help import make_parser
 from ..data.atomic import atomic_write_json
 from ..errors import AcestepError, InputError
 from ..lora import LoraSettings
@@ -89,18 +90,8 @@ def save_outputs(wavs: list[torch.Tensor], params: GenerationParams, seeds: list
     return written
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's default in --help; a required flag says "(required)" instead of "(default: None)"."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required and action.option_strings:
-            return f"{action.help} (required)"
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Generate music with ACE-Step v1 and optional LoRAs.",
-                                formatter_class=HelpFormatter)
+    p = make_parser("Generate music with ACE-Step v1 and optional LoRAs.", "generate.py")
     p.add_argument("--prompt", required=True, help="comma-separated tags, e.g. 'pop, piano, female vocals'")
     p.add_argument("--lyrics", default="", help="lyrics text, or a UTF-8 text file to read them from "
                    "('' = instrumental)")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_json
 from acestep.errors import AcestepError, InputError
 from acestep.lora import LoraSettings, read_lora
@@ -120,8 +121,7 @@ def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Generate music with ACE-Step 1.5 (AceStepPipeline) and optional LoRAs.")
+    p = make_parser("Generate music with ACE-Step 1.5 (AceStepPipeline) and optional LoRAs.", "generate.py")
     p.add_argument("--checkpoint_dir", required=True, help="ACE-Step 1.5 folder (diffusers or original layout)")
     p.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
     p.add_argument("--prompt", required=True, help="the caption: style, instruments, mood")
