@@ -279,18 +279,26 @@ def _batch_bytes(request: PlanRequest, config: dict) -> int:
     return size
 
 
-def check_bounds(request: PlanRequest) -> None:
-    """Every number within what a training run can be (nan and inf included), so the answer comes at once."""
-    ranges = {
-        "duration": (request.duration, 0.0, MAX_DURATION_S, "seconds"),
-        "gpu_gb": (request.gpu_gb, 0.0, MAX_GPU_GB, "GB"),
-        "batch_size": (request.batch_size, 1, MAX_BATCH_SIZE, ""),
-        "rank": (request.rank if request.rank is not None else 1, 1, MAX_RANK, ""),
-        "lyric_tokens": (request.lyric_tokens, 1, MAX_TRAINING_TOKENS, ""),
-        "text_tokens": (request.text_tokens, 1, MAX_TEXT_TOKENS, ""),
-    }
-    for name, (value, low, high, unit) in ranges.items():
-        positive_only = isinstance(low, float)  # 0 itself is no duration or memory
+# name: (lowest, highest, unit); a float lowest is excluded (0 itself is no duration or memory)
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "duration": (0.0, MAX_DURATION_S, "seconds"),
+    "gpu_gb": (0.0, MAX_GPU_GB, "GB"),
+    "batch_size": (1, MAX_BATCH_SIZE, ""),
+    "rank": (1, MAX_RANK, ""),
+    "lyric_tokens": (1, MAX_TRAINING_TOKENS, ""),
+    "text_tokens": (1, MAX_TEXT_TOKENS, ""),
+    "condition_tokens": (1, MAX_TRAINING_TOKENS, ""),
+}
+
+
+def check_bounds(request: Any) -> None:
+    """Every number of a v1 or 1.5 request within what a training run can be (nan and inf included), so the
+    answer comes at once. A rank of None means the LoRA config's."""
+    for name, (low, high, unit) in BOUNDS.items():
+        value = getattr(request, name, None)
+        if value is None:
+            continue
+        positive_only = isinstance(low, float)
         if not math.isfinite(value) or value > high or (value <= low if positive_only else value < low):
             bound = f"more than {low:g}" if positive_only else f"at least {low}"
             raise AcestepError(f"--{name} must be {bound} and at most {high:g}{' ' + unit if unit else ''}, "
@@ -438,6 +446,7 @@ def v15_request(a: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         request = parse_args(argv)
+        check_bounds(request)
         if not isinstance(request, PlanRequest):
             from acestep.families.v15 import plan as v15_plan
 

@@ -158,3 +158,14 @@ def test_every_input_is_bounded_and_answered_at_once(flag, value):
     message = str(exit_info.value.code)
     shown = float(value) if flag in ("--duration", "--gpu_gb") else value
     assert message.startswith(f"error: {flag} must be") and message.endswith(f"not {shown}"), message
+
+
+@pytest.mark.parametrize("model", ["2b", "xl"])
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--duration", "1e9"), ("--duration", "nan"), ("--gpu_gb", "-1"), ("--batch_size", "0"),
+    ("--rank", "0"), ("--condition_tokens", "0"),
+])
+def test_ace_step_1_5_inputs_are_bounded_too(model, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", model, flag, value])
+    assert str(exit_info.value.code).startswith(f"error: {flag} must be"), exit_info.value.code
