@@ -32,11 +32,12 @@ class LineProgress(tqdm):
         self._line_open = False  # a status line was written and not yet ended
         self._printed_final = False
         self._closing = False
+        self._resetting = False
         super().__init__(*args, **kwargs)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         """Write a line when the interval has passed, when done, or when closing."""
-        if msg == "":  # tqdm erasing a bar: nothing was drawn over, so nothing to erase
+        if msg == "" or self._resetting:  # erasing, or the zero state of a reset: nothing worth a line
             return False
         now = time.monotonic()
         finished = self.total is not None and self.n >= self.total
@@ -50,6 +51,14 @@ class LineProgress(tqdm):
         self._printed_final = finished or self._closing
         self._last_line_at = now
         return True
+
+    def reset(self, total: float | None = None) -> None:
+        """No line for the zeroed bar: the caller sets its real position next and refreshes."""
+        self._resetting = True
+        try:
+            super().reset(total)
+        finally:
+            self._resetting = False
 
     def clear(self, nolock: bool = False) -> None:
         """End the open line, so a message written between updates (tqdm.write) starts a line of its own."""

@@ -105,7 +105,7 @@ def transformers_parser() -> argparse.ArgumentParser:
         help=f"folder or hub id of Qwen2.5-Omni (bf16), or a GPTQ checkpoint such as {GPTQ_MODEL} (extra 'gptq')",
     )
     parser.add_argument(
-        "--device", default=None, help="cuda, cuda:1 or cpu (None: cuda when present, else cpu)"
+        "--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present, else cpu)"
     )
     return parser
 

@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no ERG in the transformer's attention for the unconditional pass")
     p.add_argument("--lora", action="append", default=[], help="PATH[:STRENGTH]; repeat for several LoRAs")
     p.add_argument("--lora_config_path", default=None,
-                   help="LoRA config for raw files that do not carry rank/alpha")
-    p.add_argument("--checkpoint_dir", default=None, help="checkpoint folder or repo id (None: the official one)")
-    p.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (None: found automatically)")
+                   help="LoRA config for raw files that do not carry rank/alpha (default: the file's header)")
+    p.add_argument("--checkpoint_dir", default=None,
+                   help="checkpoint folder or repo id (default: the official v1 one; an ACE-Step 1.5 folder "
+                        "switches to the 1.5 generator, whose own flags its --help lists)")
+    p.add_argument("--lyrics_vocab", default=None, help="lyric vocab.json (default: found automatically)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to run on")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32",

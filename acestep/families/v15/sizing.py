@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from acestep.cli_help import make_parser
 from acestep.data.sizing import stored_bytes_per_second
 
 from .encode import EncodedV15Song, SongText, features_for_v15_record
@@ -48,7 +49,9 @@ def measure_bytes_per_second(seconds: float, store: str, folder: Path) -> tuple[
     return stored_bytes_per_second(song.to_record(), song.duration, features_for_v15_record, folder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    make_parser("ACE-Step 1.5: bytes on disk per second of audio, condition-encoder outputs or inputs stored "
+                "(30-240 s songs, published shapes).", "python -m acestep.families.v15.sizing").parse_args(argv)
     print(f"ACE-Step 1.5, {LYRIC_TOKENS} lyric tokens, {TEXT_TOKENS} prompt tokens")
     print("seconds  condition store  MB on disk per s of audio  (tensor bytes only)")
     for seconds in (30.0, 60.0, 120.0, 180.0, 240.0):
