@@ -9,21 +9,20 @@ with fewer layers (a mid-size check on small machines); without it the whole pub
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from acestep.cli_help import make_parser  # noqa: E402
 from acestep.families.v15.plan import MODELS, V15PlanRequest, estimate, measure_step  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from bench.common import machine_description, machine_tag, write_results  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__.splitlines()[0])
     p.add_argument("--model", default="2b", choices=sorted(MODELS), help="published 1.5 DiT")
     p.add_argument("--seconds", default="60", help="comma-separated crop lengths")
     p.add_argument("--layers", type=int, help="keep the width, use this many layers (default: all)")

@@ -11,13 +11,14 @@ the answer deterministic in transformers and in llama.cpp alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from acestep.cli_help import make_parser
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -170,11 +171,8 @@ def _save_full_omni(model: torch.nn.Module, folder: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m acestep.captioning.tiny_omni",
-        description="Write a tiny random Qwen2.5-Omni thinker (tests, llama-server fixture).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = make_parser("Write a tiny random Qwen2.5-Omni thinker (tests, llama-server fixture).",
+                         "python -m acestep.captioning.tiny_omni")
     parser.add_argument("folder", type=Path, help="new folder to write the model into")
     parser.add_argument("--answer", default=None, help="text greedy decoding says (default: random answers)")
     parser.add_argument("--repeat", action="store_true", help="say --answer forever instead of stopping")
