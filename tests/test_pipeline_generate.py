@@ -16,7 +16,7 @@ from peft.utils import get_peft_model_state_dict
 
 from acestep.errors import InputError
 from acestep.lora import LoraSettings, bake_file, save_adapter
-from acestep.pipeline.cli import build_parser, main, parse_lora, read_lyrics, save_outputs
+from acestep.pipeline.cli import main, parse_lora, read_lyrics, save_outputs
 from acestep.pipeline.erg import proportional_indices
 from acestep.pipeline.lora_loading import load_loras
 from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams, latent_frames, output_samples
@@ -168,16 +168,3 @@ def test_cli_lyrics_errors_are_one_line(tmp_path: Path, problem: str, capsys: py
         main(["--prompt", "x", "--lyrics", str(path), "--checkpoint_dir", str(tmp_path / "never_loaded")])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "\n" not in message and "song.TXT" in message
-
-
-def test_every_flag_has_help_and_shows_its_default() -> None:
-    parser = build_parser()
-    text = parser.format_help()
-    options = text[text.index("\noptions:"):]
-    for action in parser._actions:
-        if action.dest == "help":
-            continue
-        assert action.help, action.dest
-        block = options[options.index("\n  " + action.option_strings[0] + " "):]
-        block = " ".join(block[: block.find("\n  --", 1)].split())
-        assert ("(required)" if action.required else "(default: ") in block, action.dest
