@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 LIGHTNING_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
@@ -34,3 +36,14 @@ def quiet_third_party_noise() -> None:
             logger.addFilter(DropNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+
+
+@contextmanager
+def old_weight_norm() -> Iterator[None]:
+    """Silence torch's FutureWarning about the old `weight_norm`, only around building a model that needs it:
+    the published checkpoints (v1 vocoder, 1.5 Oobleck VAE) store its `weight_g`/`weight_v` names, so the
+    deprecated function stays and the warning says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
+                                category=FutureWarning)
+        yield

@@ -93,7 +93,7 @@ def test_step_feeds_the_dit_x_t_and_t_as_timestep_r() -> None:
     xt = t.view(-1, 1, 1) * noise + (1 - t.view(-1, 1, 1)) * x0
     out = model(hidden_states=xt, timestep=t, timestep_r=t, encoder_hidden_states=batch["encoder_hidden_states"],
                 context_latents=batch["context_latents"]).sample
-    assert float(loss) == pytest.approx(float(F.mse_loss(out, noise - x0)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(F.mse_loss(out, noise - x0)), rel=1e-5)
 
 
 def fixed_draw_loss(model: torch.nn.Module, dataset: Any, draws: int = 16) -> float:

@@ -7,7 +7,6 @@ Names follow the published `music_vocoder/` checkpoint: `backbone.channel_layers
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -17,20 +16,16 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn.utils import weight_norm as _torch_weight_norm
 
+from ..quiet import old_weight_norm
 from .mel import LogMelSpectrogram
 
 LN_EPS = 1e-6
 
 
 def weight_norm(module: nn.Module) -> nn.Module:
-    """Old-style weight norm, whose `weight_g` / `weight_v` names the published checkpoint stores.
-
-    torch's parametrized replacement names them `parametrizations.weight.original0/1`, so the deprecated
-    function stays; its FutureWarning says nothing a user can act on and is silenced here only.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
-                                category=FutureWarning)
+    """Old-style weight norm, whose `weight_g` / `weight_v` names the published checkpoint stores (torch's
+    parametrized replacement names them `parametrizations.weight.original0/1`)."""
+    with old_weight_norm():
         return _torch_weight_norm(module)
 
 

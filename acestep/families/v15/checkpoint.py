@@ -20,6 +20,7 @@ import torch
 from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
+from acestep.quiet import old_weight_norm
 
 NAME = V15_FAMILY
 DEFAULT_DIT = "acestep-v15-turbo"
@@ -280,23 +281,31 @@ def load_components(
     }
 
 
+def _load_vae(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderOobleck
+
+    with old_weight_norm():
+        return AutoencoderOobleck.from_pretrained(folder, dtype=dtype).eval()
+
+
 def load_pipeline(
     checkpoint: V15Checkpoint, dtype: torch.dtype = torch.float32, with_transformer: bool = True
 ) -> Any:
     """An AceStepPipeline from either layout (diffusers: `from_pretrained`; original: converted in memory).
 
     Without the transformer (stage 3 only encodes) the DiT's weights are never read."""
-    from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
     from transformers import AutoModel, AutoTokenizer
 
     if checkpoint.layout == "diffusers":
         skip = {} if with_transformer else {"transformer": None}
-        return AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
+        with old_weight_norm():  # the Oobleck VAE
+            return AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
     names = ("transformer", "condition_encoder") if with_transformer else ("condition_encoder",)
     modules = load_original_components(checkpoint, names, dtype)
     text_dir = checkpoint.root / TEXT_ENCODER_FOLDER
     return AceStepPipeline(
-        vae=AutoencoderOobleck.from_pretrained(checkpoint.root / "vae", dtype=dtype).eval(),
+        vae=_load_vae(checkpoint.root / "vae", dtype),
         text_encoder=AutoModel.from_pretrained(text_dir, dtype=dtype).eval(),
         tokenizer=AutoTokenizer.from_pretrained(text_dir),
         transformer=modules.get("transformer"),

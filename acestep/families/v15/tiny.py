@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from acestep.data.atomic import build_into
+from acestep.quiet import old_weight_norm
 
 from .checkpoint import (
     DEFAULT_DIT,
@@ -81,10 +82,12 @@ def _write_text_encoder(folder: Path) -> None:
 def _write_vae(folder: Path) -> None:
     from diffusers import AutoencoderOobleck
 
-    AutoencoderOobleck(
-        encoder_hidden_size=2 * ACOUSTIC, downsampling_ratios=DOWNSAMPLING, channel_multiples=[1, 2, 2, 2, 2],
-        decoder_channels=8, decoder_input_channels=ACOUSTIC, audio_channels=2, sampling_rate=48000,
-    ).save_pretrained(str(folder))
+    with old_weight_norm():
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=2 * ACOUSTIC, downsampling_ratios=DOWNSAMPLING, channel_multiples=[1, 2, 2, 2, 2],
+            decoder_channels=8, decoder_input_channels=ACOUSTIC, audio_channels=2, sampling_rate=48000,
+        )
+    vae.save_pretrained(str(folder))
 
 
 def _write_original(root: Path, dit: str) -> None:
