@@ -252,3 +252,28 @@ def test_the_tiny_model_writer_never_writes_into_a_full_folder(tmp_path: Path, c
         main([str(tmp_path)])
     assert exit_info.value.code == 2 and "is not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_stage1_prints_a_non_ascii_song_name_on_a_cp1252_console(tmp_path: Path) -> None:
+    """Windows consoles and logs in cp1252 cannot encode 東京: stage 1 must print it escaped, not crash."""
+    import os
+    import subprocess
+    import sys
+
+    model = write_tiny_qwen_omni(tmp_path / "model", answer="rock, piano, upbeat")
+    data = tmp_path / "songs"
+    data.mkdir()
+    write_song(data / "東京 ballad.wav", 3.0)
+    (data / "壊れた.wav").write_bytes(b"RIFF\x00\x00 not audio")
+    script = Path(__file__).resolve().parents[1] / "generate_prompts_lyrics.py"
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    done = subprocess.run(
+        [sys.executable, str(script), "--data_dir", str(data), "--model", str(model), "--device", "cpu"],
+        capture_output=True, env=env, timeout=300, check=False,
+    )
+    output = (done.stdout + done.stderr).decode("cp1252")
+    assert "UnicodeEncodeError" not in output and "Traceback" not in output, output
+    assert (data / "東京 ballad_prompt.txt").read_text(encoding="utf-8") == "rock, piano, upbeat\n"
+    assert "\\u58ca" in output  # the broken file is named, escaped
+    assert done.returncode == 1, output  # one file failed
