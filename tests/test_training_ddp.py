@@ -17,9 +17,12 @@ import pytest
 import torch
 from training_helpers import synthetic_songs
 
+from acestep.errors import AcestepError
 from acestep.lora import load_adapter
+from acestep.training import TrainConfig
 from acestep.training.callbacks import read_metrics
 from acestep.training.data import RunOrderSampler
+from acestep.training.run import _strategy, check_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +34,21 @@ def test_ranks_take_disjoint_slots_that_cover_the_run_order() -> None:
     assert [(d.index, d.seed) for d in merged] == [(d.index, d.seed) for d in single]
     assert {d.seed for d in ranks[0]}.isdisjoint({d.seed for d in ranks[1]})
     assert [d.micro_batch for d in ranks[1]] == list(range(6))
+
+
+def test_more_devices_than_gpus_and_no_nccl_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(dataset_path="x", accelerator="gpu", devices="2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(AcestepError, match=r"^--devices 2 asks for 2 GPUs but this machine has 1: use --devices 1$"):
+        check_devices(config)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(AcestepError, match=r"has 0: use --devices 1 --accelerator cpu$"):
+        check_devices(config)
+    check_devices(TrainConfig(dataset_path="x", accelerator="cpu", devices="2"))  # CPU processes: any number
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)  # Windows
+    assert _strategy(config).process_group_backend == "gloo"
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    assert _strategy(config) == "ddp" and _strategy(TrainConfig(dataset_path="x", devices="1")) == "auto"
 
 
 def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
