@@ -1,6 +1,9 @@
 """Will a LoRA training run fit on my GPU? An estimate of training memory, and what to change when it does not.
 
-`python -m acestep.plan --duration 360 --rank 64 [--batch_size 1] [--gpu_gb 10] [--optimizer adamw]`
+`python -m acestep.plan --duration 360 --rank 64 [--batch_size 1] [--gpu_gb 10] [--optimizer adamw] [--devices 2]`
+
+With --devices N (DDP), every GPU holds all of it (a full copy of the base, the LoRA, its optimizer state, one
+micro-batch) plus DDP's gradient buckets; what N multiplies is the songs per optimizer step, not the crop length.
 
 Parameter counts come from the model config (the model is built on the meta device, the LoRA attached by PEFT
 exactly as the trainer does). Activation terms are counted per token from the operations of a training step
@@ -40,6 +43,7 @@ MAX_GPU_GB = 4096.0
 MAX_BATCH_SIZE = 1024
 MAX_RANK = 4096
 MAX_TEXT_TOKENS = 4096
+MAX_DEVICES = 4096
 # Optimizer state per trainable parameter: AdamW two fp32 moments; bitsandbytes AdamW8bit two uint8 moments
 # (+ block statistics, < 1 %); Prodigy two moments, `s` and the initial copy `p0`.
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
@@ -101,6 +105,7 @@ class PlanRequest:
     device: str = "cuda"
     release_unused_weights: bool = True  # the trainer's default: add_* layers (and projectors without SSL) freed
     transformer_config: dict | None = None  # None: the published model
+    devices: int = 1  # GPUs training together (DDP); the estimate is per GPU
 
     @property
     def frames(self) -> int:
@@ -288,7 +293,22 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "lyric_tokens": (1, MAX_TRAINING_TOKENS, ""),
     "text_tokens": (1, MAX_TEXT_TOKENS, ""),
     "condition_tokens": (1, MAX_TRAINING_TOKENS, ""),
+    "devices": (1, MAX_DEVICES, "GPUs"),
 }
+
+
+def ddp_parts(devices: int, lora_params: int) -> dict[str, int]:
+    """What DDP adds on each GPU: buckets the size of the fp32 LoRA gradients, which it all-reduces."""
+    return {"DDP gradient buckets (fp32)": lora_params * 4} if devices > 1 else {}
+
+
+def ddp_line(devices: int, batch_size: int) -> list[str]:
+    """The plan's line on several GPUs: the figures are per GPU, the step takes N times the songs."""
+    if devices <= 1:
+        return []
+    return [f"Per GPU, each of the {devices} GPUs (DDP: every GPU holds a full copy of the base and one micro-batch); "
+            f"songs per optimizer step: {batch_size} x {devices} = {batch_size * devices} (the crop length "
+            "does not scale)"]
 
 
 def check_bounds(request: Any) -> None:
@@ -328,6 +348,7 @@ def estimate(request: PlanRequest) -> MemoryPlan:
         "optimizer state": lora_params * OPTIMIZER_STATE_BYTES[request.optimizer],
         "LoRA 16-bit copies (autocast)": lora_params * e if e == 2 else 0,
         "micro-batch": _batch_bytes(request, config),
+        **ddp_parts(request.devices, lora_params),
     }
     phases = {name: sum(terms.values()) for name, terms in activation_terms(request, config, lora).items()}
     phase = max(phases, key=phases.get)
@@ -388,6 +409,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"{'unused ones released' if r.release_unused_weights else 'all kept'}); "
         f"LoRA parameters: {plan.lora_parameters:,}",
     ]
+    lines += ddp_line(r.devices, r.batch_size)
     lines += [f"  {name:<36s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
     lines.append(f"  {'tensors at the peak':<36s} {plan.tensor_bytes / 1e9:7.2f} GB")
     if r.device == "cuda":
@@ -407,7 +429,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
     p.add_argument("--batch_size", type=int, default=1, help="songs per micro-batch")
-    p.add_argument("--gpu_gb", type=float, default=10.0, help="GPU memory to plan for, in GB (1e9 bytes)")
+    p.add_argument("--gpu_gb", type=float, default=10.0, help="GPU memory to plan for, in GB (1e9 bytes), per GPU")
+    p.add_argument("--devices", type=int, default=1,
+                   help="GPUs training together (the trainer's --devices x --num_nodes): memory is per GPU")
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
                    help="the trainer's --optimizer (its state bytes per LoRA weight)")
     p.add_argument("--base_dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="dtype of the frozen base model")
@@ -429,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
                        optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
                        lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                       release_unused_weights=not a.keep_unused_weights)
+                       release_unused_weights=not a.keep_unused_weights, devices=a.devices)
 
 
 def v15_request(a: argparse.Namespace) -> Any:
@@ -440,7 +464,7 @@ def v15_request(a: argparse.Namespace) -> Any:
     lora_config = V15_LORA_CONFIG if Path(a.lora_config) == DEFAULT_LORA_CONFIG else a.lora_config
     return V15PlanRequest(model=a.model, duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
                           optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=lora_config,
-                          condition_tokens=a.condition_tokens, device=a.device)
+                          condition_tokens=a.condition_tokens, device=a.device, devices=a.devices)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

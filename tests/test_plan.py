@@ -169,3 +169,20 @@ def test_ace_step_1_5_inputs_are_bounded_too(model, flag, value):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", model, flag, value])
     assert str(exit_info.value.code).startswith(f"error: {flag} must be"), exit_info.value.code
+
+
+@pytest.mark.parametrize("model", ["v1", "2b"])
+def test_several_gpus_plan_per_gpu_with_ddp_buckets(model, capsys):
+    from acestep.families.v15 import plan as v15_plan
+
+    one = PlanRequest(duration=60) if model == "v1" else v15_plan.V15PlanRequest(duration=60)
+    estimate_of = estimate if model == "v1" else v15_plan.estimate
+    single, double = estimate_of(one), estimate_of(replace(one, devices=2))
+    # Every GPU holds the whole run (base, LoRA, optimizer state, its micro-batch); DDP adds fp32 gradient buckets.
+    assert double.parts.pop("DDP gradient buckets (fp32)") == single.lora_parameters * 4
+    assert double.parts == single.parts
+    main(["--model", model, "--duration", "60", "--batch_size", "3", "--devices", "2"])
+    out = capsys.readouterr().out
+    assert "Per GPU, each of the 2 GPUs" in out and "songs per optimizer step: 3 x 2 = 6" in out
+    with pytest.raises(SystemExit, match="--devices must be at least 1"):
+        main(["--devices", "0"])

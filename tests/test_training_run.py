@@ -238,7 +238,7 @@ def test_condition_dropout_follows_upstream(tmp_path: Path, probability: float) 
     module = LoraTrainingModule(tiny_transformer(), LoraSettings.from_json(config.lora_config_path), config,
                                 SongLatents(synthetic_songs([4])))
     batch = collate_songs([module.dataset[Draw(0, 0, 0)]])
-    dropped = module._drop_conditions(batch, torch.Generator().manual_seed(0))
+    dropped = module._drop_conditions(batch, [torch.Generator().manual_seed(0)])
     assert torch.equal(dropped["text_attention_mask"], batch["text_attention_mask"])  # kept, as upstream
     assert dropped["speaker_embeds"].shape == (1, 16) and dropped["speaker_embeds"].abs().max() == 0
     if probability == 0.0:

@@ -268,7 +268,7 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             else:
                 h = block(*args)
             captured.extend(h for depth in self.ssl_encoder_depths if depth == index)
-        proj_losses = self._projection_losses(captured, ssl_hidden_states)
+        proj_losses = self._projection_losses(captured, ssl_hidden_states, attention_mask)
         out = self.final_layer(h, embedded_timestep)
         sample = self._unpatchify(out, output_length or length)
         if not return_dict:
@@ -276,11 +276,14 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return Transformer2DModelOutput(sample=sample, proj_losses=proj_losses)
 
     def _projection_losses(
-        self, captured: list[torch.Tensor], ssl_hidden_states: list[list[torch.Tensor] | None] | None
+        self, captured: list[torch.Tensor], ssl_hidden_states: list[list[torch.Tensor] | None] | None,
+        attention_mask: torch.Tensor | None = None,
     ) -> list[tuple[str, torch.Tensor]]:
         """Cosine losses between projected tapped states and SSL features, each resampled to the feature length.
 
-        Computed in fp32 (the reference uses the model dtype): a bf16 loss is rounded to about 3 digits.
+        Computed in fp32 (the reference uses the model dtype): a bf16 loss is rounded to about 3 digits. Only a
+        song's real frames are resampled (the reference also stretches the batch's padding over the features), so
+        a song's loss does not depend on the songs it is batched with: 2 GPUs x 1 song = 1 GPU x 2 songs.
         """
         losses: list[tuple[str, torch.Tensor]] = []
         if not ssl_hidden_states:
@@ -292,7 +295,9 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 continue
             predicted = projector(hidden)
             total = hidden.new_zeros((), dtype=torch.float32)
-            for sample_pred, target in zip(predicted, targets):
+            for index, (sample_pred, target) in enumerate(zip(predicted, targets)):
+                if attention_mask is not None:
+                    sample_pred = sample_pred[: max(int(attention_mask[index].sum()), 1)]
                 resized = F.interpolate(
                     sample_pred.T[None], size=target.shape[0], mode="linear", align_corners=False
                 )[0].T

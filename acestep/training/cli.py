@@ -31,6 +31,8 @@ def main(
         config = parse_config(args)
         parts = build_parts(config) if build_parts is not None else None
         result = run_training(config, parts=parts)
+    if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run
+        sys.exit(1 if result.stopped else 0)
     print()
     print(summary_text(result))
     if result.interrupted:

@@ -117,6 +117,7 @@ class SongLatents(Dataset):
             "lyric_token_ids": row["lyric_token_ids"].long(),
             "lyric_mask": row["lyric_mask"].float(),
             "micro_batch": draw.micro_batch,
+            "seed": draw.seed,
         }
         if self.has_ssl:
             item["ssl"] = [row[c].float() for c in SSL_COLUMNS]
@@ -167,6 +168,7 @@ def collate_songs(items: list[dict[str, Any]]) -> dict[str, Any]:
         "lyric_token_ids": lyrics,
         "lyric_mask": lyric_mask,
         "micro_batch": items[0]["micro_batch"],
+        "seeds": [i["seed"] for i in items],  # each song's own stream: its draws do not depend on its batch
     }
     if "ssl" in items[0]:
         batch["ssl_hidden_states"] = [[i["ssl"][k] for i in items] for k in range(len(items[0]["ssl"]))]

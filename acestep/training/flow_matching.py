@@ -64,6 +64,24 @@ class FlowMatchingObjective:
             noisy = noisy * frame_mask[:, None, None, :].to(noisy.dtype)
         return NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=self.timesteps[indices].to(latents.device))
 
+    def add_noise_per_song(
+        self, latents: torch.Tensor, generators: list[torch.Generator], frame_mask: torch.Tensor
+    ) -> NoisedBatch:
+        """As `add_noise`, but song i's timestep and noise (over its real frames only) come from generators[i].
+
+        A song then gets the same draws whatever it is batched with or whichever GPU trains it: one process with
+        batch 2 and two DDP processes with batch 1 see identical noise and timesteps.
+        """
+        indices = torch.cat([self.sample_indices(1, g) for g in generators])
+        noise = torch.zeros(latents.shape, dtype=torch.float32)
+        for row, generator in enumerate(generators):
+            frames = int(frame_mask[row].sum())
+            noise[row, ..., :frames] = torch.randn((*latents.shape[1:-1], frames), generator=generator)
+        noise = noise.to(latents.device, latents.dtype)
+        sigmas = self.sigmas[indices].to(latents.device, latents.dtype).view(-1, 1, 1, 1)
+        noisy = (sigmas * noise + (1.0 - sigmas) * latents) * frame_mask[:, None, None, :].to(latents.dtype)
+        return NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=self.timesteps[indices].to(latents.device))
+
     def loss(
         self, velocity: torch.Tensor, noised: NoisedBatch, latents: torch.Tensor, frame_mask: torch.Tensor
     ) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The LightningModule: one flow-matching step on a LoRA-adapted transformer, and only trainable state saved.
 
-Every random choice of a micro-batch (condition dropout, timesteps, noise, dropout inside the lyric encoder)
-is seeded from (seed, micro-batch index, rank), so a resumed run repeats the interrupted one exactly.
+Every random choice of a song (crop, condition dropout, timestep, noise) is seeded from (seed, its position in
+the run's order), so a resumed run repeats the interrupted one exactly and 2 DDP processes x batch 1 take the same
+step as 1 process x batch 2. Dropout inside the lyric encoder draws from (seed, micro-batch index, rank).
 """
 
 from __future__ import annotations
@@ -97,13 +98,15 @@ class LoraTrainingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- the step ----
-    def _drop_conditions(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _drop_conditions(self, batch: dict[str, Any], generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
         """Per-sample condition dropout as upstream: prompt states zeroed (mask kept), lyrics ids and mask zeroed."""
         size = batch["target_latents"].shape[0]
+        draws = torch.stack([torch.rand(3, generator=g) for g in generators])  # prompt, lyrics, speaker per song
         keep = {
-            name: (torch.rand(size, generator=generator) >= p).to(self.device)
-            for name, p in (("prompt", self.config.prompt_dropout), ("lyrics", self.config.lyrics_dropout),
-                            ("speaker", self.config.speaker_dropout))
+            name: (draws[:, column] >= p).to(self.device)
+            for column, (name, p) in enumerate((("prompt", self.config.prompt_dropout),
+                                                ("lyrics", self.config.lyrics_dropout),
+                                                ("speaker", self.config.speaker_dropout)))
         }
         speaker_dim = self.transformer.config.speaker_embedding_dim
         # v1 checkpoints have no speaker data: the embedding is zeros, as in the reference's data.
@@ -125,8 +128,9 @@ class LoraTrainingModule(L.LightningModule):
             return self._record(loss, {"loss": loss.detach(), **extra})
         latents = batch["target_latents"]
         frame_mask = batch["attention_mask"]
-        conditions = self._drop_conditions(batch, generator)
-        noised = self.objective.add_noise(latents, generator, frame_mask)
+        songs = [torch.Generator().manual_seed(stream_seed(seed, 1)) for seed in batch["seeds"]]
+        conditions = self._drop_conditions(batch, songs)
+        noised = self.objective.add_noise_per_song(latents, songs, frame_mask)
         ssl = batch.get("ssl_hidden_states") if self.config.ssl_coeff > 0 else None
         output = self.transformer(
             hidden_states=noised.noisy, attention_mask=frame_mask, timestep=noised.timesteps,
@@ -169,6 +173,11 @@ class LoraTrainingModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         now = time.perf_counter()
         metrics = {k: v / max(self._micro_batches, 1) for k, v in self._sums.items()}
+        if self.trainer.world_size > 1:  # every rank's songs count: the logged loss is the mean over the ranks
+            keys = sorted(metrics)
+            mean = self.trainer.strategy.reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64,
+                                                             device=self.device), reduce_op="mean")
+            metrics = dict(zip(keys, mean.tolist()))
         metrics.update(
             learning_rate=self._lr,
             grad_norm=self._grad_norm,

@@ -50,6 +50,7 @@ class TrainResult:
     interrupted: bool = False  # stopped by Ctrl-C after saving the last step
     first_step: int = 0  # global step the run started (or resumed) at
     usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
+    global_rank: int = 0  # under DDP every process returns; only rank 0 reports
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -92,11 +93,40 @@ def _logger(config: TrainConfig) -> L.pytorch.loggers.Logger | bool:
     return False
 
 
-def _strategy(config: TrainConfig) -> str:
-    """DDP whenever more than one process trains (several GPUs or nodes); Lightning's default otherwise."""
+def _device_count(devices: int | str | list[int]) -> int | None:
+    """Processes per node the --devices value asks for (None: auto or all)."""
+    if isinstance(devices, list):
+        return len(devices)
+    return devices if isinstance(devices, int) and devices > 0 else None
+
+
+def check_devices(config: TrainConfig) -> None:
+    """More GPUs asked than this machine has: one line naming the fix, before anything loads."""
+    wanted = _device_count(_devices(config.devices))
+    if not wanted or not _gpu_wanted(config.accelerator):
+        return
+    available = torch.cuda.device_count()
+    if wanted > available:
+        raise AcestepError(
+            f"--devices {config.devices} asks for {wanted} GPUs but this machine has {available}: use --devices "
+            f"{max(available, 1)}" + ("" if available else " --accelerator cpu")
+        )
+
+
+def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
+    """DDP whenever more than one process trains (several GPUs or nodes); Lightning's default otherwise.
+
+    NCCL, DDP's GPU backend, does not exist on Windows: there the processes talk over gloo (slower, but works).
+    """
     devices = _devices(config.devices)
     many = devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    return "ddp" if many or config.num_nodes > 1 else "auto"
+    if not (many or config.num_nodes > 1):
+        return "auto"
+    if _gpu_wanted(config.accelerator) and not torch.distributed.is_nccl_available():
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend="gloo")
+    return "ddp"
 
 
 def run_training(
@@ -111,6 +141,7 @@ def run_training(
     `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
     """
     config.validate()
+    check_devices(config)
     resume_from = check_run_dir(config)
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
@@ -185,6 +216,7 @@ def run_training(
         stopped=stopped,
         interrupted=ctrl_c.stopped_at is not None,
         first_step=metrics.first_step,
+        global_rank=trainer.global_rank,
     )
 
 

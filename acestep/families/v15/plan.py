@@ -21,7 +21,14 @@ import torch
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
-from acestep.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, DTYPE_BYTES, OPTIMIZER_STATE_BYTES
+from acestep.plan import (
+    ALLOCATOR_SLACK,
+    CUDA_CONTEXT_GB,
+    DTYPE_BYTES,
+    OPTIMIZER_STATE_BYTES,
+    ddp_line,
+    ddp_parts,
+)
 
 from .objective import TimestepSampler, V15Step
 from .training import LATENT_FRAMES_PER_SECOND
@@ -62,6 +69,7 @@ class V15PlanRequest:
     condition_tokens: int = 512  # prompt + lyrics + timbre tokens after the condition encoder
     device: str = "cuda"
     transformer_config: dict | None = None  # None: the published model of `model`
+    devices: int = 1  # GPUs training together (DDP); the estimate is per GPU
 
     @property
     def frames(self) -> int:
@@ -182,6 +190,7 @@ def estimate(request: V15PlanRequest) -> V15Plan:
         "optimizer state": lora * OPTIMIZER_STATE_BYTES[request.optimizer],
         "LoRA 16-bit copies (autocast)": lora * e if e == 2 else 0,
         "micro-batch": batch,
+        **ddp_parts(request.devices, lora),
     }
     parts.update({f"activations: {k}": v for k, v in activation_terms(request, config, lora).items()})
     return V15Plan(request=request, base_parameters=base, lora_parameters=lora, parts=parts)
@@ -195,6 +204,7 @@ def format_plan(plan: V15Plan) -> str:
         f"{r.batch_size}, LoRA rank {rank}, {r.optimizer}, base {r.base_dtype}, {r.condition_tokens} condition tokens",
         f"Base parameters (DiT): {plan.base_parameters:,}; LoRA parameters: {plan.lora_parameters:,}",
     ]
+    lines += ddp_line(r.devices, r.batch_size)
     lines += [f"  {name:<44s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
     lines.append(f"  {'tensors at the peak':<44s} {plan.tensor_bytes / 1e9:7.2f} GB")
     if r.device == "cuda":
