@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class AdapterSaver(Callback):
         self.base_model = base_model
         self.exp_name = exp_name
         self.last_saved_step = -1
+        self.protected_steps: Callable[[], set[int]] = set  # steps never pruned (the best validation step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -130,8 +131,12 @@ class AdapterSaver(Callback):
                 shutil.rmtree(temp, ignore_errors=True)
 
     def _prune(self) -> None:
-        """Remove our files from step folders older than the last `keep_last`; a folder holding more stays."""
-        for _, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
+        """Remove our files from step folders older than the last `keep_last` (protected steps stay); a folder
+        holding more stays."""
+        keep = self.protected_steps()
+        for step, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
+            if step in keep:
+                continue
             for file in adapter_files(folder):
                 file.unlink(missing_ok=True)
             try:

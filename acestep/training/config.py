@@ -33,6 +33,10 @@ class TrainConfig:
     max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds (default: no crop)")
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
+    val_songs: int = _opt(0, "hold out the dataset's last N songs for a validation loss (0 = no validation)")
+    val_dataset: str | None = _opt(None, "a separate preprocessed dataset for the validation loss (default: none)")
+    val_every: int = _opt(100, "compute the validation loss every N optimizer steps (and at the last step)")
+    val_timesteps: int = _opt(8, "noise levels of the validation loss, spread evenly over the schedule")
     # model
     checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
                                       "(default: the official v1 one)")
@@ -104,6 +108,12 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "accumulate_grad_batches", "every_n_train_steps", "save_last"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name} must be at least 1")
+        if self.val_every < 1 or self.val_timesteps < 1:
+            problems.append("--val_every and --val_timesteps must be at least 1")
+        if self.val_songs < 0:
+            problems.append("--val_songs must be >= 0")
+        if self.val_songs and self.val_dataset:
+            problems.append("give --val_songs or --val_dataset, not both")
         if self.warmup_steps < 0:
             problems.append("--warmup_steps must be >= 0")
         if self.max_duration is not None and self.max_duration <= 0:

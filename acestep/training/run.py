@@ -27,13 +27,15 @@ from .callbacks import (
     StopOnCtrlC,
     baked_file_name,
     list_step_folders,
+    step_folder_name,
 )
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from .data import SongLatents, frames_for_seconds
+from .data import SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .samples import SampleRenderer, read_sample_prompts
+from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
 
 @dataclass
@@ -50,6 +52,8 @@ class TrainResult:
     interrupted: bool = False  # stopped by Ctrl-C after saving the last step
     first_step: int = 0  # global step the run started (or resumed) at
     usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
+    best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
+    val_curve: Path | None = None  # val_loss_curve.png
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -116,19 +120,24 @@ def run_training(
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate)
         base_model = parts.base_model
+        val_songs, collate = parts.val_songs, parts.collate
+        fixed_loss = parts.fixed_loss or module.fixed_loss
     else:
         settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
-        songs = SongLatents(
-            dataset if dataset is not None else load_preprocessed(config.dataset_path),
-            max_frames=frames_for_seconds(config.max_duration),
-            use_ssl=config.use_ssl,
-        )
+        train_rows, val_rows = split_songs(
+            dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
+            config.val_dataset)
+        songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
+        val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
+                     if val_rows is not None else None)
+        collate = collate_songs
         if transformer is None:
             dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
             transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
         module = LoraTrainingModule(transformer, settings, config, songs)
+        fixed_loss = module.fixed_loss
     dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +146,11 @@ def run_training(
                          parts.write_step_files if parts is not None else None)
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
+    validation = None
+    if val_songs is not None:
+        held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
+        validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
+        saver.protected_steps = validation.protected_steps
     samplers = list(parts.callbacks) if parts is not None else []
     if config.sample_every > 0 and parts is None:
         if not config.sample_prompts:
@@ -154,7 +168,7 @@ def run_training(
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_logger(config),
-        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), metrics, saver,
+        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), *([validation] if validation else []), metrics, saver,
                    ctrl_c, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
         enable_checkpointing=False,
@@ -185,6 +199,9 @@ def run_training(
         stopped=stopped,
         interrupted=ctrl_c.stopped_at is not None,
         first_step=metrics.first_step,
+        best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
+        val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
+        if validation and (config.run_dir / METRICS_FILE).is_file() else None,
     )
 
 
@@ -214,5 +231,11 @@ def summary_text(result: TrainResult) -> str:
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
+    if result.best_val is not None:
+        step, loss = result.best_val
+        lines.append(f"Lowest validation loss {loss:.4g} at step {step}: {result.run_dir / step_folder_name(step)} "
+                     "(kept; try it against the latest)")
+    if result.val_curve is not None:
+        lines.append(f"Loss curves: {result.val_curve}")
     lines.append(f"Loss per step: {result.metrics_file}")
     return "\n".join(lines)
