@@ -33,6 +33,8 @@ class TrainConfig:
     max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds (default: no crop)")
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
+    trigger: str | None = _opt(None, "the trigger tag the dataset was preprocessed with (stage 3 --trigger); a "
+                               "dataset with another one is refused (default: whatever the dataset has)")
     val_songs: int = _opt(0, "hold out the dataset's last N songs for a validation loss (0 = no validation)")
     val_dataset: str | None = _opt(None, "a separate preprocessed dataset for the validation loss (default: none)")
     val_every: int = _opt(100, "compute the validation loss every N optimizer steps (and at the last step)")

@@ -10,7 +10,7 @@ import datasets
 import lightning as L
 import torch
 
-from acestep.data.preprocessed import load_preprocessed
+from acestep.data.preprocessed import dataset_trigger, load_preprocessed
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
@@ -54,6 +54,7 @@ class TrainResult:
     usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
     best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
     val_curve: Path | None = None  # val_loss_curve.png
+    trigger: str | None = None  # the dataset's trigger tag (stage 3 --trigger)
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -68,6 +69,17 @@ def check_run_dir(config: TrainConfig) -> Path | None:
             f"{config.run_dir}: a run with this name exists; add --resume to continue it or pick another --exp_name"
         )
     return None
+
+
+def check_trigger(config: TrainConfig) -> str | None:
+    """The dataset's trigger tag; refused when it is not the --trigger asked for (an empty one means none)."""
+    found = dataset_trigger(config.dataset_path) if config.dataset_path else None
+    wanted = config.trigger.strip() if config.trigger else None
+    if config.trigger is not None and wanted != found:
+        has = f"the trigger {found!r}" if found else "no trigger"
+        raise AcestepError(f"{config.dataset_path}: the dataset was preprocessed with {has}, not {wanted!r}; "
+                           "preprocess it again with --trigger or train with the dataset's trigger")
+    return found
 
 
 def _gpu_wanted(accelerator: str) -> bool:
@@ -115,6 +127,7 @@ def run_training(
     `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
     """
     config.validate()
+    trigger = check_trigger(config)
     resume_from = check_run_dir(config)
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
@@ -199,6 +212,7 @@ def run_training(
         stopped=stopped,
         interrupted=ctrl_c.stopped_at is not None,
         first_step=metrics.first_step,
+        trigger=trigger,
         best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
         val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
         if validation and (config.run_dir / METRICS_FILE).is_file() else None,
@@ -231,6 +245,8 @@ def summary_text(result: TrainResult) -> str:
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
+    if result.trigger:
+        lines.append(f"Trigger tag: put {result.trigger!r} in your prompts to call up this LoRA.")
     if result.best_val is not None:
         step, loss = result.best_val
         lines.append(f"Lowest validation loss {loss:.4g} at step {step}: {result.run_dir / step_folder_name(step)} "
