@@ -89,3 +89,23 @@ def test_validation_runs_for_ace_step_1_5(tmp_path: Path) -> None:
     validated = [r["val_loss"] for r in read_metrics(result.metrics_file) if "val_loss" in r]
     assert len(validated) == 2 and all(v > 0 for v in validated)
     assert result.best_val is not None
+
+
+def test_a_trigger_is_stamped_into_every_lora_header_and_noted_by_generate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acestep.lora import read_lora
+    from acestep.lora.io import trigger_note
+
+    monkeypatch.setattr("acestep.training.run.dataset_trigger", lambda path: "mystyle")
+    config = make_config(tmp_path, max_steps=2, trigger="mystyle")
+    result = run_training(config, transformer=tiny_transformer(), dataset=synthetic_songs([6]))
+    files = sorted(result.adapter_dir.rglob("*.safetensors"))
+    assert len(files) == 2 and all(read_lora(f).trigger == "mystyle" for f in files)
+    assert "'mystyle'" in summary_text(result)
+    baked = result.baked_file
+    assert "trigger tag 'mystyle'" in trigger_note(baked, "rock, loud")
+    assert trigger_note(baked, "MyStyle, rock") is None
+    config = make_config(tmp_path, exp_name="other", max_steps=1, trigger="else")
+    with pytest.raises(AcestepError, match="trigger 'mystyle', not 'else'"):
+        run_training(config, transformer=tiny_transformer(), dataset=synthetic_songs([6]))

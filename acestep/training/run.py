@@ -157,6 +157,7 @@ def run_training(
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
                          base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name,
                          parts.write_step_files if parts is not None else None)
+    saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
     validation = None
