@@ -109,3 +109,19 @@ def test_a_trigger_is_stamped_into_every_lora_header_and_noted_by_generate(
     config = make_config(tmp_path, exp_name="other", max_steps=1, trigger="else")
     with pytest.raises(AcestepError, match="trigger 'mystyle', not 'else'"):
         run_training(config, transformer=tiny_transformer(), dataset=synthetic_songs([6]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("learning_rate", "verdict"), [(1e-2, "PASSED"), (1e-9, "FAILED")])
+def test_overfit_one_says_whether_the_loss_on_one_song_fell(tmp_path: Path, learning_rate: float, verdict: str) -> None:
+    config = make_config(
+        tmp_path, lora_config_path=lora_config(tmp_path, 16, 16.0, False, TARGETS + ["final_layer.linear"]),
+        overfit_one=True, overfit_steps=30, warmup_steps=0, learning_rate=learning_rate, final_lr_fraction=1.0,
+    ).for_overfit_one()
+    assert (config.exp_name, config.max_steps, config.val_every) == ("test-overfit-one", 30, 3)
+    result = run_training(config, transformer=tiny_transformer(), dataset=synthetic_songs([24, 20, 22]))
+    text = summary_text(result)
+    assert f"Overfit check {verdict}" in text, text
+    assert result.steps == 30 and result.val_start is not None
+    assert 30 in [s for s, _ in list_step_folders(result.run_dir)]
+    print(text)

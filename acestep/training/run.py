@@ -27,6 +27,7 @@ from .callbacks import (
     StopOnCtrlC,
     baked_file_name,
     list_step_folders,
+    read_metrics,
     step_folder_name,
 )
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
@@ -55,6 +56,9 @@ class TrainResult:
     best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
     val_curve: Path | None = None  # val_loss_curve.png
     trigger: str | None = None  # the dataset's trigger tag (stage 3 --trigger)
+    val_start: float | None = None  # validation loss before the first step (fresh runs)
+    val_last: float | None = None  # validation loss at the last evaluated step
+    overfit_one: bool = False
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -139,7 +143,7 @@ def run_training(
         settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
         train_rows, val_rows = split_songs(
             dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
-            config.val_dataset)
+            config.val_dataset, config.overfit_one)
         songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
         val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
                      if val_rows is not None else None)
@@ -214,10 +218,33 @@ def run_training(
         interrupted=ctrl_c.stopped_at is not None,
         first_step=metrics.first_step,
         trigger=trigger,
+        val_start=validation.start_loss if validation else None,
+        val_last=_last_val_loss(config.run_dir / METRICS_FILE) if validation else None,
+        overfit_one=config.overfit_one,
         best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
         val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
         if validation and (config.run_dir / METRICS_FILE).is_file() else None,
     )
+
+
+def _last_val_loss(metrics_file: Path) -> float | None:
+    values = [row["val_loss"] for row in read_metrics(metrics_file) if "val_loss" in row]
+    return values[-1] if values else None
+
+
+OVERFIT_FALL = 0.9  # the smoke test passes when the loss on its song ends below 90% of where it started
+
+
+def overfit_lines(result: TrainResult) -> list[str]:
+    """The --overfit_one verdict: did the fixed-noise loss on the one song fall?"""
+    if result.val_start is None or result.val_last is None:
+        return ["Overfit check: no verdict (the run did not start fresh or stopped before its first evaluation)."]
+    change = 100 * (result.val_last / result.val_start - 1)
+    numbers = f"loss on the song (fixed noise) {result.val_start:.4g} -> {result.val_last:.4g} ({change:+.0f}%)"
+    if result.val_last < OVERFIT_FALL * result.val_start:
+        return [f"Overfit check PASSED: {numbers}. The data and the LoRA learn; train on the whole dataset."]
+    return [f"Overfit check FAILED: {numbers}. The LoRA barely learns even one song: raise --learning_rate, "
+            "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
 def summary_text(result: TrainResult) -> str:
@@ -246,6 +273,8 @@ def summary_text(result: TrainResult) -> str:
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
+    if result.overfit_one:
+        lines += overfit_lines(result)
     if result.trigger:
         lines.append(f"Trigger tag: put {result.trigger!r} in your prompts to call up this LoRA.")
     if result.best_val is not None:

@@ -40,9 +40,15 @@ def validation_sigmas(count: int) -> list[float]:
     return [(i + 0.5) / count for i in range(count)]
 
 
-def split_songs(dataset: datasets.Dataset, val_songs: int, val_dataset: str | None) -> tuple[datasets.Dataset,
-                                                                                             datasets.Dataset | None]:
-    """(training songs, held-out songs): the last `val_songs` rows, or a separate preprocessed dataset."""
+def split_songs(
+    dataset: datasets.Dataset, val_songs: int, val_dataset: str | None, overfit_one: bool = False
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(training songs, held-out songs): the last `val_songs` rows, or a separate preprocessed dataset.
+
+    `overfit_one`: the first song alone, evaluated on itself (the smoke test: does the loss on it fall?)."""
+    if overfit_one:
+        one = dataset.select([0])
+        return one, one
     if val_dataset:
         from acestep.data.preprocessed import load_preprocessed
 
@@ -107,7 +113,12 @@ class ValidationLoss(Callback):
         self.saver = saver
         self.best_step = -1
         self.best_loss = float("inf")
+        self.start_loss: float | None = None  # before the first step of a fresh run
         self._done = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.start_loss = self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -117,9 +128,7 @@ class ValidationLoss(Callback):
         if pl_module.step_metrics.get("step") != step:
             return  # still accumulating
         self._done = step
-        plugin = trainer.precision_plugin
-        with plugin.forward_context():
-            value = self.validation.loss(pl_module.transformer, self.fixed_loss, pl_module.device, plugin.convert_input)
+        value = self._evaluate(trainer, pl_module)
         pl_module.step_metrics["val_loss"] = value
         if trainer.logger is not None:
             trainer.logger.log_metrics({"val/loss": value}, step=step)
@@ -127,6 +136,11 @@ class ValidationLoss(Callback):
             self.best_loss, self.best_step = value, step
             if self.saver.last_saved_step != step:
                 self.saver.save(trainer, pl_module)
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        plugin = trainer.precision_plugin
+        with plugin.forward_context():
+            return self.validation.loss(pl_module.transformer, self.fixed_loss, pl_module.device, plugin.convert_input)
 
     def protected_steps(self) -> set[int]:
         return {self.best_step} if self.best_step > 0 else set()

@@ -147,7 +147,7 @@ def training_parts(
     """
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
-    train_rows, val_rows = split_songs(dataset, config.val_songs, config.val_dataset)
+    train_rows, val_rows = split_songs(dataset, config.val_songs, config.val_dataset, config.overfit_one)
     songs = V15Songs(train_rows, frames_for_seconds(config.max_duration))
     if songs.stores_inputs and condition_encoder is None:
         raise AcestepError("the dataset stores the condition encoder's inputs: the run needs the condition encoder")
