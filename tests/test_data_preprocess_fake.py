@@ -400,3 +400,44 @@ def test_time_bounded_chunks_give_the_same_dataset(filenames: Path, reference_ru
     run(filenames, prep, chunk_rows=64, chunk_seconds=0.0)  # every song its own chunk
     assert len(read_progress(prep / "part-000-of-001").chunks) == len(GOOD)
     assert_same_dataset(load_preprocessed(prep), load_preprocessed(reference_run))
+
+
+def test_insert_trigger_first_random_and_past_the_cut() -> None:
+    from acestep.data.preprocess import MAX_PROMPT_CHARS, insert_trigger
+
+    assert insert_trigger("rock, loud", "mystyle", "first", 0) == "mystyle, rock, loud"
+    placed = {insert_trigger("a, b, c, d", "mystyle", "random", i) for i in range(40)}
+    assert len(placed) > 2 and all(p.split(", ").count("mystyle") == 1 for p in placed)
+    assert insert_trigger("a, b, c", "x", "random", 7) == insert_trigger("a, b, c", "x", "random", 7)
+    long = insert_trigger("tag, " * 100, "mystyle", "first", 0)
+    assert long.startswith("mystyle, ") and len(long) <= MAX_PROMPT_CHARS
+
+
+def test_the_trigger_is_in_every_prompt_and_in_the_manifest(filenames: Path, tmp_path: Path) -> None:
+    from acestep.data.preprocessed import dataset_trigger
+    from acestep.training import TrainConfig
+    from acestep.training.run import check_trigger
+
+    prep = tmp_path / "prep"
+    run(filenames, prep, settings=PreprocessSettings(trigger="mystyle"))
+    manifest = merge_parts(prep)
+    assert manifest["trigger"] == "mystyle" and manifest["settings"]["trigger_position"] == "first"
+    prompts = load_preprocessed(prep)["prompt"]
+    assert prompts and all(p.startswith("mystyle, ") for p in prompts)
+    assert dataset_trigger(prep) == "mystyle"
+    assert check_trigger(TrainConfig(dataset_path=str(prep))) == "mystyle"  # none asked: the dataset's
+    assert check_trigger(TrainConfig(dataset_path=str(prep), trigger="mystyle")) == "mystyle"
+    with pytest.raises(AcestepError, match="preprocessed with the trigger 'mystyle', not 'other'"):
+        check_trigger(TrainConfig(dataset_path=str(prep), trigger="other"))
+
+
+def test_no_trigger_stores_the_settings_of_older_versions(reference_run: Path) -> None:
+    from acestep.data.preprocessed import dataset_trigger
+    from acestep.training import TrainConfig
+    from acestep.training.run import check_trigger
+
+    settings = read_progress(next(reference_run.glob("part-*"))).settings
+    assert "trigger" not in settings and "trigger_position" not in settings
+    assert dataset_trigger(reference_run) is None
+    with pytest.raises(AcestepError, match="preprocessed with no trigger, not 'mystyle'"):
+        check_trigger(TrainConfig(dataset_path=str(reference_run), trigger="mystyle"))

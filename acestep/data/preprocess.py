@@ -59,6 +59,31 @@ class PreprocessSettings:
     target_lufs: float | None = None
     lyrics_fallback_language: str | None = None
     tag_order: str = "shuffle"
+    trigger: str | None = None  # a tag put into every prompt (--trigger); stored only when set
+    trigger_position: str = "first"
+
+
+TRIGGER_POSITIONS = ("first", "random")
+TRIGGER_KEYS = ("trigger", "trigger_position")
+
+
+def stored_settings_of(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as stored; without a trigger its keys are left out, so datasets written before
+    --trigger existed still resume."""
+    stored = asdict(settings)
+    if stored.get("trigger") is None:
+        for key in TRIGGER_KEYS:
+            stored.pop(key, None)
+    return stored
+
+
+def insert_trigger(prompt: str, trigger: str, position: str, index: int) -> str:
+    """The trigger tag first, or between the prompt's comma-separated parts at a per-row random place."""
+    if position not in TRIGGER_POSITIONS:
+        raise AcestepError(f"trigger position must be one of {', '.join(TRIGGER_POSITIONS)}, not {position!r}")
+    parts = [p.strip() for p in prompt[: max(0, MAX_PROMPT_CHARS - len(trigger) - 2)].split(",") if p.strip()]
+    where = 0 if position == "first" else random.Random(f"trigger-{index}").randint(0, len(parts))
+    return ", ".join([*parts[:where], trigger, *parts[where:]])
 
 
 @dataclass(frozen=True)
@@ -168,15 +193,20 @@ def input_fingerprint(rows: Sequence[FilenameRow]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_prompt(row: FilenameRow, index: int, order: str, format_prompt: Callable[..., str]) -> str:
+def build_prompt(
+    row: FilenameRow, index: int, order: str, format_prompt: Callable[..., str], trigger: str | None = None,
+    trigger_position: str = "first",
+) -> str:
     """Tags joined (shuffled with a per-row seed, so repeated rows differ but a rerun is identical).
 
     As in the reference dataset: no tags means "music", a non-empty recaption competes with the tag
-    string at random, and the prompt is cut to 256 characters.
+    string at random, and the prompt is cut to 256 characters. A trigger tag is then inserted (it always survives
+    the cut).
     """
     tag_text = format_prompt(list(row.tags or FALLBACK_TAGS), order=order, seed=index)
     candidates = [*row.recaptions, tag_text]
-    return random.Random(index).choice(candidates)[:MAX_PROMPT_CHARS]
+    prompt = random.Random(index).choice(candidates)[:MAX_PROMPT_CHARS]
+    return insert_trigger(prompt, trigger, trigger_position, index) if trigger else prompt
 
 
 def normalize_loudness(wav: torch.Tensor, target_lufs: float, sr: int = SAMPLE_RATE) -> torch.Tensor:
@@ -262,7 +292,8 @@ class SongPipeline:
         self.settings = settings
 
     def stored_settings(self) -> dict[str, Any]:
-        return asdict(self.settings)  # no family key: v1 datasets written before families existed stay resumable
+        # no family key: v1 datasets written before families existed stay resumable
+        return stored_settings_of(self.settings)
 
     def make_features(self, record: dict[str, Any]) -> datasets.Features:
         return features_for_record(record)
@@ -280,7 +311,8 @@ class SongPipeline:
             return ErrorRecord(index, row.key, row.filename, f"lyrics: {getattr(err, 'reason', err)}")
         except Exception as err:  # text normalisers (num2words, cutlet, ...) can fail on odd input
             return ErrorRecord(index, row.key, row.filename, f"lyrics: {type(err).__name__}: {err}")
-        prompt = build_prompt(row, index, self.settings.tag_order, self.encoders.format_prompt)
+        prompt = build_prompt(row, index, self.settings.tag_order, self.encoders.format_prompt, self.settings.trigger,
+                              self.settings.trigger_position)
         return PreparedSong(index, row.key, row.filename, prompt, list(ids[:MAX_LYRIC_TOKENS]))
 
     def decode(self, song: PreparedSong) -> torch.Tensor | str:
@@ -469,6 +501,15 @@ def summary_lines(prep: Path, result: RunResult) -> list[str]:
     return lines
 
 
+def clean_trigger(trigger: str | None) -> str | None:
+    """The trigger as stored: stripped, None when empty; a comma would split it into two tags, so it is refused."""
+    if trigger is None or not trigger.strip():
+        return None
+    if "," in trigger:
+        raise AcestepError(f"--trigger {trigger!r}: one tag, without commas")
+    return trigger.strip()
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = make_parser("Encode a filename dataset into training tensors (stage 3).", "preprocess_dataset_new.py")
     parser.add_argument("--input_name", type=Path,
@@ -492,6 +533,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"],
                         help="order of a song's tags in its prompt: shuffled with a per-row seed (repeated rows "
                              "differ, a rerun is identical) or as written")
+    parser.add_argument("--trigger", default=None,
+                        help="a tag put into every prompt (e.g. mystyle): write it in your prompts to call up the "
+                             "LoRA; recorded in the dataset, the trainer checks it (default: none)")
+    parser.add_argument("--trigger_position", default="first", choices=TRIGGER_POSITIONS,
+                        help="where the trigger goes: first, or at a per-song random place among the tags")
     parser.add_argument(
         "--ssl",
         action=argparse.BooleanOptionalAction,
@@ -530,7 +576,8 @@ def v1_song_stages(args: argparse.Namespace) -> SongStages:
     from acestep.data.encoders import load_encoders
 
     settings = PreprocessSettings(
-        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order
+        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order,
+        clean_trigger(args.trigger), args.trigger_position,
     )
     encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
     return SongPipeline(encoders, settings)

@@ -176,6 +176,16 @@ def dataset_family(prep: str | Path) -> str | None:
     return None
 
 
+def dataset_trigger(prep: str | Path) -> str | None:
+    """The trigger tag stage 3 put into every prompt of a preprocessed folder (None: none, or not a folder of ours)."""
+    prep = Path(prep)
+    manifest = prep / MANIFEST_FILE
+    if manifest.is_file():
+        return json.loads(manifest.read_text(encoding="utf-8")).get("settings", {}).get("trigger")
+    parts = list_parts(prep) if prep.is_dir() else []
+    return parts[0][1].settings.get("trigger") if parts else None
+
+
 def storage_summary(parts: list[tuple[Path, PartProgress]]) -> dict[str, Any]:
     """Songs, errors, audio seconds and bytes on disk of the committed chunks."""
     songs = sum(len(c.rows) for _, p in parts for c in p.chunks)
@@ -217,6 +227,7 @@ def merge_parts(prep: str | Path) -> dict[str, Any]:
         "family": parts[0][1].settings.get("family", DEFAULT_FAMILY),
         "shards": parts[0][1].shard.count,
         "settings": parts[0][1].settings,
+        "trigger": parts[0][1].settings.get("trigger"),
         **storage_summary(parts),
     }
     atomic_write_json(prep / MANIFEST_FILE, manifest)

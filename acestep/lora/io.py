@@ -28,6 +28,7 @@ META_SETTINGS = "acestep_lora_settings"
 META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
 META_BAKED_SCALE = "acestep_lora_baked_scale"
+META_TRIGGER = "acestep_trigger"  # the trigger tag the training prompts held (stage 3 --trigger)
 META_FAMILY = "acestep_family"  # "ace-step-v1" / "ace-step-1.5" (LAYOUT.md)
 DIFFUSERS_METADATA = "lora_adapter_metadata"
 HEADER_SIZE_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
@@ -83,6 +84,24 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metada
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(Path(path), canonical_header(save(cpu, metadata=metadata)))
     return Path(path)
+
+
+def stamp_trigger(path: Path, trigger: str) -> None:
+    """Add the trigger tag to a safetensors header (rewritten atomically; tensors unchanged)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    save_safetensors_atomic(tensors, Path(path), {**metadata, META_TRIGGER: trigger})
+
+
+def trigger_note(path: str | Path, prompt: str) -> str | None:
+    """A note when a LoRA trained with a trigger tag is loaded without that tag in the prompt (else None)."""
+    trigger = read_lora(path).trigger
+    if not trigger or trigger.lower() in prompt.lower():
+        return None
+    return f"note: {Path(path).name} was trained with the trigger tag {trigger!r}; add it to --prompt to call it up"
 
 
 def canonical_header(data: bytes) -> bytes:
@@ -213,6 +232,10 @@ class LoraFile:
     @property
     def base_model(self) -> str | None:
         return self.metadata.get(META_BASE_MODEL)
+
+    @property
+    def trigger(self) -> str | None:
+        return self.metadata.get(META_TRIGGER)
 
     @property
     def family(self) -> str | None:

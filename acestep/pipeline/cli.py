@@ -19,6 +19,7 @@ from ..cli_help import make_parser
 from ..data.atomic import atomic_write_json
 from ..errors import AcestepError, InputError
 from ..lora import LoraSettings
+from ..lora.io import trigger_note
 from .lora_loading import load_loras
 from .pipeline import CFG_TYPES, OVERLAP_MIN_SECONDS, ACEStepPipeline, GenerationParams
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         loras = [parse_lora(spec) for spec in args.lora]
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_loras(pipeline.transformer, loras, settings)
+        for path, _ in loras:
+            if note := trigger_note(path, args.prompt):
+                print(note)
         wavs = pipeline.generate(params, args.seed, args.sample_rate, overlapped_decode=args.overlapped_decode,
                                  show_progress=True)
         paths = save_outputs(wavs, params, args.seed, Path(args.out_dir), args.sample_rate,

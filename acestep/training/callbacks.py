@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
-from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, stamp_trigger
 from acestep.lora.keys import V1_FAMILY
 from acestep.progress import progress
 
@@ -83,6 +83,8 @@ class AdapterSaver(Callback):
         self.base_model = base_model
         self.exp_name = exp_name
         self.last_saved_step = -1
+        self.trigger: str | None = None  # stamped into every LoRA header of a step folder
+        self.protected_steps: Callable[[], set[int]] = set  # steps never pruned (the best validation step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -116,6 +118,9 @@ class AdapterSaver(Callback):
             else:
                 weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step, V1_FAMILY)
                 bake_file(weights, temp / baked_file_name(self.exp_name, step))
+            if self.trigger:
+                for file in temp.rglob("*.safetensors"):
+                    stamp_trigger(file, self.trigger)
             if not folder.exists():
                 replace_with_retry(temp, folder)
             else:  # the same step saved again after a resume: replace our files, keep anything else
@@ -130,8 +135,12 @@ class AdapterSaver(Callback):
                 shutil.rmtree(temp, ignore_errors=True)
 
     def _prune(self) -> None:
-        """Remove our files from step folders older than the last `keep_last`; a folder holding more stays."""
-        for _, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
+        """Remove our files from step folders older than the last `keep_last` (protected steps stay); a folder
+        holding more stays."""
+        keep = self.protected_steps()
+        for step, folder in list_step_folders(self.run_dir)[: -self.keep_last]:
+            if step in keep:
+                continue
             for file in adapter_files(folder):
                 file.unlink(missing_ok=True)
             try:

@@ -28,7 +28,7 @@ def main(
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(args)
+        config = parse_config(args).for_overfit_one()
         parts = build_parts(config) if build_parts is not None else None
         result = run_training(config, parts=parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run

@@ -33,6 +33,16 @@ class TrainConfig:
     max_duration: float | None = _opt(None, "crop longer songs to a random window of this many seconds (default: no crop)")
     num_workers: int = _opt(0, "DataLoader worker processes")
     use_ssl: bool = _opt(True, "use stored MERT/mHuBERT features when the dataset has them")
+    trigger: str | None = _opt(None, "the trigger tag the dataset was preprocessed with (stage 3 --trigger); a "
+                               "dataset with another one is refused (default: whatever the dataset has)")
+    overfit_one: bool = _opt(False, "smoke test of a dataset: train on its first song only for --overfit_steps steps "
+                             "into EXP_NAME-overfit-one and say whether the loss on that song fell (try this first "
+                             "when a LoRA changes nothing)")
+    overfit_steps: int = _opt(300, "optimizer steps of --overfit_one")
+    val_songs: int = _opt(0, "hold out the dataset's last N songs for a validation loss (0 = no validation)")
+    val_dataset: str | None = _opt(None, "a separate preprocessed dataset for the validation loss (default: none)")
+    val_every: int = _opt(100, "compute the validation loss every N optimizer steps (and at the last step)")
+    val_timesteps: int = _opt(8, "noise levels of the validation loss, spread evenly over the schedule")
     # model
     checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
                                       "(default: the official v1 one)")
@@ -104,6 +114,14 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "accumulate_grad_batches", "every_n_train_steps", "save_last"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name} must be at least 1")
+        if self.val_every < 1 or self.val_timesteps < 1:
+            problems.append("--val_every and --val_timesteps must be at least 1")
+        if self.overfit_steps < 1:
+            problems.append("--overfit_steps must be at least 1")
+        if self.val_songs < 0:
+            problems.append("--val_songs must be >= 0")
+        if self.val_songs and self.val_dataset:
+            problems.append("give --val_songs or --val_dataset, not both")
         if self.warmup_steps < 0:
             problems.append("--warmup_steps must be >= 0")
         if self.max_duration is not None and self.max_duration <= 0:
@@ -119,6 +137,16 @@ class TrainConfig:
             problems.append(f"--exp_name {self.exp_name!r} must be a plain folder name")
         if problems:
             raise AcestepError("; ".join(problems))
+
+    def for_overfit_one(self) -> TrainConfig:
+        """The --overfit_one run: its own folder, its step count, one save at the end, the song as validation."""
+        if not self.overfit_one:
+            return self
+        steps = self.overfit_steps
+        return dataclasses.replace(
+            self, exp_name=f"{self.exp_name}-overfit-one", max_steps=steps, every_n_train_steps=steps, save_last=1,
+            val_songs=0, val_dataset=None, val_every=max(1, steps // 10), warmup_steps=min(self.warmup_steps, steps),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 
 from acestep.lora import LoraSettings
 
+from .validation import FixedPointLoss
+
 
 class StepObjective(Protocol):
     """The loss of one micro-batch; every random draw comes from `generator` (seeded per micro-batch)."""
@@ -44,3 +46,5 @@ class TrainingParts:
     write_step_files: StepFileWriter
     callbacks: list[Callback] = field(default_factory=list)  # e.g. audio samples during training
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
+    fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise
+    val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw

@@ -23,7 +23,7 @@ from acestep.models import ACEStepTransformer2DModel
 from .config import TrainConfig
 from .data import RunLoader, RunOrderSampler, SongLatents, collate_songs, stream_seed
 from .family import StepObjective
-from .flow_matching import FlowMatchingObjective, combine_losses
+from .flow_matching import FlowMatchingObjective, NoisedBatch, combine_losses
 from .memory import peak_memory_gb
 from .model import attach_lora
 from .optim import build_lr_scheduler, build_optimizer
@@ -118,6 +118,25 @@ class LoraTrainingModule(L.LightningModule):
             "lyric_token_idx": batch["lyric_token_ids"] * keep["lyrics"][:, None],
             "lyric_mask": batch["lyric_mask"] * keep["lyrics"][:, None],
         }
+
+    def fixed_loss(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], sigma: float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """v1's validation loss: the denoising loss at noise level `sigma` with `noise`, no condition dropout."""
+        latents, frame_mask = batch["target_latents"], batch["attention_mask"]
+        size = latents.shape[0]
+        sigmas = torch.full((size, 1, 1, 1), sigma, device=latents.device, dtype=latents.dtype)
+        noisy = (sigmas * noise + (1.0 - sigmas) * latents) * frame_mask[:, None, None, :].to(latents.dtype)
+        timesteps = torch.full((size,), sigma * self.config.num_train_timesteps, device=latents.device)
+        noised = NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=timesteps)
+        speaker = torch.zeros(size, transformer.config.speaker_embedding_dim, device=latents.device)
+        output = transformer(
+            hidden_states=noisy, attention_mask=frame_mask, timestep=timesteps,
+            encoder_text_hidden_states=batch["encoder_text_hidden_states"],
+            text_attention_mask=batch["text_attention_mask"], speaker_embeds=speaker,
+            lyric_token_idx=batch["lyric_token_ids"], lyric_mask=batch["lyric_mask"],
+        )
+        return self.objective.loss(output.sample, noised, latents, frame_mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         rank = self.global_rank

@@ -10,7 +10,7 @@ import datasets
 import lightning as L
 import torch
 
-from acestep.data.preprocessed import load_preprocessed
+from acestep.data.preprocessed import dataset_trigger, load_preprocessed
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
@@ -27,13 +27,16 @@ from .callbacks import (
     StopOnCtrlC,
     baked_file_name,
     list_step_folders,
+    read_metrics,
+    step_folder_name,
 )
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from .data import SongLatents, frames_for_seconds
+from .data import SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .samples import SampleRenderer, read_sample_prompts
+from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
 
 @dataclass
@@ -51,6 +54,12 @@ class TrainResult:
     first_step: int = 0  # global step the run started (or resumed) at
     usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
     global_rank: int = 0  # under DDP every process returns; only rank 0 reports
+    best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
+    val_curve: Path | None = None  # val_loss_curve.png
+    trigger: str | None = None  # the dataset's trigger tag (stage 3 --trigger)
+    val_start: float | None = None  # validation loss before the first step (fresh runs)
+    val_last: float | None = None  # validation loss at the last evaluated step
+    overfit_one: bool = False
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -65,6 +74,17 @@ def check_run_dir(config: TrainConfig) -> Path | None:
             f"{config.run_dir}: a run with this name exists; add --resume to continue it or pick another --exp_name"
         )
     return None
+
+
+def check_trigger(config: TrainConfig) -> str | None:
+    """The dataset's trigger tag; refused when it is not the --trigger asked for (an empty one means none)."""
+    found = dataset_trigger(config.dataset_path) if config.dataset_path else None
+    wanted = config.trigger.strip() if config.trigger else None
+    if config.trigger is not None and wanted != found:
+        has = f"the trigger {found!r}" if found else "no trigger"
+        raise AcestepError(f"{config.dataset_path}: the dataset was preprocessed with {has}, not {wanted!r}; "
+                           "preprocess it again with --trigger or train with the dataset's trigger")
+    return found
 
 
 def _gpu_wanted(accelerator: str) -> bool:
@@ -142,32 +162,44 @@ def run_training(
     """
     config.validate()
     check_devices(config)
+    trigger = check_trigger(config)
     resume_from = check_run_dir(config)
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate)
         base_model = parts.base_model
+        val_songs, collate = parts.val_songs, parts.collate
+        fixed_loss = parts.fixed_loss or module.fixed_loss
     else:
         settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
-        songs = SongLatents(
-            dataset if dataset is not None else load_preprocessed(config.dataset_path),
-            max_frames=frames_for_seconds(config.max_duration),
-            use_ssl=config.use_ssl,
-        )
+        train_rows, val_rows = split_songs(
+            dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
+            config.val_dataset, config.overfit_one)
+        songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
+        val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
+                     if val_rows is not None else None)
+        collate = collate_songs
         if transformer is None:
             dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
             transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
         module = LoraTrainingModule(transformer, settings, config, songs)
+        fixed_loss = module.fixed_loss
     dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
                          base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name,
                          parts.write_step_files if parts is not None else None)
+    saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
+    validation = None
+    if val_songs is not None:
+        held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
+        validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
+        saver.protected_steps = validation.protected_steps
     samplers = list(parts.callbacks) if parts is not None else []
     if config.sample_every > 0 and parts is None:
         if not config.sample_prompts:
@@ -185,7 +217,7 @@ def run_training(
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_logger(config),
-        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), metrics, saver,
+        callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), *([validation] if validation else []), metrics, saver,
                    ctrl_c, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
         enable_checkpointing=False,
@@ -217,7 +249,34 @@ def run_training(
         interrupted=ctrl_c.stopped_at is not None,
         first_step=metrics.first_step,
         global_rank=trainer.global_rank,
+        trigger=trigger,
+        val_start=validation.start_loss if validation else None,
+        val_last=_last_val_loss(config.run_dir / METRICS_FILE) if validation else None,
+        overfit_one=config.overfit_one,
+        best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
+        val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
+        if validation and trainer.is_global_zero and (config.run_dir / METRICS_FILE).is_file() else None,
     )
+
+
+def _last_val_loss(metrics_file: Path) -> float | None:
+    values = [row["val_loss"] for row in read_metrics(metrics_file) if "val_loss" in row]
+    return values[-1] if values else None
+
+
+OVERFIT_FALL = 0.9  # the smoke test passes when the loss on its song ends below 90% of where it started
+
+
+def overfit_lines(result: TrainResult) -> list[str]:
+    """The --overfit_one verdict: did the fixed-noise loss on the one song fall?"""
+    if result.val_start is None or result.val_last is None:
+        return ["Overfit check: no verdict (the run did not start fresh or stopped before its first evaluation)."]
+    change = 100 * (result.val_last / result.val_start - 1)
+    numbers = f"loss on the song (fixed noise) {result.val_start:.4g} -> {result.val_last:.4g} ({change:+.0f}%)"
+    if result.val_last < OVERFIT_FALL * result.val_start:
+        return [f"Overfit check PASSED: {numbers}. The data and the LoRA learn; train on the whole dataset."]
+    return [f"Overfit check FAILED: {numbers}. The LoRA barely learns even one song: raise --learning_rate, "
+            "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
 def summary_text(result: TrainResult) -> str:
@@ -246,5 +305,15 @@ def summary_text(result: TrainResult) -> str:
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
+    if result.overfit_one:
+        lines += overfit_lines(result)
+    if result.trigger:
+        lines.append(f"Trigger tag: put {result.trigger!r} in your prompts to call up this LoRA.")
+    if result.best_val is not None:
+        step, loss = result.best_val
+        lines.append(f"Lowest validation loss {loss:.4g} at step {step}: {result.run_dir / step_folder_name(step)} "
+                     "(kept; try it against the latest)")
+    if result.val_curve is not None:
+        lines.append(f"Loss curves: {result.val_curve}")
     lines.append(f"Loss per step: {result.metrics_file}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from acestep.data.preprocess import (
     MAX_PROMPT_CHARS,
     FilenameRow,
     build_prompt,
+    clean_trigger,
     normalize_loudness,
+    stored_settings_of,
 )
 from acestep.data.shards import ErrorRecord
 from acestep.data.sidecars import is_instrumental
@@ -55,6 +57,8 @@ class V15Settings:
     # long songs are encoded in tiles of this many seconds (2 s overlap each side, AutoencoderOobleck's own tiling,
     # as upstream's tiled encode) so a 6-minute song fits an 8 GB GPU; shorter songs are encoded whole
     vae_tile_seconds: float = 30.0
+    trigger: str | None = None  # a tag put into every prompt (--trigger); stored only when set
+    trigger_position: str = "first"
 
 
 @dataclass(frozen=True)
@@ -241,13 +245,14 @@ class V15SongStages:
         pipe.vae.tile_sample_min_length = tile
 
     def stored_settings(self) -> dict[str, Any]:
-        return asdict(self.settings)
+        return stored_settings_of(self.settings)
 
     def make_features(self, record: dict[str, Any]) -> datasets.Features:
         return features_for_v15_record(record)
 
     def prepare(self, index: int, row: FilenameRow) -> PreparedV15Song:
-        caption = build_prompt(row, index, self.settings.tag_order, self.format_prompt)[:MAX_PROMPT_CHARS]
+        caption = build_prompt(row, index, self.settings.tag_order, self.format_prompt, self.settings.trigger,
+                               self.settings.trigger_position)[:MAX_PROMPT_CHARS]
         return PreparedV15Song(index, row.key, row.filename, song_text(row, caption))
 
     def decode(self, song: PreparedV15Song) -> torch.Tensor | str:
@@ -305,6 +310,8 @@ def song_stages_from_args(checkpoint: V15Checkpoint, args: argparse.Namespace) -
         target_lufs=args.target_lufs,
         tag_order=args.tag_order,
         condition_store=getattr(args, "condition_store", "outputs"),
+        trigger=clean_trigger(getattr(args, "trigger", None)),
+        trigger_position=getattr(args, "trigger_position", "first"),
     )
     return V15SongStages(
         pipe, settings, format_prompt, lambda path, seconds: prepare_training_audio(path, max_duration=seconds)

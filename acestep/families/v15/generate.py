@@ -20,6 +20,7 @@ from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_json
 from acestep.errors import AcestepError, InputError
 from acestep.lora import LoraSettings, read_lora
+from acestep.lora.io import trigger_note
 from acestep.lora.keys import V15_FAMILY
 from acestep.progress import progress
 
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load_pipeline(checkpoint, DTYPES[args.dtype]).to(args.device)
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_v15_loras(pipe, loras, settings)
+        for path, _ in loras:
+            if note := trigger_note(path, args.prompt):
+                print(note)
         wavs = render(pipe, params, checkpoint.is_turbo)
         paths = write_outputs(wavs, params.for_variant(checkpoint.is_turbo), pipe.sample_rate, Path(args.out_dir),
                               "ace15", {"variant": checkpoint.variant,

@@ -136,6 +136,22 @@ class V15Step:
             )
         return states
 
+    def fixed_loss(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], sigma: float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The validation loss: flow MSE at t = `sigma` with the given noise and the full condition (no dropout)."""
+        latents = batch["target_latents"]
+        x0 = latents.float()
+        t = torch.full((latents.shape[0],), sigma, device=latents.device)
+        noisy = sigma * noise.float() + (1.0 - sigma) * x0
+        dtype = base_dtype(transformer)
+        prediction = transformer(
+            hidden_states=noisy.to(dtype), timestep=t.to(dtype), timestep_r=t.to(dtype),
+            encoder_hidden_states=self.conditions(batch).to(dtype), context_latents=batch["context_latents"].to(dtype),
+            return_dict=False,
+        )[0]
+        return masked_mse(prediction, noise.float() - x0, batch["attention_mask"])
+
     def __call__(
         self, transformer: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

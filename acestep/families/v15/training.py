@@ -21,6 +21,7 @@ from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
 from acestep.training.data import Draw
 from acestep.training.family import TrainingParts
+from acestep.training.validation import split_songs
 
 from .checkpoint import V15Checkpoint, load_components
 from .export import usage_lines, write_step_files
@@ -146,7 +147,8 @@ def training_parts(
     """
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
-    songs = V15Songs(dataset, frames_for_seconds(config.max_duration))
+    train_rows, val_rows = split_songs(dataset, config.val_songs, config.val_dataset, config.overfit_one)
+    songs = V15Songs(train_rows, frames_for_seconds(config.max_duration))
     if songs.stores_inputs and condition_encoder is None:
         raise AcestepError("the dataset stores the condition encoder's inputs: the run needs the condition encoder")
     step = V15Step(TimestepSampler(schedule, config.timestep_mu, config.timestep_sigma), null_embedding,
@@ -161,6 +163,8 @@ def training_parts(
         base_model=base_model,
         write_step_files=partial(_write, settings=settings, base_model=base_model, exp_name=config.exp_name),
         summary=usage_lines,
+        fixed_loss=step.fixed_loss,
+        val_songs=V15Songs(val_rows, frames_for_seconds(config.max_duration)) if val_rows is not None else None,
     )
 
 
