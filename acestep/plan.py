@@ -33,10 +33,15 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lyrics.tokenizer import MAX_TRAINING_TOKENS
 from acestep.models.attention import CrossAttention
+from acestep.models.fp8 import SCALE_BYTES, is_quantizable
 from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# --base_dtype fp8: the blocks' (and SSL projectors', timestep modulation's) linear weights take 1 byte (+ an
+# fp32 scale per output channel); every other weight, and all computation, stays 16-bit (acestep.models.fp8).
+FP8 = "fp8"
+BASE_DTYPES = (*DTYPE_BYTES, FP8)
 # Input bounds: far above any real run, low enough that every answer is immediate.
 MAX_DURATION_S = 3600.0  # stage 3 keeps at most --max_duration seconds per song (default 360)
 MAX_GPU_GB = 4096.0
@@ -71,6 +76,9 @@ class ParameterCounts:
     lyric_encoder: int
     other: int
     buffer_bytes_fp32: int
+    # per role: (weights, output channels) that --base_dtype fp8 stores in fp8 (acestep.models.fp8)
+    fp8: dict[str, tuple[int, int]] = field(default_factory=dict)
+    fp8_largest: int = 0  # weights of the largest such layer: its 16-bit copy exists while it runs
 
     @property
     def total(self) -> int:
@@ -158,6 +166,17 @@ def count_parameters(config: dict) -> ParameterCounts:
     return _parameters_cached(json.dumps(config, sort_keys=True))
 
 
+def _group(name: str) -> str:
+    """The role of a parameter or module by its name (the `unused` add_* layers are told apart by identity)."""
+    if name.startswith("transformer_blocks."):
+        return "blocks"
+    if name.startswith("projectors."):
+        return "ssl_projectors"
+    if name.startswith(("lyric_encoder.", "lyric_embs.")):
+        return "lyric_encoder"
+    return "other"
+
+
 @lru_cache(maxsize=8)
 def _parameters_cached(config_key: str) -> ParameterCounts:
     """Keyed by the config's JSON: planning a run estimates many variants of the same model."""
@@ -171,16 +190,18 @@ def _parameters_cached(config_key: str) -> ParameterCounts:
     for name, param in model.named_parameters():
         if id(param) in unused:
             groups["unused"] += param.numel()
-        elif name.startswith("transformer_blocks."):
-            groups["blocks"] += param.numel()
-        elif name.startswith("projectors."):
-            groups["ssl_projectors"] += param.numel()
-        elif name.startswith(("lyric_encoder.", "lyric_embs.")):
-            groups["lyric_encoder"] += param.numel()
         else:
-            groups["other"] += param.numel()
+            groups[_group(name)] += param.numel()
+    fp8 = {group: (0, 0) for group in groups}
+    largest = 0
+    for name, module in model.named_modules():
+        if is_quantizable(name, module):
+            largest = max(largest, module.weight.numel())
+            group = "unused" if id(module.weight) in unused else _group(name)
+            weights, rows = fp8[group]
+            fp8[group] = (weights + module.weight.numel(), rows + module.weight.shape[0])
     buffers = sum(b.numel() * 4 for b in model.buffers())
-    return ParameterCounts(**groups, buffer_bytes_fp32=buffers)
+    return ParameterCounts(**groups, buffer_bytes_fp32=buffers, fp8=fp8, fp8_largest=largest)
 
 
 @lru_cache(maxsize=8)
@@ -213,7 +234,8 @@ def count_lora_parameters(config: dict, settings: LoraSettings) -> LoraCounts:
     return _lora_counts_cached(json.dumps(config, sort_keys=True), json.dumps(settings_dict, sort_keys=True))
 
 
-def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts) -> dict[str, dict[str, int]]:
+def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
+                     params: ParameterCounts | None = None) -> dict[str, dict[str, int]]:
     """Bytes each phase of one step holds beyond weights, LoRA state and the batch, term by term.
 
     The phases peak at different moments, so the step's peak is the largest phase, not their sum: the lyric
@@ -222,7 +244,7 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts) -> di
     the backward pass (all LoRA gradients, the block inputs, one block's recomputation). Cross-attention runs in
     fused SDPA kernels (CUDA and CPU alike), which never hold the [heads, tokens, context] score matrix.
     """
-    e = DTYPE_BYTES[request.base_dtype]
+    e = compute_bytes(request.base_dtype)
     batch, frames = request.batch_size, request.frames
     tokens = batch * frames
     width = config["num_attention_heads"] * config["attention_head_dim"]
@@ -264,6 +286,9 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts) -> di
             "loss tensors": loss_tensors,
         },
     }
+    if request.base_dtype == FP8 and params is not None:  # one layer's weight dequantized at a time
+        for phase in ("end of forward", "backward"):
+            phases[phase]["one dequantized fp8 layer"] = params.fp8_largest * e
     if lora.in_lyric_encoder:  # its backward comes last: every LoRA gradient exists, one layer is recomputed
         phases["backward (lyric encoder)"] = {
             "LoRA gradients": lora_grads, "one Conformer layer": lyric_peak,
@@ -325,32 +350,45 @@ def check_bounds(request: Any) -> None:
                                f"not {value}")
 
 
+def compute_bytes(base_dtype: str) -> int:
+    """Bytes of a 16/32-bit value the step computes in: an fp8 base computes (and keeps its other weights) in 16 bits."""
+    return 2 if base_dtype == FP8 else DTYPE_BYTES[base_dtype]
+
+
+def fp8_savings(request: PlanRequest, params: ParameterCounts) -> int:
+    """Bytes --base_dtype fp8 saves on the base weights: 1 of 2 bytes a quantized weight, less its row scales."""
+    if request.base_dtype != FP8:
+        return 0
+    released = {"unused", *(() if request.ssl else ("ssl_projectors",))} if request.release_unused_weights else set()
+    return sum(weights - rows * SCALE_BYTES for group, (weights, rows) in params.fp8.items() if group not in released)
+
+
 def estimate(request: PlanRequest) -> MemoryPlan:
     """Peak training memory for `request`: weights + LoRA state + the largest phase of one step."""
     if request.optimizer not in OPTIMIZER_STATE_BYTES:
         raise AcestepError(f"--optimizer must be one of {sorted(OPTIMIZER_STATE_BYTES)}, not {request.optimizer!r}")
-    if request.base_dtype not in DTYPE_BYTES:
-        raise AcestepError(f"--base_dtype must be one of {sorted(DTYPE_BYTES)}, not {request.base_dtype!r}")
+    if request.base_dtype not in BASE_DTYPES:
+        raise AcestepError(f"--base_dtype must be one of {sorted(BASE_DTYPES)}, not {request.base_dtype!r}")
     check_bounds(request)
     config = _config(request)
     params = count_parameters(config)
     settings = LoraSettings.from_json(request.lora_config)
     lora = count_lora_parameters(config, settings)
     lora_params = lora.at_rank(request.rank or lora.rank)
-    e = DTYPE_BYTES[request.base_dtype]
+    e = compute_bytes(request.base_dtype)
     held = params.total
     if request.release_unused_weights:
         held -= params.unused + (0 if request.ssl else params.ssl_projectors)
     # Buffers (the rotary tables) follow the base dtype, as from_pretrained(torch_dtype=...) converts them.
     parts = {
-        "base weights": held * e + params.buffer_bytes_fp32 * e // 4,
+        "base weights": held * e + params.buffer_bytes_fp32 * e // 4 - fp8_savings(request, params),
         "LoRA weights (fp32)": lora_params * 4,
         "optimizer state": lora_params * OPTIMIZER_STATE_BYTES[request.optimizer],
         "LoRA 16-bit copies (autocast)": lora_params * e if e == 2 else 0,
         "micro-batch": _batch_bytes(request, config),
         **ddp_parts(request.devices, lora_params),
     }
-    phases = {name: sum(terms.values()) for name, terms in activation_terms(request, config, lora).items()}
+    phases = {name: sum(terms.values()) for name, terms in activation_terms(request, config, lora, params).items()}
     phase = max(phases, key=phases.get)
     parts[f"activations ({phase})"] = phases[phase]
     return MemoryPlan(request=request, parameters=params, lora_parameters=lora_params, parts=parts, peak_phase=phase)
@@ -434,7 +472,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
                    help="GPUs training together (the trainer's --devices x --num_nodes): memory is per GPU")
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
                    help="the trainer's --optimizer (its state bytes per LoRA weight)")
-    p.add_argument("--base_dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="dtype of the frozen base model")
+    p.add_argument("--base_dtype", default="bf16", choices=BASE_DTYPES,
+                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8, v1 only)")
     p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
     p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
@@ -448,6 +487,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--condition_tokens", type=int, default=512,
                    help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
     a = p.parse_args(argv)
+    if a.model != "v1" and a.base_dtype == FP8:
+        p.error("--base_dtype fp8 is for the v1 model only")
     if a.model != "v1":
         return v15_request(a)
     return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,

@@ -31,7 +31,7 @@ from data_helpers import write_with_pyav  # noqa: E402
 
 from acestep.cli_help import make_parser  # noqa: E402
 from acestep.demo import synth_song  # noqa: E402
-from bench.common import format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
+from bench.common import bf16_warning, format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
 
 PARTS = ("decode", "dcae", "text", "ssl", "size")
 SIZES = ("tiny", "published")
@@ -437,6 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     bench = Bench(torch.device(args.device), args.dtype, args.seconds, args.repeats, args.sizes)
     machine = {**machine_description(), "device": args.device, "dtype": args.dtype}
+    warning = bf16_warning(args.dtype, args.device)
+    if warning:
+        print(f"warning: {warning}", flush=True)
     started = time.perf_counter()
     if "decode" in args.parts:
         bench_decode(bench, args.formats)

@@ -27,7 +27,7 @@ from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transforme
 from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest, count_parameters, estimate  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
-from bench.common import machine_description, machine_tag, release, write_results  # noqa: E402
+from bench.common import bf16_warning, machine_description, machine_tag, release, write_results  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,7 +63,7 @@ def step_flops(config: dict, tokens: int, context_tokens: int, lyric_tokens: int
 
 def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.device) -> dict:
     config = size_config(size, args.mid_blocks)
-    dtype = DTYPES[args.dtype]
+    dtype = torch.bfloat16 if args.dtype == "fp8" else DTYPES[args.dtype]  # fp8 base: computed in bf16
     request = PlanRequest(
         duration=seconds, batch_size=args.batch_size, base_dtype=args.dtype, lora_config=args.lora_config,
         ssl=not args.no_ssl, lyric_tokens=args.lyric_tokens, text_tokens=args.text_tokens, device=device.type,
@@ -76,7 +76,7 @@ def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.
     batch = synthetic_batch(config, request.frames, args.batch_size, args.lyric_tokens, args.text_tokens,
                             not args.no_ssl, device)
     probe = TrainingStepProbe(model, LoraSettings.from_json(args.lora_config), batch, autocast_dtype=dtype,
-                              release_unused=not args.keep_unused_weights)
+                              release_unused=not args.keep_unused_weights, fp8_base=args.dtype == "fp8")
     probe.run(track_memory=False)  # creates the optimizer state; first-call costs stay out of the timings
     times = []
     for index in range(args.repeats):
@@ -132,7 +132,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when present, else cpu)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="dtype of the random base weights")
+    parser.add_argument("--dtype", default="bf16", choices=[*sorted(DTYPES), "fp8"],
+                        help="dtype of the random base weights and autocast (fp8: base linears in fp8, computed in "
+                        "bf16); use fp32 on CPUs without native bf16 (see cpu_native_bf16 in the machine line)")
     parser.add_argument("--mid_blocks", type=int, default=2, help="transformer blocks of the mid size")
     parser.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON")
     parser.add_argument("--lyric_tokens", type=int, default=512, help="lyric tokens per song")
@@ -149,6 +151,9 @@ def main() -> None:
         durations = [float(s) for s in args.full_seconds.split(",")] if size == "full" and args.full_seconds else seconds
         rows += [run_case(args, size, duration, device) for duration in durations]
     machine = {**machine_description(), "device": device.type, "dtype": args.dtype}
+    warning = bf16_warning(args.dtype, device.type)
+    if warning:
+        print(f"warning: {warning}", flush=True)
     notes = [
         "command: python bench/train_step.py " + " ".join(sys.argv[1:]),
         f"step = forward + backward (gradient checkpointing per block and per Conformer layer) + AdamW on the LoRA "

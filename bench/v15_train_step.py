@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from acestep.cli_help import make_parser  # noqa: E402
 from acestep.families.v15.plan import MODELS, V15PlanRequest, estimate, measure_step  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
-from bench.common import machine_description, machine_tag, write_results  # noqa: E402
+from bench.common import bf16_warning, machine_description, machine_tag, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -26,12 +26,17 @@ def main() -> None:
     p.add_argument("--model", default="2b", choices=sorted(MODELS), help="published 1.5 DiT")
     p.add_argument("--seconds", default="60", help="comma-separated crop lengths")
     p.add_argument("--layers", type=int, help="keep the width, use this many layers (default: all)")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="base weights and autocast dtype")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
+                   help="base weights and autocast dtype; fp32 on CPUs without native bf16 (cpu_native_bf16 in the "
+                   "machine line)")
     p.add_argument("--condition_tokens", type=int, default=512, help="condition tokens per song")
     a = p.parse_args()
     config = dict(MODELS[a.model])
     if a.layers:
         config["num_hidden_layers"] = a.layers
+    warning = bf16_warning(a.dtype, "cpu")
+    if warning:
+        print(f"warning: {warning}", flush=True)
     rows = []
     for seconds in [float(s) for s in a.seconds.split(",")]:
         request = V15PlanRequest(model=a.model, duration=seconds, device="cpu", base_dtype=a.dtype,
@@ -47,7 +52,7 @@ def main() -> None:
             "peak_rss_gb": round(peak_rss_gb(), 2), "wall_s": round(time.perf_counter() - started, 1),
         })
         print(rows[-1], flush=True)
-    machine = machine_description()
+    machine = {**machine_description(), "device": "cpu", "dtype": a.dtype}
     stem = f"v15_train_step_{machine_tag(machine, 'cpu')}_{a.model}-{rows[0]['layers']}layers-{a.dtype}"
     columns = [(k, k) for k in rows[0]]
     notes = ["Random weights; one step after a warm-up step (AdamW state exists); tensor peak from "

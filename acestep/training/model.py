@@ -20,7 +20,10 @@ PRECISION_FOR_DTYPE = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", 
 
 
 def resolve_base_dtype(name: str, on_gpu: bool) -> torch.dtype:
-    """auto: bf16 where the GPU supports it, else fp16; fp32 on the CPU (16-bit CPU matmuls are slow)."""
+    """The dtype the base is loaded and computed in. auto: bf16 where the GPU supports it, else fp16; fp32 on the
+    CPU (16-bit CPU matmuls are slow). fp8: loaded in 16 bits (bf16 unless the GPU lacks it), then quantized."""
+    if name == "fp8":
+        return torch.float16 if on_gpu and not torch.cuda.is_bf16_supported() else torch.bfloat16
     if name != "auto":
         return DTYPES[name]
     if not on_gpu:

@@ -15,6 +15,7 @@ import torch
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.lora import LoraSettings
 from acestep.models import ACEStepTransformer2DModel
+from acestep.models.fp8 import quantize_base
 from acestep.models.rope import RotaryEmbedding
 
 from .data import LATENT_FRAMES_PER_SECOND
@@ -91,13 +92,15 @@ class TrainingStepProbe:
     def __init__(
         self, model: ACEStepTransformer2DModel, settings: LoraSettings, batch: SyntheticBatch,
         autocast_dtype: torch.dtype | None = torch.bfloat16, checkpointing: bool = True,
-        release_unused: bool = True,
+        release_unused: bool = True, fp8_base: bool = False,
     ) -> None:
         self.model = model
         self.batch = batch
         self.autocast_dtype = autocast_dtype
         if release_unused:  # as the trainer does by default
             release_unused_weights(model, keep_ssl_projectors=batch.ssl is not None)
+        if fp8_base:  # as the trainer's --base_dtype fp8: the blocks' Linears in fp8, computed in autocast's dtype
+            quantize_base(model, autocast_dtype or torch.bfloat16)
         attach_lora(model, settings, "probe")
         if checkpointing:
             model.enable_gradient_checkpointing()
@@ -108,10 +111,10 @@ class TrainingStepProbe:
         self.device = next(model.parameters()).device
         self._step = 0
 
-    def _step_once(self) -> None:
+    def loss(self, seed: int) -> torch.Tensor:
+        """The step's loss on the batch, noise and timesteps drawn from `seed` (no backward)."""
         t = self.batch.tensors
-        generator = torch.Generator().manual_seed(self._step)
-        self._step += 1
+        generator = torch.Generator().manual_seed(seed)
         noised = self.objective.add_noise(t["target_latents"], generator, t["attention_mask"])
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             output = self.model(
@@ -121,7 +124,11 @@ class TrainingStepProbe:
                 lyric_token_idx=t["lyric_token_idx"], lyric_mask=t["lyric_mask"], ssl_hidden_states=self.batch.ssl,
             )
         denoising = self.objective.loss(output.sample, noised, t["target_latents"], t["attention_mask"])
-        combine_losses(denoising, output.proj_losses or [], 1.0).backward()
+        return combine_losses(denoising, output.proj_losses or [], 1.0)
+
+    def _step_once(self) -> None:
+        self._step += 1
+        self.loss(self._step - 1).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

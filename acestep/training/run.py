@@ -15,6 +15,7 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
 from acestep.models import ACEStepTransformer2DModel
+from acestep.models.fp8 import FP8_DTYPE, quantize_base
 
 from .callbacks import (
     CONFIG_FILE,
@@ -85,6 +86,11 @@ def check_trigger(config: TrainConfig) -> str | None:
         raise AcestepError(f"{config.dataset_path}: the dataset was preprocessed with {has}, not {wanted!r}; "
                            "preprocess it again with --trigger or train with the dataset's trigger")
     return found
+
+
+def _compute_dtype(transformer: torch.nn.Module) -> torch.dtype:
+    """The frozen base's dtype, which Lightning's precision follows (fp8 weights compute in the 16-bit one)."""
+    return next(p for p in transformer.parameters() if not p.requires_grad and p.dtype != FP8_DTYPE).dtype
 
 
 def _gpu_wanted(accelerator: str) -> bool:
@@ -184,9 +190,11 @@ def run_training(
             transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
+        if config.base_dtype == "fp8":
+            quantize_base(transformer, _compute_dtype(transformer))
         module = LoraTrainingModule(transformer, settings, config, songs)
         fixed_loss = module.fixed_loss
-    dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
+    dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,

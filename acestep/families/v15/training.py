@@ -105,6 +105,8 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     if found is None:
         raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
     check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
+    if config.base_dtype == "fp8":
+        raise AcestepError("--base_dtype fp8 is for ACE-Step v1 only; use bf16 or fp16 for 1.5")
     gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     dtype = resolve_base_dtype(config.base_dtype, gpu)
     modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
