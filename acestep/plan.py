@@ -120,13 +120,12 @@ class PlanRequest:
         return frames_for_seconds(self.duration)
 
 
-@dataclass
-class MemoryPlan:
-    request: PlanRequest
-    parameters: ParameterCounts
-    lora_parameters: int
-    parts: dict[str, int] = field(default_factory=dict)  # bytes of each term of the peak
-    peak_phase: str = ""
+class DeviceFit:
+    """The verdict of any plan (v1 or 1.5) that has `parts` (bytes of each term of the peak) and a `request`
+    with `device` and `gpu_gb`."""
+
+    parts: dict[str, int]
+    request: Any
 
     @property
     def tensor_bytes(self) -> int:
@@ -142,6 +141,15 @@ class MemoryPlan:
     @property
     def fits(self) -> bool:
         return self.device_bytes <= self.request.gpu_gb * 1e9
+
+
+@dataclass
+class MemoryPlan(DeviceFit):
+    request: PlanRequest
+    parameters: ParameterCounts
+    lora_parameters: int
+    parts: dict[str, int] = field(default_factory=dict)  # bytes of each term of the peak
+    peak_phase: str = ""
 
     @property
     def tokens_per_step(self) -> int:

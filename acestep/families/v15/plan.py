@@ -22,10 +22,9 @@ import torch
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.plan import (
-    ALLOCATOR_SLACK,
-    CUDA_CONTEXT_GB,
     DTYPE_BYTES,
     OPTIMIZER_STATE_BYTES,
+    DeviceFit,
     ddp_line,
     ddp_parts,
 )
@@ -85,25 +84,11 @@ class V15PlanRequest:
 
 
 @dataclass
-class V15Plan:
+class V15Plan(DeviceFit):
     request: V15PlanRequest
     base_parameters: int
     lora_parameters: int
     parts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def tensor_bytes(self) -> int:
-        return sum(self.parts.values())
-
-    @property
-    def device_bytes(self) -> int:
-        if self.request.device != "cuda":
-            return self.tensor_bytes
-        return int(self.tensor_bytes * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB * 1e9)
-
-    @property
-    def fits(self) -> bool:
-        return self.device_bytes <= self.request.gpu_gb * 1e9
 
 
 def _meta_dit(config: dict) -> torch.nn.Module:
