@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from acestep.cli_help import make_parser
-from acestep.errors import AcestepError
+from acestep.errors import one_line_errors
 from acestep.families import FAMILY_NAMES, V15
 from acestep.quiet import quiet_third_party_noise
 
@@ -239,23 +239,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_third_party_noise()
     started = time.perf_counter()
     if args.family == V15:
-        from acestep.demo_v15 import describe_v15, run_demo_v15
-
-        try:
-            outputs_v15 = run_demo_v15(args)
-        except AcestepError as error:
-            sys.exit(f"error: {error}")
-        print()
-        print(describe_v15(outputs_v15, time.perf_counter() - started))
-        if outputs_v15.stopped:
-            sys.exit(1)
-        return
-    try:
-        outputs = run_demo(args)
-    except AcestepError as error:
-        sys.exit(f"error: {error}")
+        from acestep.demo_v15 import describe_v15 as describe_outputs
+        from acestep.demo_v15 import run_demo_v15 as run_chain
+    else:
+        describe_outputs, run_chain = describe, run_demo
+    with one_line_errors():
+        outputs = run_chain(args)
     print()
-    print(describe(outputs, time.perf_counter() - started))
+    print(describe_outputs(outputs, time.perf_counter() - started))
     if outputs.stopped:
         sys.exit(1)
 
