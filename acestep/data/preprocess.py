@@ -219,6 +219,22 @@ def normalize_loudness(wav: torch.Tensor, target_lufs: float, sr: int = SAMPLE_R
     return (wav * 10 ** ((target_lufs - loudness) / 20)).clamp(-1.0, 1.0)
 
 
+def decode_song(
+    load_audio: Callable[[Path, float], torch.Tensor], filename: Path, settings: Any
+) -> torch.Tensor | str:
+    """A song's [2, T] float32 48 kHz audio, loudness-normalised if `settings.target_lufs` asks, or the reason it
+    cannot be used (a broken file is a row in the error table, not a crash)."""
+    try:
+        wav = load_audio(filename, settings.max_duration)
+    except InputError as err:
+        return err.reason
+    except Exception as err:  # third-party decoders raise anything on broken files
+        return f"cannot decode: {type(err).__name__}: {err}"
+    if settings.target_lufs is not None:
+        wav = normalize_loudness(wav, settings.target_lufs)
+    return wav
+
+
 def ordered_prefetch(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R]]:
     """fn(item) on `workers` threads, yielded in input order, at most 2*workers items ahead (bounded memory)."""
     if workers <= 0:
@@ -317,15 +333,7 @@ class SongPipeline:
 
     def decode(self, song: PreparedSong) -> torch.Tensor | str:
         """[2, T] float32 @ 48 kHz, or the reason it cannot be used (runs on a worker thread)."""
-        try:
-            wav = self.encoders.load_audio(Path(song.filename), self.settings.max_duration)
-        except InputError as err:
-            return err.reason
-        except Exception as err:  # third-party decoders raise anything on broken files
-            return f"cannot decode: {type(err).__name__}: {err}"
-        if self.settings.target_lufs is not None:
-            wav = normalize_loudness(wav, self.settings.target_lufs)
-        return wav
+        return decode_song(self.encoders.load_audio, Path(song.filename), self.settings)
 
     @torch.inference_mode()
     def encode(self, batch: list[PreparedSong]) -> list[EncodedSong | ErrorRecord]:

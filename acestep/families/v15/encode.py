@@ -28,7 +28,7 @@ from acestep.data.preprocess import (
     FilenameRow,
     build_prompt,
     clean_trigger,
-    normalize_loudness,
+    decode_song,
     stored_settings_of,
 )
 from acestep.data.shards import ErrorRecord
@@ -257,14 +257,9 @@ class V15SongStages:
 
     def decode(self, song: PreparedV15Song) -> torch.Tensor | str:
         """[2, N] float32 at 48 kHz, cut to whole latent frames (1920 samples), or why the song cannot be used."""
-        try:
-            wav = self.load_audio(Path(song.filename), self.settings.max_duration)
-        except InputError as err:
-            return err.reason
-        except Exception as err:  # third-party decoders raise anything on broken files
-            return f"cannot decode: {type(err).__name__}: {err}"
-        if self.settings.target_lufs is not None:
-            wav = normalize_loudness(wav, self.settings.target_lufs)
+        wav = decode_song(self.load_audio, Path(song.filename), self.settings)
+        if isinstance(wav, str):
+            return wav
         frames = wav.shape[-1] // self.hop
         if frames < 1:
             return "shorter than one latent frame"
