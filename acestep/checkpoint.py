@@ -80,7 +80,7 @@ def _paths(root: Path) -> CheckpointPaths:
     )
 
 
-def _download(repo_id: str, cache_dir: Path) -> Path:
+def download_snapshot(repo_id: str, cache_dir: Path) -> Path:
     from huggingface_hub import snapshot_download  # progress bars are huggingface_hub's own
 
     try:
@@ -99,13 +99,13 @@ def resolve_checkpoint(dir_or_repo: str | Path | None = None, download: bool = T
         if missing_parts(root):
             if not download:
                 raise CheckpointError(f"no checkpoint in {root}; pass --checkpoint_dir or allow the download")
-            root = _download(REPO_ID, DEFAULT_CACHE)
+            root = download_snapshot(REPO_ID, DEFAULT_CACHE)
     else:
         path = Path(dir_or_repo).expanduser()
         if path.exists():
             root = path
         elif download and str(dir_or_repo).count("/") == 1 and not Path(str(dir_or_repo)).drive:
-            root = _download(str(dir_or_repo), DEFAULT_CACHE)
+            root = download_snapshot(str(dir_or_repo), DEFAULT_CACHE)
         else:
             raise CheckpointError(f"{dir_or_repo}: checkpoint folder not found")
     missing = missing_parts(root)

@@ -54,7 +54,7 @@ def test_repo_ids_are_downloaded_and_folders_are_not(tiny_checkpoint: Path, monk
         calls.append(repo_id)
         return tiny_checkpoint
 
-    monkeypatch.setattr(checkpoint_module, "_download", fake_download)
+    monkeypatch.setattr(checkpoint_module, "download_snapshot", fake_download)
     assert resolve_checkpoint("someone/some-model").root == tiny_checkpoint
     assert calls == ["someone/some-model"]
     resolve_checkpoint(tiny_checkpoint)

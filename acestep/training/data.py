@@ -142,7 +142,7 @@ def _same_stretch(features: torch.Tensor, begin: float, end: float) -> torch.Ten
     return features[first: max(round(end * rows), first + 1)]
 
 
-def _pad_stack(tensors: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_stack(tensors: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack along a new batch dim, padding the first (time) dim to the longest; mask is 1 on real rows."""
     length = max(t.shape[0] for t in tensors)
     stacked = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), pad_value)
@@ -155,11 +155,11 @@ def _pad_stack(tensors: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple
 
 def collate_songs(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad latents (time), prompt states and lyric ids to the longest in the batch; masks mark real entries."""
-    latents, frame_mask = _pad_stack([i["target_latents"].permute(2, 0, 1) for i in items])
-    text, _ = _pad_stack([i["encoder_text_hidden_states"] for i in items])
-    text_mask, _ = _pad_stack([i["text_attention_mask"] for i in items])
-    lyrics, _ = _pad_stack([i["lyric_token_ids"] for i in items])
-    lyric_mask, _ = _pad_stack([i["lyric_mask"] for i in items])
+    latents, frame_mask = pad_stack([i["target_latents"].permute(2, 0, 1) for i in items])
+    text, _ = pad_stack([i["encoder_text_hidden_states"] for i in items])
+    text_mask, _ = pad_stack([i["text_attention_mask"] for i in items])
+    lyrics, _ = pad_stack([i["lyric_token_ids"] for i in items])
+    lyric_mask, _ = pad_stack([i["lyric_mask"] for i in items])
     batch = {
         "target_latents": latents.permute(0, 2, 3, 1).contiguous(),
         "attention_mask": frame_mask,

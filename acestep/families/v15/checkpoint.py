@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from acestep.checkpoint import DEFAULT_CACHE, download_snapshot
 from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
@@ -28,7 +28,6 @@ TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
 DIFFUSERS_PARTS = ("transformer", "condition_encoder", "vae", "text_encoder", "tokenizer")
 ORIGINAL_REPO = "ACE-Step/Ace-Step1.5"
-DEFAULT_CACHE = Path.home() / ".cache" / "ace-step" / "checkpoints"
 # original config.json -> AceStepTransformer1DModel / AceStepConditionEncoder arguments (converter's rules)
 SHARED_CONFIG = (
     "head_dim", "rope_theta", "attention_bias", "attention_dropout", "rms_norm_eps", "sliding_window",
@@ -131,15 +130,8 @@ def _resolve_original(root: Path, dit: str | None) -> V15Checkpoint:
 
 
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=str(DEFAULT_CACHE)))
-    except Exception as error:  # noqa: BLE001 - network, auth and offline errors all mean the same to the user
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise CheckpointError(
-            f"cannot download {repo_id}{offline}: {type(error).__name__}. Download it and pass --checkpoint_dir FOLDER"
-        ) from None
+    """The repo's snapshot in the shared cache (v1's downloader: one cache, one error line)."""
+    return download_snapshot(repo_id, DEFAULT_CACHE)
 
 
 def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V15Checkpoint:

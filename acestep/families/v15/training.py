@@ -19,7 +19,7 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
-from acestep.training.data import Draw
+from acestep.training.data import Draw, pad_stack
 from acestep.training.family import TrainingParts
 from acestep.training.validation import split_songs
 
@@ -70,28 +70,17 @@ class V15Songs(Dataset):
         return item
 
 
-def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack along a new batch dim, zero-padding dim 0 to the longest; mask 1 on real rows."""
-    length = max(t.shape[0] for t in tensors)
-    stacked = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
-    mask = torch.zeros(len(tensors), length)
-    for i, tensor in enumerate(tensors):
-        stacked[i, : tensor.shape[0]] = tensor
-        mask[i, : tensor.shape[0]] = 1.0
-    return stacked, mask
-
-
 def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad frames and condition tokens to the longest in the batch.
 
     diffusers' DiT takes no padding masks, so padded frames and tokens are attended to; the loss ignores padded
     frames. Batch size 1 (the default) or equal crops (--max_duration) avoid padding altogether.
     """
-    latents, frame_mask = _pad([i["target_latents"] for i in items])
+    latents, frame_mask = pad_stack([i["target_latents"] for i in items])
     batch = {"target_latents": latents, "attention_mask": frame_mask, "micro_batch": items[0]["micro_batch"]}
     for name in items[0]:
         if name not in batch and name != "micro_batch":
-            batch[name] = _pad([i[name] for i in items])[0]
+            batch[name] = pad_stack([i[name] for i in items])[0]
     return batch
 
 
