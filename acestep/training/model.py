@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from acestep.errors import AcestepError
@@ -75,7 +74,7 @@ def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors
 def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapter_name: str) -> list[str]:
     """Add the adapter (PEFT freezes everything else) and hold its factors in fp32; returns trainable names."""
     try:
-        model.add_adapter(LoraConfig(**settings.to_peft_kwargs()), adapter_name=adapter_name)
+        model.add_adapter(settings.peft_config(), adapter_name=adapter_name)
     except ValueError as error:
         raise AcestepError(f"LoRA config does not fit the model: {error}") from error
     names = []

@@ -1,0 +1,179 @@
+"""DoRA, LoHa and LoKr: the ComfyUI file rebuilds PEFT's merged change exactly, and every tool takes each type.
+
+`comfy_weight` below is written from ComfyUI's formulas (comfy/weight_adapter/lora.py, loha.py, lokr.py and
+base.py's weight_decompose), apart from our own reader, so the export is checked against ComfyUI's rule itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lora_helpers import tiny_model
+from safetensors.torch import load_file
+
+from acestep.errors import AcestepError
+from acestep.lora import LoraSettings
+from acestep.lora.adapters import apply_adapter, read_adapter, save_comfyui_file
+from acestep.training.model import adapter_state_dict, attach_lora
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+SETTINGS = {
+    "dora": LoraSettings(r=4, lora_alpha=2.0, use_rslora=True, target_modules=TARGETS, adapter_type="dora",
+                         rank_pattern={"to_k": 2}),
+    "loha": LoraSettings(r=4, lora_alpha=3.0, use_rslora=False, target_modules=TARGETS, adapter_type="loha",
+                         rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 5.0}),
+    # 64 = 8 x 8 and r 4 >= 8 / 2: both Kronecker factors are full matrices (ComfyUI ignores alpha there)
+    "lokr": LoraSettings(r=4, lora_alpha=3.0, use_rslora=False, target_modules=TARGETS, adapter_type="lokr"),
+    # 64 = 4 x 16 and r 2 < 16 / 2: w2 is factored, alpha / r applies
+    "lokr_factored": LoraSettings(r=2, lora_alpha=3.0, use_rslora=False, target_modules=TARGETS,
+                                  adapter_type="lokr", decompose_both=True, decompose_factor=4),
+}
+
+
+def comfy_weight(file: dict[str, torch.Tensor], stem: str, weight: torch.Tensor, strength: float) -> torch.Tensor:
+    """ComfyUI's patched weight (float32) for the tensors under `stem`."""
+    def get(name: str) -> torch.Tensor | None:
+        value = file.get(f"{stem}.{name}")
+        return None if value is None else value.float()
+
+    alpha = get("alpha")
+    dim = None
+    if get("hada_w1_a") is not None:
+        diff = (get("hada_w1_a") @ get("hada_w1_b")) * (get("hada_w2_a") @ get("hada_w2_b"))
+        dim = file[f"{stem}.hada_w1_b"].shape[0]
+    elif get("lokr_w1") is not None or get("lokr_w1_a") is not None:
+        w1, w2 = get("lokr_w1"), get("lokr_w2")
+        if w1 is None:
+            dim = file[f"{stem}.lokr_w1_b"].shape[0]
+            w1 = get("lokr_w1_a") @ get("lokr_w1_b")
+        if w2 is None:
+            dim = file[f"{stem}.lokr_w2_b"].shape[0]
+            w2 = get("lokr_w2_a") @ get("lokr_w2_b")
+        diff = torch.kron(w1, w2)
+    else:
+        diff = get("lora_B.weight") @ get("lora_A.weight")
+        dim = file[f"{stem}.lora_A.weight"].shape[0]
+    coefficient = alpha.item() / dim if alpha is not None and dim is not None else 1.0
+    weight = weight.float().clone()
+    dora_scale = get("dora_scale")
+    if dora_scale is None:
+        return weight + strength * coefficient * diff
+    calc = weight + coefficient * diff
+    assert dora_scale.shape[0] == weight.shape[0]  # the output axis
+    norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps
+    calc = calc * (dora_scale / norm)
+    return calc if strength == 1.0 else weight + strength * (calc - weight)
+
+
+def trained_model(settings: LoraSettings, seed: int = 5) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The tiny model with the adapter attached and every adapter tensor set to non-trivial random values."""
+    model = tiny_model()
+    bases = {name: module.weight.detach().clone() for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name.endswith(TARGETS)}
+    attach_lora(model, settings, "default")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            noise = torch.randn(param.shape, generator=g)
+            param.copy_(param * (1 + 0.3 * noise) if "magnitude" in name else 0.3 * noise)
+    return model, bases
+
+
+def adapted_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {name: module for name, module in model.named_modules() if hasattr(module, "get_base_layer")
+            and hasattr(module, "merge") and name.endswith(TARGETS)}
+
+
+def export(model: torch.nn.Module, settings: LoraSettings, path: Path) -> Path:
+    layers = adapted_layers(model)
+    return save_comfyui_file(adapter_state_dict(model, "default"), path, settings, "peft", {"action": "test"},
+                             None, None, lambda name: layers[name].get_base_layer().weight)
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_the_comfyui_file_rebuilds_peft_merged_change(tmp_path: Path, kind: str) -> None:
+    settings = SETTINGS[kind]
+    model, bases = trained_model(settings)
+    file = load_file(str(export(model, settings, tmp_path / "a.safetensors")))
+    layers = adapted_layers(model)
+    assert len(layers) == len(bases) > 0
+    for name, layer in layers.items():
+        layer.merge()  # PEFT's own merge: base + its delta (DoRA: the magnitude-rescaled weight)
+        merged = layer.get_base_layer().weight.detach()
+        rebuilt = comfy_weight(file, name, bases[name], 1.0)
+        if kind == "dora":
+            torch.testing.assert_close(rebuilt, merged, rtol=0, atol=2e-6)
+        else:
+            delta = merged - bases[name]
+            assert delta.abs().max() > 1e-2  # a real change, not zeros
+            torch.testing.assert_close(rebuilt - bases[name], delta, rtol=0, atol=1e-6)
+
+
+def test_file_keys_are_the_ones_comfyui_reads(tmp_path: Path) -> None:
+    expected = {
+        "dora": {"lora_A.weight", "lora_B.weight", "dora_scale"},
+        "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+        "lokr": {"lokr_w1", "lokr_w2", "alpha"},
+        "lokr_factored": {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    }
+    for kind, settings in SETTINGS.items():
+        model, _ = trained_model(settings)
+        file = load_file(str(export(model, settings, tmp_path / f"{kind}.safetensors")))
+        stem = "transformer_blocks.0.attn.to_q"
+        assert {key.removeprefix(stem + ".") for key in file if key.startswith(stem + ".")} == expected[kind], kind
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_our_reader_applies_any_strength_as_comfyui(tmp_path: Path, kind: str) -> None:
+    settings = SETTINGS[kind]
+    model, bases = trained_model(settings)
+    path = export(model, settings, tmp_path / "a.safetensors")
+    file = load_file(str(path))
+    adapter = read_adapter(path)
+    assert adapter.kind == kind.removesuffix("_factored")
+    for strength in (0.0, 0.5, 1.0, -0.7):
+        changed = apply_adapter(bases, adapter, strength)
+        for name, weight in changed.items():
+            torch.testing.assert_close(weight, comfy_weight(file, name, bases[name], strength), rtol=0, atol=1e-6)
+    assert torch.equal(apply_adapter(bases, adapter, 0.0)["transformer_blocks.0.attn.to_q"],
+                       bases["transformer_blocks.0.attn.to_q"])
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr", "dora"])
+def test_the_peft_adapter_folder_reads_as_its_comfyui_file(tmp_path: Path, kind: str) -> None:
+    from acestep.lora import save_adapter
+
+    settings = SETTINGS[kind]
+    model, bases = trained_model(settings)
+    layers = adapted_layers(model)
+    save_adapter(adapter_state_dict(model, "default"), tmp_path / "adapter", settings)
+    comfy = read_adapter(export(model, settings, tmp_path / "a.safetensors"))
+    base = (lambda name: layers[name].get_base_layer().weight) if kind == "dora" else None
+    folder = read_adapter(tmp_path / "adapter", base_weight=base)
+    for name in comfy.modules:
+        torch.testing.assert_close(folder.modules[name].apply(bases[name], 0.8),
+                                   comfy.modules[name].apply(bases[name], 0.8), rtol=0, atol=1e-6)
+    if kind == "dora":
+        with pytest.raises(AcestepError, match="needs the base model"):
+            read_adapter(tmp_path / "adapter")
+
+
+def test_settings_validate_and_round_trip(tmp_path: Path) -> None:
+    lokr = SETTINGS["lokr_factored"]
+    assert LoraSettings.from_dict(lokr.to_dict()) == lokr
+    peft_config = json.loads(json.dumps(lokr.peft_config().to_dict(), default=lambda v: sorted(v)))
+    assert LoraSettings.from_dict(peft_config) == dataclasses.replace(lokr, target_modules=tuple(sorted(TARGETS)))
+    plain = LoraSettings(r=8, lora_alpha=1.0, target_modules=TARGETS)
+    assert plain.to_dict() == plain.to_peft_kwargs() and "adapter_type" not in plain.to_dict()  # as before types
+    with pytest.raises(AcestepError, match="no use_rslora"):
+        LoraSettings(r=4, lora_alpha=1.0, use_rslora=True, target_modules=TARGETS, adapter_type="loha")
+    with pytest.raises(AcestepError, match="LoKr options"):
+        LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS, decompose_factor=4)
+    with pytest.raises(AcestepError, match="unknown adapter_type"):
+        LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS, adapter_type="oft")
