@@ -177,3 +177,80 @@ def test_settings_validate_and_round_trip(tmp_path: Path) -> None:
         LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS, decompose_factor=4)
     with pytest.raises(AcestepError, match="unknown adapter_type"):
         LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS, adapter_type="oft")
+
+
+@pytest.mark.parametrize("kind", ["lora", *SETTINGS])
+def test_the_planner_counts_peft_trainable_parameters(kind: str) -> None:
+    from acestep.models.configs import tiny_transformer_config
+    from acestep.plan import count_lora_parameters
+
+    settings = SETTINGS.get(kind) or LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS)
+    model = tiny_model()
+    model.add_adapter(settings.peft_config())  # PEFT's own adapter, not through our attach_lora
+    peft_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count_lora_parameters(tiny_transformer_config(), settings).at_rank(settings.r) == peft_count
+    if kind == "loha":  # 2 r (in + out) per module: 6 modules of rank 4, 6 of rank 2 (to_k), all 64 x 64
+        assert peft_count == 2 * 64 * 2 * (6 * 4 + 6 * 4 + 6 * 2 + 6 * 4)
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr"])
+def test_the_1_5_planner_counts_peft_trainable_parameters(kind: str) -> None:
+    from v15_helpers import tiny_dit
+
+    from acestep.families.v15.plan import parameter_counts
+
+    settings = SETTINGS[kind]
+    model = tiny_dit()
+    model.add_adapter(settings.peft_config())
+    peft_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert parameter_counts(dict(model.config), settings, None)[1] == peft_count
+
+
+def adapter_config_file(folder: Path, kind: str) -> str:
+    settings = SETTINGS[kind]
+    path = folder / f"{kind}.json"
+    path.write_text(json.dumps(settings.to_dict()))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr_factored"])
+def test_each_type_trains_resumes_exactly_and_writes_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from training_helpers import synthetic_songs, tiny_transformer
+
+    from acestep.lora import load_adapter
+    from acestep.training import TrainConfig, run_training
+    from acestep.training.module import LoraTrainingModule
+
+    dataset = synthetic_songs([9, 12, 7])
+
+    def config(name: str, resume: bool = False) -> TrainConfig:
+        return TrainConfig(dataset_path="in-memory", lora_config_path=adapter_config_file(tmp_path, kind),
+                           output_dir=str(tmp_path / "runs"), exp_name=name, max_steps=4, warmup_steps=1,
+                           every_n_train_steps=2, learning_rate=1e-2, logger="none", progress_bar=False,
+                           gradient_checkpointing=False, resume=resume)
+
+    whole = run_training(config("whole"), tiny_transformer(), dataset)
+    original = LoraTrainingModule.training_step
+
+    def crash_at_step_3(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.global_step == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LoraTrainingModule, "training_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(config("parts"), tiny_transformer(), dataset)
+    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+    resumed = run_training(config("parts", resume=True), tiny_transformer(), dataset)
+    final_whole, metadata = load_adapter(whole.adapter_dir)
+    final_resumed, _ = load_adapter(resumed.adapter_dir)
+    assert final_whole.keys() == final_resumed.keys()
+    for key, value in final_whole.items():
+        torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-7)
+    assert LoraSettings.from_dict(json.loads(metadata["acestep_lora_settings"])) == SETTINGS[kind]
+    comfy = read_adapter(next(Path(whole.adapter_dir).glob("*-comfyui.safetensors")))
+    assert comfy.kind == kind.removesuffix("_factored")
+    assert sum(float(m.change().norm()) for m in comfy.modules.values()) > 0  # it trained away from the start

@@ -28,8 +28,9 @@ class StepObjective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-# (PEFT state dict of the adapter, folder to write into, optimizer step) -> files written
-StepFileWriter = Callable[[dict[str, torch.Tensor], Path, int], list[Path]]
+# (PEFT state dict of the adapter, folder to write into, optimizer step, base_weight=module path -> its frozen base
+# weight, which a DoRA's ComfyUI file needs) -> files written
+StepFileWriter = Callable[..., list[Path]]
 
 
 @dataclass

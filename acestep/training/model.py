@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,6 +91,11 @@ def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapte
 def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> dict[str, torch.Tensor]:
     """PEFT's bare keys (`transformer_blocks.0.attn.to_q.lora_A.weight`), as the upstream pipeline loads them."""
     return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+
+
+def base_weight_lookup(model: torch.nn.Module) -> Callable[[str], torch.Tensor]:
+    """Module path -> the frozen base weight under its adapter (a DoRA's ComfyUI file is computed from it)."""
+    return lambda name: model.get_submodule(name).get_base_layer().weight
 
 
 def load_trained_adapter(model: ACEStepTransformer2DModel, path: str | Path, adapter_name: str = "default") -> LoraSettings:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
+from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
 from acestep.training.data import Draw, pad_stack
@@ -160,5 +161,5 @@ def training_parts(
 
 
 def _write(tensors: dict[str, torch.Tensor], folder: Path, step: int, *, settings: LoraSettings, base_model: str,
-           exp_name: str) -> list[Path]:
-    return write_step_files(tensors, folder, step, settings, base_model, exp_name)
+           exp_name: str, base_weight: BaseWeight | None = None) -> list[Path]:
+    return write_step_files(tensors, folder, step, settings, base_model, exp_name, base_weight)
