@@ -254,3 +254,60 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
     comfy = read_adapter(next(Path(whole.adapter_dir).glob("*-comfyui.safetensors")))
     assert comfy.kind == kind.removesuffix("_factored")
     assert sum(float(m.change().norm()) for m in comfy.modules.values()) > 0  # it trained away from the start
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr_factored"])
+def test_merge_generate_and_inspect_take_every_type(tmp_path: Path, kind: str) -> None:
+    from acestep.lora import format_report, inspect_lora, merge_file
+    from acestep.pipeline.lora_loading import load_loras
+
+    settings = SETTINGS[kind]
+    model, bases = trained_model(settings)
+    path = export(model, settings, tmp_path / "a.safetensors")
+    file = load_file(str(path))
+    tiny_model().save_pretrained(tmp_path / "ckpt" / "ace_step_transformer")
+    merged = load_file(str(merge_file(tmp_path / "ckpt", path, tmp_path / "merged", strength=0.6)
+                           / "diffusion_pytorch_model.safetensors"))
+    generating = tiny_model()
+    assert load_loras(generating, [(str(path), 0.6)]) == []  # merged into the weights, no PEFT layer
+    for name, base in bases.items():
+        expected = comfy_weight(file, name, base, 0.6)
+        torch.testing.assert_close(merged[f"{name}.weight"], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(generating.get_submodule(name).weight.detach(), expected, rtol=0, atol=1e-6)
+    report = inspect_lora(path)
+    assert report.kind == kind.removesuffix("_factored") and len(report.modules) == len(bases)
+    if kind != "dora":  # |dW| is the whole change at strength 1
+        row = next(r for r in report.modules if r.module == "transformer_blocks.1.attn.to_v")
+        change = comfy_weight(file, row.module, bases[row.module], 1.0) - bases[row.module]
+        assert row.delta_norm == pytest.approx(float(change.norm()), rel=1e-5)
+    text = format_report(report)
+    assert f"type:     {dict(dora='DoRA', loha='LoHa', lokr_factored='LoKr')[kind]}" in text
+    if kind == "lokr_factored":
+        assert "factor:   w1 4x4" in text
+
+
+def test_resize_convert_and_bake_refuse_other_types_in_one_line(tmp_path: Path) -> None:
+    from acestep.lora import bake_file, convert_file, resize_file
+    from acestep.lora.cli import main
+
+    model, _ = trained_model(SETTINGS["loha"])
+    path = export(model, SETTINGS["loha"], tmp_path / "a.safetensors")
+    for tool in (lambda: resize_file(path, tmp_path / "r.safetensors", rank=2),
+                 lambda: convert_file(path, tmp_path / "k.safetensors"), lambda: bake_file(path, tmp_path / "b")):
+        with pytest.raises(AcestepError, match="a loha adapter, not a plain LoRA: bake, convert and resize"):
+            tool()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["resize", str(path), str(tmp_path / "r.safetensors"), "--rank", "2"])
+    assert "not a plain LoRA" in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+    assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_generation_checks_the_family_of_any_type(tmp_path: Path) -> None:
+    from acestep.families.generation import check_v1_loras
+    from acestep.families.v15.generate import check_lora_family
+
+    model, _ = trained_model(SETTINGS["lokr"])
+    path = export(model, SETTINGS["lokr"], tmp_path / "a.safetensors")
+    check_v1_loras([f"{path}:0.5"])
+    with pytest.raises(AcestepError, match="ace-step-v1"):
+        check_lora_family(path)

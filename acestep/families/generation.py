@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
 def check_v1_loras(specs: list[str]) -> None:
     """A 1.5 LoRA given to v1 generation is refused in one line."""
     from acestep.errors import InputError
-    from acestep.lora import read_lora
+    from acestep.lora.adapters import adapter_family
     from acestep.lora.keys import V1_FAMILY
     from acestep.pipeline.cli import parse_lora
 
     for spec in specs:
         path, _ = parse_lora(spec)
-        family = read_lora(path).family
+        family = adapter_family(path)
         if family is not None and family != V1_FAMILY:
             raise InputError(path, f"an {family} LoRA; this checkpoint is {V1_FAMILY}")

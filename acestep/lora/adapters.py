@@ -257,6 +257,15 @@ def read_adapter(
     return AdapterFile(file, kind, modules, metadata)
 
 
+def adapter_family(path: str | Path) -> str | None:
+    """The model family of any adapter file: its header's, else its module names' (None when neither tells)."""
+    tensors, metadata = load_adapter(path)
+    if metadata.get(META_FAMILY):
+        return metadata[META_FAMILY]
+    stems = {split[0] for key in tensors if (split := split_adapter_key(key)) is not None}
+    return detect_family(module for stem in stems if (module := module_path(stem, None)) is not None)
+
+
 def apply_adapter(
     weights: dict[str, torch.Tensor], adapter: AdapterFile, strength: float
 ) -> dict[str, torch.Tensor]:
