@@ -311,3 +311,35 @@ def test_generation_checks_the_family_of_any_type(tmp_path: Path) -> None:
     check_v1_loras([f"{path}:0.5"])
     with pytest.raises(AcestepError, match="ace-step-v1"):
         check_lora_family(path)
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr"])
+def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, kind: str) -> None:
+    from v15_helpers import tiny_dit
+
+    from acestep.families.v15.export import write_step_files
+
+    settings = SETTINGS[kind]
+    model = tiny_dit()
+    bases = {name: m.weight.detach().clone() for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and name.endswith(TARGETS)}
+    attach_lora(model, settings, "default")
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                noise = torch.randn(param.shape, generator=g)
+                param.copy_(param * (1 + 0.3 * noise) if "magnitude" in name else 0.3 * noise)
+    layers = adapted_layers(model)
+    written = write_step_files(adapter_state_dict(model, "default"), tmp_path, 3, settings, "tiny", "exp",
+                               base_weight=lambda name: layers[name].get_base_layer().weight)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "exp-step3-comfyui.safetensors"]
+    file = load_file(str(tmp_path / "exp-step3-comfyui.safetensors"))
+    assert all(key.startswith("base_model.model.layers.") for key in file)  # the keys ComfyUI maps for 1.5
+    adapter = read_adapter(tmp_path / "exp-step3-comfyui.safetensors")
+    assert adapter.family == "ace-step-1.5" and set(adapter.modules) == set(bases)
+    for name, layer in layers.items():
+        layer.merge()
+        torch.testing.assert_close(adapter.modules[name].apply(bases[name], 1.0),
+                                   layer.get_base_layer().weight.detach(), rtol=0, atol=2e-6)

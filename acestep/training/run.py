@@ -191,6 +191,8 @@ def run_training(
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
         if config.base_dtype == "fp8":
+            if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
+                raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
             quantize_base(transformer, _compute_dtype(transformer))
         module = LoraTrainingModule(transformer, settings, config, songs)
         fixed_loss = module.fixed_loss
@@ -287,6 +289,16 @@ def overfit_lines(result: TrainResult) -> list[str]:
             "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
+def pipeline_lines(comfyui_file: Path | None) -> list[str]:
+    """How the upstream pipeline loads the file; a DoRA / LoHa / LoKr file goes to our generate.py instead."""
+    from acestep.lora.adapters import file_kind
+
+    if comfyui_file is not None and comfyui_file.is_file() and file_kind(comfyui_file) != "lora":
+        return [f"  generate.py: --lora {comfyui_file}:1.0 (the upstream ACE-Step pipeline loads plain LoRA only)."]
+    return ["  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
+            "    load_lora(folder) with weight 1.0."]
+
+
 def summary_text(result: TrainResult) -> str:
     """Plain-language end of run: what happened, where the adapter is, how to use it."""
     minutes = result.seconds / 60
@@ -305,8 +317,7 @@ def summary_text(result: TrainResult) -> str:
         lines += [
             f"Latest adapter: {result.adapter_dir}",
             f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
-            "  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
-            "    load_lora(folder) with weight 1.0.",
+            *pipeline_lines(result.baked_file),
             f"  PEFT / diffusers: {result.adapter_dir / ADAPTER_DIR} is the un-baked adapter at its trained scale "
             "(PeftModel.from_pretrained(model, folder), or load_lora_adapter(folder, "
             "weight_name='adapter_model.safetensors', prefix='base_model.model')).",
