@@ -318,6 +318,7 @@ def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, 
     from v15_helpers import tiny_dit
 
     from acestep.families.v15.export import write_step_files
+    from acestep.pipeline.lora_loading import load_loras
 
     settings = SETTINGS[kind]
     model = tiny_dit()
@@ -339,7 +340,11 @@ def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, 
     assert all(key.startswith("base_model.model.layers.") for key in file)  # the keys ComfyUI maps for 1.5
     adapter = read_adapter(tmp_path / "exp-step3-comfyui.safetensors")
     assert adapter.family == "ace-step-1.5" and set(adapter.modules) == set(bases)
+    generating = tiny_dit()
+    load_loras(generating, [(str(tmp_path / "exp-step3-comfyui.safetensors"), 0.5)])  # 1.5 generation's loader
     for name, layer in layers.items():
         layer.merge()
         torch.testing.assert_close(adapter.modules[name].apply(bases[name], 1.0),
                                    layer.get_base_layer().weight.detach(), rtol=0, atol=2e-6)
+        torch.testing.assert_close(generating.get_submodule(name).weight.detach(),
+                                   adapter.modules[name].apply(bases[name], 0.5), rtol=0, atol=1e-6)

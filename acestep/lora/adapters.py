@@ -44,6 +44,7 @@ from .keys import (
     V15_FAMILY,
     adapter_kind,
     detect_family,
+    detect_style,
     factor_keys,
     module_path,
     split_key,
@@ -196,6 +197,7 @@ class AdapterFile:
     kind: str
     modules: dict[str, WeightChange]
     metadata: dict[str, str]
+    style: str = "peft"  # key spelling (keys.STYLES)
 
     @property
     def family(self) -> str | None:
@@ -254,7 +256,7 @@ def read_adapter(
         modules[module] = WeightChange(kind, roles, None if alpha is None else float(alpha.float().item()))
     if not modules:
         raise InputError(file, "no adapter tensors in the file")
-    return AdapterFile(file, kind, modules, metadata)
+    return AdapterFile(file, kind, modules, metadata, detect_style(tensors))
 
 
 def adapter_family(path: str | Path) -> str | None:

@@ -64,7 +64,7 @@ def inspect_adapter(path: str | Path) -> LoraReport:
             delta_norm=float(delta.norm()), factor=change.factor if adapter.kind == "lokr" else None,
         ))
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in m.parts.values()})
-    return LoraReport(adapter.path, "comfyui", True, ",".join(dtypes), rows, adapter.metadata, adapter.family,
+    return LoraReport(adapter.path, adapter.style, True, ",".join(dtypes), rows, adapter.metadata, adapter.family,
                       adapter.kind)
 
 
@@ -114,7 +114,8 @@ def format_report(report: LoraReport) -> str:
     if None in scales:
         lines.append("scale:    unknown (no .alpha, no settings in the header): pass --lora_config_path")
     elif len(scales) == 1:
-        lines.append(f"scale:    {scales.pop():.6g} (applied on top of B @ A)")
+        product = "B @ A" if report.kind in ("lora", "dora") else "the rebuilt product"
+        lines.append(f"scale:    {scales.pop():.6g} (applied on top of {product})")
     lines.append("metadata:")
     for key, value in sorted(report.metadata.items()):
         if key == DIFFUSERS_METADATA:
