@@ -348,3 +348,23 @@ def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, 
                                    layer.get_base_layer().weight.detach(), rtol=0, atol=2e-6)
         torch.testing.assert_close(generating.get_submodule(name).weight.detach(),
                                    adapter.modules[name].apply(bases[name], 0.5), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr_factored"])
+def test_the_adapter_folder_loads_back_into_peft_at_its_trained_scale(tmp_path: Path, kind: str) -> None:
+    from peft import PeftModel
+
+    from acestep.lora import save_adapter
+    from acestep.training.model import load_trained_adapter
+
+    settings = SETTINGS[kind]
+    model, _ = trained_model(settings)
+    save_adapter(adapter_state_dict(model, "default"), tmp_path / "adapter", settings)
+    ours, theirs = tiny_model(), PeftModel.from_pretrained(tiny_model(), str(tmp_path / "adapter"))
+    assert load_trained_adapter(ours, tmp_path / "adapter") == settings
+    name = "transformer_blocks.2.cross_attn.to_out.0"
+    for loaded in (adapted_layers(ours)[name], theirs.base_model.model.get_submodule(name)):
+        reference = adapted_layers(model)[name]
+        x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), reference(x), rtol=1e-5, atol=1e-6)
