@@ -231,9 +231,9 @@ class LoraTrainingModule(L.LightningModule):
             return  # still accumulating
         self._last_step = step
         metrics = {k: v for k, v in self.step_metrics.items() if k != "step"}
-        if self.logger is not None:  # not through self.log, which repeats a value a step lacks (reg_loss, loss)
-            self.logger.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
-            self.logger.save()
+        for logger in self.loggers:  # not through self.log, which repeats a value a step lacks (reg_loss, loss)
+            logger.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+            logger.save()
         on_bar = {"loss": "loss", "reg_loss": "reg", "learning_rate": "lr", "grad_norm": "gnorm", "mert_loss": "mert",
                   "m-hubert_loss": "mhubert", "steps_per_s": "step/s", "peak_mem_gb": "mem_gb"}
         self.log_dict({short: metrics[k] for k, short in on_bar.items() if k in metrics},
