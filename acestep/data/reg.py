@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_json, atomic_write_text, atomic_write_with
@@ -22,8 +23,9 @@ from acestep.errors import AcestepError, one_line_errors
 from acestep.progress import progress
 
 INSTRUMENTAL = "[instrumental]"
-# (prompt, lyrics, duration, seed) -> (stereo waveform [2, samples], sample rate); see families.generation
-Renderer = Callable[[str, str, float, int], tuple[object, int]]
+# (prompt, lyrics, duration in s, seed) -> (stereo waveform tensor [2, samples], sample rate); lyrics "" means
+# instrumental. acestep.families.generation.load_renderer gives one for a checkpoint.
+Renderer = Callable[[str, str, float, int], tuple[Any, int]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def read_prompt_list(path: str | Path, takes: int = 1, seed: int = 0, duration: 
     return songs
 
 
-def _write_wav(wav: object, sample_rate: int, path: Path) -> None:
+def _write_wav(wav: Any, sample_rate: int, path: Path) -> None:
     import soundfile as sf
 
     atomic_write_with(path, lambda temp: sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from acestep.errors import AcestepError
 
 if TYPE_CHECKING:
     import torch
+
+    from acestep.data.reg import Renderer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,10 +52,6 @@ def check_v1_loras(specs: list[str]) -> None:
         family = read_lora(path).family
         if family is not None and family != V1_FAMILY:
             raise InputError(path, f"an {family} LoRA; this checkpoint is {V1_FAMILY}")
-
-
-# (prompt, lyrics, duration in s, seed) -> (stereo waveform [2, samples], sample rate); lyrics "" = instrumental
-Renderer = Callable[[str, str, float, int], tuple["torch.Tensor", int]]
 
 
 def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,
