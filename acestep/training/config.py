@@ -154,7 +154,8 @@ class TrainConfig:
         steps = self.overfit_steps
         return dataclasses.replace(
             self, exp_name=f"{self.exp_name}-overfit-one", max_steps=steps, every_n_train_steps=steps, save_last=1,
-            val_songs=0, val_dataset=None, reg_dataset=None, val_every=max(1, steps // 10), warmup_steps=min(self.warmup_steps, steps),
+            val_songs=0, val_dataset=None, val_every=max(1, steps // 10), warmup_steps=min(self.warmup_steps, steps),
+            reg_dataset=None,
         )
 
     def to_dict(self) -> dict[str, Any]:
