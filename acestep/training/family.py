@@ -49,3 +49,4 @@ class TrainingParts:
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
     fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise
     val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw
+    reg_songs: Dataset | None = None  # regularization songs (--reg_dataset), items by Draw
