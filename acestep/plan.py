@@ -57,8 +57,10 @@ ALLOCATOR_SLACK = 0.05
 # Per token and channel, bytes at the backward peak of one recomputed block in 16-bit (its forward tensors kept
 # for backward: normalised input, q/k/v and their rotated fp32 copies, the linear-attention products, the
 # GLUMBConv hidden states, plus the gradients being formed). Not derived op by op: it is the per-token slope of
-# the backward peak measured with TensorMemoryTracker at widths 64 and 2560 (96.8), rounded.
-BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 96
+# the backward peak measured with TensorMemoryTracker at widths 64 and 2560 (96.8), rounded; less the 3 copies of
+# the hidden states PEFT's input cast made for the LoRA layers, which the trainer no longer makes (6 bytes; the
+# peak at width 2560 and 645 tokens fell by that, bf16 and fp8 alike: acestep.training.model.attach_lora).
+BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 90
 # Per token, fp32 tensors of the latent-space loss (latents, noise, noisy input, prediction, error, mask):
 # each in_channels x patch height values.
 LOSS_TENSORS = 4

@@ -105,11 +105,11 @@ def test_planner_counts_fp8_within_15_percent_of_the_measured_step(changes):
     assert 0.85 < plan.tensor_bytes / measured < 1.15, (plan.parts, measured)
 
 
-def test_published_model_plan_at_360_s_rank_64_fits_6_5_gb_with_fp8():
+def test_published_model_plan_at_360_s_rank_64_fits_6_5_gb_with_fp8_and_6_gb_with_8_bit_adamw():
     fp8 = PlanRequest(duration=360.0, rank=64, base_dtype="fp8")
     bf16 = estimate(replace(fp8, base_dtype="bf16"))
     assert estimate(fp8).device_bytes <= 6.5e9 < bf16.device_bytes
-    assert estimate(replace(fp8, optimizer="adamw8bit")).device_bytes < estimate(fp8).device_bytes
+    assert estimate(replace(fp8, optimizer="adamw8bit")).device_bytes <= 6.0e9
 
 
 def test_trainer_runs_with_an_fp8_base(tmp_path):

@@ -61,6 +61,9 @@ class TrainConfig:
     release_unused_weights: bool = _opt(True, "free the checkpoint's never-used cross-attention add_* layers "
                                         "(1.26 GB in bf16) and, without SSL targets, the SSL projectors")
     gradient_checkpointing: bool = _opt(True, "recompute activations in backward (less memory, ~30%% slower)")
+    compile: bool = _opt(False, "torch.compile each transformer block (needs a C++ compiler on the CPU, triton on "
+                         "CUDA; where it cannot run it says so in one line and trains uncompiled). Off by default "
+                         "until measured on a GPU")
     # objective
     shift: float = _opt(3.0, "timestep shift of the flow-matching schedule")
     num_train_timesteps: int = _opt(1000, "size of the training timestep table")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,7 +86,23 @@ def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapte
             names.append(name)
     if not names:
         raise AcestepError(f"LoRA target_modules {list(settings.target_modules)} match no layer of the model")
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A"):
+            module._cast_input_dtype = types.MethodType(_cast_input_unless_autocast, module)
     return names
+
+
+def _cast_input_unless_autocast(layer: torch.nn.Module, x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """PEFT casts a LoRA layer's 16-bit input to the fp32 factors' dtype, and autocast casts it straight back:
+    a new 16-bit copy of the input per LoRA layer, each kept for backward (5 copies of the hidden states in every
+    recomputed block). Under autocast without LoRA dropout the cast changes no value, so it is skipped there and
+    the layers share their input; everywhere else PEFT's cast stands."""
+    if x is None or x.dtype == dtype:
+        return x
+    plain = not layer.lora_variant and all(isinstance(d, torch.nn.Identity) for d in layer.lora_dropout.values())
+    if plain and torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(dtype)
 
 
 def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ step as 1 process x batch 2. Dropout inside the lyric encoder draws from (seed, 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.models import ACEStepTransformer2DModel
 
+from .compile import compile_blocks
 from .config import TrainConfig
 from .data import RunLoader, RunOrderSampler, SongLatents, collate_songs, stream_seed
 from .family import StepObjective
@@ -81,6 +83,7 @@ class LoraTrainingModule(L.LightningModule):
         self._lr = float("nan")
         self._last_step = -1
         self._step_started = time.perf_counter()
+        self._compiled = False
 
     # ---- data and optimisation ----
     def train_dataloader(self) -> RunLoader:
@@ -238,6 +241,16 @@ class LoraTrainingModule(L.LightningModule):
                   "m-hubert_loss": "mhubert", "steps_per_s": "step/s", "peak_mem_gb": "mem_gb"}
         self.log_dict({short: metrics[k] for k, short in on_bar.items() if k in metrics},
                       on_step=True, prog_bar=True, logger=False)
+
+    def on_fit_start(self) -> None:
+        """--compile: the blocks are compiled once the model is on its device (the compile check runs there)."""
+        if self.config.compile and not self._compiled:
+            self._compiled = True
+            compile_blocks(self.transformer, self.device, warn=self._warn)
+
+    def _warn(self, line: str) -> None:
+        if self.global_rank == 0:
+            print(line, file=sys.stderr, flush=True)
 
     def on_train_start(self) -> None:
         self._last_step = self.trainer.global_step
