@@ -37,7 +37,9 @@ Our step is acestep.training.probe.TrainingStepProbe (the trainer's step without
 loaded as the trainer loads a checkpoint. `--ours_args` takes trainer_new.py flags (repeat it to compare several
 settings in one run); a flag whose name is a TrainingStepProbe parameter is passed straight through, the others it
 knows are mapped (OPTION_TO_PROBE), and any other flag given is refused rather than ignored. Our base dtype
-defaults to bf16 here (the trainer's `auto` picks fp32 on the CPU) so both sides compute in bf16.
+defaults to `--dtype` here (the trainer's `auto` picks fp32 on the CPU) so both sides compute alike. `--dtype fp32`
+is for CPUs without native bf16 (see cpu_native_bf16 in the machine line): both sides then hold fp32 weights and
+run without autocast, which the fork itself never does (it picks fp16 on GPUs without bf16).
 """
 
 from __future__ import annotations
@@ -58,7 +60,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FORK_FILES = ("trainer_new.py", "acestep/models/ace_step_transformer.py", "config/lora_config_transformer_only.json")
 REPLY = "@@vs_fork "  # workers' protocol lines on stdout start with this; everything else goes to stderr
-OURS_DEFAULTS = ["--base_dtype", "bf16"]  # both sides in bf16 (the trainer's auto means fp32 on the CPU)
 # TrainConfig fields the benchmark applies itself (the micro-batch, objective and optimizer are the defaults')
 STEP_FIELDS = {"dataset_path", "lora_config_path", "use_ssl", "shift", "num_train_timesteps", "loss_reduction"}
 # trainer flag -> (TrainingStepProbe parameter, value); used when the probe has that parameter
@@ -87,15 +88,17 @@ def check_fork_src(path: str | None) -> Path:
     return root.resolve()
 
 
-def ours_options(ours_args: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(TrainConfig, probe keyword arguments, the flags given that differ from the trainer's defaults)."""
+def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(TrainConfig, probe keyword arguments, the flags given that differ from the trainer's defaults).
+
+    The base dtype defaults to the run's `--dtype` (the trainer's `auto` would mean fp32 on the CPU)."""
     import dataclasses
     import inspect
 
     from acestep.training.config import TrainConfig, build_parser
     from acestep.training.probe import TrainingStepProbe
 
-    argv = ["--dataset_path", "-", *OURS_DEFAULTS, *shlex.split(ours_args)]
+    argv = ["--dataset_path", "-", "--base_dtype", dtype, *shlex.split(ours_args)]
     parser = build_parser()
     parser.exit_on_error = False
     try:
@@ -247,7 +250,7 @@ def _imported_from(package: Any, root: Path) -> None:
         raise BenchError(f"imported {package.__file__}, expected the acestep of {root}")
 
 
-def fork_worker(case: Path, fork_src: Path) -> None:
+def fork_worker(case: Path, fork_src: Path, dtype_name: str) -> None:
     """The fork's trainer_new.py step (see the module docstring for what differs on the CPU)."""
     sys.path.insert(0, str(fork_src))
     import torch
@@ -262,7 +265,7 @@ def fork_worker(case: Path, fork_src: Path) -> None:
 
     memory = load_our_memory_module()
     torch.get_autocast_gpu_dtype = lambda: torch.get_autocast_dtype("cpu")
-    dtype, device = torch.bfloat16, torch.device("cpu")
+    dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name], torch.device("cpu")
     model = ACEStepTransformer2DModel.from_pretrained(str(case / "transformer"), torch_dtype=dtype)
     model = model.to(device, dtype)
     model.train()
@@ -285,7 +288,7 @@ def fork_worker(case: Path, fork_src: Path) -> None:
         sigmas = scheduler.sigmas.to(device, dtype)[positions].view(-1, 1, 1, 1)
         noisy = sigmas * noise.to(dtype) + (1.0 - sigmas) * latents
         targets = [torch.stack(songs).to(dtype) for songs in ssl]
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             output = model(
                 hidden_states=noisy, attention_mask=frame_mask,
                 encoder_text_hidden_states=batch["encoder_text_hidden_states"],
@@ -325,7 +328,7 @@ def fork_worker(case: Path, fork_src: Path) -> None:
     serve(step, measure_memory, {"lora_dtype": str(params[0].dtype), "lora_params_m": sum(p.numel() for p in params) / 1e6})
 
 
-def ours_worker(case: Path, ours_args: str) -> None:
+def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     """Our trainer's step (TrainingStepProbe) on the case, with the draws the parent wrote."""
     sys.path.insert(0, str(REPO))
     import torch
@@ -340,7 +343,7 @@ def ours_worker(case: Path, ours_args: str) -> None:
     from acestep.training.model import resolve_base_dtype
     from acestep.training.probe import SyntheticBatch, TrainingStepProbe
 
-    config, kwargs, _ = ours_options(ours_args)
+    config, kwargs, _ = ours_options(ours_args, dtype_name)
     dtype = resolve_base_dtype(config.base_dtype, on_gpu=False)
     model = ACEStepTransformer2DModel.from_pretrained(str(case / "transformer"), torch_dtype=dtype)
     tensors, ssl, index, noise = read_batch(case)
@@ -380,9 +383,9 @@ def ours_worker(case: Path, ours_args: str) -> None:
 
 # ---------------------------------------------------------------- the parent
 
-def worker_argv(kind: str, case: Path, fork_src: Path, ours_args: str = "") -> list[str]:
+def worker_argv(kind: str, case: Path, fork_src: Path, dtype: str, ours_args: str = "") -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--case", str(case),
-            "--fork_src", str(fork_src), "--ours_args", ours_args]
+            "--fork_src", str(fork_src), "--dtype", dtype, "--ours_args", ours_args]
 
 
 def worker_env() -> dict[str, str]:
@@ -399,7 +402,8 @@ def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: flo
         print(f"[{blocks} blocks {seconds:g} s] writing random weights and a batch to {case} ...", flush=True)
         info = write_case(case, blocks, seconds, args.lyric_tokens, args.text_tokens, args.seed)
         names = ["fork", *[f"ours {a}".strip() for a in args.ours_args]]
-        argvs = [worker_argv("fork", case, fork_src)] + [worker_argv("ours", case, fork_src, a) for a in args.ours_args]
+        argvs = [worker_argv("fork", case, fork_src, args.dtype)]
+        argvs += [worker_argv("ours", case, fork_src, args.dtype, a) for a in args.ours_args]
         workers: list[Worker] = []
         try:
             for name, argv in zip(names, argvs):
@@ -423,7 +427,7 @@ def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: flo
             **info,
             "implementation": "fork" if ours_args is None else "ours",
             "ours_args": ours_args,
-            "options": None if ours_args is None else json.dumps(ours_options(ours_args)[2], sort_keys=True),
+            "options": None if ours_args is None else json.dumps(ours_options(ours_args, args.dtype)[2], sort_keys=True),
             "lora_params_m": worker.ready["lora_params_m"],
             "lora_dtype": worker.ready["lora_dtype"].replace("torch.", ""),
             "steps": len(times[worker.name]),
@@ -469,7 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "step 1 (the warm-up)")
     parser.add_argument("--ours_args", action="append", default=None,
                         help="trainer_new.py flags of our step, as one string; repeat for several settings "
-                        "(default: one run with our defaults, base dtype bf16)")
+                        "(default: one run with our defaults, base dtype --dtype)")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
+                        help="compute dtype of both sides; fp32 (no autocast, fp32 base) for CPUs without native "
+                        "bf16, where bf16 is emulated and its times mislead (the fork itself never runs fp32)")
     parser.add_argument("--lyric_tokens", type=int, default=512, help="lyric tokens per song")
     parser.add_argument("--text_tokens", type=int, default=64, help="prompt tokens per song")
     parser.add_argument("--seed", type=int, default=0, help="seed of the step's timestep and noise")
@@ -488,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_worker_parser() -> argparse.ArgumentParser:
     """The fork worker's arguments, parsed without our package (acestep.cli_help) being imported."""
     parser = argparse.ArgumentParser(prog="vs_fork.py --worker fork", add_help=False)
-    for flag in ("--worker", "--case", "--fork_src", "--ours_args"):
+    for flag in ("--worker", "--case", "--fork_src", "--dtype", "--ours_args"):
         parser.add_argument(flag, required=flag != "--ours_args")
     return parser
 
@@ -500,7 +507,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Path]
     args.ours_args = args.ours_args or [""]
     if args.worker is None:
         for ours_args in args.ours_args:
-            ours_options(ours_args)  # refuse a bad flag before minutes of setup
+            ours_options(ours_args, args.dtype)  # refuse a bad flag before minutes of setup
         if args.repeats < 1:
             raise BenchError("--repeats must be at least 1")
     return args, fork_src
@@ -513,8 +520,8 @@ def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
         "command: python bench/vs_fork.py " + shlex.join(sys.argv[1:]),
         f"fork: github.com/woct0rdho/ACE-Step, commit {commit}; its step as trainer_new.py runs it (module "
         "docstring of bench/vs_fork.py: what it does and the CPU changes).",
-        "ours: acestep.training.probe.TrainingStepProbe with the trainer flags in `ours_args` (base dtype bf16 "
-        "unless given); 'our options' lists the flags that differ from the trainer's defaults.",
+        f"ours: acestep.training.probe.TrainingStepProbe with the trainer flags in `ours_args` (base dtype "
+        f"{args.dtype} unless given); 'our options' lists the flags that differ from the trainer's defaults.",
         "same case for all: random weights of the published layout (bf16) written once, loaded by each side's "
         f"from_pretrained; one song, {args.lyric_tokens} lyric tokens, {args.text_tokens} prompt tokens, MERT + "
         "mHuBERT targets; the same timestep index and noise (seed "
@@ -539,11 +546,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:2] == ["--worker", "fork"]:  # before anything imports our acestep
             worker_args = build_worker_parser().parse_args(argv)
-            return fork_worker(Path(worker_args.case), check_fork_src(worker_args.fork_src))
+            return fork_worker(Path(worker_args.case), check_fork_src(worker_args.fork_src), worker_args.dtype)
         sys.path.insert(0, str(REPO))
         args, fork_src = parse_args(argv)
         if args.worker == "ours":
-            return ours_worker(Path(args.case), args.ours_args[0])
+            return ours_worker(Path(args.case), args.ours_args[0], args.dtype)
         run(args, fork_src)
     except BenchError as error:
         raise SystemExit(f"error: {error}") from None
@@ -552,17 +559,17 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, fork_src: Path) -> None:
     from bench.common import bf16_warning, machine_description, machine_tag, write_results
 
-    warning = bf16_warning("bf16", "cpu")
+    warning = bf16_warning(args.dtype, "cpu")
     if warning:
         print(f"warning: {warning}", flush=True)
     rows = []
     for blocks in [int(b) for b in args.blocks.split(",")]:
         for seconds in [float(s) for s in args.seconds.split(",")]:
             rows += run_case(args, fork_src, blocks, seconds)
-    machine = {**machine_description(), "device": "cpu", "dtype": "bf16"}
+    machine = {**machine_description(), "device": "cpu", "dtype": args.dtype}
     stem = args.stem or f"vs_fork_{machine_tag(machine, 'cpu')}"
     json_path, md_path = write_results(stem, rows, COLUMNS, machine, "Our LoRA training step against the fork's, "
-                                       "cpu bf16, in turns", notes_for(args, fork_src))
+                                       f"cpu {args.dtype}, in turns", notes_for(args, fork_src))
     print(f"wrote {json_path} and {md_path}")
     disagree = [f"{r['blocks']} blocks {r['audio_s']:g} s {r['implementation']} {r['ours_args']!r}: "
                 f"{r['loss_rel_diff']:.2e}" for r in rows if not r["loss_agrees"]]

@@ -34,7 +34,8 @@ def test_a_folder_that_is_not_the_fork_says_what_is_missing(tmp_path, capsys):
 
 
 def test_the_fork_worker_checks_the_checkout_too(tmp_path, capsys):
-    message = _error(["--worker", "fork", "--case", str(tmp_path), "--fork_src", str(tmp_path)], capsys)
+    message = _error(["--worker", "fork", "--case", str(tmp_path), "--fork_src", str(tmp_path), "--dtype", "bf16"],
+                     capsys)
     assert "not a checkout" in message
 
 
@@ -54,6 +55,7 @@ def test_our_flags_reach_the_probe_and_are_recorded():
     config, kwargs, changed = vs_fork.ours_options("--base_dtype fp8 --no-gradient_checkpointing")
     assert kwargs["fp8_base"] is True and kwargs["checkpointing"] is False
     assert changed == {"base_dtype": "fp8", "gradient_checkpointing": False}
+    assert vs_fork.ours_options("", "fp32")[0].base_dtype == "fp32"  # --dtype fp32: our base in fp32 too
 
 
 @pytest.mark.parametrize(("ours_args", "expected"), [
