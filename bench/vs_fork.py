@@ -441,6 +441,7 @@ def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: flo
         }
         if rows:
             row["time_vs_fork"] = median / rows[0]["step_median_s"]
+            row["time_vs_fork_paired"] = paired_ratio(times[worker.name], rows[0]["step_times_s"])
             row["tensor_peak_vs_fork"] = row["tensor_peak_gb"] / rows[0]["tensor_peak_gb"]
         row["loss_agrees"] = row["loss_rel_diff"] <= args.loss_rtol
         print(f"[{blocks} blocks {seconds:g} s] {worker.name:<24} median {median:6.2f} s  tensor peak "
@@ -450,11 +451,18 @@ def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: flo
     return rows
 
 
+def paired_ratio(times: list[float], fork_times: list[float]) -> float:
+    """Median over the rounds of (our step / the fork's step of the same round): load that drifts between rounds
+    cancels within a round, so this is steadier than the ratio of the medians on a shared machine."""
+    return statistics.median(ours / fork for ours, fork in zip(times, fork_times))
+
+
 COLUMNS = [
     ("blocks", "blocks"), ("params_m", "params (M)"), ("audio_s", "audio s"), ("frames", "frames"),
     ("implementation", "implementation"), ("options", "our options (not default)"),
     ("lora_params_m", "LoRA params (M)"), ("lora_dtype", "LoRA dtype"), ("steps", "timed steps"),
     ("step_median_s", "step median s"), ("step_min_s", "step min s"), ("time_vs_fork", "time / fork"),
+    ("time_vs_fork_paired", "time / fork, paired"),
     ("tensor_peak_gb", "tensor peak GB"), ("tensor_peak_vs_fork", "tensor peak / fork"),
     ("process_peak_rss_gb", "worker peak RSS GB"), ("loss_step1", "loss step 1"),
     ("loss_rel_diff", "loss rel. diff. to fork"), ("loss_agrees", "loss agrees"),
@@ -482,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the step's timestep and noise")
     parser.add_argument("--loss_rtol", type=float, default=DEFAULT_LOSS_RTOL,
                         help="largest relative difference of a step-1 loss from the fork's")
+    parser.add_argument("--fork_commit", default=None, help="the fork's commit, recorded in the results (default: "
+                        "read with git from --fork_src; 'unknown' for an exported tree)")
     parser.add_argument("--work_dir", default=None, help="folder for the temporary case files (default: the "
                         "system's temporary folder)")
     parser.add_argument("--stem", default=None, help="results file name (default: vs_fork_<machine>)")
@@ -514,8 +524,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Path]
 
 
 def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
-    head = subprocess.run(["git", "-C", str(fork_src), "rev-parse", "HEAD"], capture_output=True, text=True)
-    commit = head.stdout.strip() if head.returncode == 0 else "unknown (not a git checkout)"
+    commit = args.fork_commit
+    if commit is None:
+        git = subprocess.run(["git", "-C", str(fork_src), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True)
+        lines = git.stdout.split()
+        own = git.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == fork_src  # not a repo around it
+        commit = lines[1] if own else "unknown (not a git checkout)"
     return [
         "command: python bench/vs_fork.py " + shlex.join(sys.argv[1:]),
         f"fork: github.com/woct0rdho/ACE-Step, commit {commit}; its step as trainer_new.py runs it (module "
@@ -528,7 +543,8 @@ def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
         f"{args.seed}); the fork's LoRA config (r 64, alpha 1, rsLoRA, to_q/to_k/to_v/to_out.0) on both.",
         "one worker process per implementation, all loaded first, then stepped in turns (fork, ours, fork, "
         "ours...): other work on this shared machine (other helpers use the same 2 cores) slows both alike, which "
-        "is what makes the times comparable; absolute times are not. "
+        "is what makes the times comparable; absolute times are not. 'time / fork' divides the medians, 'paired' is "
+        "the median of the per-round ratios (steadier when the load drifts). "
         f"{args.repeats} timed steps each after step 1 (warm-up; creates the optimizer state).",
         "tensor peak: our TensorMemoryTracker in both workers, one extra step: weights, LoRA factors, gradients, "
         "optimizer state, batch and activations. Worker peak RSS adds the interpreter, libraries and the CPU "

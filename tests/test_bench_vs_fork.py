@@ -67,3 +67,7 @@ def test_flags_the_step_cannot_apply_are_refused(tmp_path, capsys, ours_args, ex
     fork = _fake_fork(tmp_path)
     message = _error(["--fork_src", str(fork), "--ours_args", ours_args], capsys)
     assert expected in message
+
+
+def test_the_paired_ratio_is_the_median_of_the_rounds_ratios():
+    assert vs_fork.paired_ratio([1.0, 3.0, 2.0], [2.0, 2.0, 4.0]) == 0.5  # rounds: 0.5, 1.5, 0.5
