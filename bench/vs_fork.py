@@ -546,6 +546,8 @@ def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
         "is what makes the times comparable; absolute times are not. 'time / fork' divides the medians, 'paired' is "
         "the median of the per-round ratios (steadier when the load drifts). "
         f"{args.repeats} timed steps each after step 1 (warm-up; creates the optimizer state).",
+        "LoRA dtype: diffusers' add_adapter (PEFT) creates the fork's factors in the base dtype, so they and their "
+        "AdamW state are bf16; ours holds them in fp32 (acestep.training.model.attach_lora).",
         "tensor peak: our TensorMemoryTracker in both workers, one extra step: weights, LoRA factors, gradients, "
         "optimizer state, batch and activations. Worker peak RSS adds the interpreter, libraries and the CPU "
         "allocator's cache (and the loading).",
