@@ -266,7 +266,11 @@ def fork_worker(case: Path, fork_src: Path, dtype_name: str) -> None:
     memory = load_our_memory_module()
     torch.get_autocast_gpu_dtype = lambda: torch.get_autocast_dtype("cpu")
     dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name], torch.device("cpu")
-    model = ACEStepTransformer2DModel.from_pretrained(str(case / "transformer"), torch_dtype=dtype)
+    model, info = ACEStepTransformer2DModel.from_pretrained(str(case / "transformer"), torch_dtype=dtype,
+                                                            output_loading_info=True)
+    unloaded = {key: names for key, names in info.items() if key != "error_msgs" and names}
+    if unloaded:  # diffusers only warns; the comparison needs every weight from the case
+        raise BenchError(f"the fork's model does not load the case's weights: {unloaded}")
     model = model.to(device, dtype)
     model.train()
     model.enable_gradient_checkpointing()
