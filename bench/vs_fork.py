@@ -63,9 +63,19 @@ REPLY = "@@vs_fork "  # workers' protocol lines on stdout start with this; every
 # TrainConfig fields the benchmark applies itself (the micro-batch, objective and optimizer are the defaults')
 STEP_FIELDS = {"dataset_path", "lora_config_path", "use_ssl", "shift", "num_train_timesteps", "loss_reduction"}
 # trainer flag -> (TrainingStepProbe parameter, value); used when the probe has that parameter
+def _switch(flag: str) -> Any:
+    """A trainer on/off flag as the probe's bool; any other value (e.g. a mode) needs its own entry here."""
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise BenchError(f"--{flag} {value}: TrainingStepProbe takes only on/off for it; map the value to the "
+                             "probe's parameters in bench/vs_fork.py OPTION_TO_PROBE")
+        return value
+    return convert
+
+
 OPTION_TO_PROBE = {
-    "gradient_checkpointing": ("checkpointing", lambda value: value),
-    "release_unused_weights": ("release_unused", lambda value: value),
+    "gradient_checkpointing": ("checkpointing", _switch("gradient_checkpointing")),
+    "release_unused_weights": ("release_unused", _switch("release_unused_weights")),
     "base_dtype": ("fp8_base", lambda value: value == "fp8"),
 }
 DEFAULT_LOSS_RTOL = 0.01

@@ -71,3 +71,9 @@ def test_flags_the_step_cannot_apply_are_refused(tmp_path, capsys, ours_args, ex
 
 def test_the_paired_ratio_is_the_median_of_the_rounds_ratios():
     assert vs_fork.paired_ratio([1.0, 3.0, 2.0], [2.0, 2.0, 4.0]) == 0.5  # rounds: 0.5, 1.5, 0.5
+
+
+def test_a_mode_where_the_probe_takes_a_switch_is_refused_not_taken_as_true():
+    with pytest.raises(vs_fork.BenchError, match="OPTION_TO_PROBE"):
+        vs_fork._switch("gradient_checkpointing")("auto")
+    assert vs_fork._switch("gradient_checkpointing")(False) is False
