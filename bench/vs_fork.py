@@ -399,7 +399,7 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
 
 def worker_argv(kind: str, case: Path, fork_src: Path, dtype: str, ours_args: str = "") -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--case", str(case),
-            "--fork_src", str(fork_src), "--dtype", dtype, "--ours_args", ours_args]
+            "--fork_src", str(fork_src), "--dtype", dtype, f"--ours_args={ours_args}"]  # "=": a lone flag is a value
 
 
 def worker_env() -> dict[str, str]:
@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per implementation, in turns, after "
                         "step 1 (the warm-up)")
     parser.add_argument("--ours_args", action="append", default=None,
-                        help="trainer_new.py flags of our step, as one string; repeat for several settings "
+                        help="trainer_new.py flags of our step, as one string (a single flag as --ours_args=--FLAG); "
+                        "repeat for several settings "
                         "(default: one run with our defaults, base dtype --dtype)")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
                         help="compute dtype of both sides; fp32 (no autocast, fp32 base) for CPUs without native "

@@ -77,3 +77,10 @@ def test_a_mode_where_the_probe_takes_a_switch_is_refused_not_taken_as_true():
     with pytest.raises(vs_fork.BenchError, match="OPTION_TO_PROBE"):
         vs_fork._switch("gradient_checkpointing")("auto")
     assert vs_fork._switch("gradient_checkpointing")(False) is False
+
+
+def test_a_worker_gets_a_lone_flag_as_its_ours_args(tmp_path):
+    fork = _fake_fork(tmp_path)
+    argv = vs_fork.worker_argv("ours", tmp_path, fork, "bf16", "--no-gradient_checkpointing")
+    args, _ = vs_fork.parse_args(argv[2:])
+    assert args.worker == "ours" and args.ours_args == ["--no-gradient_checkpointing"]
