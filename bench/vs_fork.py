@@ -63,13 +63,16 @@ REPLY = "@@vs_fork "  # workers' protocol lines on stdout start with this; every
 # TrainConfig fields the benchmark applies itself (the micro-batch, objective and optimizer are the defaults')
 STEP_FIELDS = {"dataset_path", "lora_config_path", "use_ssl", "shift", "num_train_timesteps", "loss_reduction"}
 # trainer flag -> (TrainingStepProbe parameter, value); used when the probe has that parameter
+SWITCH_VALUES = {True: True, False: False, "all": True, "none": False}  # "all"/"none": checkpointing as a mode
+
+
 def _switch(flag: str) -> Any:
     """A trainer on/off flag as the probe's bool; any other value (e.g. a mode) needs its own entry here."""
     def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and value not in SWITCH_VALUES:
             raise BenchError(f"--{flag} {value}: TrainingStepProbe takes only on/off for it; map the value to the "
                              "probe's parameters in bench/vs_fork.py OPTION_TO_PROBE")
-        return value
+        return SWITCH_VALUES[value]
     return convert
 
 

@@ -77,6 +77,8 @@ def test_a_mode_where_the_probe_takes_a_switch_is_refused_not_taken_as_true():
     with pytest.raises(vs_fork.BenchError, match="OPTION_TO_PROBE"):
         vs_fork._switch("gradient_checkpointing")("auto")
     assert vs_fork._switch("gradient_checkpointing")(False) is False
+    assert vs_fork._switch("gradient_checkpointing")("none") is False  # the mode names of all and none
+    assert vs_fork._switch("gradient_checkpointing")("all") is True
 
 
 def test_a_worker_gets_a_lone_flag_as_its_ours_args(tmp_path):
