@@ -59,6 +59,12 @@ ALLOCATOR_SLACK = 0.05
 # GLUMBConv hidden states, plus the gradients being formed). Not derived op by op: it is the per-token slope of
 # the backward peak measured with TensorMemoryTracker at widths 64 and 2560 (96.8), rounded.
 BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 96
+# Per token and channel, bytes in 16-bit that a block run without checkpointing keeps for backward (its input
+# included), and the transient gradients of its backward on top. Measured like the above: each block taken out
+# of checkpointing raised the tensor peak by 87-93 (widths 512 and 1024, 30 and 60 s; ~99 at width 128), and
+# the first one by 3-18 more than the recomputation it replaced; rounded up, so the estimate stays above.
+BLOCK_SAVED_BYTES_PER_CHANNEL = 100
+BLOCK_BACKWARD_BYTES_PER_CHANNEL = 24
 # Per token, fp32 tensors of the latent-space loss (latents, noise, noisy input, prediction, error, mask):
 # each in_channels x patch height values.
 LOSS_TENSORS = 4
@@ -93,6 +99,9 @@ class LoraCounts:
     fixed: int  # parameters of modules whose rank is fixed by rank_pattern
     rank: int
     in_lyric_encoder: bool
+    # LoRA layers of one block that read the latent tokens (not the conditions): each keeps a rank-wide product
+    # per token for backward when its block runs without checkpointing
+    token_layers_per_block: int = 0
 
     def at_rank(self, rank: int) -> int:
         return self.per_rank * rank + self.fixed
@@ -114,6 +123,7 @@ class PlanRequest:
     release_unused_weights: bool = True  # the trainer's default: add_* layers (and projectors without SSL) freed
     transformer_config: dict | None = None  # None: the published model
     devices: int = 1  # GPUs training together (DDP); the estimate is per GPU
+    checkpointed_blocks: int | None = None  # gradient checkpointing of the first N blocks (None: all of them)
 
     @property
     def frames(self) -> int:
@@ -219,12 +229,14 @@ def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
     config, settings = json.loads(config_key), LoraSettings.from_dict(json.loads(settings_key))
     model = _meta_model(config)
     attach_lora(model, settings, "plan")
-    per_rank = fixed = 0
+    per_rank = fixed = token_layers = 0
     in_lyric = False
     for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if lora_a is None or "plan" not in lora_a:
             continue
+        reads_conditions = any(f"cross_attn.{n}" in name for n in ("to_k", "to_v", "add_"))
+        token_layers += name.startswith("transformer_blocks.0.") and not reads_conditions
         rank, fan_in = lora_a["plan"].weight.shape
         fan_out = module.lora_B["plan"].weight.shape[0]
         in_lyric |= name.startswith("lyric_encoder.")
@@ -232,7 +244,8 @@ def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
             per_rank += fan_in + fan_out
         else:
             fixed += rank * (fan_in + fan_out)
-    return LoraCounts(per_rank=per_rank, fixed=fixed, rank=settings.r, in_lyric_encoder=in_lyric)
+    return LoraCounts(per_rank=per_rank, fixed=fixed, rank=settings.r, in_lyric_encoder=in_lyric,
+                      token_layers_per_block=token_layers)
 
 
 def count_lora_parameters(config: dict, settings: LoraSettings) -> LoraCounts:
@@ -263,7 +276,13 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
     lyrics, context = request.lyric_tokens, 1 + request.text_tokens + request.lyric_tokens
     patch_values = config["in_channels"] * config["patch_size"][0]
 
-    block_inputs = blocks * tokens * width * e
+    checkpointed = blocks if request.checkpointed_blocks is None else request.checkpointed_blocks
+    if not 0 <= checkpointed <= blocks:
+        raise AcestepError(f"the model has {blocks} blocks: cannot checkpoint {checkpointed}")
+    block_inputs = checkpointed * tokens * width * e
+    rank = request.rank or lora.rank
+    saved_per_token = width * BLOCK_SAVED_BYTES_PER_CHANNEL * e // 2 + lora.token_layers_per_block * rank * e
+    saved = (blocks - checkpointed) * tokens * saved_per_token
     context_states = batch * context * width * e
     loss_tensors = tokens * patch_values * 4 * LOSS_TENSORS
     lyric_peak = batch * (6 * e * lyric_heads * lyrics**2 + 9 * e * lyrics * lyric_dim)
@@ -294,9 +313,21 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
             "loss tensors": loss_tensors,
         },
     }
+    if saved:  # blocks without checkpointing (the last ones): their backward comes first, before any recomputation
+        backward = phases.pop("backward")
+        phases["end of forward"]["saved activations of uncheckpointed blocks"] = saved
+        phases["backward"] = {
+            "LoRA gradients": lora_grads, "block inputs (checkpoints)": block_inputs,
+            "saved activations of uncheckpointed blocks": saved,
+            "one block's backward": tokens * width * BLOCK_BACKWARD_BYTES_PER_CHANNEL * e // 2,
+            "conditions": context_states, "loss tensors": loss_tensors,
+        }
+        if checkpointed:
+            phases["backward (checkpointed blocks)"] = backward
     if request.base_dtype == FP8 and params is not None:  # one layer's weight dequantized at a time
-        for phase in ("end of forward", "backward"):
-            phases[phase]["one dequantized fp8 layer"] = params.fp8_largest * e
+        for phase in ("end of forward", "backward", "backward (checkpointed blocks)"):
+            if phase in phases:
+                phases[phase]["one dequantized fp8 layer"] = params.fp8_largest * e
     if lora.in_lyric_encoder:  # its backward comes last: every LoRA gradient exists, one layer is recomputed
         phases["backward (lyric encoder)"] = {
             "LoRA gradients": lora_grads, "one Conformer layer": lyric_peak,
@@ -400,6 +431,26 @@ def estimate(request: PlanRequest) -> MemoryPlan:
     phase = max(phases, key=phases.get)
     parts[f"activations ({phase})"] = phases[phase]
     return MemoryPlan(request=request, parameters=params, lora_parameters=lora_params, parts=parts, peak_phase=phase)
+
+
+def block_count(request: PlanRequest) -> int:
+    return _config(request)["num_layers"]
+
+
+def fewest_checkpointed_blocks(request: PlanRequest) -> int | None:
+    """--gradient_checkpointing auto: the fewest blocks to checkpoint (the first ones) for the run to fit, or None
+    when even checkpointing all of them does not."""
+    for count in range(block_count(request) + 1):
+        if estimate(replace(request, checkpointed_blocks=count)).fits:
+            return count
+    return None
+
+
+def checkpointing_text(request: PlanRequest) -> str:
+    """How many blocks the request checkpoints, in words."""
+    blocks = block_count(request)
+    count = blocks if request.checkpointed_blocks is None else request.checkpointed_blocks
+    return f"{count} of {blocks} blocks"
 
 
 def longest_duration_that_fits(request: PlanRequest) -> float | None:
