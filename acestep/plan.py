@@ -507,6 +507,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"LoRA parameters: {plan.lora_parameters:,}",
     ]
     lines += ddp_line(r.devices, r.batch_size)
+    lines.append(f"Gradient checkpointing: {checkpointing_text(r)} (the first ones)")
     lines += [f"  {name:<36s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
     lines.append(f"  {'tensors at the peak':<36s} {plan.tensor_bytes / 1e9:7.2f} GB")
     if r.device == "cuda":
@@ -522,6 +523,11 @@ def format_plan(plan: MemoryPlan) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> Any:
     """A PlanRequest (v1), or the ACE-Step 1.5 planner's request for --model 2b / xl."""
+    return parse_cli(argv)[0]
+
+
+def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
+    """The request, and whether --presets asks for the table of cards instead of one plan."""
     p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")
     p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
@@ -541,6 +547,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
                    help="cuda adds the CUDA context and allocator slack to the estimate")
     p.add_argument("--keep_unused_weights", action="store_true",
                    help="plan for the trainer's --no-release_unused_weights")
+    p.add_argument("--gradient_checkpointing", default="all",
+                   help="the trainer's --gradient_checkpointing: all, none, N (the first N blocks) or auto (the fewest "
+                   "blocks that fit --gpu_gb); v1 only")
+    p.add_argument("--presets", action="store_true",
+                   help="print the fastest settings for every --preset card (6-24 GB) at --duration, not one plan")
     p.add_argument("--model", default="v1", choices=MODELS,
                    help="v1 (the default): ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
     p.add_argument("--condition_tokens", type=int, default=512,
@@ -548,12 +559,23 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     a = p.parse_args(argv)
     if a.model != "v1" and a.base_dtype == FP8:
         p.error("--base_dtype fp8 is for the v1 model only")
+    mode = a.gradient_checkpointing
+    if mode not in ("all", "none", "auto") and not mode.isdigit():
+        p.error(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
     if a.model != "v1":
-        return v15_request(a)
-    return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                       optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
-                       lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                       release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+        if mode not in ("all", "none") or a.presets:
+            p.error("--gradient_checkpointing auto / N and --presets are for the v1 model only (1.5: all or none)")
+        return v15_request(a), False
+    request = PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
+                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
+                          lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
+                          release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+    if mode == "auto":
+        check_bounds(request)
+        count = fewest_checkpointed_blocks(request)
+        return replace(request, checkpointed_blocks=block_count(request) if count is None else count), a.presets
+    counts = {"all": None, "none": 0}
+    return replace(request, checkpointed_blocks=counts[mode] if mode in counts else int(mode)), a.presets
 
 
 def v15_request(a: argparse.Namespace) -> Any:
@@ -569,14 +591,20 @@ def v15_request(a: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        request = parse_args(argv)
+        request, presets = parse_cli(argv)
         check_bounds(request)
         if not isinstance(request, PlanRequest):
             from acestep.families.v15 import plan as v15_plan
 
             print(v15_plan.format_plan(v15_plan.estimate(request)))
             return
+        from acestep.presets import fastest_lines
+
+        if presets:
+            print("\n".join(fastest_lines(request, all_cards=True)))
+            return
         print(format_plan(estimate(request)))
+        print("\n".join(fastest_lines(request)))
     except AcestepError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import CheckpointError
+from ..errors import AcestepError, CheckpointError
 from .attention import CrossAttention, LinearSelfAttention
 from .lyric_encoder import LyricEncoder
 from .rope import RotaryEmbedding
@@ -223,7 +223,7 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         reaches them last: by then the saved activations of the later, uncheckpointed blocks are freed, so one
         block's recomputation never coincides with them."""
         if count is not None and not 0 <= count <= len(self.transformer_blocks):
-            raise ValueError(f"checkpointed blocks must be between 0 and {len(self.transformer_blocks)}, not {count}")
+            raise AcestepError(f"the model has {len(self.transformer_blocks)} blocks: cannot checkpoint {count}")
         self.checkpointed_blocks = count
 
     def encode(
