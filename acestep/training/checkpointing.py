@@ -7,7 +7,6 @@ import dataclasses
 import torch
 
 from acestep.errors import AcestepError
-from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks
 
 from .config import TrainConfig
 
@@ -28,6 +27,11 @@ def resolve_auto(config: TrainConfig, transformer: torch.nn.Module, ssl: bool, g
                  compute_dtype: torch.dtype) -> tuple[TrainConfig, str]:
     """`config` with auto replaced by the fewest blocks that fit, and the line that says so (the planner's figure
     included). All blocks, with a warning, when not even that fits."""
+    from acestep.plan import (  # the planner imports training.data
+        PlanRequest,
+        estimate,
+        fewest_checkpointed_blocks,
+    )
     gb = card_gb(config, gpu)
     model_config = {key: transformer.config[key] for key in transformer.config if not key.startswith("_")}
     lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
