@@ -136,3 +136,22 @@ def fastest_lines(request: PlanRequest, all_cards: bool = False) -> list[str]:
         text = found.text() if found else f"{gb:g} GB: nothing fits, not even 10 s crops"
         lines.append(f"  {name + ': ' if name else ''}{text}")
     return lines
+
+
+def table_cell(found: CardSettings | None) -> str:
+    """One cell of README's "Will it fit?" table of presets."""
+    if found is None:
+        return "does not fit"
+    r = found.request
+    crop = f", {r.duration:g} s crops" if r.duration < found.asked_duration else ""
+    return (f"{r.base_dtype}, {r.optimizer}, {r.checkpointed_blocks} of {found.blocks} blocks checkpointed{crop}: "
+            f"{estimate(r).device_bytes / 1e9:.2f} GB")
+
+
+def table_rows(durations: tuple[float, ...] = (180.0, 360.0)) -> list[str]:
+    """README's table of presets (markdown rows), the published model, r 64, batch 1, SSL on."""
+    rows = []
+    for name, gb in PRESET_GB.items():
+        cells = [table_cell(fastest_settings(preset_request(name, d))) for d in durations]
+        rows.append(f"| {gb:g} GB (`--preset {name}`) | " + " | ".join(cells) + " |")
+    return rows

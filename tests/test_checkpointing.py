@@ -18,6 +18,7 @@ from acestep.presets import (
     preset_request,
     relative_step_time,
     settings_to_try,
+    table_rows,
 )
 from acestep.training import run_training, summary_text
 from acestep.training.checkpointing import resolve_auto
@@ -185,3 +186,11 @@ def test_auto_in_a_run_says_what_it_chose(tmp_path):
     assert roomy.gradient_checkpointing == "0"
     assert line == "Gradient checkpointing auto: 0 of 3 blocks (the first ones), the fewest that fit 1 GB at 0.9 s " \
         "crops: planner 0.11 GB"
+
+
+def test_readme_table_of_presets_is_the_planners():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = table_rows()
+    assert len(rows) == len(PRESET_GB)
+    for row in rows:
+        assert row in readme, f"README lacks the planner's row: {row}"
