@@ -316,11 +316,13 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
     }
     if saved:  # blocks without checkpointing (the last ones): their backward comes first, before any recomputation
         backward = phases.pop("backward")
-        phases["end of forward"]["saved activations of uncheckpointed blocks"] = saved
+        first_backward = tokens * width * BLOCK_BACKWARD_BYTES_PER_CHANNEL * e // 2
+        # the backward pass starts while the SSL projector states are still held
+        phases["end of forward"].update({"saved activations of uncheckpointed blocks": saved,
+                                         "one block's backward": first_backward})
         phases["backward"] = {
             "LoRA gradients": lora_grads, "block inputs (checkpoints)": block_inputs,
-            "saved activations of uncheckpointed blocks": saved,
-            "one block's backward": tokens * width * BLOCK_BACKWARD_BYTES_PER_CHANNEL * e // 2,
+            "saved activations of uncheckpointed blocks": saved, "one block's backward": first_backward,
             "conditions": context_states, "loss tensors": loss_tensors,
         }
         if checkpointed:

@@ -65,7 +65,7 @@ class TrainConfig:
                                  "card's; required on a machine without one)")
     preset: str | None = _opt(None, "settings for a card (v1): base dtype, optimizer, checkpointed blocks and crop "
                               "length, the fastest the planner says fit (python -m acestep.plan --presets); flags "
-                              "you give yourself win", choices=PRESETS)
+                              "you give yourself win (default: none)", choices=PRESETS)
     preset_applied: str = _opt("", "what --preset set (filled in by the trainer)", cli=False)
     # objective
     shift: float = _opt(3.0, "timestep shift of the flow-matching schedule")
