@@ -62,10 +62,10 @@ BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 96
 # Per token and channel, bytes in 16-bit that a block run without checkpointing keeps for backward (its input
 # included), and the transient gradients of its backward on top. Measured like the above: each block taken out
 # of checkpointing raised the tensor peak by 87-93 (widths 512 and 1024, 30 and 60 s; ~99 at width 128), and
-# the first one by 3-18 more than the recomputation it replaced (width 2560, 2 blocks, no checkpointing: 1 %
-# above the estimate with 24); rounded up, so the estimate stays above.
+# the first one by 3-18 more than the recomputation it replaced, and without checkpointing at width 2560 (2 and
+# 4 blocks, 30 s) 1 % above the estimate that counted 24; so 32, held from the start of backward on.
 BLOCK_SAVED_BYTES_PER_CHANNEL = 100
-BLOCK_BACKWARD_BYTES_PER_CHANNEL = 48
+BLOCK_BACKWARD_BYTES_PER_CHANNEL = 32
 # Per token, fp32 tensors of the latent-space loss (latents, noise, noisy input, prediction, error, mask):
 # each in_channels x patch height values.
 LOSS_TENSORS = 4
