@@ -230,6 +230,10 @@ def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
     config, settings = json.loads(config_key), LoraSettings.from_dict(json.loads(settings_key))
     model = _meta_model(config)
     attach_lora(model, settings, "plan")
+    if settings.adapter_type != "lora":  # DoRA, LoHa, LoKr: every trainable tensor as PEFT made it, at this r
+        trainable = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
+        return LoraCounts(per_rank=0, fixed=sum(n for _, n in trainable), rank=settings.r,
+                          in_lyric_encoder=any(name.startswith("lyric_encoder.") for name, _ in trainable))
     per_rank = fixed = token_layers = 0
     in_lyric = False
     for name, module in model.named_modules():
@@ -415,6 +419,8 @@ def estimate(request: PlanRequest) -> MemoryPlan:
     config = _config(request)
     params = count_parameters(config)
     settings = LoraSettings.from_json(request.lora_config)
+    if request.rank and settings.adapter_type != "lora":  # counted at the rank itself (not linear in r)
+        settings = replace(settings, r=request.rank)
     lora = count_lora_parameters(config, settings)
     lora_params = lora.at_rank(request.rank or lora.rank)
     e = compute_bytes(request.base_dtype)

@@ -104,8 +104,11 @@ def test_convert_applies_alpha_tensors_and_already_baked(tmp_path: Path) -> None
 def test_unsupported_keys_and_unknown_kohya_names_are_clear_errors(tmp_path: Path) -> None:
     tensors = random_lora(4, modules=1)
     save_file({**tensors, f"{MODULES[0]}.lora_magnitude_vector": torch.ones(24)}, tmp_path / "dora.safetensors")
-    with pytest.raises(InputError, match="unsupported tensor 'transformer_blocks.0.attn.to_q.lora_magnitude_vector'"):
+    with pytest.raises(InputError, match="a dora adapter, not a plain LoRA"):
         read_lora(tmp_path / "dora.safetensors")
+    save_file({**tensors, f"{MODULES[0]}.lora_mid.weight": torch.ones(4, 4)}, tmp_path / "mid.safetensors")
+    with pytest.raises(InputError, match="unsupported tensor 'transformer_blocks.0.attn.to_q.lora_mid.weight'"):
+        read_lora(tmp_path / "mid.safetensors")
     save_file({"lora_unet_no_such_layer.lora_down.weight": torch.ones(4, 40),
                "lora_unet_no_such_layer.lora_up.weight": torch.ones(24, 4)}, tmp_path / "k.safetensors")
     with pytest.raises(InputError, match="names no module"):

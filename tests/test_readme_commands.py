@@ -32,6 +32,7 @@ SHORTER = {
     "preprocess_dataset_new.py": ["--no-ssl"],
     "trainer_new.py": ["--max_steps", str(TRAINED_STEPS), "--every_n_train_steps", str(TRAINED_STEPS)],
     "generate.py": ["--duration", "3", "--steps", "2"],
+    "acestep.data.reg": ["--duration", "2", "--steps", "2"],
 }
 # What each command leaves behind, relative to the working folder.
 WRITES = {
@@ -44,10 +45,11 @@ WRITES = {
     "acestep.lora resize": "my_lora_r16.safetensors",
     "acestep.lora convert": "my_lora_kohya.safetensors",
     "acestep.lora merge": "merged_transformer",
+    "acestep.data.reg": "data/reg_songs/reg0001.wav",
 }
 ORDER = ["acestep.tiny_checkpoint", "convert2hf_dataset_new.py", "preprocess_dataset_new.py", "acestep.data.report",
          "trainer_new.py", "add_alpha_in_lora.py", "acestep.lora inspect", "acestep.lora resize",
-         "acestep.lora convert", "acestep.lora merge", "generate.py", "acestep.plan"]
+         "acestep.lora convert", "acestep.lora merge", "generate.py", "acestep.data.reg", "acestep.plan"]
 NOISE = ["Failed to initialize NumPy", "weight_norm", "LeafSpec", "litmodels", "litlogger", "GPU available",
          "TPU available", "Traceback", "UnicodeEncodeError", "--- Logging error ---"]
 UNENCODABLE_SONG = "東京 ballad"  # cp1252 has no code for these characters
@@ -143,6 +145,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Ran
         (songs / f"song01{suffix}").rename(songs / f"{UNENCODABLE_SONG}{suffix}")
     (songs / UNENCODABLE_BROKEN).write_bytes(b"RIFF\x00\x00 not audio")
     (work / "song.txt").write_text("[verse]\nla la la\n", encoding="utf-8")
+    (work / "reg_prompts.txt").write_text("ambient, synth, calm\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "cp1252", "HF_HUB_OFFLINE": "1"}
     commands = readme_commands()
     plan = []

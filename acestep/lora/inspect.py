@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .adapters import TYPE_NAMES, file_kind, read_adapter
 from .bake import module_scales
 from .io import DIFFUSERS_METADATA, LoraModule, read_lora
 from .settings import LoraSettings
@@ -18,12 +19,13 @@ METADATA_WIDTH = 100
 @dataclass(frozen=True)
 class ModuleReport:
     module: str
-    rank: int
+    rank: int | None  # None: a LoKr module whose two Kronecker factors are full matrices
     in_features: int
     out_features: int
     alpha: float | None  # the `.alpha` tensor, if any
     scale: float | None  # None when the file does not say (un-baked, no header, no config given)
     delta_norm: float  # Frobenius norm of scale * B @ A (of B @ A when the scale is unknown)
+    factor: tuple[int, int] | None = None  # LoKr: the shape of w1, the small Kronecker factor
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,11 @@ class LoraReport:
     modules: list[ModuleReport]
     metadata: dict[str, str]
     family: str | None = None
+    kind: str = "lora"
 
     @property
     def ranks(self) -> list[int]:
-        return [row.rank for row in self.modules]
+        return [row.rank for row in self.modules if row.rank is not None]
 
 
 def product_norm(module: LoraModule) -> float:
@@ -48,7 +51,26 @@ def product_norm(module: LoraModule) -> float:
     return float(((up.T @ up) * (down @ down.T)).sum().clamp_min(0).sqrt())
 
 
+def inspect_adapter(path: str | Path) -> LoraReport:
+    """A DoRA / LoHa / LoKr file: each module's change at strength 1 as ComfyUI rebuilds it."""
+    adapter = read_adapter(path)
+    rows = []
+    for name in sorted(adapter.modules, key=natural_key):
+        change = adapter.modules[name]
+        delta = change.change()
+        rows.append(ModuleReport(
+            module=name, rank=change.rank, in_features=delta.shape[1], out_features=delta.shape[0],
+            alpha=change.alpha, scale=1.0 if change.alpha is None or change.rank is None else change.alpha / change.rank,
+            delta_norm=float(delta.norm()), factor=change.factor if adapter.kind == "lokr" else None,
+        ))
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in m.parts.values()})
+    return LoraReport(adapter.path, adapter.style, True, ",".join(dtypes), rows, adapter.metadata, adapter.family,
+                      adapter.kind)
+
+
 def inspect_lora(path: str | Path, settings: LoraSettings | None = None) -> LoraReport:
+    if file_kind(path) != "lora":
+        return inspect_adapter(path)
     lora = read_lora(path)
     try:
         scales: dict[str, float | None] = dict(module_scales(lora, settings))
@@ -78,14 +100,22 @@ def format_report(report: LoraReport) -> str:
     lines = [
         f"file:     {report.path}",
         f"model:    {report.family or 'unknown'}",
+        f"type:     {TYPE_NAMES[report.kind]}",
         f"keys:     {report.style} style, {len(report.modules)} modules, dtype {report.dtype}",
-        f"ranks:    min {min(ranks)}, median {statistics.median(ranks):g}, max {max(ranks)}",
-        f"baked:    {'yes (load at strength 1.0)' if report.baked else 'no'}",
     ]
+    if ranks:
+        lines.append(f"ranks:    min {min(ranks)}, median {statistics.median(ranks):g}, max {max(ranks)}")
+    factors = sorted({row.factor for row in report.modules if row.factor is not None})
+    if factors:
+        lines.append(f"factor:   w1 {', '.join(f'{a}x{b}' for a, b in factors)} (LoKr's small Kronecker factor)")
+    if report.kind == "dora":
+        lines.append("|dW|:     DoRA's low-rank change before its magnitude rescale (that depends on the base weights)")
+    lines.append(f"baked:    {'yes (load at strength 1.0)' if report.baked else 'no'}")
     if None in scales:
         lines.append("scale:    unknown (no .alpha, no settings in the header): pass --lora_config_path")
     elif len(scales) == 1:
-        lines.append(f"scale:    {scales.pop():.6g} (applied on top of B @ A)")
+        product = "B @ A" if report.kind in ("lora", "dora") else "the rebuilt product"
+        lines.append(f"scale:    {scales.pop():.6g} (applied on top of {product})")
     lines.append("metadata:")
     for key, value in sorted(report.metadata.items()):
         if key == DIFFUSERS_METADATA:
@@ -98,6 +128,7 @@ def format_report(report: LoraReport) -> str:
     for row in report.modules:
         alpha = "-" if row.alpha is None else f"{row.alpha:g}"
         scale = "?" if row.scale is None else f"{row.scale:.6g}"
-        lines.append(f"{row.module:<{width}}  {row.rank:>4}  {row.in_features:>6}  {row.out_features:>6}  "
+        rank = "-" if row.rank is None else row.rank
+        lines.append(f"{row.module:<{width}}  {rank:>4}  {row.in_features:>6}  {row.out_features:>6}  "
                      f"{alpha:>8}  {scale:>9}  {row.delta_norm:>10.4g}")
     return "\n".join(lines)

@@ -19,7 +19,15 @@ from safetensors.torch import save
 
 from ..data.atomic import atomic_write_bytes, atomic_write_json
 from ..errors import AcestepError, InputError
-from .keys import V15_FAMILY, detect_family, detect_style, module_path, split_key, v15_diffusers_name
+from .keys import (
+    V15_FAMILY,
+    adapter_kind,
+    detect_family,
+    detect_style,
+    module_path,
+    split_key,
+    v15_diffusers_name,
+)
 from .settings import LoraSettings
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -98,7 +106,7 @@ def stamp_trigger(path: Path, trigger: str) -> None:
 
 def trigger_note(path: str | Path, prompt: str) -> str | None:
     """A note when a LoRA trained with a trigger tag is loaded without that tag in the prompt (else None)."""
-    trigger = read_lora(path).trigger
+    trigger = load_adapter(path)[1].get(META_TRIGGER)
     if not trigger or trigger.lower() in prompt.lower():
         return None
     return f"note: {Path(path).name} was trained with the trigger tag {trigger!r}; add it to --prompt to call it up"
@@ -134,7 +142,8 @@ def save_adapter(
     # diffusers keeps only the metadata keys under the prefix it loads with (prefix="base_model.model").
     diffusers_config = {PEFT_KEY_PREFIX + key: value for key, value in kwargs.items()}
     metadata = adapter_metadata(settings, base_model, step, family)
-    metadata[DIFFUSERS_METADATA] = json.dumps(diffusers_config, sort_keys=True)
+    if settings.adapter_type in ("lora", "dora"):  # diffusers loads these two types only
+        metadata[DIFFUSERS_METADATA] = json.dumps(diffusers_config, sort_keys=True)
     tensors = {PEFT_KEY_PREFIX + key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state_dict.items()}
     weights = save_safetensors_atomic(tensors, folder / PEFT_WEIGHTS_NAME, metadata)
     atomic_write_json(folder / PEFT_CONFIG_NAME, peft_adapter_config(settings, base_model))
@@ -145,7 +154,7 @@ def adapter_metadata(settings: LoraSettings, base_model: str, step: int | None, 
     """Our header of an un-baked adapter: its settings (so every tool knows the scale), base model, step, family."""
     metadata = {
         "format": "pt",
-        META_SETTINGS: json.dumps(settings.to_peft_kwargs(), sort_keys=True),
+        META_SETTINGS: json.dumps(settings.to_dict(), sort_keys=True),
         META_BASE_MODEL: base_model,
     }
     if step is not None:
@@ -157,9 +166,7 @@ def adapter_metadata(settings: LoraSettings, base_model: str, step: int | None, 
 
 def peft_adapter_config(settings: LoraSettings, base_model: str) -> dict:
     """adapter_config.json as PEFT writes it (every LoraConfig field), so PeftModel.from_pretrained loads it."""
-    from peft import LoraConfig
-
-    config = LoraConfig(**settings.to_peft_kwargs(), base_model_name_or_path=base_model).to_dict()
+    config = settings.peft_config(base_model_name_or_path=base_model).to_dict()
     return json.loads(json.dumps(config, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
@@ -250,6 +257,10 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
     """
     tensors, metadata = load_adapter(path)
     file = find_lora_file(path)
+    kind = adapter_kind(tensors)
+    if kind != "lora":
+        raise InputError(file, f"a {kind} adapter, not a plain LoRA: bake, convert and resize handle LoRA only "
+                         "(inspect, merge and generate.py --lora take every adapter type)")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         split = split_key(key)

@@ -39,8 +39,25 @@ FACTOR_SUFFIXES = (
     (".lora_B.weight", "up"),
     (".alpha", "alpha"),
 )
+# Tensor names of the other adapter types (ComfyUI's and PEFT's names agree), and DoRA's extra tensors.
+HADA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+MAGNITUDE = "lora_magnitude_vector"  # PEFT's DoRA magnitude m [out]
+DORA_SCALE = "dora_scale"  # ComfyUI's DoRA magnitude
 # Prefixes some tools put before the module path; stripped on reading.
 PATH_PREFIXES = ("diffusion_model.decoder.", "diffusion_model.", PEFT_PREFIX, "transformer.")
+
+
+def adapter_kind(keys: Iterable[str]) -> str:
+    """The adapter type the tensor names show: lora, dora, loha or lokr."""
+    suffixes = {key.removesuffix(".weight").rsplit(".", 1)[-1] for key in keys}
+    if suffixes & set(HADA):
+        return "loha"
+    if suffixes & set(LOKR):
+        return "lokr"
+    if suffixes & {DORA_SCALE, MAGNITUDE}:
+        return "dora"
+    return "lora"
 
 
 def split_key(key: str) -> tuple[str, str] | None:

@@ -21,6 +21,7 @@ from ..checkpoint import safetensors_problem
 from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
 from ..errors import AcestepError, CheckpointError
 from ..progress import progress
+from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
 from .keys import V1_FAMILY, V15_FAMILY, kohya_lookup_for
@@ -155,13 +156,23 @@ def merge_file(
     config, state = load_transformer_weights(transformer, config_path)
     check_matches_config(config, state, Path(transformer))
     modules = {key.removesuffix(".weight") for key in state if key.endswith(".weight")}
-    lora = read_lora(lora_path, kohya_lookup=kohya_lookup_for(modules))
+    lookup = kohya_lookup_for(modules)
+    plain = file_kind(lora_path) == "lora"
+    lora = read_lora(lora_path, kohya_lookup=lookup) if plain else read_adapter(
+        lora_path, base_weight=lambda name: state[f"{name}.weight"], kohya_lookup=lookup)
     model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
     if lora.family is not None and lora.family != model_family:
         raise AcestepError(f"{lora.path}: an {lora.family} LoRA cannot be merged into an {model_family} transformer")
     if dtype is not None:
         state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
-    merge_into(state, lora, module_scales(lora, settings), strength)
+    if plain:
+        merge_into(state, lora, module_scales(lora, settings), strength)
+    else:  # DoRA / LoHa / LoKr: ComfyUI's rule at this strength
+        missing = sorted(name for name in lora.modules if f"{name}.weight" not in state)
+        if missing:
+            raise CheckpointError(f"{lora.path}: module {missing[0]} is not in the transformer checkpoint")
+        weights = {name: state[f"{name}.weight"] for name in lora.modules}
+        state.update({f"{name}.weight": value for name, value in apply_adapter(weights, lora, strength).items()})
     return save_transformer_folder(state, config, out, overwrite)
 
 

@@ -11,9 +11,12 @@ import logging
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from ..errors import InputError
 from ..lora import LoraSettings, module_scales
+from ..lora.adapters import apply_adapter, file_kind, read_adapter
 from ..lora.bake import scale_into_factors
 from ..lora.io import read_lora, settings_from_metadata
 
@@ -48,15 +51,38 @@ def adapter_name_for(path: str | Path, taken: set[str]) -> str:
     return name
 
 
+def merge_into_weights(transformer: nn.Module, path: str | Path, strength: float) -> None:
+    """A DoRA / LoHa / LoKr file changes the transformer's weights in place, at `strength`, by ComfyUI's rule."""
+    def weight(name: str) -> torch.Tensor:
+        try:
+            return transformer.get_submodule(name).weight
+        except AttributeError as error:
+            raise InputError(Path(path), f"{name} is no layer of this transformer") from error
+
+    adapter = read_adapter(path, base_weight=weight)
+    changed = apply_adapter({name: weight(name) for name in adapter.modules}, adapter, strength)
+    with torch.no_grad():
+        for name, value in changed.items():
+            weight(name).copy_(value)
+
+
 def load_loras(
     transformer: nn.Module, loras: list[tuple[str | Path, float]], settings: LoraSettings | None = None
 ) -> list[str]:
-    """Load every (path, strength) as its own adapter and activate them together; returns adapter names."""
+    """Load every LoRA (path, strength) as its own adapter and activate them together; returns adapter names.
+
+    Other adapter types are merged into the weights first (before any LoRA layer wraps them), at their strength.
+    """
+    kinds = [file_kind(path) for path, _ in loras]
+    for (path, strength), kind in zip(loras, kinds):
+        if kind != "lora":
+            merge_into_weights(transformer, path, float(strength))
+    plain = [lora for lora, kind in zip(loras, kinds) if kind == "lora"]
     names: list[str] = []
-    for path, _ in loras:
+    for path, _ in plain:
         name = adapter_name_for(path, set(names))
         transformer.load_lora_adapter(lora_state_dict(path, settings), prefix=None, adapter_name=name)
         names.append(name)
     if names:
-        transformer.set_adapters(names, [float(strength) for _, strength in loras])
+        transformer.set_adapters(names, [float(strength) for _, strength in plain])
     return names

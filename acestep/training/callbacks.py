@@ -30,12 +30,13 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
+from acestep.lora.adapters import BaseWeight, save_comfyui_file
 from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, stamp_trigger
 from acestep.lora.keys import V1_FAMILY
 from acestep.progress import progress
 
 from .family import StepFileWriter
-from .model import adapter_state_dict
+from .model import adapter_state_dict, base_weight_lookup
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = Path("state") / "last.ckpt"
@@ -100,7 +101,8 @@ class AdapterSaver(Callback):
         folder = self.run_dir / step_folder_name(step)
         self.last_saved_step = step
         if trainer.is_global_zero:
-            self._write_step_folder(folder, adapter_state_dict(pl_module.transformer, pl_module.adapter_name), step)
+            tensors = adapter_state_dict(pl_module.transformer, pl_module.adapter_name)
+            self._write_step_folder(folder, tensors, step, base_weight_lookup(pl_module.transformer))
         state = self.run_dir / STATE_FILE
         temp = temp_sibling(state)
         trainer.save_checkpoint(temp, weights_only=False)  # the full training state; collective under DDP
@@ -109,15 +111,20 @@ class AdapterSaver(Callback):
             self._prune()
         return folder
 
-    def _write_step_folder(self, folder: Path, tensors: dict, step: int) -> None:
+    def _write_step_folder(self, folder: Path, tensors: dict, step: int, base_weight: BaseWeight | None = None) -> None:
         """Everything goes into a temp folder first, so a step folder is either complete or absent."""
         temp = temp_sibling(folder)
         try:
             if self.write_files is not None:
-                self.write_files(tensors, temp, step)
+                self.write_files(tensors, temp, step, base_weight=base_weight)
             else:
                 weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step, V1_FAMILY)
-                bake_file(weights, temp / baked_file_name(self.exp_name, step))
+                comfyui = temp / baked_file_name(self.exp_name, step)
+                if self.settings.adapter_type == "lora":
+                    bake_file(weights, comfyui)
+                else:
+                    save_comfyui_file(tensors, comfyui, self.settings, "peft", {"action": "train", "step": step},
+                                      self.base_model, V1_FAMILY, base_weight)
             if self.trigger:
                 for file in temp.rglob("*.safetensors"):
                     stamp_trigger(file, self.trigger)

@@ -45,6 +45,11 @@ class TrainConfig:
     val_dataset: str | None = _opt(None, "a separate preprocessed dataset for the validation loss (default: none)")
     val_every: int = _opt(100, "compute the validation loss every N optimizer steps (and at the last step)")
     val_timesteps: int = _opt(8, "noise levels of the validation loss, spread evenly over the schedule")
+    reg_dataset: str | None = _opt(None, "regularization songs (prior preservation): a preprocessed dataset of the same "
+                                   "model family, preprocessed without --trigger, of songs the base model should keep "
+                                   "making, e.g. rendered by `python -m acestep.data.reg` (default: none)")
+    reg_weight: float = _opt(0.25, "with --reg_dataset: the fraction of micro-batches drawn from it, spread evenly "
+                             "over the run (0.25 = every 4th); their loss is logged as reg_loss")
     # model
     checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
                                       "(default: the official v1 one)")
@@ -145,6 +150,8 @@ class TrainConfig:
             problems.append("--overfit_steps must be at least 1")
         if self.val_songs < 0:
             problems.append("--val_songs must be >= 0")
+        if self.reg_dataset and not 0.0 < self.reg_weight < 1.0:
+            problems.append("--reg_weight must be between 0 and 1 (the fraction of micro-batches from --reg_dataset)")
         if self.val_songs and self.val_dataset:
             problems.append("give --val_songs or --val_dataset, not both")
         if self.warmup_steps < 0:
@@ -176,6 +183,7 @@ class TrainConfig:
         return dataclasses.replace(
             self, exp_name=f"{self.exp_name}-overfit-one", max_steps=steps, every_n_train_steps=steps, save_last=1,
             val_songs=0, val_dataset=None, val_every=max(1, steps // 10), warmup_steps=min(self.warmup_steps, steps),
+            reg_dataset=None,
         )
 
     def to_dict(self) -> dict[str, Any]:

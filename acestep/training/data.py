@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import datasets
@@ -20,6 +21,7 @@ from acestep.data.preprocessed import SSL_COLUMNS
 from acestep.errors import AcestepError
 
 LATENT_FRAMES_PER_SECOND = 44100 / 512 / 8
+REG_STREAM = 0x4E6  # keeps the regularization songs' order and draws apart from the user's songs
 REQUIRED_COLUMNS = ("target_latents", "encoder_text_hidden_states", "lyric_token_ids", "lyric_mask")
 
 
@@ -35,6 +37,34 @@ class Draw:
     index: int
     micro_batch: int
     seed: int
+    reg: bool = False  # a song of --reg_dataset (regularization), not of the training songs
+
+
+def reg_count(micro_batches: int, weight: Fraction) -> int:
+    """Regularization micro-batches among the run's first `micro_batches`: exactly floor(micro_batches * weight).
+
+    Micro-batch m is a reg one when this count grows from m to m + 1, so they are spread evenly (Bresenham) and
+    depend only on m: a resumed run and every DDP rank follow the same schedule."""
+    return micro_batches * weight.numerator // weight.denominator
+
+
+class _SongOrder:
+    """One dataset's songs in a fresh permutation per epoch; the permutation and each draw's seed come from the
+    stream (`parts`..., epoch or position)."""
+
+    def __init__(self, count: int, *parts: int) -> None:
+        self.count, self.parts = count, parts
+        self._epoch, self._order = -1, torch.empty(0)
+
+    def index(self, position: int) -> int:
+        epoch = position // self.count
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(stream_seed(*self.parts, epoch))
+            self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
+        return int(self._order[position % self.count])
+
+    def seed(self, position: int) -> int:
+        return stream_seed(*self.parts, position)
 
 
 class RunOrderSampler(Sampler[list[Draw]]):
@@ -42,6 +72,8 @@ class RunOrderSampler(Sampler[list[Draw]]):
 
     `__len__` is the run's total so Lightning's progress matches; iteration starts at `start`, the first
     micro-batch not yet trained (0, or global_step * accumulate on resume).
+    With `reg_samples` regularization songs, the fraction `reg_weight` of the micro-batches (see `reg_count`)
+    draws from them in their own order; the training songs keep the order they have without regularization.
     """
 
     def __init__(
@@ -53,6 +85,8 @@ class RunOrderSampler(Sampler[list[Draw]]):
         start: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        reg_samples: int = 0,
+        reg_weight: Fraction = Fraction(0),
     ) -> None:
         if num_samples < 1:
             raise AcestepError("the dataset has no songs")
@@ -63,25 +97,29 @@ class RunOrderSampler(Sampler[list[Draw]]):
         self.start = start
         self.rank = rank
         self.world_size = world_size
+        self.reg_samples = reg_samples
+        self.reg_weight = reg_weight if reg_samples else Fraction(0)
 
     def __len__(self) -> int:
         return self.total
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
-
     def __iter__(self) -> Iterator[list[Draw]]:
-        epoch, order = -1, torch.empty(0)
+        songs = _SongOrder(self.num_samples, self.seed)
+        reg = _SongOrder(self.reg_samples, self.seed, REG_STREAM) if self.reg_samples else None
         for micro_batch in range(self.start, self.total):
+            regs_before = reg_count(micro_batch, self.reg_weight)
+            is_reg = reg is not None and reg_count(micro_batch + 1, self.reg_weight) > regs_before
+            order, nth = (reg, regs_before) if is_reg else (songs, micro_batch - regs_before)
             draws = []
             for slot in range(self.batch_size):
-                position = (micro_batch * self.world_size + self.rank) * self.batch_size + slot
-                if position // self.num_samples != epoch:
-                    epoch = position // self.num_samples
-                    order = self._permutation(epoch)
-                index = int(order[position % self.num_samples])
-                draws.append(Draw(index, micro_batch, stream_seed(self.seed, position)))
+                position = (nth * self.world_size + self.rank) * self.batch_size + slot
+                draws.append(Draw(order.index(position), micro_batch, order.seed(position), is_reg))
             yield draws
+
+    def state_dict(self) -> dict[str, int | str]:
+        """What decides the batches; a resume with other values would see other batches."""
+        return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
+                "world_size": self.world_size, "reg_samples": self.reg_samples, "reg_weight": str(self.reg_weight)}
 
 
 class SongLatents(Dataset):
@@ -192,12 +230,12 @@ class RunLoader(DataLoader):
         )
         self.order = sampler
 
-    def state_dict(self) -> dict[str, int]:
-        s = self.order
-        return {"num_samples": s.num_samples, "batch_size": s.batch_size, "seed": s.seed, "world_size": s.world_size}
+    def state_dict(self) -> dict[str, int | str]:
+        return self.order.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        changed = [f"{k} {v} -> {self.state_dict()[k]}" for k, v in state.items() if self.state_dict().get(k) != v]
+    def load_state_dict(self, state: dict[str, int | str]) -> None:
+        saved = {"reg_samples": 0, "reg_weight": "0", **state}  # runs saved before regularization existed had none
+        changed = [f"{k} {v} -> {self.state_dict()[k]}" for k, v in saved.items() if self.state_dict().get(k) != v]
         if changed:
             raise AcestepError(
                 f"cannot resume with a different data order ({'; '.join(changed)}): use the interrupted run's settings"

@@ -28,8 +28,9 @@ class StepObjective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-# (PEFT state dict of the adapter, folder to write into, optimizer step) -> files written
-StepFileWriter = Callable[[dict[str, torch.Tensor], Path, int], list[Path]]
+# (PEFT state dict of the adapter, folder to write into, optimizer step, base_weight=module path -> its frozen base
+# weight, which a DoRA's ComfyUI file needs) -> files written
+StepFileWriter = Callable[..., list[Path]]
 
 
 @dataclass
@@ -48,3 +49,4 @@ class TrainingParts:
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
     fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise
     val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw
+    reg_songs: Dataset | None = None  # regularization songs (--reg_dataset), items by Draw

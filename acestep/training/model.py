@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from acestep.errors import AcestepError
@@ -75,7 +75,7 @@ def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors
 def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapter_name: str) -> list[str]:
     """Add the adapter (PEFT freezes everything else) and hold its factors in fp32; returns trainable names."""
     try:
-        model.add_adapter(LoraConfig(**settings.to_peft_kwargs()), adapter_name=adapter_name)
+        model.add_adapter(settings.peft_config(), adapter_name=adapter_name)
     except ValueError as error:
         raise AcestepError(f"LoRA config does not fit the model: {error}") from error
     names = []
@@ -91,6 +91,11 @@ def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapte
 def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> dict[str, torch.Tensor]:
     """PEFT's bare keys (`transformer_blocks.0.attn.to_q.lora_A.weight`), as the upstream pipeline loads them."""
     return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+
+
+def base_weight_lookup(model: torch.nn.Module) -> Callable[[str], torch.Tensor]:
+    """Module path -> the frozen base weight under its adapter (a DoRA's ComfyUI file is computed from it)."""
+    return lambda name: model.get_submodule(name).get_base_layer().weight
 
 
 def load_trained_adapter(model: ACEStepTransformer2DModel, path: str | Path, adapter_name: str = "default") -> LoraSettings:

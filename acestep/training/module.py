@@ -27,6 +27,7 @@ from .flow_matching import FlowMatchingObjective, NoisedBatch, combine_losses
 from .memory import peak_memory_gb
 from .model import attach_lora
 from .optim import build_lr_scheduler, build_optimizer
+from .regularization import MixedCollate, MixedSongs, reg_fraction
 
 INIT_STREAM = 0x1E17  # keeps the start-weight stream apart from the per-micro-batch streams
 
@@ -62,8 +63,10 @@ class LoraTrainingModule(L.LightningModule):
         adapter_name: str = "acestep_lora",
         step: StepObjective | None = None,
         collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_songs,
+        reg_songs: Dataset | None = None,
     ) -> None:
-        """`step` and `collate` come from the model family (default: the v1 flow-matching step and batches)."""
+        """`step` and `collate` come from the model family (default: the v1 flow-matching step and batches);
+        `reg_songs`: the regularization songs (--reg_dataset), mixed in at --reg_weight of the micro-batches."""
         super().__init__()
         self.step_objective = step
         self.collate = collate
@@ -71,6 +74,7 @@ class LoraTrainingModule(L.LightningModule):
         self.settings = settings
         self.config = config
         self.dataset = dataset
+        self.reg_songs = reg_songs
         self.adapter_name = adapter_name
         # The start weights come from --seed alone (not from whatever used the global RNG before): the same seed
         # gives the same adapter, byte for byte. A resume overwrites them with the saved state.
@@ -86,6 +90,7 @@ class LoraTrainingModule(L.LightningModule):
         self.step_metrics: dict[str, float] = {}
         self._sums: dict[str, float] = {}
         self._micro_batches = 0
+        self._reg_micro_batches = 0
         self._grad_norm = float("nan")
         self._lr = float("nan")
         self._last_step = -1
@@ -102,8 +107,13 @@ class LoraTrainingModule(L.LightningModule):
             start=self.trainer.global_step * acc,
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
+            reg_samples=len(self.reg_songs) if self.reg_songs is not None else 0,
+            reg_weight=reg_fraction(self.config.reg_weight),
         )
-        return RunLoader(self.dataset, sampler, self.config.num_workers, self.collate)
+        if self.reg_songs is None:
+            return RunLoader(self.dataset, sampler, self.config.num_workers, self.collate)
+        return RunLoader(MixedSongs(self.dataset, self.reg_songs), sampler, self.config.num_workers,
+                         MixedCollate(self.collate))
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.transformer.parameters() if p.requires_grad]
@@ -153,12 +163,13 @@ class LoraTrainingModule(L.LightningModule):
         return self.objective.loss(output.sample, noised, latents, frame_mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        reg = bool(batch.pop("reg", False))  # a micro-batch of regularization songs
         rank = self.global_rank
         generator = torch.Generator().manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 1))
         torch.manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 2))
         if self.step_objective is not None:
             loss, extra = self.step_objective(self.transformer, batch, generator)
-            return self._record(loss, {"loss": loss.detach(), **extra})
+            return self._record(loss, {"loss": loss.detach(), **extra}, reg)
         latents = batch["target_latents"]
         frame_mask = batch["attention_mask"]
         songs = [torch.Generator().manual_seed(stream_seed(seed, 1)) for seed in batch["seeds"]]
@@ -173,20 +184,26 @@ class LoraTrainingModule(L.LightningModule):
         loss = combine_losses(denoising, output.proj_losses or [], self.config.ssl_coeff)
         parts = {"loss": loss.detach(), "denoising_loss": denoising.detach()}
         parts.update({f"{name}_loss": value.detach() for name, value in output.proj_losses or []})
-        return self._record(loss, parts)
+        return self._record(loss, parts, reg)
 
-    def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Stop on a non-finite loss; add the micro-batch's values to the step's running sums."""
+    def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], reg: bool = False) -> torch.Tensor:
+        """Stop on a non-finite loss; add the micro-batch's values to the step's running sums (a regularization
+        micro-batch's loss only as reg_loss: `loss` stays the loss on the user's songs)."""
         values = {k: float(v) for k, v in parts.items()}
         if not math.isfinite(values["loss"]):
             detail = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
             raise NonFiniteLossError(
-                f"the loss became non-finite at step {self.global_step + 1} ({detail}); training stopped, "
+                f"the loss became non-finite at step {self.global_step + 1} ({detail}"
+                f"{' on regularization songs' if reg else ''}); training stopped, "
                 "the adapters saved so far are untouched (lower --learning_rate or check the dataset)"
             )
+        if reg:
+            values = {"reg_loss": values["loss"]}
+            self._reg_micro_batches += 1
+        else:
+            self._micro_batches += 1
         for key, value in values.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
-        self._micro_batches += 1
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -205,7 +222,8 @@ class LoraTrainingModule(L.LightningModule):
         """After each real update, average the micro-batch losses into `step_metrics`."""
         super().optimizer_step(*args, **kwargs)
         now = time.perf_counter()
-        metrics = {k: v / max(self._micro_batches, 1) for k, v in self._sums.items()}
+        counts = {"reg_loss": self._reg_micro_batches}  # a step of regularization micro-batches only has no loss
+        metrics = {k: v / max(counts.get(k, self._micro_batches), 1) for k, v in self._sums.items()}
         if self.trainer.world_size > 1:  # every rank's songs count: the logged loss is the mean over the ranks
             keys = sorted(metrics)
             mean = self.trainer.strategy.reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64,
@@ -219,16 +237,18 @@ class LoraTrainingModule(L.LightningModule):
         )
         # Lightning counts the step as completed only after this hook returns.
         self.step_metrics = {"step": self.trainer.global_step + 1, **metrics}
-        self._sums, self._micro_batches, self._step_started = {}, 0, now
+        self._sums, self._micro_batches, self._reg_micro_batches, self._step_started = {}, 0, 0, now
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.step_metrics.get("step", -1)
-        if step == self._last_step:
+        if step in (self._last_step, -1):
             return  # still accumulating
         self._last_step = step
         metrics = {k: v for k, v in self.step_metrics.items() if k != "step"}
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True)
-        on_bar = {"loss": "loss", "learning_rate": "lr", "grad_norm": "gnorm", "mert_loss": "mert",
+        for logger in self.loggers:  # not through self.log, which repeats a value a step lacks (reg_loss, loss)
+            logger.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+            logger.save()
+        on_bar = {"loss": "loss", "reg_loss": "reg", "learning_rate": "lr", "grad_norm": "gnorm", "mert_loss": "mert",
                   "m-hubert_loss": "mhubert", "steps_per_s": "step/s", "peak_mem_gb": "mem_gb"}
         self.log_dict({short: metrics[k] for k, short in on_bar.items() if k in metrics},
                       on_step=True, prog_bar=True, logger=False)

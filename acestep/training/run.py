@@ -14,6 +14,7 @@ from acestep.data.preprocessed import dataset_trigger, load_preprocessed
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
+from acestep.lora.keys import V1_FAMILY
 from acestep.models import ACEStepTransformer2DModel
 from acestep.models.fp8 import FP8_DTYPE, quantize_base
 
@@ -37,6 +38,7 @@ from .data import SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
+from .regularization import load_reg_rows, reg_mix_line
 from .samples import SampleRenderer, read_sample_prompts
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
@@ -62,6 +64,7 @@ class TrainResult:
     val_start: float | None = None  # validation loss before the first step (fresh runs)
     val_last: float | None = None  # validation loss at the last evaluated step
     overfit_one: bool = False
+    reg_line: str | None = None  # how many micro-batches came from --reg_dataset
     notes: list[str] | None = None  # what --preset and --gradient_checkpointing auto chose
 
 
@@ -175,7 +178,8 @@ def run_training(
     notes = [config.preset_applied] if config.preset_applied else []
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
-        module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate)
+        module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
+                                    reg_songs=parts.reg_songs)
         base_model = parts.base_model
         val_songs, collate = parts.val_songs, parts.collate
         fixed_loss = parts.fixed_loss or module.fixed_loss
@@ -187,6 +191,8 @@ def run_training(
         songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
         val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
                      if val_rows is not None else None)
+        reg_songs = (SongLatents(load_reg_rows(config.reg_dataset, V1_FAMILY), frames_for_seconds(config.max_duration),
+                                 use_ssl=songs.has_ssl) if config.reg_dataset else None)
         collate = collate_songs
         if transformer is None:
             dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
@@ -194,12 +200,14 @@ def run_training(
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
         if config.base_dtype == "fp8":
+            if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
+                raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
             quantize_base(transformer, _compute_dtype(transformer))
         if config.gradient_checkpointing == "auto":
             config, line = resolve_auto(config, transformer, songs.has_ssl and config.ssl_coeff > 0,
                                         _gpu_wanted(config.accelerator), _compute_dtype(transformer))
             notes.append(line)
-        module = LoraTrainingModule(transformer, settings, config, songs)
+        module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs)
         fixed_loss = module.fixed_loss
     for line in notes:
         print(line, flush=True)
@@ -271,6 +279,8 @@ def run_training(
         val_last=_last_val_loss(config.run_dir / METRICS_FILE) if validation else None,
         overfit_one=config.overfit_one,
         notes=notes,
+        reg_line=reg_mix_line(config.reg_dataset, config.reg_weight, trainer.global_step,
+                              config.accumulate_grad_batches) if config.reg_dataset else None,
         best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
         val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
         if validation and trainer.is_global_zero and (config.run_dir / METRICS_FILE).is_file() else None,
@@ -297,6 +307,16 @@ def overfit_lines(result: TrainResult) -> list[str]:
             "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
+def pipeline_lines(comfyui_file: Path | None) -> list[str]:
+    """How the upstream pipeline loads the file; a DoRA / LoHa / LoKr file goes to our generate.py instead."""
+    from acestep.lora.adapters import file_kind
+
+    if comfyui_file is not None and comfyui_file.is_file() and file_kind(comfyui_file) != "lora":
+        return [f"  generate.py: --lora {comfyui_file}:1.0 (the upstream ACE-Step pipeline loads plain LoRA only)."]
+    return ["  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
+            "    load_lora(folder) with weight 1.0."]
+
+
 def summary_text(result: TrainResult) -> str:
     """Plain-language end of run: what happened, where the adapter is, how to use it."""
     minutes = result.seconds / 60
@@ -315,8 +335,7 @@ def summary_text(result: TrainResult) -> str:
         lines += [
             f"Latest adapter: {result.adapter_dir}",
             f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
-            "  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
-            "    load_lora(folder) with weight 1.0.",
+            *pipeline_lines(result.baked_file),
             f"  PEFT / diffusers: {result.adapter_dir / ADAPTER_DIR} is the un-baked adapter at its trained scale "
             "(PeftModel.from_pretrained(model, folder), or load_lora_adapter(folder, "
             "weight_name='adapter_model.safetensors', prefix='base_model.model')).",
@@ -326,6 +345,8 @@ def summary_text(result: TrainResult) -> str:
     lines += result.notes or []
     if result.overfit_one:
         lines += overfit_lines(result)
+    if result.reg_line:
+        lines.append(result.reg_line)
     if result.trigger:
         lines.append(f"Trigger tag: put {result.trigger!r} in your prompts to call up this LoRA.")
     if result.best_val is not None:

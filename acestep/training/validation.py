@@ -154,7 +154,8 @@ class ValidationLoss(Callback):
 
 
 def write_loss_curve(metrics_file: Path, out: Path) -> Path | None:
-    """Training and validation loss per step as a PNG (atomic); None when the run logged no validation loss."""
+    """Training (and regularization) and validation loss per step as a PNG (atomic); None when the run logged no
+    validation loss."""
     rows = [json.loads(line) for line in Path(metrics_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not val:
@@ -165,7 +166,11 @@ def write_loss_curve(metrics_file: Path, out: Path) -> Path | None:
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    axes.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss", alpha=0.5)
+    trained = [r for r in rows if "loss" in r]  # steps of regularization songs only (--reg_dataset) have none
+    axes.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="training loss", alpha=0.5)
+    reg = [r for r in rows if "reg_loss" in r]
+    if reg:
+        axes.plot([r["step"] for r in reg], [r["reg_loss"] for r in reg], label="regularization loss", alpha=0.5)
     axes.plot([s for s, _ in val], [v for _, v in val], marker="o", label="validation loss")
     best = min(val, key=lambda sv: sv[1])
     axes.axvline(best[0], linestyle="--", color="gray", label=f"best step {best[0]}")

@@ -19,7 +19,8 @@ import torch
 from acestep.cli_help import make_parser
 from acestep.data.atomic import atomic_write_json
 from acestep.errors import AcestepError, InputError
-from acestep.lora import LoraSettings, read_lora
+from acestep.lora import LoraSettings
+from acestep.lora.adapters import adapter_family
 from acestep.lora.io import trigger_note
 from acestep.lora.keys import V15_FAMILY
 from acestep.progress import progress
@@ -55,7 +56,7 @@ class V15Params:
 
 def check_lora_family(path: str | Path) -> None:
     """A v1 LoRA given to 1.5 generation is refused in one line (header family, else module names)."""
-    family = read_lora(path).family
+    family = adapter_family(path)
     if family is not None and family != V15_FAMILY:
         raise InputError(Path(path), f"an {family} LoRA; this checkpoint is {V15_FAMILY}")
 

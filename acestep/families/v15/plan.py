@@ -112,6 +112,8 @@ def _counts(config_key: str, settings_key: str) -> tuple[int, int, int]:
     base = sum(p.numel() for p in model.parameters())
     settings = LoraSettings.from_dict(json.loads(settings_key))
     attach_lora(model, settings, "plan")
+    if settings.adapter_type != "lora":  # DoRA, LoHa, LoKr: every trainable tensor as PEFT made it, at this r
+        return base, 0, sum(p.numel() for p in model.parameters() if p.requires_grad)
     per_rank = fixed = 0
     for module in model.modules():
         lora_a = getattr(module, "lora_A", None)
@@ -128,6 +130,8 @@ def _counts(config_key: str, settings_key: str) -> tuple[int, int, int]:
 
 def parameter_counts(config: dict, settings: LoraSettings, rank: int | None) -> tuple[int, int]:
     """(base DiT parameters, trainable LoRA parameters at `rank` or the config's r)."""
+    if rank and settings.adapter_type != "lora":  # counted at the rank itself (not linear in r)
+        settings = dataclasses.replace(settings, r=rank)
     settings_dict = dataclasses.asdict(settings)
     settings_dict["target_modules"] = list(settings.target_modules)
     base, per_rank, fixed = _counts(json.dumps(config, sort_keys=True), json.dumps(settings_dict, sort_keys=True))

@@ -17,10 +17,12 @@ from torch.utils.data import Dataset
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
+from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
 from acestep.training.data import Draw, pad_stack
 from acestep.training.family import TrainingParts
+from acestep.training.regularization import load_reg_rows
 from acestep.training.validation import split_songs
 
 from .checkpoint import V15Checkpoint, load_components
@@ -98,13 +100,14 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
         raise AcestepError("--base_dtype fp8 is for ACE-Step v1 only; use bf16 or fp16 for 1.5")
     if config.preset:
         raise AcestepError("--preset is for ACE-Step v1 only; for 1.5 see python -m acestep.plan --model 2b|xl")
+    reg_rows = load_reg_rows(config.reg_dataset, V15_FAMILY) if config.reg_dataset else None
     gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     dtype = resolve_base_dtype(config.base_dtype, gpu)
     modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
     encoder = modules["condition_encoder"].requires_grad_(False)
     null = encoder.null_condition_emb.detach().clone()
     parts = training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
-                           base_model_name(checkpoint), encoder)
+                           base_model_name(checkpoint), encoder, reg_rows)
     if config.sample_every > 0:
         from .samples import V15SampleRenderer, read_v15_prompts
 
@@ -133,10 +136,12 @@ def training_parts(
     dataset: datasets.Dataset,
     base_model: str,
     condition_encoder: torch.nn.Module | None = None,
+    reg_rows: datasets.Dataset | None = None,
 ) -> TrainingParts:
     """Everything the shared trainer needs for a 1.5 run on `transformer` (frozen base in its dtype).
 
     `condition_encoder` (frozen) runs in the step when the dataset stores its inputs (--condition_store inputs).
+    `reg_rows`: the regularization songs (--reg_dataset), stored the same way as the training songs.
     """
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
@@ -144,6 +149,10 @@ def training_parts(
     songs = V15Songs(train_rows, frames_for_seconds(config.max_duration))
     if songs.stores_inputs and condition_encoder is None:
         raise AcestepError("the dataset stores the condition encoder's inputs: the run needs the condition encoder")
+    reg_songs = V15Songs(reg_rows, frames_for_seconds(config.max_duration)) if reg_rows is not None else None
+    if reg_songs is not None and reg_songs.stores_inputs != songs.stores_inputs:
+        raise AcestepError("--reg_dataset was preprocessed with another --condition_store than the dataset; "
+                           "preprocess both the same way")
     step = V15Step(TimestepSampler(schedule, config.timestep_mu, config.timestep_sigma), null_embedding,
                    config.condition_dropout, condition_encoder if songs.stores_inputs else None)
     return TrainingParts(
@@ -158,9 +167,10 @@ def training_parts(
         summary=usage_lines,
         fixed_loss=step.fixed_loss,
         val_songs=V15Songs(val_rows, frames_for_seconds(config.max_duration)) if val_rows is not None else None,
+        reg_songs=reg_songs,
     )
 
 
 def _write(tensors: dict[str, torch.Tensor], folder: Path, step: int, *, settings: LoraSettings, base_model: str,
-           exp_name: str) -> list[Path]:
-    return write_step_files(tensors, folder, step, settings, base_model, exp_name)
+           exp_name: str, base_weight: BaseWeight | None = None) -> list[Path]:
+    return write_step_files(tensors, folder, step, settings, base_model, exp_name, base_weight)
