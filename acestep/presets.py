@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from acestep.errors import AcestepError
 from acestep.plan import (
@@ -21,6 +22,9 @@ from acestep.plan import (
     fewest_checkpointed_blocks,
     longest_duration_that_fits,
 )
+
+if TYPE_CHECKING:
+    from acestep.training.config import TrainConfig
 
 PRESET_GB = {"6gb": 6.0, "8gb": 8.0, "10gb": 10.0, "12gb": 12.0, "16gb": 16.0, "24gb": 24.0}
 BASE_DTYPES = ("bf16", FP8)
@@ -98,7 +102,7 @@ def preset_request(name: str, duration: float, **changes: object) -> PlanRequest
     return PlanRequest(duration=duration, gpu_gb=PRESET_GB[name], device="cuda", **changes)
 
 
-def apply_preset(config, given: set[str]):  # noqa: ANN001, ANN201 (TrainConfig: imported lazily by it)
+def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
     """`config` with the preset's settings wherever the user gave no flag of their own; `preset_applied` says what
     it set."""
     import torch
