@@ -61,6 +61,13 @@ ALLOCATOR_SLACK = 0.05
 # the hidden states PEFT's input cast made for the LoRA layers, which the trainer no longer makes (6 bytes; the
 # peak at width 2560 and 645 tokens fell by that, bf16 and fp8 alike: acestep.training.model.attach_lora).
 BLOCK_RECOMPUTE_BYTES_PER_CHANNEL = 90
+# Per token and channel, bytes in 16-bit that a block run without checkpointing keeps for backward (its input
+# included), and the transient gradients of its backward on top. Measured like the above: each block taken out
+# of checkpointing raised the tensor peak by 87-93 (widths 512 and 1024, 30 and 60 s; ~99 at width 128), and
+# the first one by 3-18 more than the recomputation it replaced, and without checkpointing at width 2560 (2 and
+# 4 blocks, 30 s) 1 % above the estimate that counted 24; so 32, held from the start of backward on.
+BLOCK_SAVED_BYTES_PER_CHANNEL = 100
+BLOCK_BACKWARD_BYTES_PER_CHANNEL = 32
 # Per token, fp32 tensors of the latent-space loss (latents, noise, noisy input, prediction, error, mask):
 # each in_channels x patch height values.
 LOSS_TENSORS = 4
@@ -95,6 +102,9 @@ class LoraCounts:
     fixed: int  # parameters of modules whose rank is fixed by rank_pattern
     rank: int
     in_lyric_encoder: bool
+    # LoRA layers of one block that read the latent tokens (not the conditions): each keeps a rank-wide product
+    # per token for backward when its block runs without checkpointing
+    token_layers_per_block: int = 0
 
     def at_rank(self, rank: int) -> int:
         return self.per_rank * rank + self.fixed
@@ -116,6 +126,7 @@ class PlanRequest:
     release_unused_weights: bool = True  # the trainer's default: add_* layers (and projectors without SSL) freed
     transformer_config: dict | None = None  # None: the published model
     devices: int = 1  # GPUs training together (DDP); the estimate is per GPU
+    checkpointed_blocks: int | None = None  # gradient checkpointing of the first N blocks (None: all of them)
 
     @property
     def frames(self) -> int:
@@ -225,12 +236,14 @@ def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
         trainable = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
         return LoraCounts(per_rank=0, fixed=sum(n for _, n in trainable), rank=settings.r,
                           in_lyric_encoder=any(name.startswith("lyric_encoder.") for name, _ in trainable))
-    per_rank = fixed = 0
+    per_rank = fixed = token_layers = 0
     in_lyric = False
     for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if lora_a is None or "plan" not in lora_a:
             continue
+        reads_conditions = any(f"cross_attn.{n}" in name for n in ("to_k", "to_v", "add_"))
+        token_layers += name.startswith("transformer_blocks.0.") and not reads_conditions
         rank, fan_in = lora_a["plan"].weight.shape
         fan_out = module.lora_B["plan"].weight.shape[0]
         in_lyric |= name.startswith("lyric_encoder.")
@@ -238,7 +251,8 @@ def _lora_counts_cached(config_key: str, settings_key: str) -> LoraCounts:
             per_rank += fan_in + fan_out
         else:
             fixed += rank * (fan_in + fan_out)
-    return LoraCounts(per_rank=per_rank, fixed=fixed, rank=settings.r, in_lyric_encoder=in_lyric)
+    return LoraCounts(per_rank=per_rank, fixed=fixed, rank=settings.r, in_lyric_encoder=in_lyric,
+                      token_layers_per_block=token_layers)
 
 
 def count_lora_parameters(config: dict, settings: LoraSettings) -> LoraCounts:
@@ -269,7 +283,13 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
     lyrics, context = request.lyric_tokens, 1 + request.text_tokens + request.lyric_tokens
     patch_values = config["in_channels"] * config["patch_size"][0]
 
-    block_inputs = blocks * tokens * width * e
+    checkpointed = blocks if request.checkpointed_blocks is None else request.checkpointed_blocks
+    if not 0 <= checkpointed <= blocks:
+        raise AcestepError(f"the model has {blocks} blocks: cannot checkpoint {checkpointed}")
+    block_inputs = checkpointed * tokens * width * e
+    rank = request.rank or lora.rank
+    saved_per_token = width * BLOCK_SAVED_BYTES_PER_CHANNEL * e // 2 + lora.token_layers_per_block * rank * e
+    saved = (blocks - checkpointed) * tokens * saved_per_token
     context_states = batch * context * width * e
     loss_tensors = tokens * patch_values * 4 * LOSS_TENSORS
     lyric_peak = batch * (6 * e * lyric_heads * lyrics**2 + 9 * e * lyrics * lyric_dim)
@@ -300,9 +320,23 @@ def activation_terms(request: PlanRequest, config: dict, lora: LoraCounts,
             "loss tensors": loss_tensors,
         },
     }
+    if saved:  # blocks without checkpointing (the last ones): their backward comes first, before any recomputation
+        backward = phases.pop("backward")
+        first_backward = tokens * width * BLOCK_BACKWARD_BYTES_PER_CHANNEL * e // 2
+        # the backward pass starts while the SSL projector states are still held
+        phases["end of forward"].update({"saved activations of uncheckpointed blocks": saved,
+                                         "one block's backward": first_backward})
+        phases["backward"] = {
+            "LoRA gradients": lora_grads, "block inputs (checkpoints)": block_inputs,
+            "saved activations of uncheckpointed blocks": saved, "one block's backward": first_backward,
+            "conditions": context_states, "loss tensors": loss_tensors,
+        }
+        if checkpointed:
+            phases["backward (checkpointed blocks)"] = backward
     if request.base_dtype == FP8 and params is not None:  # one layer's weight dequantized at a time
-        for phase in ("end of forward", "backward"):
-            phases[phase]["one dequantized fp8 layer"] = params.fp8_largest * e
+        for phase in ("end of forward", "backward", "backward (checkpointed blocks)"):
+            if phase in phases:
+                phases[phase]["one dequantized fp8 layer"] = params.fp8_largest * e
     if lora.in_lyric_encoder:  # its backward comes last: every LoRA gradient exists, one layer is recomputed
         phases["backward (lyric encoder)"] = {
             "LoRA gradients": lora_grads, "one Conformer layer": lyric_peak,
@@ -410,6 +444,26 @@ def estimate(request: PlanRequest) -> MemoryPlan:
     return MemoryPlan(request=request, parameters=params, lora_parameters=lora_params, parts=parts, peak_phase=phase)
 
 
+def block_count(request: PlanRequest) -> int:
+    return _config(request)["num_layers"]
+
+
+def fewest_checkpointed_blocks(request: PlanRequest) -> int | None:
+    """--gradient_checkpointing auto: the fewest blocks to checkpoint (the first ones) for the run to fit, or None
+    when even checkpointing all of them does not."""
+    for count in range(block_count(request) + 1):
+        if estimate(replace(request, checkpointed_blocks=count)).fits:
+            return count
+    return None
+
+
+def checkpointing_text(request: PlanRequest) -> str:
+    """How many blocks the request checkpoints, in words."""
+    blocks = block_count(request)
+    count = blocks if request.checkpointed_blocks is None else request.checkpointed_blocks
+    return f"{count} of {blocks} blocks"
+
+
 def longest_duration_that_fits(request: PlanRequest) -> float | None:
     """The longest crop (whole seconds) for which the plan fits, or None if not even 10 s does."""
     low, high = 10, int(request.duration)
@@ -464,6 +518,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"LoRA parameters: {plan.lora_parameters:,}",
     ]
     lines += ddp_line(r.devices, r.batch_size)
+    lines.append(f"Gradient checkpointing: {checkpointing_text(r)} (the first ones)")
     lines += [f"  {name:<36s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
     lines.append(f"  {'tensors at the peak':<36s} {plan.tensor_bytes / 1e9:7.2f} GB")
     if r.device == "cuda":
@@ -479,6 +534,11 @@ def format_plan(plan: MemoryPlan) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> Any:
     """A PlanRequest (v1), or the ACE-Step 1.5 planner's request for --model 2b / xl."""
+    return parse_cli(argv)[0]
+
+
+def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
+    """The request, and whether --presets asks for the table of cards instead of one plan."""
     p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")
     p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
@@ -498,6 +558,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
                    help="cuda adds the CUDA context and allocator slack to the estimate")
     p.add_argument("--keep_unused_weights", action="store_true",
                    help="plan for the trainer's --no-release_unused_weights")
+    p.add_argument("--gradient_checkpointing", default="all",
+                   help="the trainer's --gradient_checkpointing: all, none, N (the first N blocks) or auto (the fewest "
+                   "blocks that fit --gpu_gb); v1 only")
+    p.add_argument("--presets", action="store_true",
+                   help="print the fastest settings for every --preset card (6-24 GB) at --duration, not one plan")
     p.add_argument("--model", default="v1", choices=MODELS,
                    help="v1 (the default): ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
     p.add_argument("--condition_tokens", type=int, default=512,
@@ -505,12 +570,23 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     a = p.parse_args(argv)
     if a.model != "v1" and a.base_dtype == FP8:
         p.error("--base_dtype fp8 is for the v1 model only")
+    mode = a.gradient_checkpointing
+    if mode not in ("all", "none", "auto") and not mode.isdigit():
+        p.error(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
     if a.model != "v1":
-        return v15_request(a)
-    return PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                       optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
-                       lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                       release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+        if mode not in ("all", "none") or a.presets:
+            p.error("--gradient_checkpointing auto / N and --presets are for the v1 model only (1.5: all or none)")
+        return v15_request(a), False
+    request = PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
+                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
+                          lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
+                          release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+    if mode == "auto":
+        check_bounds(request)
+        count = fewest_checkpointed_blocks(request)
+        return replace(request, checkpointed_blocks=block_count(request) if count is None else count), a.presets
+    counts = {"all": None, "none": 0}
+    return replace(request, checkpointed_blocks=counts[mode] if mode in counts else int(mode)), a.presets
 
 
 def v15_request(a: argparse.Namespace) -> Any:
@@ -526,14 +602,20 @@ def v15_request(a: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        request = parse_args(argv)
+        request, presets = parse_cli(argv)
         check_bounds(request)
         if not isinstance(request, PlanRequest):
             from acestep.families.v15 import plan as v15_plan
 
             print(v15_plan.format_plan(v15_plan.estimate(request)))
             return
+        from acestep.presets import fastest_lines
+
+        if presets:
+            print("\n".join(fastest_lines(request, all_cards=True)))
+            return
         print(format_plan(estimate(request)))
+        print("\n".join(fastest_lines(request)))
     except AcestepError as error:
         raise SystemExit(f"error: {error}") from None
 

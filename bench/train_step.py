@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from acestep.cli_help import make_parser  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
 from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config  # noqa: E402
-from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest, count_parameters, estimate  # noqa: E402
+from acestep.plan import (  # noqa: E402
+    DEFAULT_LORA_CONFIG,
+    PlanRequest,
+    count_parameters,
+    estimate,
+    fewest_checkpointed_blocks,
+)
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from bench.common import bf16_warning, machine_description, machine_tag, release, write_results  # noqa: E402
@@ -61,7 +68,20 @@ def step_flops(config: dict, tokens: int, context_tokens: int, lyric_tokens: int
     return 4 * forward
 
 
-def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.device) -> dict:
+def checkpointed_blocks(variant: str, request: PlanRequest, budget_gb: float) -> int:
+    """Blocks a --checkpointing variant checkpoints: all, none, N, or auto (the planner's fewest for a CUDA card of
+    `budget_gb`, context and allocator slack included)."""
+    blocks = request.transformer_config["num_layers"]
+    if variant == "auto":
+        count = fewest_checkpointed_blocks(replace(request, device="cuda", gpu_gb=budget_gb))
+        return blocks if count is None else count
+    named = {"all": blocks, "none": 0}
+    return named[variant] if variant in named else int(variant)
+
+
+def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.device) -> list[dict]:
+    """One model and batch; the --checkpointing variants take turns step by step (A, B, A, B), so load from other
+    processes shifts them alike."""
     config = size_config(size, args.mid_blocks)
     dtype = torch.bfloat16 if args.dtype == "fp8" else DTYPES[args.dtype]  # fp8 base: computed in bf16
     request = PlanRequest(
@@ -69,55 +89,72 @@ def run_case(args: argparse.Namespace, size: str, seconds: float, device: torch.
         ssl=not args.no_ssl, lyric_tokens=args.lyric_tokens, text_tokens=args.text_tokens, device=device.type,
         transformer_config=config, release_unused_weights=not args.keep_unused_weights,
     )
-    plan = estimate(request)
-    print(f"[{size} {seconds:g} s] building the model ({plan.parameters.total / 1e6:,.1f} M parameters) ...",
-          flush=True)
+    variants = {v: checkpointed_blocks(v, request, args.budget_gb) for v in args.checkpointing.split(",")}
+    plans = {v: estimate(replace(request, checkpointed_blocks=k)) for v, k in variants.items()}
+    total = next(iter(plans.values())).parameters.total
+    print(f"[{size} {seconds:g} s] building the model ({total / 1e6:,.1f} M parameters) ...", flush=True)
     model = random_transformer(config, dtype, device)
     batch = synthetic_batch(config, request.frames, args.batch_size, args.lyric_tokens, args.text_tokens,
                             not args.no_ssl, device)
     probe = TrainingStepProbe(model, LoraSettings.from_json(args.lora_config), batch, autocast_dtype=dtype,
                               release_unused=not args.keep_unused_weights, fp8_base=args.dtype == "fp8")
     probe.run(track_memory=False)  # creates the optimizer state; first-call costs stay out of the timings
-    times = []
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for index in range(args.repeats):
-        times.append(probe.run(track_memory=False).seconds)
-        print(f"[{size} {seconds:g} s] step {index + 1}/{args.repeats}: {times[-1]:.2f} s", flush=True)
-    tracked = probe.run(track_memory=True)
-    cuda_peak = tracked.cuda_peak_bytes
+        for variant, count in variants.items():
+            model.set_checkpointed_blocks(count)
+            times[variant].append(probe.run(track_memory=False).seconds)
+            print(f"[{size} {seconds:g} s {variant}] step {index + 1}/{args.repeats}: {times[variant][-1]:.2f} s",
+                  flush=True)
+    rows = []
     context = 1 + args.text_tokens + args.lyric_tokens
-    flops = step_flops(config, plan.tokens_per_step, context, args.lyric_tokens, args.batch_size)
-    median = statistics.median(times)
-    row = {
-        "size": size,
-        "blocks": config["num_layers"],
-        "params_m": plan.parameters.total / 1e6,
-        "lora_params_m": plan.lora_parameters / 1e6,
-        "audio_s": seconds,
-        "batch": args.batch_size,
-        "tokens": plan.tokens_per_step,
-        "step_min_s": min(times),
-        "step_median_s": median,
-        "tensor_peak_gb": tracked.tensor_peak_bytes / 1e9,
-        "plan_tensor_gb": plan.tensor_bytes / 1e9,
-        "plan_over_measured": plan.tensor_bytes / tracked.tensor_peak_bytes,
-        "plan_phase": plan.peak_phase,
-        "cuda_max_allocated_gb": cuda_peak / 1e9 if cuda_peak is not None else None,
-        "process_peak_rss_gb": peak_rss_gb(),
-        "tflop_per_step": flops / 1e12,
-        "tflops": flops / median / 1e12,
-    }
-    print(f"[{size} {seconds:g} s] median {median:.2f} s, tensor peak {row['tensor_peak_gb']:.3f} GB, planner "
-          f"{row['plan_tensor_gb']:.3f} GB ({row['plan_over_measured']:.3f}x)", flush=True)
+    flops = step_flops(config, plans[next(iter(plans))].tokens_per_step, context, args.lyric_tokens, args.batch_size)
+    first = next(iter(variants))
+    for variant, count in variants.items():
+        model.set_checkpointed_blocks(count)
+        tracked = probe.run(track_memory=True)
+        plan, cuda_peak, median = plans[variant], tracked.cuda_peak_bytes, statistics.median(times[variant])
+        # recomputation: one more forward of each checkpointed block (step_flops counts it for every block)
+        variant_flops = flops * (3 + count / config["num_layers"]) / 4
+        row = {
+            "size": size,
+            "blocks": config["num_layers"],
+            "checkpointing": variant,
+            "checkpointed": count,
+            "params_m": plan.parameters.total / 1e6,
+            "lora_params_m": plan.lora_parameters / 1e6,
+            "audio_s": seconds,
+            "batch": args.batch_size,
+            "tokens": plan.tokens_per_step,
+            "step_min_s": min(times[variant]),
+            "step_median_s": median,
+            "vs_first": median / statistics.median(times[first]),
+            "tensor_peak_gb": tracked.tensor_peak_bytes / 1e9,
+            "plan_tensor_gb": plan.tensor_bytes / 1e9,
+            "plan_over_measured": plan.tensor_bytes / tracked.tensor_peak_bytes,
+            "plan_device_gb": estimate(replace(plan.request, device="cuda")).device_bytes / 1e9,
+            "plan_phase": plan.peak_phase,
+            "cuda_max_allocated_gb": cuda_peak / 1e9 if cuda_peak is not None else None,
+            "process_peak_rss_gb": peak_rss_gb(),
+            "tflop_per_step": variant_flops / 1e12,
+            "tflops": variant_flops / median / 1e12,
+        }
+        print(f"[{size} {seconds:g} s {variant}: {count} of {config['num_layers']} blocks checkpointed] median "
+              f"{median:.2f} s ({row['vs_first']:.3f}x {first}), tensor peak {row['tensor_peak_gb']:.3f} GB, planner "
+              f"{row['plan_tensor_gb']:.3f} GB ({row['plan_over_measured']:.3f}x)", flush=True)
+        rows.append(row)
     del probe, model, batch
     release(device)
-    return row
+    return rows
 
 
 COLUMNS = [
-    ("size", "size"), ("blocks", "blocks"), ("params_m", "params (M)"), ("lora_params_m", "LoRA params (M)"),
+    ("size", "size"), ("blocks", "blocks"), ("checkpointing", "checkpointing"), ("checkpointed", "checkpointed blocks"),
+    ("params_m", "params (M)"), ("lora_params_m", "LoRA params (M)"),
     ("audio_s", "audio s"), ("batch", "batch"), ("tokens", "tokens"), ("step_min_s", "step min s"),
-    ("step_median_s", "step median s"), ("tensor_peak_gb", "tensor peak GB (measured)"),
+    ("step_median_s", "step median s"), ("vs_first", "step / first variant's"), ("tensor_peak_gb", "tensor peak GB (measured)"),
     ("plan_tensor_gb", "planner GB"), ("plan_over_measured", "planner / measured"),
+    ("plan_device_gb", "planner GB on a CUDA card"),
     ("plan_phase", "peak phase (planner)"), ("cuda_max_allocated_gb", "CUDA max allocated GB"),
     ("process_peak_rss_gb", "process peak RSS GB"), ("tflop_per_step", "TFLOP / step"), ("tflops", "TFLOP/s"),
 ]
@@ -135,6 +172,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=[*sorted(DTYPES), "fp8"],
                         help="dtype of the random base weights and autocast (fp8: base linears in fp8, computed in "
                         "bf16); use fp32 on CPUs without native bf16 (see cpu_native_bf16 in the machine line)")
+    parser.add_argument("--checkpointing", default="all",
+                        help="comma-separated gradient checkpointing variants, run in turns step by step: all, none, "
+                        "N (the first N blocks) or auto (the planner's fewest for a --budget_gb card)")
+    parser.add_argument("--budget_gb", type=float, default=10.0,
+                        help="GPU memory for --checkpointing auto, in GB (CUDA context and allocator slack included)")
     parser.add_argument("--mid_blocks", type=int, default=2, help="transformer blocks of the mid size")
     parser.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON")
     parser.add_argument("--lyric_tokens", type=int, default=512, help="lyric tokens per song")
@@ -149,14 +191,16 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         durations = [float(s) for s in args.full_seconds.split(",")] if size == "full" and args.full_seconds else seconds
-        rows += [run_case(args, size, duration, device) for duration in durations]
+        rows += [row for duration in durations for row in run_case(args, size, duration, device)]
     machine = {**machine_description(), "device": device.type, "dtype": args.dtype}
     warning = bf16_warning(args.dtype, device.type)
     if warning:
         print(f"warning: {warning}", flush=True)
     notes = [
         "command: python bench/train_step.py " + " ".join(sys.argv[1:]),
-        f"step = forward + backward (gradient checkpointing per block and per Conformer layer) + AdamW on the LoRA "
+        f"step = forward + backward (gradient checkpointing per Conformer layer and of the blocks given by "
+        f"--checkpointing {args.checkpointing}, auto for a {args.budget_gb:g} GB CUDA card; the variants take turns "
+        "step by step on one model, A,B,A,B) + AdamW on the LoRA "
         f"factors; base weights random in {args.dtype}, LoRA fp32 ({Path(args.lora_config).name}), {args.dtype} "
         f"autocast; {args.lyric_tokens} lyric tokens, {args.text_tokens} prompt tokens, SSL targets "
         f"{'off' if args.no_ssl else 'on (MERT + mHuBERT)'}; unused add_* layers "
@@ -167,7 +211,7 @@ def main() -> None:
         "running maximum of the whole process (rows run in order), so it also holds the interpreter, libraries, "
         "the CPU allocator's cache and earlier rows' leftovers.",
         "TFLOP/s: matmul FLOPs per step (bench/train_step.py step_flops: 4 x forward, i.e. forward, "
-        "recomputation and backward) over the median step time.",
+        "recomputation and backward; 3 x forward + the checkpointed blocks' share) over the median step time.",
     ]
     stem = args.stem or f"train_step_{machine_tag(machine, device.type)}"
     json_path, md_path = write_results(stem, rows, COLUMNS, machine, f"One LoRA training step, {device.type} "

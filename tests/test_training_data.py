@@ -98,7 +98,7 @@ def test_defaults_follow_the_fork_and_flags_parse() -> None:
     assert (config.beta1, config.beta2, config.weight_decay, config.shift) == (0.8, 0.9, 1e-2, 3.0)
     assert (config.warmup_steps, config.max_steps, config.gradient_clip_val, config.ssl_coeff) == (10, 10000, 1.0, 1.0)
     assert config.lora_config_path is None  # the family picks its default config
-    assert config.gradient_checkpointing is False and config.max_duration == 30.0
+    assert config.gradient_checkpointing == "none" and config.max_duration == 30.0
     assert config.prompt_dropout == config.lyrics_dropout == config.speaker_dropout == 0.0
 
 

@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import CheckpointError
+from ..errors import AcestepError, CheckpointError
 from .attention import CrossAttention, LinearSelfAttention
 from .lyric_encoder import LyricEncoder
 from .rope import RotaryEmbedding
@@ -215,6 +215,16 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.proj_in = PatchEmbed(in_channels, dim, self.patch_size)
         self.final_layer = FinalLayer(dim, self.patch_size[0] * self.patch_size[1] * out_channels)
         self.gradient_checkpointing = False
+        # With checkpointing on: how many blocks, counted from the first, recompute in backward (None: all).
+        self.checkpointed_blocks: int | None = None
+
+    def set_checkpointed_blocks(self, count: int | None) -> None:
+        """Checkpoint only the first `count` blocks (None: all). The first ones, because the backward pass
+        reaches them last: by then the saved activations of the later, uncheckpointed blocks are freed, so one
+        block's recomputation never coincides with them."""
+        if count is not None and not 0 <= count <= len(self.transformer_blocks):
+            raise AcestepError(f"the model has {len(self.transformer_blocks)} blocks: cannot checkpoint {count}")
+        self.checkpointed_blocks = count
 
     def encode(
         self,
@@ -261,9 +271,10 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope = tuple(table.to(h.dtype) for table in self.rotary_emb(length))
         context_rope = tuple(table.to(context.dtype) for table in self.rotary_emb(context.shape[1]))
         captured: list[torch.Tensor] = []
+        checkpointed = len(self.transformer_blocks) if self.checkpointed_blocks is None else self.checkpointed_blocks
         for index, block in enumerate(self.transformer_blocks):
             args = (h, context, attention_mask, encoder_hidden_mask, rope, context_rope, temb)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and index < checkpointed and self.training and torch.is_grad_enabled():
                 h = checkpoint(block, *args, use_reentrant=False)
             else:
                 h = block(*args)

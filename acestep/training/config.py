@@ -17,6 +17,8 @@ LOGGERS = ("csv", "tensorboard", "wandb", "none")
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
 DEFAULT_V1_LORA_CONFIG = "config/lora_config_transformer_only.json"
 TIMESTEP_SCHEDULES = ("auto", "turbo", "logit_normal")
+CHECKPOINTING_MODES = ("all", "none", "auto")  # or a number of blocks
+PRESETS = ("6gb", "8gb", "10gb", "12gb", "16gb", "24gb")  # acestep.presets
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -60,7 +62,16 @@ class TrainConfig:
                            choices=BASE_DTYPES)
     release_unused_weights: bool = _opt(True, "free the checkpoint's never-used cross-attention add_* layers "
                                         "(1.26 GB in bf16) and, without SSL targets, the SSL projectors")
-    gradient_checkpointing: bool = _opt(True, "recompute activations in backward (less memory, ~30%% slower)")
+    gradient_checkpointing: str = _opt("all", "recompute the transformer blocks' activations in backward (less "
+                                       "memory, each block ~1/3 slower): all, none, N (the first N blocks) or auto (the "
+                                       "fewest blocks the planner says fit --vram_gb); bare flag = all, "
+                                       "--no-gradient_checkpointing = none", nargs="?", const="all", negatable="none")
+    vram_gb: float | None = _opt(None, "GPU memory for --gradient_checkpointing auto, in GB (default: the CUDA "
+                                 "card's; required on a machine without one)")
+    preset: str | None = _opt(None, "settings for a card (v1): base dtype, optimizer, checkpointed blocks and crop "
+                              "length, the fastest the planner says fit (python -m acestep.plan --presets); flags "
+                              "you give yourself win (default: none)", choices=PRESETS)
+    preset_applied: str = _opt("", "what --preset set (filled in by the trainer)", cli=False)
     compile: bool = _opt(False, "torch.compile each transformer block (needs a C++ compiler on the CPU, triton on "
                          "CUDA; where it cannot run it says so in one line and trains uncompiled). Off by default "
                          "until measured on a GPU")
@@ -114,6 +125,18 @@ class TrainConfig:
     num_nodes: int = _opt(1, "machines for multi-node DDP")
     progress_bar: bool = _opt(True, "show the progress bar")
 
+    def __post_init__(self) -> None:
+        # Older configs and callers say True / False: all blocks or none.
+        if isinstance(self.gradient_checkpointing, bool):
+            self.gradient_checkpointing = "all" if self.gradient_checkpointing else "none"
+        self.gradient_checkpointing = str(self.gradient_checkpointing)
+
+    @property
+    def checkpointed_blocks(self) -> int | None:
+        """The number of blocks --gradient_checkpointing N names (None for all, none and auto)."""
+        mode = self.gradient_checkpointing
+        return None if mode in CHECKPOINTING_MODES else int(mode)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.exp_name
@@ -147,6 +170,11 @@ class TrainConfig:
             problems.append("--final_lr_fraction must be between 0 and 1")
         if any(c in self.exp_name for c in "/\\:") or self.exp_name in ("", ".", ".."):
             problems.append(f"--exp_name {self.exp_name!r} must be a plain folder name")
+        mode = self.gradient_checkpointing
+        if mode not in CHECKPOINTING_MODES and not (mode.isdigit()):
+            problems.append(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
+        if self.vram_gb is not None and not 0 < self.vram_gb < 4096:
+            problems.append("--vram_gb must be more than 0 and less than 4096")
         if problems:
             raise AcestepError("; ".join(problems))
 
@@ -183,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         kind = _field_type(f)
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        negated = meta.pop("negatable", None)
+        if not meta.pop("cli", True):
+            continue
+        if negated is not None:  # --no-NAME stores that value
+            parser.add_argument(f"--no-{f.name}", dest=f.name, action="store_const", const=negated,
+                                default=f.default, help=f"same as --{f.name} {negated}")
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
@@ -190,7 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The options the user typed (not defaults): a preset leaves them alone."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_args(argv)))
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     config.validate()
+    if config.preset:
+        from acestep.presets import apply_preset
+
+        config = apply_preset(config, given_flags(argv))
+        config.validate()
     return config

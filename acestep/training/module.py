@@ -38,6 +38,21 @@ class NonFiniteLossError(AcestepError):
     """The loss or the gradient became NaN/inf; training stops before the weights are touched."""
 
 
+def enable_checkpointing(transformer: torch.nn.Module, config: TrainConfig) -> None:
+    """--gradient_checkpointing all / none / N (auto is resolved to N before, by the v1 run)."""
+    mode = config.gradient_checkpointing
+    if mode == "none":
+        return
+    if mode != "all" and not hasattr(transformer, "set_checkpointed_blocks"):
+        raise AcestepError(f"--gradient_checkpointing {mode}: this model (ACE-Step 1.5, diffusers) checkpoints all "
+                           "blocks or none; use all or none")
+    if mode == "auto":
+        raise AcestepError("--gradient_checkpointing auto must be resolved to a number of blocks first")
+    transformer.enable_gradient_checkpointing()
+    if mode != "all":
+        transformer.set_checkpointed_blocks(config.checkpointed_blocks)
+
+
 class LoraTrainingModule(L.LightningModule):
     """Holds the frozen transformer with its LoRA; `step_metrics` describes the last optimizer step."""
 
@@ -68,8 +83,7 @@ class LoraTrainingModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(config.seed, INIT_STREAM))
             self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
-        if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+        enable_checkpointing(transformer, config)
         self.objective = FlowMatchingObjective(
             config.num_train_timesteps, config.shift, config.logit_mean, config.logit_std, config.loss_reduction
         )

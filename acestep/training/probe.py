@@ -92,8 +92,9 @@ class TrainingStepProbe:
     def __init__(
         self, model: ACEStepTransformer2DModel, settings: LoraSettings, batch: SyntheticBatch,
         autocast_dtype: torch.dtype | None = torch.bfloat16, checkpointing: bool = True,
-        release_unused: bool = True, fp8_base: bool = False,
+        release_unused: bool = True, fp8_base: bool = False, checkpointed_blocks: int | None = None,
     ) -> None:
+        """`checkpointed_blocks`: with `checkpointing`, only the first N blocks (None: all)."""
         self.model = model
         self.batch = batch
         self.autocast_dtype = autocast_dtype
@@ -104,6 +105,7 @@ class TrainingStepProbe:
         attach_lora(model, settings, "probe")
         if checkpointing:
             model.enable_gradient_checkpointing()
+            model.set_checkpointed_blocks(checkpointed_blocks)
         model.train()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.8, 0.9))

@@ -32,6 +32,7 @@ from .callbacks import (
     read_metrics,
     step_folder_name,
 )
+from .checkpointing import resolve_auto
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from .data import SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
@@ -64,6 +65,7 @@ class TrainResult:
     val_last: float | None = None  # validation loss at the last evaluated step
     overfit_one: bool = False
     reg_line: str | None = None  # how many micro-batches came from --reg_dataset
+    notes: list[str] | None = None  # what --preset and --gradient_checkpointing auto chose
 
 
 def check_run_dir(config: TrainConfig) -> Path | None:
@@ -173,6 +175,7 @@ def run_training(
     check_devices(config)
     trigger = check_trigger(config)
     resume_from = check_run_dir(config)
+    notes = [config.preset_applied] if config.preset_applied else []
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
@@ -200,8 +203,14 @@ def run_training(
             if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
                 raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
             quantize_base(transformer, _compute_dtype(transformer))
+        if config.gradient_checkpointing == "auto":
+            config, line = resolve_auto(config, transformer, songs.has_ssl and config.ssl_coeff > 0,
+                                        _gpu_wanted(config.accelerator), _compute_dtype(transformer))
+            notes.append(line)
         module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs)
         fixed_loss = module.fixed_loss
+    for line in notes:
+        print(line, flush=True)
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +278,7 @@ def run_training(
         val_start=validation.start_loss if validation else None,
         val_last=_last_val_loss(config.run_dir / METRICS_FILE) if validation else None,
         overfit_one=config.overfit_one,
+        notes=notes,
         reg_line=reg_mix_line(config.reg_dataset, config.reg_weight, trainer.global_step,
                               config.accumulate_grad_batches) if config.reg_dataset else None,
         best_val=(validation.best_step, validation.best_loss) if validation and validation.best_step > 0 else None,
@@ -332,6 +342,7 @@ def summary_text(result: TrainResult) -> str:
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]
+    lines += result.notes or []
     if result.overfit_one:
         lines += overfit_lines(result)
     if result.reg_line:
