@@ -77,10 +77,22 @@ def _switch(flag: str) -> Any:
 
 
 OPTION_TO_PROBE = {
-    "gradient_checkpointing": ("checkpointing", _switch("gradient_checkpointing")),
     "release_unused_weights": ("release_unused", _switch("release_unused_weights")),
     "base_dtype": ("fp8_base", lambda value: value == "fp8"),
 }
+# trainer flags the ours worker applies itself: auto is sized by the planner for the case's model and crop,
+# --compile compiles the probe's blocks as the trainer does
+WORKER_FIELDS = {"gradient_checkpointing", "vram_gb", "compile"}
+
+
+def checkpointing_arguments(value: str | bool) -> dict[str, Any]:
+    """The trainer's --gradient_checkpointing (all, none, N or auto) as the probe's arguments; auto's block count
+    is filled in by the worker, which knows the model and the crop."""
+    if isinstance(value, bool) or value in SWITCH_VALUES:
+        return {"checkpointing": SWITCH_VALUES[value]}
+    if value == "auto":
+        return {"checkpointing": True}
+    return {"checkpointing": True, "checkpointed_blocks": int(value)}
 DEFAULT_LOSS_RTOL = 0.01
 
 
@@ -125,14 +137,14 @@ def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, An
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                if getattr(config, f.name) != getattr(defaults, f.name) and f.name != "dataset_path"}
     accepted = set(inspect.signature(TrainingStepProbe.__init__).parameters)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = checkpointing_arguments(config.gradient_checkpointing)
     for name, (target, convert) in OPTION_TO_PROBE.items():
         if target in accepted and name not in accepted:
             kwargs[target] = convert(getattr(config, name))
     for f in dataclasses.fields(config):
         if f.name in accepted:
             kwargs[f.name] = getattr(config, f.name)
-    applied = STEP_FIELDS | set(OPTION_TO_PROBE) | accepted
+    applied = STEP_FIELDS | WORKER_FIELDS | set(OPTION_TO_PROBE) | accepted
     refused = sorted(set(changed) - applied)
     if refused:
         raise BenchError(f"--ours_args {ours_args!r}: the benchmark's step (TrainingStepProbe) does not apply "
@@ -386,7 +398,22 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
             self.last_loss = float(value.detach())
             return value
 
+    if config.gradient_checkpointing == "auto":
+        import dataclasses
+
+        from acestep.training.checkpointing import resolve_auto
+        from acestep.training.data import LATENT_FRAMES_PER_SECOND
+
+        crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND
+        resolved, line = resolve_auto(dataclasses.replace(config, max_duration=crop), model,
+                                      ssl=batch.ssl is not None, gpu=False, compute_dtype=dtype)
+        kwargs["checkpointed_blocks"] = int(resolved.gradient_checkpointing)
+        print(line, file=sys.stderr, flush=True)
     probe = RecordingProbe(model, LoraSettings.from_json(lora_path), batch, autocast_dtype=autocast, **kwargs)
+    if config.compile:
+        from acestep.training.compile import compile_blocks
+
+        compile_blocks(model, "cpu", warn=lambda line: print(line, file=sys.stderr, flush=True))
     probe.objective = ParentDraws(config.num_train_timesteps, config.shift, loss_reduction=config.loss_reduction)
 
     def step() -> float:
@@ -394,8 +421,11 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
         return probe.last_loss
 
     params = probe.params
+    blocks = model.config["num_layers"]
+    checkpointed = kwargs.get("checkpointed_blocks", blocks) if kwargs.get("checkpointing", True) else 0
     serve(step, lambda: probe.run(track_memory=True).tensor_peak_bytes,
-          {"lora_dtype": str(params[0].dtype), "lora_params_m": sum(p.numel() for p in params) / 1e6})
+          {"lora_dtype": str(params[0].dtype), "lora_params_m": sum(p.numel() for p in params) / 1e6,
+           "checkpointed_blocks": f"{checkpointed} of {blocks}"})
 
 
 # ---------------------------------------------------------------- the parent
@@ -447,6 +477,7 @@ def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: flo
             "options": None if ours_args is None else json.dumps(ours_options(ours_args, args.dtype)[2], sort_keys=True),
             "lora_params_m": worker.ready["lora_params_m"],
             "lora_dtype": worker.ready["lora_dtype"].replace("torch.", ""),
+            "checkpointed_blocks": worker.ready.get("checkpointed_blocks", "all (diffusers)"),
             "steps": len(times[worker.name]),
             "step_times_s": times[worker.name],
             "step_median_s": median,
@@ -477,7 +508,8 @@ def paired_ratio(times: list[float], fork_times: list[float]) -> float:
 COLUMNS = [
     ("blocks", "blocks"), ("params_m", "params (M)"), ("audio_s", "audio s"), ("frames", "frames"),
     ("implementation", "implementation"), ("options", "our options (not default)"),
-    ("lora_params_m", "LoRA params (M)"), ("lora_dtype", "LoRA dtype"), ("steps", "timed steps"),
+    ("lora_params_m", "LoRA params (M)"), ("lora_dtype", "LoRA dtype"), ("checkpointed_blocks", "checkpointed blocks"),
+    ("steps", "timed steps"),
     ("step_median_s", "step median s"), ("step_min_s", "step min s"), ("time_vs_fork", "time / fork"),
     ("time_vs_fork_paired", "time / fork, paired"),
     ("tensor_peak_gb", "tensor peak GB"), ("tensor_peak_vs_fork", "tensor peak / fork"),

@@ -54,7 +54,7 @@ def test_our_flags_reach_the_probe_and_are_recorded():
     assert changed == {"base_dtype": "bf16"}
     config, kwargs, changed = vs_fork.ours_options("--base_dtype fp8 --no-gradient_checkpointing")
     assert kwargs["fp8_base"] is True and kwargs["checkpointing"] is False
-    assert changed == {"base_dtype": "fp8", "gradient_checkpointing": False}
+    assert changed == {"base_dtype": "fp8", "gradient_checkpointing": "none"}
     assert vs_fork.ours_options("", "fp32")[0].base_dtype == "fp32"  # --dtype fp32: our base in fp32 too
 
 
@@ -73,12 +73,17 @@ def test_the_paired_ratio_is_the_median_of_the_rounds_ratios():
     assert vs_fork.paired_ratio([1.0, 3.0, 2.0], [2.0, 2.0, 4.0]) == 0.5  # rounds: 0.5, 1.5, 0.5
 
 
-def test_a_mode_where_the_probe_takes_a_switch_is_refused_not_taken_as_true():
+def test_checkpointing_modes_become_the_probes_arguments():
+    assert vs_fork.checkpointing_arguments("all") == {"checkpointing": True}
+    assert vs_fork.checkpointing_arguments("none") == {"checkpointing": False}
+    assert vs_fork.checkpointing_arguments(False) == {"checkpointing": False}
+    assert vs_fork.checkpointing_arguments("3") == {"checkpointing": True, "checkpointed_blocks": 3}
+    assert vs_fork.checkpointing_arguments("auto") == {"checkpointing": True}  # the worker sizes it
+    _, kwargs, changed = vs_fork.ours_options("--gradient_checkpointing auto --vram_gb 10 --compile")
+    assert kwargs["checkpointing"] is True and "checkpointed_blocks" not in kwargs
+    assert changed["vram_gb"] == 10 and changed["compile"] is True
     with pytest.raises(vs_fork.BenchError, match="OPTION_TO_PROBE"):
-        vs_fork._switch("gradient_checkpointing")("auto")
-    assert vs_fork._switch("gradient_checkpointing")(False) is False
-    assert vs_fork._switch("gradient_checkpointing")("none") is False  # the mode names of all and none
-    assert vs_fork._switch("gradient_checkpointing")("all") is True
+        vs_fork._switch("release_unused_weights")("auto")
 
 
 def test_a_worker_gets_a_lone_flag_as_its_ours_args(tmp_path):
