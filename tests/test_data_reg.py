@@ -1,4 +1,4 @@
-"""`python -m acestep.data.reg`: regularization songs rendered from a prompt list, resumable, ready for stages 2-3."""
+"""`python -m acestep.reg_songs` (work done in acestep.data.reg): regularization songs from a prompt list."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from acestep.data.reg import main, read_prompt_list, render_songs
+from acestep.data.reg import read_prompt_list, render_songs
 from acestep.errors import AcestepError
+from acestep.reg_songs import main
 
 
 class FakeRenderer:

@@ -32,7 +32,7 @@ SHORTER = {
     "preprocess_dataset_new.py": ["--no-ssl"],
     "trainer_new.py": ["--max_steps", str(TRAINED_STEPS), "--every_n_train_steps", str(TRAINED_STEPS)],
     "generate.py": ["--duration", "3", "--steps", "2"],
-    "acestep.data.reg": ["--duration", "2", "--steps", "2"],
+    "acestep.reg_songs": ["--duration", "2", "--steps", "2"],
 }
 # What each command leaves behind, relative to the working folder.
 WRITES = {
@@ -45,11 +45,11 @@ WRITES = {
     "acestep.lora resize": "my_lora_r16.safetensors",
     "acestep.lora convert": "my_lora_kohya.safetensors",
     "acestep.lora merge": "merged_transformer",
-    "acestep.data.reg": "data/reg_songs/reg0001.wav",
+    "acestep.reg_songs": "data/reg_songs/reg0001.wav",
 }
 ORDER = ["acestep.tiny_checkpoint", "convert2hf_dataset_new.py", "preprocess_dataset_new.py", "acestep.data.report",
          "trainer_new.py", "add_alpha_in_lora.py", "acestep.lora inspect", "acestep.lora resize",
-         "acestep.lora convert", "acestep.lora merge", "generate.py", "acestep.data.reg", "acestep.plan"]
+         "acestep.lora convert", "acestep.lora merge", "generate.py", "acestep.reg_songs", "acestep.plan"]
 NOISE = ["Failed to initialize NumPy", "weight_norm", "LeafSpec", "litmodels", "litlogger", "GPU available",
          "TPU available", "Traceback", "UnicodeEncodeError", "--- Logging error ---"]
 UNENCODABLE_SONG = "東京 ballad"  # cp1252 has no code for these characters

@@ -1,7 +1,7 @@
 """generate.py's family layer: ACE-Step 1.5 checkpoints render through AceStepPipeline, v1 through our pipeline.
 
 A LoRA of the other family is refused in one line before any model is loaded. `load_renderer` gives other tools
-(the regularization songs, acestep.data.reg) the same two pipelines behind one call.
+(the regularization songs, acestep.reg_songs) the same two pipelines behind one call.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class TrainConfig:
     val_timesteps: int = _opt(8, "noise levels of the validation loss, spread evenly over the schedule")
     reg_dataset: str | None = _opt(None, "regularization songs (prior preservation): a preprocessed dataset of the same "
                                    "model family, preprocessed without --trigger, of songs the base model should keep "
-                                   "making, e.g. rendered by `python -m acestep.data.reg` (default: none)")
+                                   "making, e.g. rendered by `python -m acestep.reg_songs` (default: none)")
     reg_weight: float = _opt(0.25, "with --reg_dataset: the fraction of micro-batches drawn from it, spread evenly "
                              "over the run (0.25 = every 4th); their loss is logged as reg_loss")
     # model

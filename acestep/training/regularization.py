@@ -1,6 +1,6 @@
 """Regularization audio (prior preservation): songs the base model should keep making, mixed into training.
 
-`--reg_dataset PATH` (a preprocessed dataset of the same model family, e.g. renders of `python -m acestep.data.reg`)
+`--reg_dataset PATH` (a preprocessed dataset of the same model family, e.g. renders of `python -m acestep.reg_songs`)
 supplies `--reg_weight` of the run's micro-batches, a fraction: of n micro-batches exactly floor(n * weight) are
 regularization ones, spread evenly, decided by the micro-batch's index alone (`acestep.training.data.reg_count`),
 so a resume repeats the schedule. A regularization micro-batch trains with the same objective as any other; its
