@@ -218,11 +218,10 @@ def adapter_config_file(folder: Path, kind: str) -> str:
 def test_each_type_trains_resumes_exactly_and_writes_its_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    from training_helpers import synthetic_songs, tiny_transformer
+    from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 
     from acestep.lora import load_adapter
     from acestep.training import TrainConfig, run_training
-    from acestep.training.module import LoraTrainingModule
 
     dataset = synthetic_songs([9, 12, 7])
 
@@ -233,17 +232,7 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
                            gradient_checkpointing=False, resume=resume)
 
     whole = run_training(config("whole"), tiny_transformer(), dataset)
-    original = LoraTrainingModule.training_step
-
-    def crash_at_step_3(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.global_step == 2:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(LoraTrainingModule, "training_step", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(config("parts"), tiny_transformer(), dataset)
-    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+    crash_at_step(monkeypatch, 3, lambda: run_training(config("parts"), tiny_transformer(), dataset))
     resumed = run_training(config("parts", resume=True), tiny_transformer(), dataset)
     final_whole, metadata = load_adapter(whole.adapter_dir)
     final_resumed, _ = load_adapter(resumed.adapter_dir)

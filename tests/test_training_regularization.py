@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from test_training_run import make_config
-from training_helpers import synthetic_songs, tiny_transformer
+from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
 from acestep.errors import AcestepError
@@ -113,17 +113,8 @@ def test_a_resumed_run_repeats_the_mix_and_the_losses(tmp_path: Path, monkeypatc
     common = dict(max_steps=6, every_n_train_steps=2, reg_weight=0.4, accumulate_grad_batches=2,
                   reg_dataset=save_songs(tmp_path / "reg", REG_LENGTHS))
     whole = run_training(make_config(tmp_path, exp_name="whole", **common), tiny_transformer(), dataset)
-    original = LoraTrainingModule.training_step
-
-    def crash_at_step_4(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.global_step == 3:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(LoraTrainingModule, "training_step", crash_at_step_4)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(make_config(tmp_path, exp_name="parts", **common), tiny_transformer(), dataset)
-    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+    parts = make_config(tmp_path, exp_name="parts", **common)
+    crash_at_step(monkeypatch, 4, lambda: run_training(parts, tiny_transformer(), dataset))
     resumed = run_training(make_config(tmp_path, exp_name="parts", resume=True, **common), tiny_transformer(), dataset)
     whole_rows, resumed_rows = read_metrics(whole.metrics_file), read_metrics(resumed.metrics_file)
     assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4, 5, 6]

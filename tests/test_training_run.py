@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors import safe_open
-from training_helpers import synthetic_songs, tiny_transformer
+from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter
@@ -87,17 +87,8 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytes
     common = dict(batch_size=2, max_steps=6, every_n_train_steps=2, max_duration=0.9, gradient_checkpointing=True)
     whole = run_training(make_config(tmp_path, exp_name="whole", **common), tiny_transformer(), dataset)
 
-    original = LoraTrainingModule.training_step
-
-    def crash_at_step_5(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.global_step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(LoraTrainingModule, "training_step", crash_at_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(make_config(tmp_path, exp_name="parts", **common), tiny_transformer(), dataset)
-    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+    parts = make_config(tmp_path, exp_name="parts", **common)
+    crash_at_step(monkeypatch, 5, lambda: run_training(parts, tiny_transformer(), dataset))
     parts_dir = tmp_path / "runs" / "parts"
     assert sorted(p.name for p in parts_dir.glob("step-*")) == ["step-000002", "step-000004"]
     with pytest.raises(AcestepError, match="add --resume"):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from training_helpers import crash_at_step
 from v15_helpers import pretrained_tiny_dit, tiny_dit, tiny_null, v15_songs
 
 from acestep.errors import AcestepError
@@ -25,7 +26,6 @@ from acestep.lora import load_adapter
 from acestep.training import TrainConfig, run_training, summary_text
 from acestep.training.callbacks import read_metrics
 from acestep.training.data import Draw
-from acestep.training.module import LoraTrainingModule
 
 OFFICIAL_TURBO = [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3]
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -130,17 +130,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytes
         return run_training(config, parts=training_parts(config, tiny_dit(), tiny_null(), dataset, "tiny"))
 
     whole = run("whole")
-    original = LoraTrainingModule.training_step
-
-    def crash_at_step_5(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.global_step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(LoraTrainingModule, "training_step", crash_at_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run("parts")
-    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+    crash_at_step(monkeypatch, 5, lambda: run("parts"))
     with pytest.raises(AcestepError, match="add --resume"):
         run("parts")
     resumed = run("parts", resume=True)

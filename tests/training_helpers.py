@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
+import pytest
 import torch
 
 from acestep.data.preprocessed import EncodedSong, features_for_record
@@ -45,3 +48,21 @@ def _song_latents(frames: int, generator: torch.Generator) -> torch.Tensor:
 def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32) -> ACEStepTransformer2DModel:
     torch.manual_seed(seed)
     return ACEStepTransformer2DModel(**tiny_transformer_config()).to(dtype)
+
+
+def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int, run: Callable[[], object]) -> None:
+    """Call `run` with training raising as optimizer step `step` begins (a simulated crash after the saves before
+    it), then restore the training step so that the test can resume."""
+    from acestep.training.module import LoraTrainingModule
+
+    original = LoraTrainingModule.training_step
+
+    def crashing(self: LoraTrainingModule, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.global_step == step - 1:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LoraTrainingModule, "training_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run()
+    monkeypatch.setattr(LoraTrainingModule, "training_step", original)
