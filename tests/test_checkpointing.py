@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,12 +24,10 @@ from acestep.training.checkpointing import resolve_auto
 from acestep.training.config import TrainConfig, build_parser, parse_config
 from acestep.training.module import enable_checkpointing
 from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
+from tests.test_plan import ROOT, TRANSFORMER_ONLY
 from tests.test_training_run import make_config
 from tests.test_transformer import count_checkpoint_calls, tiny_inputs, tiny_model
 from tests.training_helpers import synthetic_songs, tiny_transformer
-
-ROOT = Path(__file__).resolve().parents[1]
-TRANSFORMER_ONLY = ROOT / "config" / "lora_config_transformer_only.json"
 
 
 def _gradients(count: int | None, monkeypatch: pytest.MonkeyPatch, set_count: bool = True):
