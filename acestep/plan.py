@@ -532,11 +532,6 @@ def format_plan(plan: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> Any:
-    """A PlanRequest (v1), or the ACE-Step 1.5 planner's request for --model 2b / xl."""
-    return parse_cli(argv)[0]
-
-
 def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
     """The request, and whether --presets asks for the table of cards instead of one plan."""
     p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")

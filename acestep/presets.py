@@ -71,22 +71,29 @@ def settings_to_try(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZE
             for d in BASE_DTYPES for o in optimizers for k in range(block_count(request) + 1)]
 
 
-def fastest_settings(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZERS) -> CardSettings | None:
-    """The fastest settings that fit `request.gpu_gb` at `request.duration`; when none does, the longest crop at
-    which the leanest settings (fp8, the last optimizer, every block checkpointed) fit, and the fastest there.
-    None when not even a 10 s crop fits."""
+def fastest_settings(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZERS,
+                     base_dtypes: tuple[str, ...] = BASE_DTYPES, checkpointed: int | None = None,
+                     fixed_crop: bool = False) -> CardSettings | None:
+    """The fastest settings that fit `request.gpu_gb` at `request.duration`, among `base_dtypes` x `optimizers`
+    and, unless `checkpointed` fixes it, every checkpointed-block count. When none fits, the longest crop at which
+    the leanest of them (the last dtype and optimizer, every block or `checkpointed` checkpointed) fit, and the
+    fastest there; None when not even a 10 s crop fits, or with `fixed_crop` when the asked crop does not."""
     blocks = block_count(request)
-    leanest = replace(request, base_dtype=FP8, optimizer=optimizers[-1], checkpointed_blocks=blocks)
+    leanest = replace(request, base_dtype=base_dtypes[-1], optimizer=optimizers[-1],
+                      checkpointed_blocks=blocks if checkpointed is None else checkpointed)
     crop = request.duration
     if not estimate(leanest).fits:
-        crop = longest_duration_that_fits(leanest)
+        crop = None if fixed_crop else longest_duration_that_fits(leanest)
         if crop is None:
             return None
     best: tuple[float, PlanRequest] | None = None
-    for base_dtype in BASE_DTYPES:
+    for base_dtype in base_dtypes:
         for optimizer in optimizers:
             candidate = replace(request, duration=crop, base_dtype=base_dtype, optimizer=optimizer)
-            count = fewest_checkpointed_blocks(candidate)
+            if checkpointed is None:
+                count = fewest_checkpointed_blocks(candidate)
+            else:
+                count = checkpointed if estimate(replace(candidate, checkpointed_blocks=checkpointed)).fits else None
             if count is None:
                 continue
             cost = relative_step_time(base_dtype, count, blocks)
@@ -107,16 +114,33 @@ def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
     it set."""
     import torch
 
+    from acestep.lora import LoraSettings
+    from acestep.training.config import DEFAULT_V1_LORA_CONFIG
     from acestep.training.optim import bitsandbytes_available
 
     duration = config.max_duration or DEFAULT_DURATION
-    optimizers = OPTIMIZERS if bitsandbytes_available() and torch.cuda.is_available() else OPTIMIZERS[:1]
     lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
     request = preset_request(config.preset, duration, batch_size=config.batch_size, ssl=config.use_ssl, **lora)
-    found = fastest_settings(request, optimizers)
+    # the search keeps to the user's own flags, so what it picks for the rest fits together with them
+    if "optimizer" in given:
+        optimizers: tuple[str, ...] = (config.optimizer,)
+    else:
+        optimizers = OPTIMIZERS if bitsandbytes_available() and torch.cuda.is_available() else OPTIMIZERS[:1]
+    adapter = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG).adapter_type
+    if "base_dtype" in given and config.base_dtype != "auto":
+        base_dtypes: tuple[str, ...] = (config.base_dtype,)
+    else:  # DoRA's magnitudes are norms of the 16-bit base: no fp8 (the trainer refuses it)
+        base_dtypes = BASE_DTYPES if adapter != "dora" else BASE_DTYPES[:1]
+    mode = config.gradient_checkpointing
+    own_blocks = "gradient_checkpointing" in given and mode != "auto"
+    checkpointed = None if not own_blocks else (
+        block_count(request) if mode == "all" else 0 if mode == "none" else int(mode))
+    found = fastest_settings(request, optimizers, base_dtypes, checkpointed, fixed_crop="max_duration" in given)
     if found is None:
-        raise AcestepError(f"--preset {config.preset}: not even 10 s crops fit, by the planner "
-                           "(python -m acestep.plan --presets)")
+        own = [f"--{k}" for k in ("base_dtype", "optimizer", "gradient_checkpointing", "max_duration") if k in given]
+        raise AcestepError(f"--preset {config.preset}: nothing fits {PRESET_GB[config.preset]:g} GB by the planner"
+                           + (f" with your {', '.join(own)}" if own else ", not even 10 s crops")
+                           + " (python -m acestep.plan --presets)")
     chosen = {k: v for k, v in found.flags().items() if k not in given}
     values = {k: (float(v) if k == "max_duration" else v) for k, v in chosen.items()}
     note = (f"--preset {config.preset} set " + " ".join(f"--{k} {v}" for k, v in chosen.items())
@@ -124,7 +148,7 @@ def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
     kept = sorted(k for k in found.flags() if k in given)
     if kept:
         note += f"; kept your --{', --'.join(kept)}"
-    if "adamw8bit" not in optimizers:
+    if "optimizer" not in given and "adamw8bit" not in optimizers:
         note += "; adamw8bit left out (needs bitsandbytes and CUDA)"
     return dataclasses.replace(config, **values, preset_applied=note + f" ({found.text()})")
 

@@ -162,10 +162,34 @@ def test_trainer_preset_keeps_the_users_flags():
         expected = fastest_settings(preset_request("8gb", 360.0), ("adamw",)).flags()
         assert {k: str(getattr(config, k)) for k in expected} == {**expected, "max_duration": "360.0"}
     assert config.preset_applied.startswith("--preset 8gb set --base_dtype")
-    mine = parse_config(["--dataset_path", "x", "--preset", "8gb", "--optimizer", "prodigy", "--max_duration", "120",
+    mine = parse_config(["--dataset_path", "x", "--preset", "8gb", "--optimizer", "prodigy", "--max_duration", "30",
                          "--no-gradient_checkpointing"])
-    assert mine.optimizer == "prodigy" and mine.max_duration == 120 and mine.gradient_checkpointing == "none"
+    assert mine.optimizer == "prodigy" and mine.max_duration == 30 and mine.gradient_checkpointing == "none"
     assert "kept your --gradient_checkpointing, --max_duration, --optimizer" in mine.preset_applied
+
+
+@pytest.mark.parametrize(("flags", "kept"), [
+    (["--base_dtype", "bf16"], {"base_dtype": "bf16"}),
+    (["--optimizer", "prodigy"], {"optimizer": "prodigy"}),
+    (["--gradient_checkpointing", "20"], {"gradient_checkpointing": "20"}),
+    (["--max_duration", "300"], {"max_duration": 300.0}),
+    (["--lora_config_path", "config/dora_config.json"], {"base_dtype": "bf16"}),  # DoRA needs the 16-bit base
+])
+def test_what_a_preset_picks_fits_together_with_the_users_flags(flags, kept):
+    config = parse_config(["--dataset_path", "x", "--preset", "8gb", *flags])
+    assert {k: getattr(config, k) for k in kept} == kept
+    lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
+    plan = estimate(preset_request("8gb", config.max_duration, base_dtype=config.base_dtype,
+                                   optimizer=config.optimizer, checkpointed_blocks=config.checkpointed_blocks, **lora))
+    assert plan.fits
+
+
+def test_a_preset_that_cannot_fit_the_users_flags_says_so_in_one_line():
+    with pytest.raises(AcestepError) as error:
+        parse_config(["--dataset_path", "x", "--preset", "6gb", "--base_dtype", "bf16", "--max_duration", "360",
+                      "--no-gradient_checkpointing"])
+    assert str(error.value) == ("--preset 6gb: nothing fits 6 GB by the planner with your --base_dtype, "
+                                "--gradient_checkpointing, --max_duration (python -m acestep.plan --presets)")
 
 
 @pytest.mark.slow

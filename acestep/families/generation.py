@@ -58,13 +58,12 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
                   steps: int | None) -> tuple[str, Renderer]:
     """(family name, a renderer) for the checkpoint: v1 through our pipeline, 1.5 through AceStepPipeline, each with
     its own sampling defaults (`steps` None: the family's). Instrumental songs get the marker stage 3 encodes."""
-    import torch
-
     from acestep.families import V15, resolve
+    from acestep.pipeline.cli import DTYPES
 
     family, checkpoint = resolve(checkpoint_dir, dit)
     print(checkpoint.describe())
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = DTYPES[dtype]
     if family.NAME == V15:
         from acestep.families.v15.checkpoint import load_pipeline
         from acestep.families.v15.encode import INSTRUMENTAL_LYRICS

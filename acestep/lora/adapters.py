@@ -102,7 +102,7 @@ def comfyui_tensors(
             if base_weight is None:
                 raise AcestepError("a DoRA export needs the base weights (its ComfyUI form depends on them)")
             lora = LoraModule(down=params["lora_A"].float(), up=params["lora_B"].float())
-            weight = base_weight(module).float().flatten(1)
+            weight = base_weight(module).detach().float().cpu().flatten(1)  # the factors are on the CPU
             merged_norm = (weight + lora.delta(scale)).norm(dim=1, keepdim=True)
             magnitude = params[MAGNITUDE].float().reshape(-1, 1)
             baked = scale_into_factors({module: lora}, {module: scale})[module]
@@ -178,10 +178,10 @@ class WeightChange:
     def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         """The new weight (float32) at `strength`, by ComfyUI's rule."""
         base = weight.float().flatten(1)
-        change = self.change()
+        change = self.change().to(base.device)  # the file's tensors are on the CPU, the model may be on a GPU
         if DORA_SCALE not in self.parts:
             return (base + strength * change).reshape(weight.shape)
-        scale = self.parts[DORA_SCALE].float()
+        scale = self.parts[DORA_SCALE].float().to(base.device)
         if scale.shape[0] != base.shape[0]:
             raise AcestepError("dora_scale on the input axis is not supported (our trainer writes the output axis)")
         decomposed = (base + change) * scale.reshape(-1, 1) / (base.norm(dim=1, keepdim=True) + EPS)

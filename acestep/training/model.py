@@ -87,7 +87,8 @@ def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapte
     if not names:
         raise AcestepError(f"LoRA target_modules {list(settings.target_modules)} match no layer of the model")
     for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A"):
+        plain = hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A") and not module.lora_variant
+        if plain and all(isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
             module._cast_input_dtype = types.MethodType(_cast_input_unless_autocast, module)
     return names
 
@@ -95,12 +96,10 @@ def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapte
 def _cast_input_unless_autocast(layer: torch.nn.Module, x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """PEFT casts a LoRA layer's 16-bit input to the fp32 factors' dtype, and autocast casts it straight back:
     a new 16-bit copy of the input per LoRA layer, each kept for backward (5 copies of the hidden states in every
-    recomputed block). Under autocast without LoRA dropout the cast changes no value, so it is skipped there and
-    the layers share their input; everywhere else PEFT's cast stands."""
-    if x is None or x.dtype == dtype:
-        return x
-    plain = not layer.lora_variant and all(isinstance(d, torch.nn.Identity) for d in layer.lora_dropout.values())
-    if plain and torch.is_autocast_enabled(x.device.type):
+    recomputed block). In a plain LoRA layer without dropout (the only ones given this method) under autocast
+    the cast changes no value, so it is skipped there and the layers share their input; elsewhere PEFT's cast
+    stands."""
+    if x is None or x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
         return x
     return x.to(dtype)
 

@@ -96,10 +96,10 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     if found is None:
         raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
     check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
+    if config.preset:  # before fp8: a preset may have picked it
+        raise AcestepError("--preset is for ACE-Step v1 only; for 1.5 see python -m acestep.plan --model 2b|xl")
     if config.base_dtype == "fp8":
         raise AcestepError("--base_dtype fp8 is for ACE-Step v1 only; use bf16 or fp16 for 1.5")
-    if config.preset:
-        raise AcestepError("--preset is for ACE-Step v1 only; for 1.5 see python -m acestep.plan --model 2b|xl")
     reg_rows = load_reg_rows(config.reg_dataset, V15_FAMILY) if config.reg_dataset else None
     gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     dtype = resolve_base_dtype(config.base_dtype, gpu)
