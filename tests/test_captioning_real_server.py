@@ -56,14 +56,15 @@ def free_port() -> int:
 
 @contextmanager
 def llama_server(
-    server: Path, model: Path, mmproj: Path | None, log: Path
+    paths: dict[str, Path], model: str, log: Path, hears: bool = True
 ) -> Iterator[tuple[int, subprocess.Popen]]:
-    """Start llama-server on 127.0.0.1 with a free port, wait until it serves, always stop it."""
+    """Start the fixture's llama-server with its `model` ("TAGS" or "LOOP") GGUF, and its audio projector when it
+    `hears`, on 127.0.0.1 with a free port; wait until it serves, always stop it."""
     port = free_port()
-    command = [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(paths["LLAMA_SERVER"]), "-m", str(paths[f"{model}_GGUF"]), "--host", "127.0.0.1", "--port", str(port)]
     command += ["-c", "4096", "-np", "1", "--threads", "1", "--no-webui", "--no-warmup"]
-    if mmproj is not None:
-        command += ["--mmproj", str(mmproj)]
+    if hears:
+        command += ["--mmproj", str(paths[f"{model}_MMPROJ"])]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -111,12 +112,7 @@ def cli(data: Path, port: int, *extra: str) -> int:
 
 def test_tags_and_lyrics(fixture_paths, tmp_path: Path, capsys) -> None:
     data = songs(tmp_path / "songs", {"short": 3.0, "long": 40.0})  # long: lyrics in two pieces
-    with llama_server(
-        fixture_paths["LLAMA_SERVER"],
-        fixture_paths["TAGS_GGUF"],
-        fixture_paths["TAGS_MMPROJ"],
-        tmp_path / "log",
-    ) as (port, _):
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log") as (port, _):
         assert cli(data, port, "--lyrics") == 0
     out = capsys.readouterr().out
     for stem in ("short", "long"):
@@ -128,12 +124,7 @@ def test_tags_and_lyrics(fixture_paths, tmp_path: Path, capsys) -> None:
 
 def test_junk_lyrics_cut_off_at_the_limit_are_not_written(fixture_paths, tmp_path: Path, capsys) -> None:
     data = songs(tmp_path / "songs", {"song": 5.0})
-    with llama_server(
-        fixture_paths["LLAMA_SERVER"],
-        fixture_paths["LOOP_GGUF"],
-        fixture_paths["LOOP_MMPROJ"],
-        tmp_path / "log",
-    ) as (port, _):
+    with llama_server(fixture_paths, "LOOP", tmp_path / "log") as (port, _):
         assert cli(data, port, "--lyrics") == EXIT_SOME_FAILED
     out = capsys.readouterr().out
     assert sorted(p.name for p in data.iterdir()) == ["song.wav"]
@@ -144,10 +135,7 @@ def test_junk_lyrics_cut_off_at_the_limit_are_not_written(fixture_paths, tmp_pat
 
 def test_a_server_without_mmproj_stops_at_once_in_one_line(fixture_paths, tmp_path: Path, capsys) -> None:
     data = songs(tmp_path / "songs", {"a": 2.0, "b": 2.0})
-    with llama_server(fixture_paths["LLAMA_SERVER"], fixture_paths["TAGS_GGUF"], None, tmp_path / "log") as (
-        port,
-        _,
-    ):
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log", hears=False) as (port, _):
         started = time.monotonic()
         assert cli(data, port, "--lyrics") == EXIT_ERROR
         took = time.monotonic() - started
@@ -162,10 +150,7 @@ def test_a_server_without_mmproj_stops_at_once_in_one_line(fixture_paths, tmp_pa
 
 def test_the_audio_request_without_mmproj_is_fatal_not_retried(fixture_paths, tmp_path: Path) -> None:
     """Behind the /props check: the real 500 for audio on a server that cannot hear is not retried."""
-    with llama_server(fixture_paths["LLAMA_SERVER"], fixture_paths["TAGS_GGUF"], None, tmp_path / "log") as (
-        port,
-        _,
-    ):
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log", hears=False) as (port, _):
         backend = LlamaServerBackend("127.0.0.1", port, timeout=30, retries=3, backoff_seconds=5.0)
         started = time.monotonic()
         with pytest.raises(BackendUnavailable, match="cannot hear audio") as err:
@@ -176,12 +161,7 @@ def test_the_audio_request_without_mmproj_is_fatal_not_retried(fixture_paths, tm
 
 def test_a_server_killed_mid_run(fixture_paths, tmp_path: Path, capsys, monkeypatch) -> None:
     data = songs(tmp_path / "songs", {"a": 2.0, "b": 2.0, "c": 2.0, "d": 2.0})
-    with llama_server(
-        fixture_paths["LLAMA_SERVER"],
-        fixture_paths["TAGS_GGUF"],
-        fixture_paths["TAGS_MMPROJ"],
-        tmp_path / "log",
-    ) as (port, process):
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log") as (port, process):
         answered = LlamaServerBackend.ask
 
         def ask_then_kill(self, *args, **kwargs):
@@ -217,12 +197,7 @@ def prompt_tokens(port: int, samples: int) -> int:
 
 def test_the_longest_clip_fills_one_audio_window(fixture_paths, tmp_path: Path) -> None:
     """MAX_CLIP_SAMPLES costs what 1 s costs (one 750-token window); one sample more costs a second window."""
-    with llama_server(
-        fixture_paths["LLAMA_SERVER"],
-        fixture_paths["TAGS_GGUF"],
-        fixture_paths["TAGS_MMPROJ"],
-        tmp_path / "log",
-    ) as (port, _):
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log") as (port, _):
         one_second = prompt_tokens(port, MODEL_SAMPLE_RATE)
         longest = prompt_tokens(port, MAX_CLIP_SAMPLES)
         one_more = prompt_tokens(port, MAX_CLIP_SAMPLES + 1)
@@ -237,9 +212,7 @@ def test_a_server_stopped_with_a_request_in_flight_is_noticed_long_before_the_ti
     """After SIGTERM the real server holds the open request without answering; the /health probe sees it."""
     log = tmp_path / "log"
     said: list[str] = []
-    with llama_server(
-        fixture_paths["LLAMA_SERVER"], fixture_paths["LOOP_GGUF"], fixture_paths["LOOP_MMPROJ"], log
-    ) as (port, process):
+    with llama_server(fixture_paths, "LOOP", log) as (port, process):
 
         def stop_once_processing() -> None:
             deadline = time.monotonic() + 30
