@@ -155,6 +155,17 @@ class DeviceFit:
     def fits(self) -> bool:
         return self.device_bytes <= self.request.gpu_gb * 1e9
 
+    def breakdown_lines(self, width: int) -> list[str]:
+        """The plan's terms, the tensor peak, the CUDA overhead on a GPU and the verdict, names padded to `width`."""
+        lines = [f"  {name:<{width}s} {value / 1e9:7.2f} GB" for name, value in self.parts.items()]
+        lines.append(f"  {'tensors at the peak':<{width}s} {self.tensor_bytes / 1e9:7.2f} GB")
+        if self.request.device == "cuda":
+            lines.append(f"  {'+ CUDA context and allocator slack':<{width}s} "
+                         f"{(self.device_bytes - self.tensor_bytes) / 1e9:7.2f} GB")
+        verdict = "fits" if self.fits else "does NOT fit"
+        lines.append(f"Estimated peak {self.device_bytes / 1e9:.2f} GB: {verdict} in {self.request.gpu_gb:g} GB.")
+        return lines
+
 
 @dataclass
 class MemoryPlan(DeviceFit):
@@ -519,12 +530,7 @@ def format_plan(plan: MemoryPlan) -> str:
     ]
     lines += ddp_line(r.devices, r.batch_size)
     lines.append(f"Gradient checkpointing: {checkpointing_text(r)} (the first ones)")
-    lines += [f"  {name:<36s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
-    lines.append(f"  {'tensors at the peak':<36s} {plan.tensor_bytes / 1e9:7.2f} GB")
-    if r.device == "cuda":
-        lines.append(f"  {'+ CUDA context and allocator slack':<36s} {(plan.device_bytes - plan.tensor_bytes) / 1e9:7.2f} GB")
-    verdict = "fits" if plan.fits else "does NOT fit"
-    lines.append(f"Estimated peak {plan.device_bytes / 1e9:.2f} GB: {verdict} in {r.gpu_gb:g} GB.")
+    lines += plan.breakdown_lines(36)
     if not plan.fits:
         found = suggestions(r)
         lines.append("Each of these makes it fit: " + "; ".join(found) if found else

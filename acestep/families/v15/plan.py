@@ -194,13 +194,7 @@ def format_plan(plan: V15Plan) -> str:
         f"Base parameters (DiT): {plan.base_parameters:,}; LoRA parameters: {plan.lora_parameters:,}",
     ]
     lines += ddp_line(r.devices, r.batch_size)
-    lines += [f"  {name:<44s} {value / 1e9:7.2f} GB" for name, value in plan.parts.items()]
-    lines.append(f"  {'tensors at the peak':<44s} {plan.tensor_bytes / 1e9:7.2f} GB")
-    if r.device == "cuda":
-        lines.append(f"  {'+ CUDA context and allocator slack':<44s} "
-                     f"{(plan.device_bytes - plan.tensor_bytes) / 1e9:7.2f} GB")
-    lines.append(f"Estimated peak {plan.device_bytes / 1e9:.2f} GB: {'fits' if plan.fits else 'does NOT fit'} in "
-                 f"{r.gpu_gb:g} GB.")
+    lines += plan.breakdown_lines(44)
     return "\n".join(lines)
 
 
