@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import torch
 from safetensors import safe_open
-from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
+from training_helpers import (
+    crash_at_step,
+    short_run_config,
+    synthetic_songs,
+    tiny_transformer,
+    write_lora_config,
+)
 
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter
@@ -27,19 +33,11 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def lora_config(folder: Path, r: int = 4, alpha: float = 1.0, rslora: bool = True, targets: list[str] = TARGETS) -> str:
-    path = folder / f"lora_r{r}.json"
-    path.write_text(json.dumps({"r": r, "lora_alpha": alpha, "use_rslora": rslora, "target_modules": targets}))
-    return str(path)
+    return write_lora_config(folder, r, lora_alpha=alpha, use_rslora=rslora, target_modules=targets)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
-    options = dict(
-        dataset_path="in-memory", lora_config_path=lora_config(tmp_path), output_dir=str(tmp_path / "runs"),
-        exp_name="test", max_steps=6, warmup_steps=2, every_n_train_steps=2, learning_rate=1e-3,
-        logger="none", progress_bar=False, gradient_checkpointing=False,
-    )
-    options.update(overrides)
-    return TrainConfig(**options)
+    return short_run_config(tmp_path, **{"lora_config_path": lora_config(tmp_path), **overrides})
 
 
 def conditions(batch: dict[str, Any], size: int) -> dict[str, torch.Tensor]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from training_helpers import crash_at_step
+from training_helpers import crash_at_step, short_run_config, write_lora_config
 from v15_helpers import pretrained_tiny_dit, tiny_dit, tiny_null, v15_songs
 
 from acestep.errors import AcestepError
@@ -32,19 +31,11 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def lora_config(folder: Path, r: int = 4, alpha: float = 8.0, dropout: float = 0.0) -> str:
-    path = folder / f"lora_r{r}.json"
-    path.write_text(json.dumps({"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": TARGETS}))
-    return str(path)
+    return write_lora_config(folder, r, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGETS)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
-    options = dict(
-        dataset_path="in-memory", lora_config_path=lora_config(tmp_path), output_dir=str(tmp_path / "runs"),
-        exp_name="test", max_steps=6, warmup_steps=2, every_n_train_steps=2, learning_rate=1e-3,
-        logger="none", progress_bar=False, gradient_checkpointing=False,
-    )
-    options.update(overrides)
-    return TrainConfig(**options)
+    return short_run_config(tmp_path, **{"lora_config_path": lora_config(tmp_path), **overrides})
 
 
 def test_turbo_timesteps_are_the_official_table_and_the_pipeline_schedule() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -11,6 +14,7 @@ import torch
 from acestep.data.preprocessed import EncodedSong, features_for_record
 from acestep.models import ACEStepTransformer2DModel
 from acestep.models.configs import tiny_transformer_config
+from acestep.training import TrainConfig
 
 
 def synthetic_songs(
@@ -66,3 +70,22 @@ def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int, run: Callable[[], 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run()
     monkeypatch.setattr(LoraTrainingModule, "training_step", original)
+
+
+def write_lora_config(folder: Path, r: int, **fields: Any) -> str:
+    """A LoRA config JSON `lora_r<r>.json` in `folder` with these fields; returns its path."""
+    path = folder / f"lora_r{r}.json"
+    path.write_text(json.dumps({"r": r, **fields}))
+    return str(path)
+
+
+def short_run_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
+    """A few quick steps into tmp_path/runs, no logger or progress bar, no checkpointing; `overrides` (the LoRA
+    config path among them) win."""
+    options: dict[str, Any] = dict(
+        dataset_path="in-memory", output_dir=str(tmp_path / "runs"),
+        exp_name="test", max_steps=6, warmup_steps=2, every_n_train_steps=2, learning_rate=1e-3,
+        logger="none", progress_bar=False, gradient_checkpointing=False,
+    )
+    options.update(overrides)
+    return TrainConfig(**options)
