@@ -164,3 +164,20 @@ def test_a_second_lora_loads_beside_the_first_and_our_tools_read_the_folder(tiny
             if key.endswith("lora_A.weight"):
                 up = key.replace("lora_A", "lora_B")
                 torch.testing.assert_close(ours[up] @ ours[key], baked[up] @ baked[key], rtol=1e-5, atol=1e-7)
+
+
+def test_the_trainer_prunes_old_step_folders_with_their_official_files(tiny_v15_checkpoint: Path,
+                                                                       tmp_path: Path) -> None:
+    import warnings
+
+    from acestep.training.callbacks import AdapterSaver
+
+    settings = SETTINGS["lora"]
+    tensors = adapter_state_dict(trained_transformer(tiny_v15_checkpoint, settings), "trained")
+    for step in (1, 2):
+        write_step_files(tensors, tmp_path / f"step-{step:06d}", step, settings, "tiny", "exp")
+    saver = AdapterSaver(tmp_path, 1, 1, settings, "tiny", "exp", write_files=write_step_files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "kept, it holds files the trainer did not write" would fail here
+        saver._prune()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002"]
