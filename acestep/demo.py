@@ -231,7 +231,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=FAMILY_NAMES,
         help="model family of the tiny checkpoint (with --checkpoint_dir it must match the folder)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--xl", action="store_true",
+                        help="ace-step-1.5: a tiny XL-shaped checkpoint (DiT wider than its condition encoder)")
+    args = parser.parse_args(argv)
+    if args.xl and (args.family != V15 or args.checkpoint_dir):
+        parser.error("--xl picks the tiny checkpoint of --family ace-step-1.5; with --checkpoint_dir the folder tells")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

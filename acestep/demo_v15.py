@@ -1,8 +1,10 @@
-"""`python demo.py --family ace-step-1.5`: the 1.5 chain on CPU in a few minutes.
+"""`python demo.py --family ace-step-1.5 [--xl]`: the 1.5 chain on CPU in a few minutes.
 
-Writes a tiny random ACE-Step 1.5 checkpoint (both layouts; the demo uses the original one, converted in memory)
+Writes a tiny random ACE-Step 1.5 checkpoint (both layouts; the demo uses the original one, converted in memory;
+`--xl`: XL-shaped, its DiT wider than its condition encoder)
 and a few synthetic songs with prompt, lyrics and bpm/key side files, then runs stage 2 (filename dataset),
-stage 3 (1.5 preprocessing), stage 4 (LoRA training), stage 5 (the step folder's ComfyUI and diffusers files) and
+stage 3 (1.5 preprocessing), stage 4 (LoRA training), stage 5 (the step folder's ComfyUI, diffusers and official-app
+files) and
 renders one clip with the trained LoRA through AceStepPipeline. Nothing under --output_dir is ever deleted.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from acestep.demo import DEFAULT_LORA_CONFIG as DEFAULT_V1_LORA_CONFIG
 from acestep.demo import SYNTHETIC_SONGS, TINY_LEARNING_RATE, plot_loss_curve, write_synthetic_songs
+from acestep.lora.io import OFFICIAL_DIR
 
 SYNTHETIC_BPM = 120  # synth_song plays two notes per second
 V15_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_v15.json"
@@ -31,25 +34,28 @@ class V15DemoOutputs:
     step_dir: Path | None = None
     comfyui_file: Path | None = None
     diffusers_file: Path | None = None
+    official_folder: Path | None = None
     loss_curve: Path | None = None
     sample: Path | None = None
     steps: int = 0
     stopped: str | None = None
 
 
-def ensure_v15_checkpoint(requested: str | None, output_dir: Path) -> str:
-    """The given checkpoint, or the original layout of a tiny random one written once under output_dir."""
+def ensure_v15_checkpoint(requested: str | None, output_dir: Path, xl: bool = False) -> str:
+    """The given checkpoint, or the original layout of a tiny random one (XL-shaped with `xl`) written once under
+    output_dir."""
     if requested:
         return requested
     from acestep.families.v15.checkpoint import DEFAULT_DIT, DIT_FILES
-    from acestep.families.v15.tiny import write_tiny_v15_checkpoint
+    from acestep.families.v15.tiny import XL_DIT, write_tiny_v15_checkpoint
 
-    folder = output_dir / "tiny_checkpoint_v15"
-    if all((folder / "original" / DEFAULT_DIT / name).is_file() for name in DIT_FILES):
-        print(f"[1/6] using the tiny ACE-Step 1.5 checkpoint in {folder}")
+    folder = output_dir / ("tiny_checkpoint_v15_xl" if xl else "tiny_checkpoint_v15")
+    name = "ACE-Step 1.5 XL" if xl else "ACE-Step 1.5"
+    if all((folder / "original" / (XL_DIT if xl else DEFAULT_DIT) / file).is_file() for file in DIT_FILES):
+        print(f"[1/6] using the tiny {name} checkpoint in {folder}")
     else:
-        print(f"[1/6] writing a tiny random ACE-Step 1.5 checkpoint to {folder} (original and diffusers layouts)")
-        write_tiny_v15_checkpoint(folder, overwrite=True)  # the demo's own folder, left incomplete by an earlier run
+        print(f"[1/6] writing a tiny random {name} checkpoint to {folder} (original and diffusers layouts)")
+        write_tiny_v15_checkpoint(folder, overwrite=True, xl=xl)  # the demo's own folder, left incomplete earlier
     return str(folder / "original")
 
 
@@ -96,7 +102,7 @@ def run_stages_2_3(args: argparse.Namespace, out: Path, checkpoint: str, stamp: 
 def run_demo_v15(args: argparse.Namespace) -> V15DemoOutputs:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = ensure_v15_checkpoint(args.checkpoint_dir, out)
+    checkpoint = ensure_v15_checkpoint(args.checkpoint_dir, out, getattr(args, "xl", False))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outputs = run_stages_2_3(args, out, checkpoint, stamp)
     train(args, out, outputs, stamp)
@@ -129,7 +135,9 @@ def train(args: argparse.Namespace, out: Path, outputs: V15DemoOutputs, stamp: s
         outputs.comfyui_file = next(iter(sorted(step_dir.glob("*-comfyui.safetensors"))), None)
         diffusers_file = step_dir / "diffusers" / "pytorch_lora_weights.safetensors"
         outputs.diffusers_file = diffusers_file if diffusers_file.is_file() else None
-    print(f"[5/6] stage 5: baked LoRA files in {outputs.step_dir}; loss curve")
+        official = step_dir / OFFICIAL_DIR
+        outputs.official_folder = official if (official / "adapter_config.json").is_file() else None
+    print(f"[5/6] stage 5: LoRA files for ComfyUI, diffusers and the official app in {outputs.step_dir}; loss curve")
     outputs.loss_curve = plot_loss_curve(trained.metrics_file, trained.run_dir / "loss_curve.png")
 
 
@@ -162,6 +170,7 @@ def describe_v15(outputs: V15DemoOutputs, seconds: float) -> str:
         ("step folder", outputs.step_dir),
         ("ComfyUI file (strength 1.0)", outputs.comfyui_file),
         ("AceStepPipeline.load_lora_weights file", outputs.diffusers_file),
+        ("official ACE-Step 1.5 app LoRA folder", outputs.official_folder),
         ("loss curve", outputs.loss_curve),
         ("sample with the LoRA", outputs.sample),
     ):

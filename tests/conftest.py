@@ -75,3 +75,13 @@ def tiny_v15_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_v15_checkpoint")
     write_tiny_v15_checkpoint(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_v15_xl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny XL-shaped ACE-Step 1.5 checkpoint (DiT wider than its condition encoder), both layouts, once."""
+    from acestep.families.v15.tiny import write_tiny_v15_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_v15_xl_checkpoint")
+    write_tiny_v15_checkpoint(root, xl=True)
+    return root

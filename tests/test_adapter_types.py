@@ -324,7 +324,8 @@ def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, 
     written = write_step_files(adapter_state_dict(model, "default"), tmp_path, 3, settings, "tiny", "exp",
                                base_weight=lambda name: layers[name].get_base_layer().weight)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "exp-step3-comfyui.safetensors"]
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "exp-step3-comfyui.safetensors",
+        "official/adapter_config.json", "official/adapter_model.safetensors"]
     file = load_file(str(tmp_path / "exp-step3-comfyui.safetensors"))
     assert all(key.startswith("base_model.model.layers.") for key in file)  # the keys ComfyUI maps for 1.5
     adapter = read_adapter(tmp_path / "exp-step3-comfyui.safetensors")

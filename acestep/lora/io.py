@@ -45,6 +45,7 @@ HEADER_ALIGNMENT = 8  # the header is padded with spaces so tensor data starts 8
 
 ADAPTER_DIR = "adapter"
 DIFFUSERS_DIR = "diffusers"  # ACE-Step 1.5 step folders: the baked file AceStepPipeline.load_lora_weights reads
+OFFICIAL_DIR = "official"  # ACE-Step 1.5 step folders: the PEFT adapter on the original decoder names (official app)
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_KEY_PREFIX = "base_model.model."

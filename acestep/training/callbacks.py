@@ -31,7 +31,14 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 from acestep.lora.adapters import BaseWeight, save_comfyui_file
-from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, stamp_trigger
+from acestep.lora.io import (
+    ADAPTER_DIR,
+    DIFFUSERS_DIR,
+    OFFICIAL_DIR,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    stamp_trigger,
+)
 from acestep.lora.keys import V1_FAMILY
 from acestep.progress import progress
 
@@ -55,8 +62,10 @@ def baked_file_name(exp_name: str, step: int) -> str:
 def adapter_files(folder: Path) -> list[Path]:
     """The files the trainer writes into a step folder (this layout's and older versions')."""
     adapter = folder / ADAPTER_DIR
+    official = folder / OFFICIAL_DIR
     return [adapter / PEFT_WEIGHTS_NAME, adapter / PEFT_CONFIG_NAME, folder / WEIGHTS_NAME,
-            folder / DIFFUSERS_DIR / WEIGHTS_NAME, *folder.glob("*-comfyui.safetensors")]
+            folder / DIFFUSERS_DIR / WEIGHTS_NAME, official / PEFT_WEIGHTS_NAME, official / PEFT_CONFIG_NAME,
+            *folder.glob("*-comfyui.safetensors")]
 
 
 def list_step_folders(run_dir: Path) -> list[tuple[int, Path]]:
@@ -151,7 +160,7 @@ class AdapterSaver(Callback):
             for file in adapter_files(folder):
                 file.unlink(missing_ok=True)
             try:
-                for name in (ADAPTER_DIR, DIFFUSERS_DIR):
+                for name in (ADAPTER_DIR, DIFFUSERS_DIR, OFFICIAL_DIR):
                     if (folder / name).is_dir():
                         (folder / name).rmdir()
                 folder.rmdir()

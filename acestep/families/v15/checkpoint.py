@@ -5,6 +5,7 @@
 - original layout (`ACE-Step/Ace-Step1.5`): a DiT folder (acestep-v15-turbo/, -base/, -sft/, any `--dit`) with
   model.safetensors, config.json and silence_latent.pt, next to vae/ and Qwen3-Embedding-0.6B/. It is converted
   in memory by the key rules of diffusers' scripts/convert_ace_step_to_diffusers.py (acestep.models.v15_keys).
+An XL checkpoint (condition encoder narrower than the DiT) gets the official XL timbre formula (xl.py) in both.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 from acestep.quiet import old_weight_norm
+
+from .xl import add_timbre_token, is_xl_config
 
 NAME = V15_FAMILY
 DEFAULT_DIT = "acestep-v15-turbo"
@@ -56,6 +59,12 @@ class V15Checkpoint:
     def is_turbo(self) -> bool:
         return self.variant == "turbo"
 
+    @property
+    def is_xl(self) -> bool:
+        """The DiT config names a narrower condition encoder (XL); read from the DiT's config.json."""
+        config = self.dit / "config.json" if self.dit is not None else self.root / "transformer" / "config.json"
+        return is_xl_config(_read_json(config))
+
     def describe(self) -> str:
         if self.layout == "diffusers":
             where = "diffusers layout (model_index.json, transformer/, condition_encoder/, vae/, text_encoder/)"
@@ -65,7 +74,8 @@ class V15Checkpoint:
                 f"original layout ({self.dit.name}/ + vae/ + {TEXT_ENCODER_FOLDER}/, converted to diffusers "
                 "classes in memory)"
             )
-        return f"checkpoint: {NAME} {self.variant}, {where} in {self.root}"
+        size = " XL" if self.is_xl else ""
+        return f"checkpoint: {NAME}{size} {self.variant}, {where} in {self.root}"
 
 
 def _is_dit_folder(files: set[str], prefix: str = "") -> bool:
@@ -258,6 +268,13 @@ def load_original_components(
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
         modules[name] = (module if dtype == torch.float32 else module.to(dtype)).eval()
+    return with_xl_timbre(checkpoint, modules)
+
+
+def with_xl_timbre(checkpoint: V15Checkpoint, modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """An XL checkpoint's condition encoder prepends the timbre special token, as the official XL code (xl.py)."""
+    if "condition_encoder" in modules and checkpoint.is_xl:
+        add_timbre_token(modules["condition_encoder"])
     return modules
 
 
@@ -268,9 +285,9 @@ def load_components(
     if checkpoint.layout == "original":
         return load_original_components(checkpoint, names, dtype)
     classes = _component_classes()
-    return {
+    return with_xl_timbre(checkpoint, {
         name: classes[name].from_pretrained(checkpoint.root / name, dtype=dtype).eval() for name in names
-    }
+    })
 
 
 def _load_vae(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
@@ -292,7 +309,9 @@ def load_pipeline(
     if checkpoint.layout == "diffusers":
         skip = {} if with_transformer else {"transformer": None}
         with old_weight_norm():  # the Oobleck VAE
-            return AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
+            pipe = AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
+        with_xl_timbre(checkpoint, {"condition_encoder": pipe.condition_encoder})
+        return pipe
     names = ("transformer", "condition_encoder") if with_transformer else ("condition_encoder",)
     modules = load_original_components(checkpoint, names, dtype)
     text_dir = checkpoint.root / TEXT_ENCODER_FOLDER

@@ -1,4 +1,5 @@
-"""An ACE-Step 1.5 step folder (LAYOUT.md): one baked ComfyUI file, the PEFT adapter, the diffusers file.
+"""An ACE-Step 1.5 step folder (LAYOUT.md): one baked ComfyUI file, the PEFT adapter, the diffusers file, and the
+PEFT adapter the official ACE-Step 1.5 app loads.
 
   <exp>-step<N>-comfyui.safetensors          baked, `base_model.model.<original decoder name>` keys: ComfyUI maps these
                                              onto `diffusion_model.decoder.*` and, reading no header and finding no
@@ -7,19 +8,37 @@
   adapter/adapter_config.json                its LoraConfig (PeftModel / diffusers apply alpha/r from it)
   diffusers/pytorch_lora_weights.safetensors baked, `transformer.*` keys and no PEFT config in the header:
                                              AceStepPipeline.load_lora_weights at weight 1.0 = the trained change
+  official/adapter_model.safetensors         the adapter at its true scale on the ORIGINAL decoder names
+  official/adapter_config.json               (`base_model.model.layers.0.self_attn.q_proj...`): the official app's
+                                             handler wraps its `model.decoder` with PeftModel.from_pretrained(folder),
+                                             which matches only those names (our adapter/ names raise
+                                             NoMatchingPeftModuleError there) and applies the config's alpha / r
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft.utils.other import get_pattern_key
 
+from acestep.data.atomic import atomic_write_json
 from acestep.lora import WEIGHTS_NAME, LoraModule, LoraSettings, save_adapter
-from acestep.lora.adapters import BaseWeight, save_comfyui_file
+from acestep.lora.adapters import BaseWeight, group_peft_modules, save_comfyui_file
 from acestep.lora.bake import save_baked, scale_into_factors
-from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME
-from acestep.lora.keys import PEFT_PREFIX, V15_FAMILY, split_key
+from acestep.lora.io import (
+    ADAPTER_DIR,
+    DIFFUSERS_DIR,
+    OFFICIAL_DIR,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    adapter_metadata,
+    peft_adapter_config,
+    save_safetensors_atomic,
+)
+from acestep.lora.keys import PEFT_PREFIX, V15_FAMILY, split_key, v15_original_name
 
 
 def comfyui_file_name(exp_name: str, step: int) -> str:
@@ -35,11 +54,45 @@ def modules_from_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, LoraM
     return {name: LoraModule(down=p["down"], up=p["up"]) for name, p in parts.items()}
 
 
+def official_settings(settings: LoraSettings, modules: Iterable[str]) -> LoraSettings:
+    """The settings on the original decoder names: every adapted module named in full (PEFT takes a name that equals
+    the module path), and a rank or alpha that differs from r / lora_alpha listed for its module by name, so no
+    pattern written for our names has to be translated."""
+    original = {name: v15_original_name(name) for name in sorted(modules)}
+    ranks = {original[name]: settings.module_rank(name) for name in original}
+    alphas = {
+        original[name]: settings.alpha_pattern.get(get_pattern_key(list(settings.alpha_pattern), name),
+                                                   settings.lora_alpha)
+        for name in original
+    }
+    return dataclasses.replace(
+        settings, target_modules=tuple(original.values()),
+        rank_pattern={name: rank for name, rank in ranks.items() if rank != settings.r},
+        alpha_pattern={name: alpha for name, alpha in alphas.items() if alpha != settings.lora_alpha},
+    )
+
+
+def save_official_adapter(
+    tensors: dict[str, torch.Tensor], folder: Path, settings: LoraSettings, base_model: str, step: int
+) -> list[Path]:
+    """`folder`/adapter_model.safetensors + adapter_config.json: the trained tensors (any adapter type, un-baked) on
+    the original decoder names, with a config that names those modules. The header keeps our settings (our names),
+    so our tools and generate.py read the folder at the same scale."""
+    folder = Path(folder)
+    bare = {key.removeprefix(PEFT_PREFIX): value for key, value in tensors.items()}
+    renamed = {PEFT_PREFIX + v15_original_name(key): value for key, value in bare.items()}
+    metadata = adapter_metadata(settings, base_model, step, V15_FAMILY)
+    weights = save_safetensors_atomic(renamed, folder / PEFT_WEIGHTS_NAME, metadata)
+    config = folder / PEFT_CONFIG_NAME
+    atomic_write_json(config, peft_adapter_config(official_settings(settings, group_peft_modules(bare)), base_model))
+    return [weights, config]
+
+
 def write_step_files(
     tensors: dict[str, torch.Tensor], folder: Path, step: int, settings: LoraSettings, base_model: str, exp_name: str,
     base_weight: BaseWeight | None = None,
 ) -> list[Path]:
-    """Write the four files of one saved step into `folder` (a temp folder the trainer renames when complete).
+    """Write the files of one saved step into `folder` (a temp folder the trainer renames when complete).
 
     DoRA / LoHa / LoKr: the adapter and the ComfyUI file only (AceStepPipeline.load_lora_weights loads LoRA only);
     `base_weight` gives the frozen weights a DoRA's ComfyUI file is computed from.
@@ -47,6 +100,7 @@ def write_step_files(
     folder = Path(folder)
     weights = save_adapter(tensors, folder / ADAPTER_DIR, settings, base_model, step, V15_FAMILY)
     written = [weights, weights.with_name(PEFT_CONFIG_NAME)]
+    written += save_official_adapter(tensors, folder / OFFICIAL_DIR, settings, base_model, step)
     if settings.adapter_type != "lora":
         record = {"action": "train", "step": step}
         comfyui = folder / comfyui_file_name(exp_name, step)
@@ -72,6 +126,8 @@ def usage_lines(step_dir: Path) -> list[str]:
         *([f"  diffusers: pipe.load_lora_weights('{diffusers}') at weight 1.0 (AceStepPipeline)."]
           if diffusers.is_dir() else []),
         f"  generate.py: --lora {comfy}:1.0 with a 1.5 --checkpoint_dir.",
+        *([f"  official ACE-Step 1.5 app: load the LoRA folder {step_dir / OFFICIAL_DIR} (scale 1.0)."]
+          if (step_dir / OFFICIAL_DIR).is_dir() else []),
         f"  PEFT adapter at its true scale: {step_dir / ADAPTER_DIR}",
         "  Continue training: run the same command again with --resume.",
     ]

@@ -1,6 +1,7 @@
 """A tiny random ACE-Step 1.5 checkpoint in both published layouts, so tests and the demo run the real loading
 code on CPU: OUT/original/ (the `ACE-Step/Ace-Step1.5` layout) and OUT/diffusers/ (AceStepPipeline.save_pretrained
-of the original, converted in memory by the same code that loads a real checkpoint)."""
+of the original, converted in memory by the same code that loads a real checkpoint). With `xl`, an XL-shaped one:
+the DiT wider than its condition encoder, in a folder named like the published XL's."""
 
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ def tiny_original_config() -> dict:
     }
 
 
+XL_DIT = "acestep-v15-xl-turbo"  # the published XL turbo's DiT folder name
+
+
+def tiny_xl_config() -> dict:
+    """config.json of a tiny XL DiT: wider than its condition encoder, as the published XL (DiT 2560 wide, 32 heads;
+    condition encoder, tokenizer and null condition 2048 wide, 16 heads: the `encoder_*` keys)."""
+    return {
+        **tiny_original_config(),
+        "hidden_size": 48, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "encoder_hidden_size": 32, "encoder_intermediate_size": 64, "encoder_num_attention_heads": 2,
+        "encoder_num_key_value_heads": 1,
+    }
+
+
 def _write_text_encoder(folder: Path) -> None:
     """A tiny Qwen3 model and a byte-level BPE tokenizer with Qwen's special tokens, saved like the real folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -90,10 +105,10 @@ def _write_vae(folder: Path) -> None:
     vae.save_pretrained(str(folder))
 
 
-def _write_original(root: Path, dit: str) -> None:
+def _write_original(root: Path, dit: str, config: dict | None = None) -> None:
     """DiT folder (model.safetensors with the original key names, config.json, silence_latent.pt [1, C, T]),
     vae/ and the text encoder folder."""
-    config = tiny_original_config()
+    config = config or tiny_original_config()
     configs = component_configs(config)
     classes = _component_classes()
     states = {name: classes[name](**configs[name]).state_dict() for name in configs}
@@ -109,15 +124,20 @@ def _write_original(root: Path, dit: str) -> None:
     _write_text_encoder(root / TEXT_ENCODER_FOLDER)
 
 
-def write_tiny_v15_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = False) -> tuple[Path, Path]:
+def write_tiny_v15_checkpoint(
+    out: str | Path, seed: int = 0, overwrite: bool = False, xl: bool = False
+) -> tuple[Path, Path]:
     """OUT/original and OUT/diffusers (random weights, same values in both); built in a temp folder, then moved
-    into place, replacing an earlier tiny checkpoint there only with `overwrite`. Returns (original root,
-    diffusers root)."""
+    into place, replacing an earlier tiny checkpoint there only with `overwrite`. `xl`: XL-shaped (XL_DIT folder).
+    Returns (original root, diffusers root)."""
     out = Path(out)
 
     def build(staging: Path) -> None:
         torch.manual_seed(seed)
-        _write_original(staging / "original", DEFAULT_DIT)
+        if xl:
+            _write_original(staging / "original", XL_DIT, tiny_xl_config())
+        else:
+            _write_original(staging / "original", DEFAULT_DIT)
         pipeline = load_pipeline(resolve(staging / "original"))
         pipeline.save_pretrained(str(staging / "diffusers"), safe_serialization=True)
         (staging / "README.json").write_text(json.dumps({
