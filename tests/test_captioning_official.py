@@ -164,6 +164,35 @@ def test_two_models_run_one_after_the_other_never_both_loaded(tmp_path: Path) ->
     assert [(r.prompt, r.lyrics) for r in again] == [("kept", "kept")] * 2
 
 
+def test_the_language_the_transcriber_heard_goes_beside_bpm_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bpm/key file holds what DSP measures plus the transcriber's language (DSP stubbed: no librosa here)."""
+    from acestep.captioning import dsp
+
+    measured = {"bpm": 120.0, "key": "A minor", "key_confidence": 0.8, "timesignature": "3"}
+    monkeypatch.setattr(dsp, "require_librosa", lambda: None)
+    monkeypatch.setattr(dsp, "estimate_bpm_key", lambda wav, sample_rate: dict(measured))
+    for name in ("own", "silent", "sung"):
+        write_song(tmp_path / f"{name}.wav", 3.0)
+    (tmp_path / "own.lrc").write_text("[00:01.00]my own words\n", encoding="utf-8")
+    transcriber = Scripted([SILENT, SUNG])  # files in order; own.wav has the user's lyrics, never transcribed
+    options = RunOptions(lyrics=True, bpm_key=True, prose=True, transcriber=True)
+    reports = caption_folder(tmp_path, lambda: Scripted([PROSE]), options, False, lambda: transcriber)
+    assert len(transcriber.calls) == 2
+    side = {
+        name: json.loads((tmp_path / f"{name}_bpm_key.json").read_text(encoding="utf-8"))
+        for name in ("own", "silent", "sung")
+    }
+    assert side["sung"] == {**measured, "language": "en"}
+    assert side["silent"] == measured and side["own"] == measured  # instrumental / the user's lyrics: not known
+    assert [r.bpm_key for r in reports] == ["120 bpm, A minor, 3/4"] * 2 + ["120 bpm, A minor, 3/4, en"]
+    assert (tmp_path / "own_lyrics.txt").read_text(encoding="utf-8") == "my own words\n"
+    assert read_music_metadata(tmp_path / "sung.wav") == {
+        "bpm": 120.0, "keyscale": "A minor", "timesignature": "3", "language": "en"
+    }
+
+
 def test_the_official_models_hear_their_task_before_the_audio(official_models) -> None:
     backend = QwenOmniBackend.from_pretrained(str(official_models["captioner"]), device="cpu", task_first=True)
     text = backend.tokenizer.decode(backend.prompt_ids(audio_token_count(250), CAPTIONER_TASK))
@@ -229,7 +258,8 @@ def test_a_missing_captioner_stops_in_one_line(official_models, tmp_path: Path, 
     models = {**official_models, "captioner": tmp_path / "nowhere"}
     assert cli(data, models) == EXIT_ERROR
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: cannot read the captioning model config of") and str(tmp_path / "nowhere") in err[-1]
+    assert err[-1].startswith("error: cannot read the captioning model config of")
+    assert str(tmp_path / "nowhere") in err[-1]
     assert not (data / "song_lyrics.txt").exists()  # the transcriber pass never started
 
 
