@@ -31,7 +31,7 @@ from acestep.captioning.official import (
 from acestep.captioning.parse import INSTRUMENTAL
 from acestep.captioning.prompts import CAPTIONER_TASK, TRANSCRIBER_TASK
 from acestep.captioning.qwen_omni import AUDIO_TOKEN, QwenOmniBackend, audio_token_count, chat_prefix
-from acestep.captioning.runner import RunOptions, caption_folder
+from acestep.captioning.runner import RunOptions, RunStopped, caption_folder
 from acestep.captioning.tiny_omni import write_tiny_qwen_omni
 from acestep.data.sidecars import read_music_metadata
 
@@ -162,6 +162,22 @@ def test_two_models_run_one_after_the_other_never_both_loaded(tmp_path: Path) ->
     again = caption_folder(tmp_path, make_captioner, options, False, make_transcriber)
     assert events == ["load captioner", "load transcriber"]
     assert [(r.prompt, r.lyrics) for r in again] == [("kept", "kept")] * 2
+
+
+def test_a_transcriber_that_cannot_load_keeps_the_finished_prompts(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_song(tmp_path / f"{name}.wav", 3.0)
+
+    def no_transcriber() -> Scripted:
+        raise OSError("no such model: transcriber")
+
+    options = RunOptions(lyrics=True, prose=True, transcriber=True)
+    with pytest.raises(RunStopped, match="no such model: transcriber") as stop:
+        caption_folder(tmp_path, lambda: Scripted([PROSE]), options, False, no_transcriber)
+    (first,) = stop.value.reports
+    assert (first.audio.name, first.prompt, first.lyrics, stop.value.not_reached) == ("a.wav", "written (29 words)", "stopped", 1)
+    assert stop.value.anything_done  # so the table of what was finished is printed
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["a_prompt.txt", "b_prompt.txt"]
 
 
 def test_the_language_the_transcriber_heard_goes_beside_bpm_and_key(
