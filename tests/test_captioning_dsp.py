@@ -72,3 +72,42 @@ def test_bpm_key_sidecar_through_the_runner(tmp_path: Path) -> None:
     assert info["key"] == "A minor" and info["bpm"] == pytest.approx(120.0, rel=0.05)
     assert report.bpm_key == f"{info['bpm']:g} bpm, A minor" and report.prompt == "kept"
     assert (tmp_path / "song_prompt.txt").read_text(encoding="utf-8") == "kept\n"  # never into the tags
+
+
+def click_track(bpm: float, beats: int, accent_every: int, sr: int = DSP_SAMPLE_RATE) -> np.ndarray:
+    """Clicks on every beat; every `accent_every`-th one louder and higher, as a bar's first beat."""
+    period = 60.0 / bpm
+    out = np.zeros(int((beats * period + 1.0) * sr), np.float32)
+    t = np.arange(int(0.05 * sr)) / sr
+    for beat in range(beats):
+        first = beat % accent_every == 0
+        click = (1.0 if first else 0.25) * np.sin(2 * np.pi * (1500.0 if first else 1000.0) * t) * np.exp(-40 * t)
+        start = int(beat * period * sr)
+        out[start : start + len(t)] += click.astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("pattern", "meter"),
+    [((3, 1, 1), "3"), ((3, 1, 1, 1), "4"), ((3, 1, 2, 1), "4"), ((3, 1), "4"), ((1,), "")],
+)
+def test_meter_of_beats_on_accent_patterns(pattern: tuple[int, ...], meter: str) -> None:
+    from acestep.captioning.dsp import meter_of_beats
+
+    rng = np.random.default_rng(0)
+    strengths = np.tile(np.array(pattern, float), 48 // len(pattern))
+    # any starting beat (an upbeat first) and a little noise
+    noisy = np.roll(strengths, 1) + 0.1 * rng.standard_normal(strengths.size)
+    assert meter_of_beats(noisy if pattern != (1,) else strengths) == meter
+    assert meter_of_beats(strengths[:15]) == ""  # fewer than four bars of 4: nothing said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("accent_every", "meter"), [(3, "3"), (4, "4"), (2, "4")])
+@pytest.mark.parametrize("bpm", [100.0, 140.0])
+def test_time_signature_of_a_click_track(accent_every: int, meter: str, bpm: float) -> None:
+    pytest.importorskip("librosa")
+    from acestep.captioning.dsp import estimate_bpm_key
+
+    info = estimate_bpm_key(click_track(bpm, 48, accent_every))
+    assert info["timesignature"] == meter and info["bpm"] == pytest.approx(bpm, rel=0.05)

@@ -37,6 +37,8 @@ class FakeLlamaServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.decoded_audio: list[tuple[np.ndarray, int]] = []
         self.bad_requests: list[str] = []
+        self.api_key: str | None = None  # as `llama-server --api-key`: a Bearer token on all but /health
+        self.authorizations: list[str | None] = []
 
     @property
     def port(self) -> int:
@@ -49,7 +51,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def _refused(self) -> bool:
+        """llama-server's answer to a missing or wrong key: 401 with an OpenAI-style error body."""
+        self.server.authorizations.append(self.headers.get("Authorization"))
+        if self.server.api_key is None or self.path == "/health":
+            return False
+        if self.headers.get("Authorization") == f"Bearer {self.server.api_key}":
+            return False
+        self._send(401, {"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}})
+        return True
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path == "/health":
             self._send(self.server.health, {"status": "ok"})
         elif self.path == "/props":
@@ -59,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self._refused():
+            return
         self.server.requests.append(body)
         problem = self._check(body)
         if problem:
@@ -300,3 +316,46 @@ def test_script_without_server_exits_with_the_message(
     assert main_llamacpp(argv) == EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: no llama-server answers at http://127.0.0.1:") and "llama-server -hf" in err
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(server: FakeLlamaServer) -> None:
+    server.api_key = "s3cret"
+    server.script = [(200, "rock, piano", 0.0)]
+    backend = backend_for(server, api_key="s3cret")
+    backend.check()
+    assert backend.ask(CLIP, TAGS_INSTRUCTION, 16) == Answer("rock, piano")
+    assert server.authorizations == ["Bearer s3cret"] * 3  # /health, /props, the chat
+    assert server.bad_requests == []
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_a_refused_key_stops_the_run_at_the_check(server: FakeLlamaServer, key: str | None) -> None:
+    server.api_key = "s3cret"
+    backend = backend_for(server, api_key=key)
+    with pytest.raises(BackendUnavailable, match=r"refused the request \(HTTP 401: Invalid API Key\).*--api_key"):
+        backend.check()
+    with pytest.raises(BackendUnavailable, match="HTTP 401"):
+        backend.ask(CLIP, TAGS_INSTRUCTION, 16)  # not retried, not a per-file failure
+    assert len(server.authorizations) == 3  # /health, /props, one chat: a 401 is never retried
+
+
+def test_script_with_api_key_flag_and_environment(
+    server: FakeLlamaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sf.write(tmp_path / "one.wav", np.zeros((16_000, 1)) + 0.1, 16_000)
+    server.api_key = "s3cret"
+    argv = ["--data_dir", str(tmp_path), "--port", str(server.port), "--retries", "0", "--no_progress"]
+    monkeypatch.delenv("LLAMA_API_KEY", raising=False)
+    assert main_llamacpp(argv) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 401" in err and "--api_key" in err
+    assert not (tmp_path / "one_prompt.txt").exists()
+
+    server.script = [(200, "rock, piano", 0.0)]
+    assert main_llamacpp([*argv, "--api_key", "s3cret"]) == 0
+    assert (tmp_path / "one_prompt.txt").read_text(encoding="utf-8") == "rock, piano\n"
+
+    monkeypatch.setenv("LLAMA_API_KEY", "s3cret")
+    server.script = [(200, "jazz, drums", 0.0)]
+    assert main_llamacpp([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "one_prompt.txt").read_text(encoding="utf-8") == "jazz, drums\n"

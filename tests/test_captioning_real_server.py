@@ -56,15 +56,17 @@ def free_port() -> int:
 
 @contextmanager
 def llama_server(
-    paths: dict[str, Path], model: str, log: Path, hears: bool = True
+    paths: dict[str, Path], model: str, log: Path, hears: bool = True, api_key: str | None = None
 ) -> Iterator[tuple[int, subprocess.Popen]]:
     """Start the fixture's llama-server with its `model` ("TAGS" or "LOOP") GGUF, and its audio projector when it
-    `hears`, on 127.0.0.1 with a free port; wait until it serves, always stop it."""
+    `hears`, on 127.0.0.1 with a free port (and `--api-key` when given); wait until it serves, always stop it."""
     port = free_port()
     command = [str(paths["LLAMA_SERVER"]), "-m", str(paths[f"{model}_GGUF"]), "--host", "127.0.0.1", "--port", str(port)]
     command += ["-c", "4096", "-np", "1", "--threads", "1", "--no-webui", "--no-warmup"]
     if hears:
         command += ["--mmproj", str(paths[f"{model}_MMPROJ"])]
+    if api_key:
+        command += ["--api-key", api_key]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -120,6 +122,21 @@ def test_tags_and_lyrics(fixture_paths, tmp_path: Path, capsys) -> None:
     assert (data / "short_lyrics.txt").read_text(encoding="utf-8") == TAGS + "\n"
     assert (data / "long_lyrics.txt").read_text(encoding="utf-8") == f"{TAGS}\n{TAGS}\n"
     assert "2 files, 2 complete, 0 with failures" in out
+
+
+def test_a_server_started_with_an_api_key(fixture_paths, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Without the key the real server answers 401 (the run stops before the first song, in one line); with
+    --api_key the key goes as a Bearer token and every sidecar is written."""
+    monkeypatch.delenv("LLAMA_API_KEY", raising=False)
+    data = songs(tmp_path / "songs", {"a": 2.0})
+    with llama_server(fixture_paths, "TAGS", tmp_path / "log", api_key="s3cret") as (port, _):
+        assert cli(data, port, "--lyrics") == EXIT_ERROR
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "HTTP 401" in err[0] and "--api_key" in err[0]
+        assert sorted(p.name for p in data.iterdir()) == ["a.wav"]
+        assert cli(data, port, "--lyrics", "--api_key", "s3cret") == 0
+    assert (data / "a_prompt.txt").read_text(encoding="utf-8") == TAGS + "\n"
+    assert (data / "a_lyrics.txt").read_text(encoding="utf-8") == TAGS + "\n"
 
 
 def test_junk_lyrics_cut_off_at_the_limit_are_not_written(fixture_paths, tmp_path: Path, capsys) -> None:

@@ -46,6 +46,7 @@ class CaptionSettings:
     max_tags: int = DEFAULT_MAX_TAGS
     tag_tokens: int = 160
     lyrics_tokens: int = 512
+    caption_tokens: int = 512  # the ACE-Step captioner's prose: a few sentences
 
 
 def caption_tags(backend: AudioChatBackend, wav: np.ndarray, settings: CaptionSettings) -> list[str]:
@@ -54,10 +55,10 @@ def caption_tags(backend: AudioChatBackend, wav: np.ndarray, settings: CaptionSe
     answer = backend.ask(excerpt, TAGS_INSTRUCTION, settings.tag_tokens)
     reason = unusable_reason(answer.text, answer.truncated, settings.tag_tokens)
     if reason:
-        raise CaptionError(f"unusable tags answer ({reason}): {_shorten(answer.text)!r}")
+        raise CaptionError(f"unusable tags answer ({reason}): {shorten(answer.text)!r}")
     tags = parse_tags(answer.text, settings.max_tags)
     if not tags:
-        raise CaptionError(f"no usable tags in the model's answer: {_shorten(answer.text)!r}")
+        raise CaptionError(f"no usable tags in the model's answer: {shorten(answer.text)!r}")
     return tags
 
 
@@ -74,13 +75,14 @@ def transcribe_lyrics(backend: AudioChatBackend, wav: np.ndarray, settings: Capt
         reason = unusable_reason(answer.text, answer.truncated, settings.lyrics_tokens)
         if reason:
             where = f" (piece {index} of {len(pieces)})" if len(pieces) > 1 else ""
-            raise CaptionError(f"unusable lyrics answer{where}: {reason}: {_shorten(answer.text)!r}")
+            raise CaptionError(f"unusable lyrics answer{where}: {reason}: {shorten(answer.text)!r}")
         parts.append(clean_lyrics(answer.text))
     if not any(parts):
         raise CaptionError("the model gave an empty answer to the lyrics request")
     return join_lyrics_parts(parts)
 
 
-def _shorten(text: str, limit: int = 80) -> str:
+def shorten(text: str, limit: int = 80) -> str:
+    """An answer quoted in an error: one line, at most `limit` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

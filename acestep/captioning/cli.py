@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,9 +59,14 @@ def common_parser(description: str, name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) -> int:
+def run(
+    args: argparse.Namespace,
+    make_backend: Callable[[], AudioChatBackend],
+    make_lyrics_backend: Callable[[], AudioChatBackend] | None = None,
+) -> int:
     """Caption the folder, print the summary table; exit code 1 when some file failed, 2 on a fatal error.
 
+    `make_lyrics_backend`: another model for the lyrics (loaded after the prompt model is dropped).
     A fatal error (no server, a model that cannot be loaded, a server that stopped) prints the table of
     what was finished (when anything was), then one `error:` line.
     """
@@ -76,9 +82,13 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
             max_lyrics_seconds=args.max_lyrics_seconds,
             max_tags=args.max_tags,
         ),
+        prose=getattr(args, "captioner", None) is not None,
+        transcriber=getattr(args, "transcriber", None) is not None,
     )
     try:
-        reports = caption_folder(args.data_dir, make_backend, options, progress=not args.no_progress)
+        reports = caption_folder(
+            args.data_dir, make_backend, options, not args.no_progress, make_lyrics_backend
+        )
     except RunStopped as stop:
         if stop.anything_done:
             print(summary_table(stop.reports, args.data_dir, stop.not_reached))
@@ -95,14 +105,34 @@ def run(args: argparse.Namespace, make_backend: Callable[[], AudioChatBackend]) 
 
 
 def transformers_parser() -> argparse.ArgumentParser:
+    from acestep.captioning.official import CAPTIONER_MODEL, TRANSCRIBER_MODEL
     from acestep.captioning.qwen_omni import DEFAULT_MODEL, GPTQ_MODEL
 
-    parser = common_parser("Tags (and lyrics) for each audio file with Qwen2.5-Omni through transformers.",
-                           "generate_prompts_lyrics.py")
+    parser = common_parser("Tags or a prose caption (and lyrics) for each audio file with Qwen2.5-Omni models "
+                           "through transformers.", "generate_prompts_lyrics.py")
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"folder or hub id of Qwen2.5-Omni (bf16), or a GPTQ checkpoint such as {GPTQ_MODEL} (extra 'gptq')",
+    )
+    parser.add_argument(
+        "--captioner",
+        nargs="?",
+        const=CAPTIONER_MODEL,
+        default=None,
+        metavar="MODEL",
+        help=f"ACE-Step 1.5: a prose caption from ACE-Step's captioner (alone: {CAPTIONER_MODEL}; or its "
+        "folder) instead of tags from --model",
+    )
+    parser.add_argument(
+        "--transcriber",
+        nargs="?",
+        const=TRANSCRIBER_MODEL,
+        default=None,
+        metavar="MODEL",
+        help=f"ACE-Step 1.5: with --lyrics, lyrics from ACE-Step's transcriber (alone: {TRANSCRIBER_MODEL}; or "
+        "its folder), section tags as it writes them; with --bpm_key the language it heard goes into "
+        "<stem>_bpm_key.json",
     )
     parser.add_argument(
         "--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present, else cpu)"
@@ -111,19 +141,30 @@ def transformers_parser() -> argparse.ArgumentParser:
 
 
 def main_transformers(argv: Sequence[str] | None = None) -> int:
+    """Prompts from --captioner or --model, lyrics from --transcriber or --model; two models run one after the
+    other (all prompts first), never both loaded at once."""
     args = transformers_parser().parse_args(argv)
+    prompt_model = args.captioner or args.model
+    lyrics_model = args.transcriber or args.model
+    prompt_layout = args.captioner is not None
+    lyrics_layout = args.transcriber is not None
 
-    def make_backend() -> AudioChatBackend:
-        from acestep.captioning.qwen_omni import QwenOmniBackend
+    def loader(model: str, task_first: bool) -> Callable[[], AudioChatBackend]:
+        def make_backend() -> AudioChatBackend:
+            from acestep.captioning.qwen_omni import QwenOmniBackend
 
-        print(f"loading {args.model} ...", file=sys.stderr)
-        return QwenOmniBackend.from_pretrained(args.model, device=args.device)
+            print(f"loading {model} ...", file=sys.stderr)
+            return QwenOmniBackend.from_pretrained(model, device=args.device, task_first=task_first)
 
-    return run(args, make_backend)
+        return make_backend
+
+    if (prompt_model, prompt_layout) == (lyrics_model, lyrics_layout):
+        return run(args, loader(prompt_model, prompt_layout))
+    return run(args, loader(prompt_model, prompt_layout), loader(lyrics_model, lyrics_layout))
 
 
 def llamacpp_parser() -> argparse.ArgumentParser:
-    from acestep.captioning.llamacpp import DEFAULT_TIMEOUT
+    from acestep.captioning.llamacpp import API_KEY_ENV, DEFAULT_TIMEOUT
 
     parser = common_parser(
         "Tags (and lyrics) for each audio file through a running llama-server. At start it checks that "
@@ -145,6 +186,12 @@ def llamacpp_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backoff", type=float, default=2.0, help="first retry delay in seconds, doubled each time"
     )
+    parser.add_argument(
+        "--api_key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"the key of a llama-server started with --api-key, sent as a Bearer token (default: ${API_KEY_ENV}, "
+        "the variable llama-server itself reads)",
+    )
     return parser
 
 
@@ -154,7 +201,9 @@ def main_llamacpp(argv: Sequence[str] | None = None) -> int:
     def make_backend() -> AudioChatBackend:
         from acestep.captioning.llamacpp import LlamaServerBackend
 
-        backend = LlamaServerBackend(args.host, args.port, args.timeout, args.retries, args.backoff)
+        backend = LlamaServerBackend(
+            args.host, args.port, args.timeout, args.retries, args.backoff, api_key=args.api_key
+        )
         try:
             backend.check()
         except CaptionError as err:

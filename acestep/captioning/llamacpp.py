@@ -41,6 +41,11 @@ STOPPED = (
     "llama-server at {url} stopped answering after {answers} answers ({last}); finished sidecars are kept: "
     "start it again and rerun the same command to go on"
 )
+API_KEY_ENV = "LLAMA_API_KEY"  # what llama-server reads for its own --api-key
+REFUSED_KEY = (
+    "llama-server at {url} refused the request (HTTP 401: {detail}): it was started with --api-key; pass the same "
+    "key with --api_key or ${env}"
+)
 NO_SERVER = (
     "no llama-server answers at {url}: start one with an audio-capable Qwen2.5-Omni GGUF and its mmproj, "
     "e.g. `llama-server -hf ggml-org/Qwen2.5-Omni-7B-GGUF --port {port}`, or pass --host/--port"
@@ -94,6 +99,7 @@ class LlamaServerBackend:
         backoff_seconds: float = 2.0,
         notice_every: float = NOTICE_EVERY,
         say: Callable[[str], None] = _say_on_stderr,
+        api_key: str | None = None,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.port = port
@@ -104,12 +110,17 @@ class LlamaServerBackend:
         self.say = say
         self.answers = 0
         self.session = requests.Session()
+        # llama-server checks `Authorization: Bearer KEY` on every endpoint but /health and /models
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.session.headers.update(self.headers)
 
     def check(self) -> None:
         """Fail before the first song: nothing answers, the model is not loaded, or it cannot hear audio."""
         self._request("GET", "/health")
         try:
             props = self._request("GET", "/props")
+        except BackendUnavailable:
+            raise
         except CaptionError:
             return  # a server without /props: a missing mmproj shows at the first request instead
         modalities = props.get("modalities") if isinstance(props, dict) else None
@@ -182,6 +193,10 @@ class LlamaServerBackend:
                     raise BackendUnavailable(NO_AUDIO.format(url=self.url) + f" ({response.text[:120]})")
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
+            if response.status_code == 401:  # a wrong or missing key fails every request alike
+                raise BackendUnavailable(
+                    REFUSED_KEY.format(url=self.url, detail=_error_message(response), env=API_KEY_ENV)
+                )
             if response.status_code >= 400:
                 raise CaptionError(
                     f"llama-server refused {path}: HTTP {response.status_code}: {response.text[:200]}"
@@ -199,10 +214,22 @@ class LlamaServerBackend:
     def _fail_unless_alive(self, what: str) -> None:
         """After a timeout or while a request waits: a server without /health stops the run, not every song."""
         try:  # not self.session: a request may be in flight on it in another thread
-            alive = requests.get(self.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200
+            alive = (
+                requests.get(self.url + "/health", headers=self.headers, timeout=HEALTH_TIMEOUT).status_code == 200
+            )
         except requests.RequestException:
             alive = False
         if not alive:
             raise BackendUnavailable(
                 STOPPED.format(url=self.url, answers=self.answers, last=f"{what}, and /health fails")
             )
+
+
+def _error_message(response: requests.Response) -> str:
+    """llama-server's `error.message` (an OpenAI-style error body), else the start of the body."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or response.text[:120] or response.reason)

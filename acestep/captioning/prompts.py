@@ -28,3 +28,9 @@ def lyrics_instruction(part: int, parts: int) -> str:
     if parts <= 1:
         return LYRICS_INSTRUCTION
     return f"This is part {part} of {parts} of one song, in order.\n{LYRICS_INSTRUCTION}"
+
+# The task lines of ACE-Step's own annotation models (the model cards of ACE-Step/acestep-captioner and
+# ACE-Step/acestep-transcriber): the task comes first, then the audio. The captioner answers in prose; the
+# transcriber answers "# Languages" (the sung language), then "# Lyrics" with section tags such as [Verse 1].
+CAPTIONER_TASK = "*Task* Describe this audio in detail"
+TRANSCRIBER_TASK = "*Task* Transcribe this audio in detail"

@@ -76,8 +76,16 @@ def default_dtype(device: str) -> torch.dtype:
 class QwenOmniBackend:
     """Answers an instruction about a 16 kHz mono clip of at most 30 s with Qwen2.5-Omni's thinker."""
 
-    def __init__(self, thinker: torch.nn.Module, tokenizer: Any, feature_extractor: Any, device: str) -> None:
+    def __init__(
+        self,
+        thinker: torch.nn.Module,
+        tokenizer: Any,
+        feature_extractor: Any,
+        device: str,
+        task_first: bool = False,
+    ) -> None:
         self.thinker = thinker.eval()
+        self.task_first = task_first  # ACE-Step's captioner/transcriber: "*Task* ...", a newline, then the audio
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.device = device
@@ -92,9 +100,16 @@ class QwenOmniBackend:
 
     @classmethod
     def from_pretrained(
-        cls, model: str = DEFAULT_MODEL, device: str | None = None, dtype: torch.dtype | None = None
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        task_first: bool = False,
     ) -> QwenOmniBackend:
-        """Load tokenizer, feature extractor and thinker from a folder or hub id (GPTQ when the config says so)."""
+        """Load tokenizer, feature extractor and thinker from a folder or hub id (GPTQ when the config says so).
+
+        `task_first` puts the instruction before the audio, the layout ACE-Step's own annotation models use.
+        """
         from transformers import AutoTokenizer
 
         device = device or default_device()
@@ -108,7 +123,7 @@ class QwenOmniBackend:
             )
         except (OSError, ValueError) as err:
             raise CheckpointError(f"cannot load the captioning model {model}: {err}") from None
-        return cls(thinker, tokenizer, feature_extractor, device)
+        return cls(thinker, tokenizer, feature_extractor, device, task_first=task_first)
 
     def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
         features = self.feature_extractor(
@@ -120,8 +135,7 @@ class QwenOmniBackend:
         )
         feature_mask = features["attention_mask"]
         n_audio = audio_token_count(int(feature_mask.sum()))
-        bos, token, eos = self._audio_ids
-        ids = self._prefix_ids + [bos] + [token] * n_audio + [eos] + self._encode(chat_suffix(instruction))
+        ids = self.prompt_ids(n_audio, instruction)
         input_ids = torch.tensor([ids], device=self.device)
         dtype = next(p.dtype for p in self.thinker.parameters() if p.is_floating_point())
         try:
@@ -144,6 +158,14 @@ class QwenOmniBackend:
         stopped = bool(generated) and generated[-1] in self._end_ids
         truncated = len(generated) >= max_new_tokens and not stopped
         return Answer(self.tokenizer.decode(generated, skip_special_tokens=True), truncated=truncated)
+
+    def prompt_ids(self, n_audio: int, instruction: str) -> list[int]:
+        """The chat as token ids, with `n_audio` audio placeholders before (or after) the instruction."""
+        bos, token, eos = self._audio_ids
+        audio = [bos] + [token] * n_audio + [eos]
+        if self.task_first:
+            return self._prefix_ids + self._encode(instruction + "\n") + audio + self._encode(chat_suffix(""))
+        return self._prefix_ids + audio + self._encode(chat_suffix(instruction))
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -8,8 +8,10 @@ need, once, so a folder whose sidecars all exist, or whose lyrics all come from 
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,15 @@ from acestep.captioning.caption import (
 )
 from acestep.captioning.clips import MODEL_SAMPLE_RATE, load_mono
 from acestep.captioning.embedded_lyrics import find_user_lyrics
+from acestep.captioning.official import caption_prose, transcribe_song
 from acestep.captioning.parse import INSTRUMENTAL
-from acestep.captioning.sidecars import wanted_outputs, write_bpm_key, write_lyrics, write_prompt
+from acestep.captioning.sidecars import (
+    wanted_outputs,
+    write_bpm_key,
+    write_caption,
+    write_lyrics,
+    write_prompt,
+)
 from acestep.data.atomic import TEMP_MARK
 from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
 from acestep.data.sidecars import lyrics_path, prompt_path
@@ -40,10 +49,17 @@ STOPPED = "stopped"
 
 @dataclass
 class RunOptions:
+    """What to write. `prose`: the prompt is ACE-Step's captioner's prose, not tags; `transcriber`: the lyrics
+    (and the language in the bpm/key file) come from ACE-Step's transcriber. `prompt` off skips prompts
+    (the lyrics pass of a run with two models)."""
+
     lyrics: bool = False
     overwrite: bool = False
     bpm_key: bool = False
     settings: CaptionSettings = field(default_factory=CaptionSettings)
+    prose: bool = False
+    transcriber: bool = False
+    prompt: bool = True
 
 
 @dataclass
@@ -56,6 +72,7 @@ class FileReport:
     bpm_key: str = NOT_ASKED
     errors: list[str] = field(default_factory=list)
     stopped: str = ""  # why the run stopped while this file was in progress
+    language: str = ""  # the language the transcriber heard in this run ("" = not known)
 
     @property
     def failed(self) -> bool:
@@ -105,6 +122,16 @@ class _LazyBackend:
                 raise BackendUnavailable(str(err) or type(err).__name__) from err
         return self._backend
 
+    def release(self) -> None:
+        """Drop the model so the next one fits: two 7B models do not share one consumer GPU."""
+        if self._backend is None:
+            return
+        self._backend = None
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
 
 class _SongAudio:
     """The song decoded once per file at each rate asked for; a decode error is kept and raised again."""
@@ -130,28 +157,53 @@ def caption_folder(
     make_backend: Callable[[], AudioChatBackend],
     options: RunOptions,
     progress: bool = True,
+    make_lyrics_backend: Callable[[], AudioChatBackend] | None = None,
 ) -> list[FileReport]:
     """Caption every audio file under `data_dir`; returns one report per file.
 
-    Raises RunStopped (with the reports so far) when the backend cannot answer any more.
+    With `make_lyrics_backend` (another model for the lyrics) the folder is done in two passes, prompts with
+    the first model, then lyrics and bpm/key with the second, so only one model is loaded at a time.
+    Raises RunStopped (with the reports so far) when a backend cannot answer any more.
     """
     if options.bpm_key:
         from acestep.captioning.dsp import require_librosa
 
         require_librosa()  # fail before any model is loaded
+    files = find_audio_files(data_dir)
+    if make_lyrics_backend is None or not options.lyrics:
+        return _caption_pass(files, make_backend, options, progress, "captioning")
+    prompts = _caption_pass(files, make_backend, replace(options, lyrics=False, bpm_key=False), progress, "prompts")
+    try:
+        lyrics = _caption_pass(files, make_lyrics_backend, replace(options, prompt=False), progress, "lyrics")
+    except RunStopped as stop:
+        merged = [_merge(first, second) for first, second in zip(prompts, stop.reports)]
+        raise RunStopped(str(stop), merged, stop.not_reached) from None
+    return [_merge(first, second) for first, second in zip(prompts, lyrics)]
+
+
+def _caption_pass(
+    files: list[Path], make_backend: Callable[[], AudioChatBackend], options: RunOptions, progress: bool, what: str
+) -> list[FileReport]:
     backend = _LazyBackend(make_backend)
     reports: list[FileReport] = []
-    files = find_audio_files(data_dir)
-    with progress_bar(files, desc="captioning", unit="file", disable=not progress) as bar:
-        for audio in bar:
-            bar.set_postfix_str(audio.name[-40:])
-            report = caption_file(audio, backend, options)
-            for error in report.errors:
-                tqdm.write(f"failed: {error}")
-            reports.append(report)
-            if report.stopped:
-                raise RunStopped(report.stopped, reports, len(files) - len(reports))
+    try:
+        with progress_bar(files, desc=what, unit="file", disable=not progress) as bar:
+            for audio in bar:
+                bar.set_postfix_str(audio.name[-40:])
+                report = caption_file(audio, backend, options)
+                for error in report.errors:
+                    tqdm.write(f"failed: {error}")
+                reports.append(report)
+                if report.stopped:
+                    raise RunStopped(report.stopped, reports, len(files) - len(reports))
+    finally:
+        backend.release()
     return reports
+
+
+def _merge(prompts: FileReport, rest: FileReport) -> FileReport:
+    """One file's report from the prompt pass and the lyrics pass."""
+    return replace(rest, prompt=prompts.prompt, errors=prompts.errors + rest.errors)
 
 
 def caption_file(audio: Path, backend: Callable[[], AudioChatBackend], options: RunOptions) -> FileReport:
@@ -159,17 +211,18 @@ def caption_file(audio: Path, backend: Callable[[], AudioChatBackend], options: 
     report = FileReport(audio)
     wanted = wanted_outputs(audio, options.lyrics, options.bpm_key, options.overwrite)
     song = _SongAudio(audio)
-    if not wanted.prompt:
+    if options.prompt and not wanted.prompt:
         report.prompt = KEPT if prompt_path(audio).exists() else NOT_ASKED
-    else:
-        report.prompt = _attempt(report, "tags", lambda: _make_prompt(audio, song, backend, options))
+    elif options.prompt:
+        what = "caption" if options.prose else "tags"
+        report.prompt = _attempt(report, what, lambda: _make_prompt(audio, song, backend, options))
     if options.lyrics:
         if not wanted.lyrics:
             report.lyrics = KEPT if lyrics_path(audio).exists() else NOT_ASKED
         else:
-            report.lyrics = _attempt(report, "lyrics", lambda: _make_lyrics(audio, song, backend, options))
+            report.lyrics = _attempt(report, "lyrics", lambda: _make_lyrics(report, song, backend, options))
     if wanted.bpm_key:
-        report.bpm_key = _attempt(report, "bpm/key", lambda: _make_bpm_key(audio, song))
+        report.bpm_key = _attempt(report, "bpm/key", lambda: _make_bpm_key(report, song))
     elif options.bpm_key:
         report.bpm_key = KEPT
     return report
@@ -194,29 +247,45 @@ def _attempt(report: FileReport, what: str, action: Callable[[], str]) -> str:
 def _make_prompt(
     audio: Path, song: _SongAudio, backend: Callable[[], AudioChatBackend], options: RunOptions
 ) -> str:
+    if options.prose:
+        caption = caption_prose(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
+        write_caption(audio, caption)
+        return f"written ({len(caption.split())} words)"
     tags = caption_tags(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
     write_prompt(audio, tags)
     return f"written ({len(tags)} tags)"
 
 
 def _make_lyrics(
-    audio: Path, song: _SongAudio, backend: Callable[[], AudioChatBackend], options: RunOptions
+    report: FileReport, song: _SongAudio, backend: Callable[[], AudioChatBackend], options: RunOptions
 ) -> str:
-    found = find_user_lyrics(audio)
+    found = find_user_lyrics(report.audio)
     if found is not None:
-        write_lyrics(audio, found.text)
+        write_lyrics(report.audio, found.text)
         return f"from {found.source}"
-    lyrics = transcribe_lyrics(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
-    write_lyrics(audio, lyrics)
+    if options.transcriber:
+        heard = transcribe_song(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
+        lyrics, report.language = heard.lyrics, heard.language
+    else:
+        lyrics = transcribe_lyrics(backend(), song.at(MODEL_SAMPLE_RATE), options.settings)
+    write_lyrics(report.audio, lyrics)
     return "model: instrumental" if lyrics == INSTRUMENTAL else "model: transcribed"
 
 
-def _make_bpm_key(audio: Path, song: _SongAudio) -> str:
+def _make_bpm_key(report: FileReport, song: _SongAudio) -> str:
+    """BPM, key and time signature by DSP, and the language the transcriber heard when it ran on this file."""
     from acestep.captioning.dsp import DSP_SAMPLE_RATE, estimate_bpm_key
 
     info = estimate_bpm_key(song.at(DSP_SAMPLE_RATE), DSP_SAMPLE_RATE)
-    write_bpm_key(audio, info)
-    return f"{info['bpm']:g} bpm, {info['key']}"
+    if report.language:
+        info["language"] = report.language
+    write_bpm_key(report.audio, info)
+    cell = [f"{info['bpm']:g} bpm", info["key"]]
+    if "timesignature" in info:
+        cell.append(f"{info['timesignature']}/4")
+    if "language" in info:
+        cell.append(info["language"])
+    return ", ".join(cell)
 
 
 def summary_table(reports: list[FileReport], root: Path, not_reached: int = 0) -> str:

@@ -11,7 +11,15 @@ from pathlib import Path
 from acestep.data.atomic import atomic_write_json, atomic_write_text
 from acestep.data.sidecars import BPM_KEY_SUFFIX, bpm_key_path, lyrics_path, prompt_path
 
-__all__ = ["BPM_KEY_SUFFIX", "bpm_key_path", "wanted_outputs", "write_bpm_key", "write_lyrics", "write_prompt"]
+__all__ = [
+    "BPM_KEY_SUFFIX",
+    "bpm_key_path",
+    "wanted_outputs",
+    "write_bpm_key",
+    "write_caption",
+    "write_lyrics",
+    "write_prompt",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,15 @@ def write_prompt(audio: Path, tags: list[str]) -> Path:
         raise ValueError("refusing to write an empty prompt")
     path = prompt_path(audio)
     atomic_write_text(path, ", ".join(tags) + "\n")
+    return path
+
+
+def write_caption(audio: Path, caption: str) -> Path:
+    """`<stem>_prompt.txt` holding a prose caption as written (ACE-Step 1.5 encodes it whole)."""
+    if not caption.strip():
+        raise ValueError("refusing to write an empty prompt")
+    path = prompt_path(audio)
+    atomic_write_text(path, caption.strip() + "\n")
     return path
 
 

@@ -29,8 +29,9 @@ def bpm_key_path(audio: Path) -> Path:
 
 def read_music_metadata(audio: Path) -> dict:
     """BPM, key, time signature and language from `<stem>_bpm_key.json`, where known: {"bpm": float | None,
-    "keyscale": str, "timesignature": str, "language": str} ("" = unknown). The captioner writes "bpm" and "key";
-    "timesignature" (e.g. "4") and "language" (e.g. "en") may be added by hand."""
+    "keyscale": str, "timesignature": str, "language": str} ("" = unknown). The captioner writes "bpm", "key" and,
+    when it can tell, "timesignature" (e.g. "4"), and "language" (e.g. "en") with --transcriber; both may be added
+    by hand."""
     path = bpm_key_path(audio)
     text = read_sidecar(path)
     if not text:
