@@ -3,7 +3,8 @@
 Per song: VAE latents [T, 64] (the target), the condition encoder's output states + mask for the SFT text prompt
 (caption + metadata: bpm, key, time signature, duration) and the lyrics, and the text2music context latents
 [T, 128] (silence latent tiled to T ++ a chunk mask of ones). With `--condition_store inputs` the condition
-encoder's inputs are stored instead, for LoRAs that train it or for condition dropout.
+encoder's inputs are stored instead, for LoRAs that train it (condition dropout works on
+either: it replaces the whole output by null_condition_emb).
 
 Timbre input: with no reference audio, generation (AceStepPipeline, like the upstream handler) feeds the
 condition encoder's learned `silence_latent[:, :750]`, not zeros; the official preprocessing feeds zeros. We store
