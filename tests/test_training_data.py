@@ -16,7 +16,7 @@ from acestep.training.data import (
     collate_songs,
     frames_for_seconds,
 )
-from acestep.training.optim import WarmupLinearDecay, build_lr_scheduler, build_optimizer
+from acestep.training.optim import WarmupLinearDecay, build_lr_scheduler, build_optimizer, resolve_recipe
 
 
 def test_collate_pads_every_sequence_and_masks_the_padding() -> None:
@@ -94,7 +94,9 @@ def test_loader_refuses_to_resume_with_another_order() -> None:
 
 
 def test_defaults_follow_the_fork_and_flags_parse() -> None:
-    config = parse_config(["--dataset_path", "prep", "--no-gradient_checkpointing", "--max_duration", "30"])
+    parsed = parse_config(["--dataset_path", "prep", "--no-gradient_checkpointing", "--max_duration", "30"])
+    assert parsed.beta1 is parsed.beta2 is parsed.warmup_steps is None  # the family's recipe fills them in
+    config = resolve_recipe(parsed)  # v1's: the fork's
     assert (config.beta1, config.beta2, config.weight_decay, config.shift) == (0.8, 0.9, 1e-2, 3.0)
     assert (config.warmup_steps, config.max_steps, config.gradient_clip_val, config.ssl_coeff) == (10, 10000, 1.0, 1.0)
     assert config.lora_config_path is None  # the family picks its default config

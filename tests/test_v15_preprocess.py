@@ -13,11 +13,11 @@ from data_helpers import write_audio
 
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocess import RunOptions, run_song_stages
+from acestep.data.preprocess import FilenameRow, RunOptions, run_song_stages
 from acestep.data.preprocessed import dataset_family, load_preprocessed
 from acestep.errors import AcestepError
 from acestep.families.v15.checkpoint import load_pipeline
-from acestep.families.v15.encode import V15Settings, V15SongStages
+from acestep.families.v15.encode import V15Settings, V15SongStages, looks_like_prose
 
 LYRICS = "[verse]\nsun is high\nsing with me\n\n[chorus]\noh oh oh"
 
@@ -44,11 +44,11 @@ def filenames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def stages(pipe, store: str = "outputs") -> V15SongStages:
+def stages(pipe, store: str = "outputs", tag_order: str = "as_written") -> V15SongStages:
     from acestep.audio import prepare_training_audio
     from acestep.text_encoder import format_prompt
 
-    settings = V15Settings(tag_order="as_written", condition_store=store)
+    settings = V15Settings(tag_order=tag_order, condition_store=store)
     return V15SongStages(pipe, settings, format_prompt, lambda p, s: prepare_training_audio(p, max_duration=s))
 
 
@@ -66,6 +66,40 @@ def spy_transformer_inputs(pipe, **call) -> dict[str, torch.Tensor]:
     finally:
         handle.remove()
     return seen
+
+
+PROSE = ("A warm acoustic ballad led by fingerpicked guitar", "with a soft female voice. The mood is calm and "
+         "intimate, building gently towards the end.")
+TAGS = ("pop", "rock", "female vocals", "120 bpm", "upbeat", "synth", "bass", "drums")
+
+
+def test_prose_is_told_from_tag_lists() -> None:
+    assert looks_like_prose(PROSE) and looks_like_prose(("An upbeat pop track driven by bright synths and a beat",))
+    assert not looks_like_prose(TAGS) and not looks_like_prose(("Dr. Dre style", "feat. someone", "hip hop"))
+
+
+def test_captions_stay_as_written_by_default_and_shuffle_never_cuts_prose(
+    pipe, tiny_v15_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from acestep.data.preprocess import parse_args
+    from acestep.families.v15 import checkpoint as v15_checkpoint
+    from acestep.families.v15.encode import song_stages_from_args
+
+    args = parse_args(["--input_name", "x", "--output_dir", "y", "--device", "cpu", "--dtype", "float32"])
+    assert args.tag_order is None and V15Settings().tag_order == "as_written"
+    default = song_stages_from_args(v15_checkpoint.resolve(tiny_v15_checkpoint / "original"), args)
+    assert default.settings.tag_order == "as_written"
+    rows = [FilenameRow(f"s{i}", f"/music/s{i}.wav", tags, "") for i, tags in enumerate((PROSE, TAGS, PROSE))]
+    written = [default.prepare(i, row).text.caption for i, row in enumerate(rows)]
+    assert written == [", ".join(PROSE), ", ".join(TAGS), ", ".join(PROSE)]
+    shuffling = stages(pipe, tag_order="shuffle")
+    captions = [shuffling.prepare(i, row).text.caption for i, row in enumerate(rows)]
+    assert captions[0] == captions[2] == ", ".join(PROSE)  # kept as written
+    assert captions[1] != ", ".join(TAGS) and sorted(captions[1].split(", ")) == sorted(TAGS)  # a tag list: shuffled
+    lines = [line for line in capsys.readouterr().out.splitlines() if "reads as sentences" in line]
+    assert lines == ["s0.wav: the caption reads as sentences, so it is kept as written (--tag_order shuffle "
+                     "reorders tag lists only; the same for every such caption)"]
+    assert shuffling.prose_kept == 2
 
 
 def test_stage2_carries_music_metadata(filenames: Path) -> None:
@@ -176,6 +210,7 @@ def test_stage3_cli_picks_the_family_from_the_checkpoint(
     assert "checkpoint: ace-step-1.5 turbo, original layout" in out and "2 songs encoded" in out
     manifest = json.loads((prep / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["family"] == "ace-step-1.5" and manifest["settings"]["condition_store"] == "inputs"
+    assert manifest["settings"]["tag_order"] == "as_written"  # 1.5's default: prose captions as written
     with pytest.raises(SystemExit, match="condition_store: 'inputs' -> 'outputs'"):  # a resume must repeat it
         main(argv, song_stages=families.song_stages_for_args)
 

@@ -62,10 +62,9 @@ def pretrained_tiny_dit(steps: int = 40, seed: int = 0) -> torch.nn.Module:
         songs = V15Songs(v15_songs([16] * 8, seed=seed + 100))
         step = V15Step(TimestepSampler("logit_normal"), None, 0.0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-        generator = torch.Generator().manual_seed(seed)
         for index in range(steps):
             batch = collate_v15([songs[Draw((index * 4 + k) % len(songs), index, index)] for k in range(2)])
-            loss, _ = step(model, batch, generator)
+            loss, _ = step(model, batch, [torch.Generator().manual_seed(seed * 1000 + 2 * index + k) for k in range(2)])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

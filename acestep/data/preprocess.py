@@ -538,9 +538,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=SUPPORTED_LANGUAGES,
         help="language for lyrics whose detected language is unsupported (default: such lyrics are skipped)",
     )
-    parser.add_argument("--tag_order", default="shuffle", choices=["shuffle", "as_written"],
+    parser.add_argument("--tag_order", default=None, choices=["shuffle", "as_written"],
                         help="order of a song's tags in its prompt: shuffled with a per-row seed (repeated rows "
-                             "differ, a rerun is identical) or as written")
+                             "differ, a rerun is identical) or as written (default: shuffle for v1; as_written "
+                             "for 1.5, whose captions are prose, which shuffle never cuts apart)")
     parser.add_argument("--trigger", default=None,
                         help="a tag put into every prompt (e.g. mystyle): write it in your prompts to call up the "
                              "LoRA; recorded in the dataset, the trainer checks it (default: none)")
@@ -561,8 +562,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--condition_store",
         default="outputs",
         choices=["outputs", "inputs"],
-        help="ACE-Step 1.5: store the condition encoder's output (valid while the LoRA does not target it and "
-        "no condition dropout is trained) or its inputs (the trainer runs it every step)",
+        help="ACE-Step 1.5: store the condition encoder's output (valid while the LoRA does not target it) or its "
+        "inputs (the trainer runs it every step)",
     )
     parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(),
                         help="i/n: this process's part of the rows (default: 0/1, all of them)")
@@ -584,7 +585,7 @@ def v1_song_stages(args: argparse.Namespace) -> SongStages:
     from acestep.data.encoders import load_encoders
 
     settings = PreprocessSettings(
-        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order,
+        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order or "shuffle",
         clean_trigger(args.trigger), args.trigger_position,
     )
     encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)

@@ -17,6 +17,7 @@ LOGGERS = ("csv", "tensorboard", "wandb", "none")
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
 DEFAULT_V1_LORA_CONFIG = "config/lora_config_transformer_only.json"
 TIMESTEP_SCHEDULES = ("auto", "turbo", "logit_normal")
+LR_SCHEDULES = ("linear", "cosine")
 CHECKPOINTING_MODES = ("all", "none", "auto")  # or a number of blocks
 PRESETS = ("6gb", "8gb", "10gb", "12gb", "16gb", "24gb")  # acestep.presets
 
@@ -86,23 +87,33 @@ class TrainConfig:
     prompt_dropout: float = _opt(0.0, "probability to zero a sample's prompt states (upstream: 0.15)")
     lyrics_dropout: float = _opt(0.0, "probability to drop a sample's lyrics (upstream: 0.15)")
     speaker_dropout: float = _opt(0.0, "probability to zero the speaker embedding (always zero in v1 data)")
-    timestep_schedule: str = _opt("auto", "ACE-Step 1.5: turbo = the 8 turbo sampling timesteps (shift 3), "
-                                  "logit_normal = t ~ sigmoid(N(timestep_mu, timestep_sigma)); auto = turbo for turbo "
-                                  "checkpoints, logit_normal for base/sft", choices=TIMESTEP_SCHEDULES)
-    timestep_mu: float = _opt(-0.4, "ACE-Step 1.5 logit_normal schedule: mean (the base model's own training value)")
-    timestep_sigma: float = _opt(1.0, "ACE-Step 1.5 logit_normal schedule: std")
-    condition_dropout: float = _opt(0.0, "ACE-Step 1.5: probability to replace a sample's condition by "
-                                    "null_condition_emb (what base/sft guidance feeds; the base model trained with 0.15)")
+    timestep_schedule: str = _opt("auto", "ACE-Step 1.5: logit_normal = t is the larger of two sigmoid(N(timestep_mu, "
+                                  "timestep_sigma)) draws, as the models were trained and the current official trainer "
+                                  "does for every variant; turbo = uniform over the 8 turbo sampling timesteps (the "
+                                  "Feb 2026 official trainer's choice); auto = logit_normal", choices=TIMESTEP_SCHEDULES)
+    timestep_mu: float | None = _opt(None, "ACE-Step 1.5 logit_normal schedule: mean (default: the DiT's config.json "
+                                     "timestep_mu; published -0.4)")
+    timestep_sigma: float | None = _opt(None, "ACE-Step 1.5 logit_normal schedule: std (default: the DiT's config.json "
+                                        "timestep_sigma; published 1.0)")
+    condition_dropout: float | None = _opt(None, "ACE-Step 1.5: probability to replace a sample's condition by "
+                                           "null_condition_emb (default 0.15, as the models were pre-trained and the "
+                                           "official trainer does)")
     # optimisation
     optimizer: str = _opt("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or prodigy", choices=OPTIMIZERS)
     learning_rate: float | None = _opt(None, "peak learning rate (default 1e-4 for AdamW, 1.0 for Prodigy: its multiplier)")
     weight_decay: float = _opt(1e-2, "decoupled weight decay")
-    beta1: float = _opt(0.8, "Adam beta1")
-    beta2: float = _opt(0.9, "Adam beta2")
+    beta1: float | None = _opt(None, "Adam beta1 (default: the family's recipe: 0.8 for v1 as the fork, 0.9 for 1.5 as "
+                               "the official trainer)")
+    beta2: float | None = _opt(None, "Adam beta2 (default: 0.9 for v1, 0.999 for 1.5)")
     max_steps: int = _opt(10000, "optimizer steps of the run")
-    warmup_steps: int = _opt(10, "linear warm-up steps, then linear decay to final_lr_fraction at max_steps")
-    final_lr_fraction: float | None = _opt(None, "learning rate at the end as a fraction of the peak "
-                                           "(default 0 for AdamW, 0.1 for Prodigy, as the fork)")
+    lr_schedule: str | None = _opt(None, "linear: warm-up from 0, linear decay (v1's default, as the fork); cosine: "
+                                   "warm-up from 0.1x lr, cosine decay (1.5's default, as the official trainer)",
+                                   choices=LR_SCHEDULES)
+    warmup_steps: int | None = _opt(None, "warm-up steps (default: 10 for v1; min(100, max_steps/10) for 1.5)")
+    final_lr_fraction: float | None = _opt(None, "learning rate at the end as a fraction of the peak (default: v1 0 "
+                                           "for AdamW, 0.1 for Prodigy, as the fork; 1.5 0.01 for AdamW, 1 for "
+                                           "Prodigy, as the official trainer)")
+    recipe: str = _opt("", "which optimizer recipe ran and what your flags changed (filled in by the trainer)", cli=False)
     accumulate_grad_batches: int = _opt(1, "micro-batches per optimizer step")
     gradient_clip_val: float = _opt(1.0, "clip the gradient norm to this (0 = off)")
     seed: int = _opt(42, "seed of the song order, crops, noise and timesteps")
@@ -157,14 +168,14 @@ class TrainConfig:
             problems.append("--reg_weight must be between 0 and 1 (the fraction of micro-batches from --reg_dataset)")
         if self.val_songs and self.val_dataset:
             problems.append("give --val_songs or --val_dataset, not both")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append("--warmup_steps must be >= 0")
         if self.max_duration is not None and self.max_duration <= 0:
             problems.append("--max_duration must be positive")
         for name in ("prompt_dropout", "lyrics_dropout", "speaker_dropout", "condition_dropout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"--{name} must be between 0 and 1")
-        if self.timestep_sigma <= 0:
+        if self.timestep_sigma is not None and self.timestep_sigma <= 0:
             problems.append("--timestep_sigma must be positive")
         if self.final_lr_fraction is not None and not 0.0 <= self.final_lr_fraction <= 1.0:
             problems.append("--final_lr_fraction must be between 0 and 1")
@@ -185,7 +196,8 @@ class TrainConfig:
         steps = self.overfit_steps
         return dataclasses.replace(
             self, exp_name=f"{self.exp_name}-overfit-one", max_steps=steps, every_n_train_steps=steps, save_last=1,
-            val_songs=0, val_dataset=None, val_every=max(1, steps // 10), warmup_steps=min(self.warmup_steps, steps),
+            val_songs=0, val_dataset=None, val_every=max(1, steps // 10),
+            warmup_steps=None if self.warmup_steps is None else min(self.warmup_steps, steps),
             reg_dataset=None,
         )
 

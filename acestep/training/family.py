@@ -17,14 +17,16 @@ from torch.utils.data import Dataset
 
 from acestep.lora import LoraSettings
 
+from .optim import OptimizerRecipe
 from .validation import FixedPointLoss
 
 
 class StepObjective(Protocol):
-    """The loss of one micro-batch; every random draw comes from `generator` (seeded per micro-batch)."""
+    """The loss of one micro-batch; song i's random draws come from `generators[i]`, seeded by its slot in the run's
+    order, so 2 DDP processes x batch 1 take the step 1 process x batch 2 takes."""
 
     def __call__(
-        self, transformer: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator
+        self, transformer: torch.nn.Module, batch: dict[str, Any], generators: list[torch.Generator]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
@@ -50,3 +52,6 @@ class TrainingParts:
     fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise
     val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw
     reg_songs: Dataset | None = None  # regularization songs (--reg_dataset), items by Draw
+    recipe: OptimizerRecipe | None = None  # the family's optimizer defaults (None: the trainer's, v1's fork recipe)
+    resolved: dict[str, Any] = field(default_factory=dict)  # config fields the family filled in (train_config.json)
+    notes: list[str] = field(default_factory=list)  # what the family's objective uses, for the run summary

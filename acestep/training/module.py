@@ -168,14 +168,13 @@ class LoraTrainingModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         reg = bool(batch.pop("reg", False))  # a micro-batch of regularization songs
         rank = self.global_rank
-        generator = torch.Generator().manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 1))
         torch.manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 2))
+        songs = [torch.Generator().manual_seed(stream_seed(seed, 1)) for seed in batch["seeds"]]
         if self.step_objective is not None:
-            loss, extra = self.step_objective(self.transformer, batch, generator)
+            loss, extra = self.step_objective(self.transformer, batch, songs)
             return self._record(loss, {"loss": loss.detach(), **extra}, reg)
         latents = batch["target_latents"]
         frame_mask = batch["attention_mask"]
-        songs = [torch.Generator().manual_seed(stream_seed(seed, 1)) for seed in batch["seeds"]]
         conditions = self._drop_conditions(batch, songs)
         noised = self.objective.add_noise_per_song(latents, songs, frame_mask)
         ssl = batch.get("ssl_hidden_states") if self.config.ssl_coeff > 0 else None

@@ -1,10 +1,16 @@
-"""Optimisers and the learning-rate schedule of the reference fork (AdamW betas 0.8/0.9, Prodigy; warm-up then decay)."""
+"""Optimisers and learning-rate schedules, with each family's recipe for what the user leaves unset.
+
+v1 follows the reference fork (AdamW betas 0.8/0.9, warm-up from 0 over 10 steps, linear decay); a family may hand
+its own recipe (1.5: the official trainer's AdamW betas 0.9/0.999, warm-up from 0.1x, cosine decay to 1 %).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +19,51 @@ from acestep.errors import AcestepError
 from .config import TrainConfig
 
 DEFAULT_LR = {"adamw": 1e-4, "adamw8bit": 1e-4, "prodigy": 1.0}
-DEFAULT_FINAL_LR_FRACTION = {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1}
+RECIPE_FIELDS = ("beta1", "beta2", "lr_schedule", "warmup_steps", "final_lr_fraction")
+
+
+@dataclass(frozen=True)
+class OptimizerRecipe:
+    """A family's defaults for the optimizer options the user left unset."""
+
+    name: str
+    betas: tuple[float, float]
+    lr_schedule: str  # "linear" (warm-up from 0) or "cosine" (warm-up from WARMUP_START)
+    warmup_steps: int  # with warmup_fraction: at most this many, and at most that fraction of the run (at least 1)
+    final_lr_fraction: dict[str, float] = field(default_factory=dict)  # per optimizer
+    warmup_fraction: float | None = None
+
+    def warmup(self, max_steps: int) -> int:
+        if self.warmup_fraction is None:
+            return self.warmup_steps
+        return min(self.warmup_steps, max(1, int(max_steps * self.warmup_fraction)))
+
+
+# the reference fork's trainer_new.py: AdamW(betas=(0.8, 0.9)), 10 warm-up steps from 0, linear decay
+FORK_RECIPE = OptimizerRecipe("v1 fork", (0.8, 0.9), "linear", 10, {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1})
+
+
+def resolve_recipe(config: TrainConfig, recipe: OptimizerRecipe = FORK_RECIPE) -> TrainConfig:
+    """The config with the recipe's values where the user gave none, and `recipe` saying which ran (the run summary
+    and train_config.json show it). Fields already set stay: the user's flags win, and resolving twice is a no-op."""
+    if config.recipe:
+        return config
+    given = [name for name in RECIPE_FIELDS if getattr(config, name) is not None]
+    values = {
+        "beta1": recipe.betas[0], "beta2": recipe.betas[1], "lr_schedule": recipe.lr_schedule,
+        "warmup_steps": recipe.warmup(config.max_steps),
+        "final_lr_fraction": recipe.final_lr_fraction[config.optimizer],
+    }
+    resolved = dataclasses.replace(config, **{k: v for k, v in values.items() if k not in given})
+    return dataclasses.replace(resolved, recipe=_describe(resolved, recipe.name, given))
+
+
+def _describe(config: TrainConfig, name: str, given: list[str]) -> str:
+    betas = "" if config.optimizer == "prodigy" else f" betas ({config.beta1:g}, {config.beta2:g}),"
+    start = f"{WARMUP_START:g}x" if config.lr_schedule == "cosine" else "0"
+    text = (f"Optimizer recipe: {name}: {config.optimizer}{betas} warm-up from {start} over {config.warmup_steps} "
+            f"steps, {config.lr_schedule} decay to {config.final_lr_fraction:.0%} of the peak lr")
+    return text + (f" (your flags: {', '.join('--' + g for g in given)})" if given else "")
 
 
 def bitsandbytes_available() -> bool:
@@ -24,6 +74,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -
     """AdamW (fork settings), 8-bit AdamW from bitsandbytes, or Prodigy (lr is its multiplier, 1.0 by default)."""
     params = list(params)
     lr = config.learning_rate if config.learning_rate is not None else DEFAULT_LR[config.optimizer]
+    config = resolve_recipe(config)
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=config.weight_decay)
@@ -59,8 +110,29 @@ class WarmupLinearDecay:
         return max(0.0, 1.0 - progress) * (1.0 - self.final) + self.final
 
 
+WARMUP_START = 0.1  # the official 1.5 trainer's warm-up: LinearLR(start_factor=0.1)
+
+
+@dataclass
+class WarmupCosineDecay:
+    """LR multiplier of the official 1.5 trainer: from `start` up to 1 over the warm-up, then a cosine from 1 down to
+    `final` at `max_steps` (its LinearLR + CosineAnnealingLR(eta_min=final*lr) in closed form)."""
+
+    warmup_steps: int
+    max_steps: int
+    final: float = 0.01
+    start: float = WARMUP_START
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (1.0 - self.start) * step / self.warmup_steps
+        length = max(1, self.max_steps - self.warmup_steps)
+        progress = min(step - self.warmup_steps, length) / length
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    final = config.final_lr_fraction
-    if final is None:
-        final = DEFAULT_FINAL_LR_FRACTION[config.optimizer]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(config.warmup_steps, config.max_steps, final))
+    config = resolve_recipe(config)
+    schedule = WarmupCosineDecay if config.lr_schedule == "cosine" else WarmupLinearDecay
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule(config.warmup_steps, config.max_steps, config.final_lr_fraction))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from .data import SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
+from .optim import FORK_RECIPE, resolve_recipe
 from .regularization import load_reg_rows, reg_mix_line
 from .samples import SampleRenderer, read_sample_prompts
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
@@ -176,6 +178,12 @@ def run_training(
     trigger = check_trigger(config)
     resume_from = check_run_dir(config)
     notes = [config.preset_applied] if config.preset_applied else []
+    if parts is not None:  # the family's own defaults and recipe for what the user left unset
+        config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe or FORK_RECIPE)
+        notes += parts.notes
+    else:
+        config = resolve_recipe(config)
+    notes.append(config.recipe)
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,

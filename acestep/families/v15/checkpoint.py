@@ -139,6 +139,12 @@ def _resolve_original(root: Path, dit: str | None) -> V15Checkpoint:
                          dit=dit_dir)
 
 
+def dit_config(checkpoint: V15Checkpoint) -> dict[str, Any]:
+    """The DiT's config.json: the original layout's DiT folder, or the diffusers layout's transformer/."""
+    folder = checkpoint.dit if checkpoint.dit is not None else checkpoint.root / "transformer"
+    return _read_json(folder / "config.json")
+
+
 def _download(repo_id: str) -> Path:
     """The repo's snapshot in the shared cache (v1's downloader: one cache, one error line)."""
     return download_snapshot(repo_id, DEFAULT_CACHE)

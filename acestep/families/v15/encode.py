@@ -3,7 +3,8 @@
 Per song: VAE latents [T, 64] (the target), the condition encoder's output states + mask for the SFT text prompt
 (caption + metadata: bpm, key, time signature, duration) and the lyrics, and the text2music context latents
 [T, 128] (silence latent tiled to T ++ a chunk mask of ones). With `--condition_store inputs` the condition
-encoder's inputs are stored instead, for LoRAs that train it or for condition dropout.
+encoder's inputs are stored instead, for LoRAs that train it (condition dropout works on
+either: it replaces the whole output by null_condition_emb).
 
 Timbre input: with no reference audio, generation (AceStepPipeline, like the upstream handler) feeds the
 condition encoder's learned `silence_latent[:, :750]`, not zeros; the official preprocessing feeds zeros. We store
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ TIMBRE_SECONDS = 30  # the pipeline's silent timbre reference: ceil(30 s * laten
 INSTRUMENTAL_LYRICS = "[Instrumental]"  # what the official preprocessing encodes for songs without lyrics
 UNKNOWN_LANGUAGE = "unknown"
 CONDITION_STORES = ("outputs", "inputs")
+SENTENCE_END = re.compile(r"[^\W\d_]{3,}[.!?](\s|$)")  # a word (not Dr., Mr.) that ends a sentence
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class V15Settings:
     family: str = NAME
     max_duration: float = 360.0
     target_lufs: float | None = None
-    tag_order: str = "shuffle"
+    tag_order: str = "as_written"  # the official trainer encodes the caption as written; shuffle is for tag lists
     condition_store: str = "outputs"  # "outputs": condition encoder output; "inputs": its inputs
     latent_sampling: str = "posterior-sample-seeded-by-row"  # Oobleck latent_dist.sample(), as upstream
     # long songs are encoded in tiles of this many seconds (2 s overlap each side, AutoencoderOobleck's own tiling,
@@ -149,6 +152,12 @@ def features_for_v15_record(record: dict[str, Any]) -> datasets.Features:
     return datasets.Features(features)
 
 
+def looks_like_prose(tags: tuple[str, ...]) -> bool:
+    """A caption written as sentences (the 1.5 captioner's prose), not a tag list: some comma-separated piece
+    ends a sentence after a few words, or runs to eight words or more."""
+    return any(len(tag.split()) >= 8 or (len(tag.split()) >= 3 and SENTENCE_END.search(tag)) for tag in tags)
+
+
 def song_text(row: FilenameRow, caption: str) -> SongText:
     """The prompt arguments for one row; unknown metadata stays None (the prompt then says N/A)."""
     lyrics = INSTRUMENTAL_LYRICS if is_instrumental(row.lyrics) else row.lyrics
@@ -231,6 +240,7 @@ class V15SongStages:
             raise AcestepError(f"condition_store must be one of {CONDITION_STORES}, not {settings.condition_store!r}")
         self.pipe = pipe
         self.settings = settings
+        self.prose_kept = 0  # prose captions --tag_order shuffle left as written
         self.format_prompt = format_prompt
         self.load_audio = load_audio
         self.hop = round(SAMPLE_RATE / pipe.latents_per_second)
@@ -251,7 +261,14 @@ class V15SongStages:
         return features_for_v15_record(record)
 
     def prepare(self, index: int, row: FilenameRow) -> PreparedV15Song:
-        caption = build_prompt(row, index, self.settings.tag_order, self.format_prompt, self.settings.trigger,
+        order = self.settings.tag_order
+        if order == "shuffle" and looks_like_prose(row.tags):  # shuffling would cut sentences apart
+            order = "as_written"
+            if not self.prose_kept:
+                print(f"{Path(row.filename).name}: the caption reads as sentences, so it is kept as written "
+                      "(--tag_order shuffle reorders tag lists only; the same for every such caption)", flush=True)
+            self.prose_kept += 1
+        caption = build_prompt(row, index, order, self.format_prompt, self.settings.trigger,
                                self.settings.trigger_position)[:MAX_PROMPT_CHARS]
         return PreparedV15Song(index, row.key, row.filename, song_text(row, caption))
 
@@ -303,7 +320,7 @@ def song_stages_from_args(checkpoint: V15Checkpoint, args: argparse.Namespace) -
     settings = V15Settings(
         max_duration=args.max_duration,
         target_lufs=args.target_lufs,
-        tag_order=args.tag_order,
+        tag_order=args.tag_order or "as_written",
         condition_store=getattr(args, "condition_store", "outputs"),
         trigger=clean_trigger(getattr(args, "trigger", None)),
         trigger_position=getattr(args, "trigger_position", "first"),

@@ -2,12 +2,16 @@
 
 x0 = the song's latents, x1 = noise, x_t = t * x1 + (1 - t) * x0; the DiT predicts the flow x1 - x0 and the loss is
 the MSE over the valid frames. Timesteps:
-- turbo: one of the 8 timesteps turbo inference uses (shift 3), uniformly, with timestep_r = t
-  (ace-step/ACE-Step-1.5 acestep/training/trainer.py, TURBO_SHIFT3_TIMESTEPS);
-- base / sft: continuous t = sigmoid(N(mu, sigma)) with mu -0.4, sigma 1.0 and timestep_r = t, the sampling the
-  base model was trained with (modeling_acestep_v15_base.py `sample_t_r`, use_meanflow=False).
-Condition dropout replaces a sample's whole condition sequence by the learned `null_condition_emb`, which is what
-base/sft generation feeds the unconditional half of guidance (the same file's forward, cfg_ratio).
+- logit_normal (the default for every variant): t = the larger of two draws sigmoid(N(mu, sigma)), timestep_r = t,
+  with mu and sigma from the DiT's config.json (published: -0.4, 1.0). That is how every 1.5 model's own training
+  forward samples (`sample_t_r` with use_meanflow=False in modeling_acestep_v15_{turbo,base}.py) and what the
+  current official trainer does for turbo, base and sft (training_v2, "fixed" mode): mean 0.535, P(t > 0.5) 0.57.
+- turbo: one of the 8 timesteps turbo inference uses (shift 3), uniformly, with timestep_r = t: the choice of the
+  older (Feb 2026) official trainer (acestep/training/trainer.py), which the later one calls wrong for training.
+Condition dropout replaces a sample's whole condition sequence by the learned `null_condition_emb`, as the models
+were pre-trained (cfg_ratio 0.15 in their forward) and what base/sft generation feeds the unconditional half of
+guidance. Every draw of a song (dropout, t, noise) comes from that song's own generator: a song gets the same draws
+whatever it is batched with and whichever DDP process trains it.
 """
 
 from __future__ import annotations
@@ -34,20 +38,21 @@ def shifted_timesteps(steps: int = TURBO_STEPS, shift: float = TURBO_SHIFT) -> t
     return (shift * t / (1 + (shift - 1) * t)).float()
 
 
-def resolve_schedule(name: str, is_turbo: bool) -> str:
-    """auto: turbo checkpoints train on their 8 sampling timesteps, base/sft on the continuous density."""
+PUBLISHED_MU, PUBLISHED_SIGMA = -0.4, 1.0  # timestep_mu / timestep_sigma of every published 1.5 config.json
+
+
+def resolve_schedule(name: str) -> str:
+    """auto: the continuous max-of-two density for every variant, turbo included (the current official trainer)."""
     if name not in SCHEDULES:
         raise AcestepError(f"unknown timestep schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name == "auto":
-        return "turbo" if is_turbo else "logit_normal"
-    return name
+    return "logit_normal" if name == "auto" else name
 
 
 @dataclass
 class TimestepSampler:
     schedule: str  # "turbo" or "logit_normal"
-    mu: float = -0.4
-    sigma: float = 1.0
+    mu: float = PUBLISHED_MU
+    sigma: float = PUBLISHED_SIGMA
 
     def __post_init__(self) -> None:
         if self.schedule not in ("turbo", "logit_normal"):
@@ -58,7 +63,40 @@ class TimestepSampler:
         """t per sample in (0, 1], fp32, drawn on the CPU generator (same values on every device)."""
         if self.schedule == "turbo":
             return self.table[torch.randint(0, len(self.table), (batch,), generator=generator)]
-        return torch.sigmoid(torch.randn(batch, generator=generator) * self.sigma + self.mu)
+        t = torch.sigmoid(torch.randn(batch, generator=generator) * self.sigma + self.mu)
+        r = torch.sigmoid(torch.randn(batch, generator=generator) * self.sigma + self.mu)
+        return torch.maximum(t, r)
+
+    def describe(self) -> str:
+        if self.schedule == "turbo":
+            return "t uniform over the 8 turbo sampling timesteps (1.0 ... 0.3; the Feb 2026 official trainer's table)"
+        return f"t = max of two sigmoid(N({self.mu:g}, {self.sigma:g})) draws (the models' own training density)"
+
+
+@dataclass
+class SongDraws:
+    """One micro-batch's random draws, each song's from its own generator."""
+
+    keep: torch.Tensor  # [B] bool: the song keeps its condition (False: null_condition_emb instead)
+    t: torch.Tensor  # [B] fp32
+    noise: torch.Tensor  # [B, T, C] fp32, zero on padded frames
+
+
+def draw_per_song(
+    generators: list[torch.Generator], frame_mask: torch.Tensor, channels: int, sampler: TimestepSampler,
+    condition_dropout: float,
+) -> SongDraws:
+    """Song i's condition-dropout draw, t and noise (over its real frames only) from generators[i], in that order.
+
+    The dropout draw is taken even at probability 0, so t and noise do not depend on --condition_dropout."""
+    keep, times = [], []
+    noise = torch.zeros(len(generators), frame_mask.shape[1], channels)
+    for row, generator in enumerate(generators):
+        keep.append(bool(torch.rand(1, generator=generator) >= condition_dropout))
+        times.append(sampler.sample(1, generator))
+        frames = int(frame_mask[row].sum())
+        noise[row, :frames] = torch.randn(frames, channels, generator=generator)
+    return SongDraws(keep=torch.tensor(keep), t=torch.cat(times), noise=noise)
 
 
 @dataclass
@@ -68,9 +106,9 @@ class NoisedLatents:
     target: torch.Tensor  # x1 - x0 [B, T, 64], fp32
 
 
-def add_noise(latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> NoisedLatents:
-    """x_t = t * noise + (1 - t) * x0 and the flow target noise - x0 (noise from the CPU generator)."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+def add_noise(latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> NoisedLatents:
+    """x_t = t * noise + (1 - t) * x0 and the flow target noise - x0."""
+    noise = noise.to(latents.device)
     x0 = latents.float()
     t_ = t.to(latents.device).view(-1, 1, 1)
     noisy = t_ * noise + (1.0 - t_) * x0
@@ -84,15 +122,12 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, frame_mask: torch
     return squared.sum() / mask.sum().clamp_min(1.0)
 
 
-def drop_conditions(
-    states: torch.Tensor, null_embedding: torch.Tensor, probability: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Replace each sample's condition sequence by the null embedding with `probability` (none when 0)."""
-    if probability <= 0:
+def drop_conditions(states: torch.Tensor, null_embedding: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Each song's condition sequence where `keep` [B] says so, the null embedding (expanded) elsewhere."""
+    if bool(keep.all()):
         return states
-    drop = (torch.rand(states.shape[0], generator=generator) < probability).to(states.device)
     null = null_embedding.to(states.device, states.dtype).expand_as(states)
-    return torch.where(drop[:, None, None], null, states)
+    return torch.where(keep.to(states.device)[:, None, None], states, null)
 
 
 def base_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -153,14 +188,16 @@ class V15Step:
         return masked_mse(prediction, noise.float() - x0, batch["attention_mask"])
 
     def __call__(
-        self, transformer: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator
+        self, transformer: torch.nn.Module, batch: dict[str, Any], generators: list[torch.Generator]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`generators`: one per song of the micro-batch (its own stream, see draw_per_song)."""
         latents = batch["target_latents"]
+        draws = draw_per_song(generators, batch["attention_mask"], latents.shape[-1], self.sampler,
+                              self.condition_dropout)
         states = self.conditions(batch)
         if self.null_embedding is not None:
-            states = drop_conditions(states, self.null_embedding, self.condition_dropout, generator)
-        t = self.sampler.sample(latents.shape[0], generator)
-        noised = add_noise(latents, t, generator)
+            states = drop_conditions(states, self.null_embedding, draws.keep)
+        noised = add_noise(latents, draws.t, draws.noise)
         dtype = base_dtype(transformer)
         prediction = transformer(
             hidden_states=noised.noisy.to(dtype), timestep=noised.t.to(dtype), timestep_r=noised.t.to(dtype),

@@ -247,7 +247,7 @@ def measure_step(request: V15PlanRequest, model: torch.nn.Module | None = None) 
 
     def once() -> None:
         with torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            loss, _ = step(model, batch, torch.Generator().manual_seed(0))
+            loss, _ = step(model, batch, [torch.Generator().manual_seed(i) for i in range(b)])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -22,18 +22,24 @@ from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
 from acestep.training.data import Draw, pad_stack
 from acestep.training.family import TrainingParts
+from acestep.training.optim import OptimizerRecipe
 from acestep.training.regularization import load_reg_rows
 from acestep.training.validation import split_songs
 
-from .checkpoint import V15Checkpoint, load_components
+from .checkpoint import V15Checkpoint, dit_config, load_components
 from .export import usage_lines, write_step_files
-from .objective import TimestepSampler, V15Step, resolve_schedule
+from .objective import PUBLISHED_MU, PUBLISHED_SIGMA, TimestepSampler, V15Step, resolve_schedule
 
 LATENT_FRAMES_PER_SECOND = 25.0  # 48 kHz / 1920 (AutoencoderOobleck)
 DEFAULT_LORA_CONFIG = "config/lora_config_v15.json"
 LATENT_COLUMNS = ("target_latents", "context_latents")
 OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
 INPUT_COLUMNS = ("text_hidden_states", "text_attention_mask", "lyric_hidden_states", "lyric_attention_mask")
+CONDITION_DROPOUT = 0.15  # cfg_ratio of the models' pre-training and the current official trainer's default
+# the official trainer (acestep/training/trainer.py, and training_v2/optim.py since): torch's AdamW betas, warm-up
+# LinearLR from 0.1x over min(100, total/10) steps, then a cosine to 1 % of lr (Prodigy: constant after warm-up)
+OFFICIAL_RECIPE = OptimizerRecipe("ACE-Step 1.5 official trainer", (0.9, 0.999), "cosine", 100,
+                                  {"adamw": 0.01, "adamw8bit": 0.01, "prodigy": 1.0}, warmup_fraction=0.1)
 
 
 def frames_for_seconds(seconds: float | None) -> int | None:
@@ -67,7 +73,8 @@ class V15Songs(Dataset):
             generator = torch.Generator().manual_seed(draw.seed)
             start = int(torch.randint(0, frames - self.max_frames + 1, (1,), generator=generator))
             latents, context = latents[start:start + self.max_frames], context[start:start + self.max_frames]
-        item = {"target_latents": latents, "context_latents": context, "micro_batch": draw.micro_batch}
+        item = {"target_latents": latents, "context_latents": context, "micro_batch": draw.micro_batch,
+                "seed": draw.seed}
         item.update({name: row[name].float() for name in self.condition_columns})
         return item
 
@@ -79,9 +86,10 @@ def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
     frames. Batch size 1 (the default) or equal crops (--max_duration) avoid padding altogether.
     """
     latents, frame_mask = pad_stack([i["target_latents"] for i in items])
-    batch = {"target_latents": latents, "attention_mask": frame_mask, "micro_batch": items[0]["micro_batch"]}
+    batch = {"target_latents": latents, "attention_mask": frame_mask, "micro_batch": items[0]["micro_batch"],
+             "seeds": [i["seed"] for i in items]}  # each song's own stream: its draws do not depend on its batch
     for name in items[0]:
-        if name not in batch and name != "micro_batch":
+        if name not in batch and name not in ("micro_batch", "seed"):
             batch[name] = pad_stack([i[name] for i in items])[0]
     return batch
 
@@ -107,7 +115,7 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     encoder = modules["condition_encoder"].requires_grad_(False)
     null = encoder.null_condition_emb.detach().clone()
     parts = training_parts(config, modules["transformer"], null, load_preprocessed(config.dataset_path),
-                           base_model_name(checkpoint), encoder, reg_rows)
+                           base_model_name(checkpoint), encoder, reg_rows, dit_config(checkpoint))
     if config.sample_every > 0:
         from .samples import V15SampleRenderer, read_v15_prompts
 
@@ -123,10 +131,26 @@ def base_model_name(checkpoint: V15Checkpoint) -> str:
     return f"{checkpoint.root.resolve()}" + (f" ({checkpoint.dit.name})" if checkpoint.dit else "")
 
 
-def is_turbo(transformer: torch.nn.Module) -> bool:
-    """As AceStepPipeline decides: the config's is_turbo flag or model_version 'turbo'."""
-    config = transformer.config
-    return bool(getattr(config, "is_turbo", False) or getattr(config, "model_version", None) == "turbo")
+def objective_values(config: TrainConfig, dit: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The objective's settings the user left unset, filled in (timestep mu/sigma from the DiT's config.json
+    `dit`, condition dropout 0.15), and the run summary's line on what the objective uses."""
+    found = dit is not None and "timestep_mu" in dit and "timestep_sigma" in dit
+    values = {
+        "timestep_schedule": resolve_schedule(config.timestep_schedule),
+        "timestep_mu": config.timestep_mu if config.timestep_mu is not None else
+        float(dit["timestep_mu"]) if found else PUBLISHED_MU,
+        "timestep_sigma": config.timestep_sigma if config.timestep_sigma is not None else
+        float(dit["timestep_sigma"]) if found else PUBLISHED_SIGMA,
+        "condition_dropout": CONDITION_DROPOUT if config.condition_dropout is None else config.condition_dropout,
+    }
+    sampler = TimestepSampler(values["timestep_schedule"], values["timestep_mu"], values["timestep_sigma"])
+    source = ("your flags" if config.timestep_mu is not None and config.timestep_sigma is not None
+              else "the DiT's config.json" if found else "the published values")
+    density = sampler.describe() + (f", mu/sigma from {source}" if sampler.schedule == "logit_normal" else "")
+    dropout = values["condition_dropout"]
+    line = (f"ACE-Step 1.5 objective: {density}; condition dropout {dropout:g} (null_condition_emb"
+            f"{', your flag' if config.condition_dropout is not None else ', the official default'})")
+    return values, line
 
 
 def training_parts(
@@ -137,14 +161,16 @@ def training_parts(
     base_model: str,
     condition_encoder: torch.nn.Module | None = None,
     reg_rows: datasets.Dataset | None = None,
+    dit: dict[str, Any] | None = None,
 ) -> TrainingParts:
     """Everything the shared trainer needs for a 1.5 run on `transformer` (frozen base in its dtype).
 
     `condition_encoder` (frozen) runs in the step when the dataset stores its inputs (--condition_store inputs).
     `reg_rows`: the regularization songs (--reg_dataset), stored the same way as the training songs.
+    `dit`: the DiT's config.json (timestep_mu / timestep_sigma; without it the published values).
     """
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
-    schedule = resolve_schedule(config.timestep_schedule, is_turbo(transformer))
+    values, objective_line = objective_values(config, dit)
     train_rows, val_rows = split_songs(dataset, config.val_songs, config.val_dataset, config.overfit_one)
     songs = V15Songs(train_rows, frames_for_seconds(config.max_duration))
     if songs.stores_inputs and condition_encoder is None:
@@ -153,8 +179,9 @@ def training_parts(
     if reg_songs is not None and reg_songs.stores_inputs != songs.stores_inputs:
         raise AcestepError("--reg_dataset was preprocessed with another --condition_store than the dataset; "
                            "preprocess both the same way")
-    step = V15Step(TimestepSampler(schedule, config.timestep_mu, config.timestep_sigma), null_embedding,
-                   config.condition_dropout, condition_encoder if songs.stores_inputs else None)
+    sampler = TimestepSampler(values["timestep_schedule"], values["timestep_mu"], values["timestep_sigma"])
+    step = V15Step(sampler, null_embedding, values["condition_dropout"],
+                   condition_encoder if songs.stores_inputs else None)
     return TrainingParts(
         family=V15_FAMILY,
         transformer=transformer,
@@ -168,6 +195,9 @@ def training_parts(
         fixed_loss=step.fixed_loss,
         val_songs=V15Songs(val_rows, frames_for_seconds(config.max_duration)) if val_rows is not None else None,
         reg_songs=reg_songs,
+        recipe=OFFICIAL_RECIPE,
+        resolved=values,
+        notes=[objective_line],
     )
 
 
