@@ -102,6 +102,20 @@ def test_captions_stay_as_written_by_default_and_shuffle_never_cuts_prose(
     assert shuffling.prose_kept == 2
 
 
+def test_a_long_prose_caption_is_not_cut_at_v1s_character_limit(tiny_v15_checkpoint: Path) -> None:
+    from acestep.data.preprocess import MAX_PROMPT_CHARS, parse_args
+    from acestep.families.v15 import checkpoint as v15_checkpoint
+    from acestep.families.v15.encode import song_stages_from_args
+
+    prose = ("A slow, warm ballad opens on a felt piano and a soft brushed kit. A breathy female voice sings close to "
+             "the microphone while a cello answers each line. Halfway through, strings swell, the drums open up, and "
+             "the last chorus lifts a key before everything falls back to the piano alone.")
+    assert len(prose) > MAX_PROMPT_CHARS
+    args = parse_args(["--input_name", "x", "--output_dir", "y", "--device", "cpu", "--dtype", "float32"])
+    stages = song_stages_from_args(v15_checkpoint.resolve(tiny_v15_checkpoint / "original"), args)
+    assert stages.prepare(0, FilenameRow("s0", "/music/s0.wav", [prose], "")).text.caption == prose
+
+
 def test_stage2_carries_music_metadata(filenames: Path) -> None:
     import datasets
 

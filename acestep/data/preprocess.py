@@ -195,17 +195,17 @@ def input_fingerprint(rows: Sequence[FilenameRow]) -> str:
 
 def build_prompt(
     row: FilenameRow, index: int, order: str, format_prompt: Callable[..., str], trigger: str | None = None,
-    trigger_position: str = "first",
+    trigger_position: str = "first", max_chars: int | None = MAX_PROMPT_CHARS,
 ) -> str:
     """Tags joined (shuffled with a per-row seed, so repeated rows differ but a rerun is identical).
 
     As in the reference dataset: no tags means "music", a non-empty recaption competes with the tag
-    string at random, and the prompt is cut to 256 characters. A trigger tag is then inserted (it always survives
-    the cut).
+    string at random, and the prompt is cut to `max_chars` (v1: 256 characters; None for a family whose text
+    encoder cuts by tokens). A trigger tag is then inserted (it always survives the cut).
     """
     tag_text = format_prompt(list(row.tags or FALLBACK_TAGS), order=order, seed=index)
     candidates = [*row.recaptions, tag_text]
-    prompt = random.Random(index).choice(candidates)[:MAX_PROMPT_CHARS]
+    prompt = random.Random(index).choice(candidates)[:max_chars]
     return insert_trigger(prompt, trigger, trigger_position, index) if trigger else prompt
 
 

@@ -26,7 +26,6 @@ import torch
 
 from acestep.data.encoders import resolve_device, resolve_dtype
 from acestep.data.preprocess import (
-    MAX_PROMPT_CHARS,
     FilenameRow,
     build_prompt,
     clean_trigger,
@@ -268,8 +267,9 @@ class V15SongStages:
                 print(f"{Path(row.filename).name}: the caption reads as sentences, so it is kept as written "
                       "(--tag_order shuffle reorders tag lists only; the same for every such caption)", flush=True)
             self.prose_kept += 1
+        # No character cut (v1's rule): the text encoder keeps 256 tokens, as generation does, so prose stays whole.
         caption = build_prompt(row, index, order, self.format_prompt, self.settings.trigger,
-                               self.settings.trigger_position)[:MAX_PROMPT_CHARS]
+                               self.settings.trigger_position, max_chars=None)
         return PreparedV15Song(index, row.key, row.filename, song_text(row, caption))
 
     def decode(self, song: PreparedV15Song) -> torch.Tensor | str:
