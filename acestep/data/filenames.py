@@ -164,7 +164,7 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
         **metadata,
         "bpm": metadata["bpm"] if metadata["bpm"] is not None else UNKNOWN,
     }
-    return row, prompt is not None, lyrics is not None
+    return row, prompt is not None, bool(lyrics)  # whitespace alone is no lyrics
 
 
 def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], ScanSummary]:
