@@ -27,7 +27,7 @@ from acestep.captioning.embedded_lyrics import find_user_lyrics
 from acestep.captioning.parse import INSTRUMENTAL
 from acestep.captioning.sidecars import wanted_outputs, write_bpm_key, write_lyrics, write_prompt
 from acestep.data.atomic import TEMP_MARK
-from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
+from acestep.data.filenames import AUDIO_EXTENSIONS, check_one_file_per_song  # caption what stage 2 picks up
 from acestep.data.sidecars import lyrics_path, prompt_path
 from acestep.errors import AcestepError
 from acestep.progress import progress as progress_bar
@@ -142,6 +142,7 @@ def caption_folder(
     backend = _LazyBackend(make_backend)
     reports: list[FileReport] = []
     files = find_audio_files(data_dir)
+    check_one_file_per_song(files)
     with progress_bar(files, desc="captioning", unit="file", disable=not progress) as bar:
         for audio in bar:
             bar.set_postfix_str(audio.name[-40:])

@@ -27,6 +27,7 @@ import torch
 from acestep.audio.conditioning import MIN_SECONDS
 from acestep.cli_help import make_parser
 from acestep.data.encoders import SongEncoders
+from acestep.data.filenames import check_one_file_per_song
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -397,6 +398,7 @@ def run_song_stages(
     """Encode this shard's pending rows into PREP with any family's SongStages; committed work survives
     any interruption."""
     rows = read_filename_rows(input_path)
+    check_one_file_per_song([Path(row.filename) for row in rows])
     config = {
         "format_version": FORMAT_VERSION,
         "input_fingerprint": input_fingerprint(rows),
