@@ -48,7 +48,7 @@ def load_transformer_weights(
     if path.is_dir():
         config_file = Path(config_path) if config_path else path / "config.json"
         if (path / INDEX_FILE).is_file():
-            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8-sig"))["weight_map"]
             files = [path / name for name in sorted(set(weight_map.values()))]
         elif (path / WEIGHTS_FILE).is_file():
             files = [path / WEIGHTS_FILE]
@@ -80,7 +80,7 @@ def read_config(config_file: Path | None) -> dict:
 
         return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        return json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{config_file}: cannot read the transformer config: {error}") from error
 
