@@ -94,3 +94,15 @@ def test_1_5_stage3_text_has_no_carriage_return(tmp_path: Path) -> None:
     trained = song_text(row, "pop").lyrics
     assert "\r" not in trained and trained == sung_lyrics("[chorus]\r\nhey\r\n")  # training = generation
     assert song_text(FilenameRow("b", "b.wav", (), "   "), "pop").lyrics == INSTRUMENTAL_LYRICS
+
+
+def test_regularization_songs_with_whitespace_lyrics_are_instrumental(tmp_path: Path) -> None:
+    import torch
+
+    from acestep.data.reg import RegSong, render_songs
+
+    def silence(prompt: str, lyrics: str, duration: float, seed: int):  # noqa: ANN202
+        return torch.full((2, 4800), 0.1), 48000
+
+    render_songs([RegSong("r1", "ambient", " \n\t", 0.1, 1)], tmp_path, silence, "ace-step-v1", None)
+    assert (tmp_path / "r1_lyrics.txt").read_text(encoding="utf-8") == "[instrumental]\n"

@@ -100,7 +100,8 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
         pipe = load_pipeline(checkpoint, torch_dtype).to(device)
 
         def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-            params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],
+            params = V15Params(prompt=prompt, lyrics=lyrics.strip() or INSTRUMENTAL_LYRICS, duration=duration,
+                               seeds=[seed],
                                steps=steps)
             return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
 
@@ -111,7 +112,7 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
     pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype)
 
     def render_v1(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-        params = GenerationParams(prompt=prompt, lyrics=lyrics or "[instrumental]", duration=duration, seed=seed,
+        params = GenerationParams(prompt=prompt, lyrics=lyrics.strip() or "[instrumental]", duration=duration, seed=seed,
                                   **({"steps": steps} if steps else {}))
         return pipeline.generate(params, [seed], DEFAULT_SAMPLE_RATE)[0], DEFAULT_SAMPLE_RATE
 
