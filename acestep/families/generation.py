@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
             return v15_main(argv)
         if {"-h", "--help"} & set(argv):
-            build_parser().print_help()
-            sys.exit(0)
+            build_parser().parse_args(argv)  # prints the help with the 1.5 group and exits
         check_no_v15_flags(argv)
         check_v1_loras(known.lora)
     except AcestepError as error:

@@ -171,9 +171,9 @@ def add_v15_only_arguments(group: Any) -> None:
     group.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
     group.add_argument("--shift", type=float, default=3.0, help="timestep shift of the sampling schedule (1, 2 or 3)")
     group.add_argument("--language", default="en", help="vocal language code")
-    group.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section")
-    group.add_argument("--keyscale", help="key, e.g. 'A minor'")
-    group.add_argument("--timesignature", help="beats per bar, e.g. 4")
+    group.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section (default: none, N/A there)")
+    group.add_argument("--keyscale", help="key, e.g. 'A minor' (default: none, N/A in the prompt)")
+    group.add_argument("--timesignature", help="beats per bar, e.g. 4 (default: none, N/A in the prompt)")
     group.add_argument("--overwrite", action="store_true", help="replace outputs of the same name")
 
 
