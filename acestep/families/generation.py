@@ -99,8 +99,7 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
         pipe = load_pipeline(checkpoint, torch_dtype).to(device)
 
         def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-            params = V15Params(prompt=prompt, lyrics=lyrics.strip() or INSTRUMENTAL_LYRICS, duration=duration,
-                               seeds=[seed],
+            params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],
                                steps=steps)
             return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
 

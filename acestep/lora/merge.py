@@ -220,6 +220,13 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    if out.exists():
+        sources = {p.name for p in dit.iterdir()}
+        if not out.is_dir() or not {p.name for p in out.iterdir()} <= sources:
+            raise AcestepError(f"{out}: exists and is not a DiT folder this tool wrote; refusing to replace it "
+                               "(name a new output folder)")
+        if not overwrite:
+            raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
     weights = dit / V15_MODEL_FILE
     if problem := safetensors_problem(weights):
         raise CheckpointError(f"{weights}: damaged weight file ({problem}); download or copy it again")
@@ -232,13 +239,6 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
     view = {name: state[key] for name, key in names.items()}
     add_adapter(view, lora_path, V15_FAMILY, strength, settings)
     state.update({names[name]: value for name, value in view.items()})
-    if out.exists():
-        sources = {p.name for p in dit.iterdir()}
-        if not out.is_dir() or not {p.name for p in out.iterdir()} <= sources:
-            raise AcestepError(f"{out}: exists and is not a DiT folder this tool wrote; refusing to replace it "
-                               "(name a new output folder)")
-        if not overwrite:
-            raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
     temp = temp_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
