@@ -94,6 +94,26 @@ def test_damaged_v15_weight_file_is_named_in_one_line(
         families.resolve(root)
     message = one_line_exit(["--checkpoint_dir", str(root), "--prompt", "x", "--out_dir", str(tmp_path / "o")])
     assert str(file) in message and "Download or copy those files again" in message
+    for run in (_stage3, _trainer):
+        with pytest.raises(SystemExit) as exit_info:
+            run(root, tmp_path)
+        assert str(exit_info.value.code).startswith("error: damaged weight file") and str(file) in str(
+            exit_info.value.code)
+
+
+def _stage3(checkpoint: Path, tmp_path: Path) -> None:
+    from acestep.data.preprocess import main as preprocess_main
+
+    preprocess_main(["--input_name", str(tmp_path / "names"), "--output_dir", str(tmp_path / "prep"),
+                     "--checkpoint_dir", str(checkpoint), "--device", "cpu"], song_stages=families.song_stages_for_args)
+
+
+def _trainer(checkpoint: Path, tmp_path: Path) -> None:
+    from acestep.families.training import training_parts_for
+    from acestep.training.cli import main as train_main
+
+    train_main(["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", str(checkpoint), "--output_dir",
+                str(tmp_path / "runs"), "--logger", "none"], build_parts=training_parts_for)
 
 
 def test_damaged_silence_latent_is_one_line(tiny_v15_checkpoint: Path, tmp_path: Path) -> None:
