@@ -24,6 +24,8 @@ from acestep.families import FAMILY_NAMES, V15
 from acestep.quiet import quiet_third_party_noise
 
 SAMPLE_RATE = 48000
+SYNTHETIC_MAX_SECONDS = 30.0
+DEFAULT_MAX_SECONDS = 360.0  # stage 3's --max_duration default
 TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
 # (prompt tags, lyrics, base frequency in Hz) of the generated songs
@@ -136,6 +138,24 @@ def plot_loss_curve(metrics_file: Path, png: Path) -> Path | None:
     return png
 
 
+def song_seconds(args: argparse.Namespace) -> tuple[float, float | None]:
+    """(seconds stage 3 keeps per song, the trainer's crop): --max_duration when given; your songs whole, as the
+    stage scripts' defaults keep them (up to 360 s, no crop); the synthetic songs at 30 s."""
+    if args.max_duration is not None:
+        return args.max_duration, args.max_duration
+    if args.data_dir:
+        return DEFAULT_MAX_SECONDS, None
+    return SYNTHETIC_MAX_SECONDS, SYNTHETIC_MAX_SECONDS
+
+
+def crop_note(keep: float, crop: float | None) -> str:
+    """What happens to the length of the user's songs, said before any work."""
+    if crop is None:
+        return (f"songs used whole (stage 3 keeps up to {keep:g} s each); --max_duration N trains N-second crops "
+                "to fit a smaller GPU")
+    return f"songs cut to {keep:g} s and trained in {crop:g}-second crops (--max_duration)"
+
+
 def run_demo(args: argparse.Namespace) -> DemoOutputs:
     from acestep.data.encoders import load_encoders
     from acestep.data.filenames import build_filename_dataset
@@ -145,9 +165,11 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = ensure_checkpoint(args.checkpoint_dir, out)
+    keep, crop = song_seconds(args)
     if args.data_dir:
         songs = Path(args.data_dir)
         print(f"[2/5] using your songs in {songs}")
+        print(f"      {crop_note(keep, crop)}")
     else:
         songs = write_synthetic_songs(out / "songs", args.songs, args.seconds)
         print(f"[2/5] {args.songs} synthetic songs of {args.seconds:g} s with prompt/lyrics files in {songs}")
@@ -164,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     print(f"[3/5] stage 3: encoding the songs into {prep}")
     encoders = load_encoders(str(checkpoint), device=args.device, dtype="auto", ssl=args.ssl)
     result = run_preprocess(
-        filenames, prep, encoders, PreprocessSettings(ssl=args.ssl, max_duration=args.max_duration),
+        filenames, prep, encoders, PreprocessSettings(ssl=args.ssl, max_duration=keep),
         RunOptions(num_workers=0),
     )
     del encoders
@@ -181,7 +203,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
         dataset_path=str(prep), checkpoint_dir=str(checkpoint), lora_config_path=str(args.lora_config_path),
         output_dir=str(out / "runs"), exp_name=f"demo-{stamp}", max_steps=args.steps,
         every_n_train_steps=max(1, args.steps // 3), learning_rate=learning_rate, batch_size=args.batch_size,
-        max_duration=args.max_duration, logger="csv", accelerator="cpu" if args.device == "cpu" else "auto",
+        max_duration=crop, logger="csv", accelerator="cpu" if args.device == "cpu" else "auto",
         devices="1" if args.device == "cpu" else "auto",
     )
     trained = run_training(config)
@@ -221,7 +243,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=60, help="training steps")
     parser.add_argument("--batch_size", type=int, default=2, help="songs per training micro-batch")
     parser.add_argument("--learning_rate", type=float, default=None, help=f"default: {TINY_LEARNING_RATE:g} on the tiny checkpoint, else the trainer's (1e-4)")
-    parser.add_argument("--max_duration", type=float, default=30.0, help="seconds of each song used")
+    parser.add_argument("--max_duration", type=float, default=None,
+                        help=f"seconds of each song used (default: {SYNTHETIC_MAX_SECONDS:g} for the synthetic songs; "
+                        f"with --data_dir your songs whole, up to {DEFAULT_MAX_SECONDS:g} s, as the stage scripts do)")
     parser.add_argument("--lora_config_path", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     parser.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True, help="MERT/mHuBERT losses")
     parser.add_argument("--device", default="cpu", help="cpu (default) or auto / cuda for real runs")

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acestep.demo import DEFAULT_LORA_CONFIG as DEFAULT_V1_LORA_CONFIG
-from acestep.demo import SYNTHETIC_SONGS, TINY_LEARNING_RATE, plot_loss_curve, write_synthetic_songs
+from acestep.demo import (
+    SYNTHETIC_SONGS,
+    TINY_LEARNING_RATE,
+    crop_note,
+    plot_loss_curve,
+    song_seconds,
+    write_synthetic_songs,
+)
 from acestep.lora.io import OFFICIAL_DIR
 
 SYNTHETIC_BPM = 120  # synth_song plays two notes per second
@@ -74,9 +81,11 @@ def run_stages_2_3(args: argparse.Namespace, out: Path, checkpoint: str, stamp: 
     from acestep.data.filenames import build_filename_dataset
     from acestep.data.preprocess import RunOptions, run_song_stages
 
+    keep, _ = song_seconds(args)
     if args.data_dir:
         songs = Path(args.data_dir)
         print(f"[2/6] using your songs in {songs}")
+        print(f"      {crop_note(*song_seconds(args))}")
     else:
         songs = write_synthetic_songs(out / "songs-v15", args.songs, args.seconds)
         write_synthetic_metadata(songs, args.songs)
@@ -90,7 +99,7 @@ def run_stages_2_3(args: argparse.Namespace, out: Path, checkpoint: str, stamp: 
     prep = out / f"prep-v15-{stamp}"
     print(f"[3/6] stage 3: encoding the songs into {prep}")
     stage_args = argparse.Namespace(
-        device=args.device, dtype="auto", max_duration=args.max_duration, target_lufs=None, tag_order="shuffle",
+        device=args.device, dtype="auto", max_duration=keep, target_lufs=None, tag_order="shuffle",
         condition_store="outputs",
     )
     stages = family.song_stages(resolved, stage_args)
@@ -123,7 +132,7 @@ def train(args: argparse.Namespace, out: Path, outputs: V15DemoOutputs, stamp: s
         dataset_path=str(outputs.prep), checkpoint_dir=str(outputs.checkpoint), lora_config_path=str(lora_config),
         output_dir=str(out / "runs"), exp_name=f"demo15-{stamp}", max_steps=args.steps,
         every_n_train_steps=max(1, args.steps // 3), learning_rate=args.learning_rate or (
-            TINY_LEARNING_RATE if tiny else None), batch_size=args.batch_size, max_duration=args.max_duration,
+            TINY_LEARNING_RATE if tiny else None), batch_size=args.batch_size, max_duration=song_seconds(args)[1],
         logger="csv", accelerator="cpu" if args.device == "cpu" else "auto",
         devices="1" if args.device == "cpu" else "auto",
     )

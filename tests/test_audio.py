@@ -66,15 +66,30 @@ def test_conditioning_resamples_to_stereo_48k(tmp_path: Path) -> None:
     assert np.allclose(wav[0].numpy(), wav[1].numpy())
 
 
-def test_conditioning_keeps_first_two_channels_and_clamps(tmp_path: Path) -> None:
-    path = tmp_path / "four.wav"
-    samples = tone(3.5, 48000, 4)
+def test_conditioning_keeps_stereo_and_clamps(tmp_path: Path) -> None:
+    path = tmp_path / "two.wav"
+    samples = tone(3.5, 48000, 2)
     samples[0, :100] = 1.5  # out of range, written as float
     sf.write(path, samples.T, 48000, subtype="FLOAT")
     wav = prepare_training_audio(path)
     assert wav.shape == (2, int(3.5 * 48000))
     assert wav.abs().max() <= 1.0
     assert np.allclose(wav[1].numpy(), samples[1], atol=1e-6)
+
+
+def test_surround_is_downmixed_by_itu_bs775_and_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "five_one.wav"
+    channels = [tone(3.5, 48000, 1, freq)[0] * 0.5 for freq in (200, 300, 400, 50, 500, 600)]  # L R C LFE Ls Rs
+    sf.write(path, np.stack(channels).T, 48000, subtype="FLOAT")
+    with caplog.at_level("WARNING"):
+        wav = prepare_training_audio(path).numpy()
+    left, right, centre, _lfe, left_s, right_s = channels
+    assert np.allclose(wav[0], left + 0.7071 * (centre + left_s), atol=1e-5)  # the centre is no longer lost
+    assert np.allclose(wav[1], right + 0.7071 * (centre + right_s), atol=1e-5)  # the LFE is left out
+    assert "five_one.wav: 6 channels (5.1) downmixed to stereo by ITU-R BS.775" in caplog.text
+    loud = tmp_path / "loud.wav"  # full-scale surround would clip: scaled down as a whole, never clipped
+    sf.write(loud, np.full((48000 * 3, 6), 0.9, dtype=np.float32), 48000, subtype="FLOAT")
+    assert np.allclose(prepare_training_audio(loud).numpy(), 1.0, atol=1e-6)
 
 
 def test_short_songs_are_padded_to_three_seconds(tmp_path: Path) -> None:

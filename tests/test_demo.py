@@ -86,3 +86,15 @@ def test_demo_runs_the_1_5_chain_from_an_empty_folder(tmp_path: Path, capsys: py
     assert (step / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
     wav, rate = sf.read(next(out.glob("samples-v15-*/*.wav")))
     assert rate == 48000 and wav.shape == (88 * 1920, 2)  # ceil(3.5 s * 25 Hz) frames and np.abs(wav).max() > 0
+
+
+def test_real_songs_are_not_cropped_to_the_synthetic_length() -> None:
+    """`demo.py --data_dir SONGS` (the README's suggestion for real songs) keeps each song whole, as the stage
+    scripts do; the 30 s cut is for the synthetic songs only, and any crop is said before the run."""
+    from acestep.demo import crop_note, parse_args, song_seconds
+
+    assert song_seconds(parse_args(["--data_dir", "songs"])) == (360.0, None)
+    assert song_seconds(parse_args([])) == (30.0, 30.0)
+    assert song_seconds(parse_args(["--data_dir", "songs", "--max_duration", "90"])) == (90.0, 90.0)
+    assert crop_note(360.0, None).startswith("songs used whole (stage 3 keeps up to 360 s each); --max_duration N")
+    assert crop_note(90.0, 90.0) == "songs cut to 90 s and trained in 90-second crops (--max_duration)"

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -139,7 +138,6 @@ def _fill(words: list[str], key: str) -> list[str]:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Ran]]:
     work = tmp_path_factory.mktemp("readme")
-    shutil.copytree(REPO / "config", work / "config")  # the trainer's default LoRA config path is relative
     songs = write_synthetic_songs(work / "songs", count=2, seconds=3.0)
     for suffix in (".wav", "_prompt.txt", "_lyrics.txt"):
         (songs / f"song01{suffix}").rename(songs / f"{UNENCODABLE_SONG}{suffix}")

@@ -163,3 +163,55 @@ def test_a_step_folder_reads_as_its_adapter(step_folder) -> None:  # noqa: ANN00
     lora = read_lora(folder)
     assert lora.path == folder / "adapter" / "adapter_model.safetensors" and not lora.baked
     assert inspect_lora(folder).modules[0].scale == pytest.approx(settings.scale)
+
+
+def test_merge_into_the_original_1_5_layout_matches_the_diffusers_merge(tiny_v15_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
+    """`lora merge` given the official app's layout writes a DiT folder of that layout: the DiT weights merged
+    exactly as in the diffusers layout, every other key and file as it was, and our loader reads it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from acestep.families.v15.checkpoint import load_components, resolve
+    from acestep.lora.cli import main as lora_main
+    from acestep.models.v15_keys import to_diffusers_name
+
+    root = tmp_path / "Ace-Step1.5"
+    shutil.copytree(tiny_v15_checkpoint / "original", root)
+    dit = root / "acestep-v15-turbo"
+    source = load_file(str(dit / "model.safetensors"))
+    generator = torch.Generator().manual_seed(5)
+    factors = {}
+    for module in ("layers.0.self_attn.to_q", "layers.0.cross_attn.to_v"):
+        out_features, in_features = source[f"decoder.{v15_original_name(module)}.weight"].shape
+        factors[f"{module}.lora_A.weight"] = torch.randn(2, in_features, generator=generator)
+        factors[f"{module}.lora_B.weight"] = torch.randn(out_features, 2, generator=generator)
+    lora = tmp_path / "style.safetensors"
+    save_file(factors, str(lora), metadata={"acestep_family": "ace-step-1.5"})
+    config = tmp_path / "lora.json"
+    config.write_text('{"r": 2, "lora_alpha": 4, "target_modules": ["to_q", "to_v"]}', encoding="utf-8")
+
+    with_diffusers = merge_file(tiny_v15_checkpoint / "diffusers", lora, tmp_path / "merged_diffusers", 0.7,
+                                LoraSettings.from_json(config))
+    expected = load_file(str(with_diffusers / "diffusion_pytorch_model.safetensors"))
+    for given in (root, dit):  # the root holding one DiT folder, or the DiT folder itself
+        out = root / f"acestep-v15-turbo-style-{given.name}"
+        lora_main(["merge", str(given), str(lora), str(out), "--strength", "0.7", "--lora_config_path", str(config)])
+        merged = load_file(str(out / "model.safetensors"))
+        assert merged.keys() == source.keys()
+        changed = {key for key in source if not torch.equal(merged[key], source[key])}
+        assert changed == {f"decoder.{v15_original_name(m)}.weight" for m in
+                           ("layers.0.self_attn.to_q", "layers.0.cross_attn.to_v")}
+        for key, value in merged.items():
+            if key.startswith("decoder."):
+                torch.testing.assert_close(value, expected[to_diffusers_name(key.removeprefix("decoder."))],
+                                           rtol=0, atol=0)
+        for name in ("config.json", "silence_latent.pt"):
+            assert (out / name).read_bytes() == (dit / name).read_bytes()
+        checkpoint = resolve(root, dit=out.name)  # what generate.py --checkpoint_dir ROOT --dit NAME reads
+        load_components(checkpoint, ("transformer",))
+    with pytest.raises(SystemExit, match="already exists .pass --overwrite"):
+        lora_main(["merge", str(dit), str(lora), str(out), "--lora_config_path", str(config)])
+    with pytest.raises(SystemExit, match="several DiT folders"):
+        lora_main(["merge", str(root), str(lora), str(tmp_path / "x"), "--lora_config_path", str(config)])

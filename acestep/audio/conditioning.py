@@ -1,6 +1,7 @@
 """Training-side conditioning of a decoded song, in the reference order, with named rejections.
 
-Order (data-side.md 1.2): crop at the native rate, mono -> stereo, first two channels, resample to 48 kHz,
+Order (data-side.md 1.2): crop at the native rate, mono -> stereo, surround downmixed (the reference keeps the
+first two channels, which drops centre and LFE of a 5.1 file), resample to 48 kHz,
 clamp, pad to 3 s, silence check. The reference silently swaps a rejected song for a random other one;
 here every rejection is an `InputError` with the reason.
 """
@@ -28,11 +29,38 @@ SILENCE_LEVEL = 1e-4
 log = logging.getLogger(__name__)
 
 
-def to_stereo(samples: np.ndarray) -> np.ndarray:
-    """Mono is duplicated; channels beyond the first two are dropped."""
-    if samples.shape[0] == 1:
+# ITU-R BS.775 downmix to two channels: centre and surrounds at -3 dB (0.7071) into their side, LFE left out.
+# Rows: (gain into left, gain into right) per input channel in the WAV / FFmpeg order of each layout.
+_C = 0.7071
+DOWNMIX = {
+    3: ("L R C", ((1, 0), (0, 1), (_C, _C))),
+    4: ("quad", ((1, 0), (0, 1), (_C, 0), (0, _C))),
+    5: ("5.0", ((1, 0), (0, 1), (_C, _C), (_C, 0), (0, _C))),
+    6: ("5.1", ((1, 0), (0, 1), (_C, _C), (0, 0), (_C, 0), (0, _C))),
+    8: ("7.1", ((1, 0), (0, 1), (_C, _C), (0, 0), (_C, 0), (0, _C), (_C, 0), (0, _C))),
+}
+
+
+def to_stereo(samples: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
+    """Mono is duplicated; surround (3, 4, 5, 6 or 8 channels) is downmixed by ITU-R BS.775 and scaled down
+    only if the sum would clip; other channel counts keep their first two. Anything but mono and stereo is noted."""
+    channels = samples.shape[0]
+    if channels == 1:
         return np.repeat(samples, 2, axis=0)
-    return samples[:2]
+    if channels == 2:
+        return samples
+    if channels not in DOWNMIX:
+        log.warning("%s: %d channels; kept the first two (no standard downmix for this count)", source, channels)
+        return samples[:2]
+    layout, gains = DOWNMIX[channels]
+    stereo = np.asarray(gains, dtype=np.float32).T @ samples
+    peak = float(np.abs(stereo).max(initial=0.0))
+    if peak > 1.0:
+        stereo /= peak
+    log.warning("%s: %d channels (%s) downmixed to stereo by ITU-R BS.775 (centre and surrounds at -3 dB%s)%s",
+                source, channels, layout, ", LFE left out" if channels in (6, 8) else "",
+                f", scaled by {1 / peak:.3f} to stay below full scale" if peak > 1.0 else "")
+    return stereo
 
 
 def condition_training_audio(
@@ -51,7 +79,7 @@ def condition_training_audio(
             "%s: %.1f s long, cropped to the first %.0f s (--max_duration)", source, samples.shape[1] / sample_rate, max_duration
         )
         samples = samples[:, :max_native]
-    stereo = np.clip(resample(to_stereo(samples), sample_rate, target_sr), -1.0, 1.0)
+    stereo = np.clip(resample(to_stereo(samples, source), sample_rate, target_sr), -1.0, 1.0)
     min_samples = int(MIN_SECONDS * target_sr)
     if stereo.shape[1] < min_samples:
         stereo = np.pad(stereo, ((0, 0), (0, min_samples - stereo.shape[1])))

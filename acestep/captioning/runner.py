@@ -36,7 +36,7 @@ from acestep.captioning.sidecars import (
     write_prompt,
 )
 from acestep.data.atomic import TEMP_MARK
-from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
+from acestep.data.filenames import AUDIO_EXTENSIONS, check_one_file_per_song  # caption what stage 2 picks up
 from acestep.data.sidecars import lyrics_path, prompt_path
 from acestep.errors import AcestepError
 from acestep.progress import progress as progress_bar
@@ -170,6 +170,7 @@ def caption_folder(
 
         require_librosa()  # fail before any model is loaded
     files = find_audio_files(data_dir)
+    check_one_file_per_song(files)
     if make_lyrics_backend is None or not options.lyrics:
         return _caption_pass(files, make_backend, options, progress, "captioning")
     prompts = _caption_pass(files, make_backend, replace(options, lyrics=False, bpm_key=False), progress, "prompts")

@@ -100,6 +100,22 @@ def find_audio_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
+def check_one_file_per_song(audio_files: Sequence[Path]) -> None:
+    """Refuse, in one line, two audio files of one folder with one stem (`a.wav` and `a.mp3`): both would be song
+    `a`, share its side files and train twice as often. Stages 1, 2 and 3 call this before any work."""
+    by_song: dict[tuple[Path, str], list[Path]] = {}
+    for path in dict.fromkeys(audio_files):  # repeated rows of one file are one song
+        by_song.setdefault((path.parent, path.stem), []).append(path)
+    clashes = [paths for paths in by_song.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(str(p) for p in paths) for paths in clashes[:3])
+        more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        raise AcestepError(
+            f"{len(clashes)} song(s) in two formats: {shown}{more}. Files of one folder with one name are one song "
+            "(one set of side files) and would train twice as often; keep one format or rename one"
+        )
+
+
 def find_orphan_sidecars(data_dir: Path, audio_files: Sequence[Path]) -> list[Path]:
     """Prompt/lyrics files whose song is missing: usually a renamed audio file whose tags would be lost."""
     stems = {(p.parent, p.stem) for p in audio_files}
@@ -164,7 +180,7 @@ def make_row(audio: Path, default_tag: str) -> tuple[dict, bool, bool]:
         **metadata,
         "bpm": metadata["bpm"] if metadata["bpm"] is not None else UNKNOWN,
     }
-    return row, prompt is not None, lyrics is not None
+    return row, prompt is not None, bool(lyrics)  # whitespace alone is no lyrics
 
 
 def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], ScanSummary]:
@@ -174,6 +190,7 @@ def scan_folder(data_dir: Path, default_tag: str = "") -> tuple[list[dict], Scan
     audio_files = find_audio_files(data_dir)
     if not audio_files:
         raise AcestepError(f"{data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    check_one_file_per_song(audio_files)
     summary = ScanSummary(files_found=len(audio_files))
     summary.orphan_sidecars = [str(p) for p in find_orphan_sidecars(data_dir, audio_files)]
     rows = []

@@ -27,6 +27,7 @@ import torch
 from acestep.audio.conditioning import MIN_SECONDS
 from acestep.cli_help import make_parser
 from acestep.data.encoders import SongEncoders
+from acestep.data.filenames import check_one_file_per_song
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -37,6 +38,7 @@ from acestep.data.preprocessed import (
     storage_summary,
 )
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
+from acestep.data.sidecars import normalize_newlines
 from acestep.errors import AcestepError, InputError, one_line_errors
 from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
 from acestep.progress import progress
@@ -146,7 +148,8 @@ class RunResult:
 
 
 def read_filename_rows(path: Path) -> list[FilenameRow]:
-    """Rows of a filename dataset, ours or the fork's (only `filename` is required)."""
+    """Rows of a filename dataset, ours or the fork's (only `filename` is required). Lyrics and captions get "\n"
+    line ends, as generation feeds them; whitespace alone is no lyrics."""
     try:
         dataset = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as err:
@@ -162,8 +165,8 @@ def read_filename_rows(path: Path) -> list[FilenameRow]:
                 key=item.get("keys") or Path(filename).stem,
                 filename=filename,
                 tags=tuple(t.strip() for t in item.get("tags") or [] if t and t.strip()),
-                lyrics=item.get("norm_lyrics") or "",
-                recaptions=tuple(v for v in recaption.values() if isinstance(v, str) and v.strip()),
+                lyrics=_lyrics_cell(item.get("norm_lyrics")),
+                recaptions=tuple(normalize_newlines(v) for v in recaption.values() if isinstance(v, str) and v.strip()),
                 seconds=item.get("duration"),
                 bpm=_known(item.get("bpm")),
                 keyscale=_known(item.get("keyscale")),
@@ -172,6 +175,11 @@ def read_filename_rows(path: Path) -> list[FilenameRow]:
             )
         )
     return rows
+
+
+def _lyrics_cell(value: Any) -> str:
+    text = normalize_newlines(value or "")
+    return text if text.strip() else ""
 
 
 def _known(value: Any) -> Any:
@@ -390,6 +398,7 @@ def run_song_stages(
     """Encode this shard's pending rows into PREP with any family's SongStages; committed work survives
     any interruption."""
     rows = read_filename_rows(input_path)
+    check_one_file_per_song([Path(row.filename) for row in rows])
     config = {
         "format_version": FORMAT_VERSION,
         "input_fingerprint": input_fingerprint(rows),

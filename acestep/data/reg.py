@@ -136,7 +136,7 @@ def render_songs(songs: Sequence[RegSong], out_dir: str | Path, render: Renderer
             continue
         wav, sample_rate = render(song.prompt, song.lyrics, song.duration, song.seed)
         atomic_write_text(prompt_path(wav_path), song.prompt + "\n")
-        atomic_write_text(lyrics_path(wav_path), (song.lyrics or INSTRUMENTAL) + "\n")
+        atomic_write_text(lyrics_path(wav_path), (song.lyrics.strip() or INSTRUMENTAL) + "\n")
         atomic_write_json(wav_path.with_suffix(".json"),
                           {**_settings(song, steps), "family": family, "sample_rate": sample_rate})
         _write_wav(wav, sample_rate, wav_path)

@@ -51,7 +51,7 @@ def read_music_metadata(audio: Path) -> dict:
 
 
 def read_sidecar(path: Path) -> str | None:
-    """Text of a side file stripped of surrounding whitespace, None when absent.
+    """Text of a side file stripped of surrounding whitespace, with "\n" line ends; None when absent.
 
     UTF-8 only (a BOM is tolerated) because the fork reads UTF-8; guessing another encoding would
     silently turn lyrics into mojibake and then into [UNK] tokens.
@@ -62,12 +62,17 @@ def read_sidecar(path: Path) -> str | None:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(path, "text is UTF-16; re-save it as UTF-8")
     try:
-        return raw.decode("utf-8-sig").strip()
+        return normalize_newlines(raw.decode("utf-8-sig")).strip()
     except UnicodeDecodeError as err:
         raise InputError(
             path,
             f"text is not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); re-save it as UTF-8",
         ) from None
+
+
+def normalize_newlines(text: str) -> str:
+    """Windows (CRLF) and old Mac (CR) line ends as "\n": generation never feeds a "\r", so training must not."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def split_tags(prompt: str) -> list[str]:

@@ -32,12 +32,39 @@ def main(argv: list[str] | None = None) -> None:
             from acestep.families.v15.generate import main as v15_main
 
             return v15_main(argv)
+        if {"-h", "--help"} & set(argv):
+            build_parser().parse_args(argv)  # prints the help with the 1.5 group and exits
+        check_no_v15_flags(argv)
         check_v1_loras(known.lora)
     except AcestepError as error:
         sys.exit(f"error: {error}")
     from acestep.pipeline.cli import main as v1_main
 
     return v1_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """v1's parser plus the 1.5-only flags in their own group: what plain `generate.py --help` shows."""
+    from acestep.families.v15.generate import V15_GROUP, add_v15_only_arguments
+    from acestep.pipeline.cli import build_parser as v1_parser
+
+    parser = v1_parser()
+    parser.description = ("Generate music with ACE-Step v1 or 1.5 and optional LoRAs; an ACE-Step 1.5 "
+                          "--checkpoint_dir switches to the 1.5 generator (its own --help lists only its flags).")
+    add_v15_only_arguments(parser.add_argument_group(
+        V15_GROUP, "used when --checkpoint_dir is a 1.5 checkpoint; --steps and --guidance_scale then default to the "
+        "variant's (8 and 1.0 for turbo, 50 and 7.0 for base/sft)"))
+    return parser
+
+
+def check_no_v15_flags(argv: list[str]) -> None:
+    """A 1.5-only flag with a v1 checkpoint is refused in one line rather than as argparse's "unrecognized"."""
+    from acestep.families.v15.generate import V15_ONLY_FLAGS
+
+    given = [flag for flag in V15_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
+    if given:
+        raise AcestepError(f"{', '.join(given)}: ACE-Step 1.5 flag(s); --checkpoint_dir is an ACE-Step v1 checkpoint "
+                           "(or left out: the official v1 one)")
 
 
 def check_v1_loras(specs: list[str]) -> None:
@@ -83,7 +110,7 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
     pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype)
 
     def render_v1(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-        params = GenerationParams(prompt=prompt, lyrics=lyrics or "[instrumental]", duration=duration, seed=seed,
+        params = GenerationParams(prompt=prompt, lyrics=lyrics.strip() or "[instrumental]", duration=duration, seed=seed,
                                   **({"steps": steps} if steps else {}))
         return pipeline.generate(params, [seed], DEFAULT_SAMPLE_RATE)[0], DEFAULT_SAMPLE_RATE
 

@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     resize.add_argument("--table", action="store_true", help="print the per-module table")
 
     merge = add_command(commands, "merge", "add a LoRA into the transformer weights, save a checkpoint folder")
-    merge.add_argument("transformer", help="checkpoint root, ace_step_transformer/ folder or a .safetensors file")
+    merge.add_argument("transformer", help="checkpoint root, ace_step_transformer/ folder or a .safetensors file; "
+                       "for ACE-Step 1.5 a diffusers folder, or an original-layout DiT folder (or the root holding one)")
     merge.add_argument("lora", help="LoRA .safetensors file or folder")
-    merge.add_argument("output", help="the transformer folder to write (config.json + safetensors)")
+    merge.add_argument("output", help="the transformer folder to write (config.json + safetensors; for an "
+                       "original-layout 1.5 input, a DiT folder as the official app reads)")
     merge.add_argument("--strength", type=float, default=1.0, help="as the strength slider in ComfyUI")
     merge.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
     merge.add_argument("--config", help="transformer config.json, when the weights are a single file (default: beside the weights)")
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> str:
         return f"{table}{rank_advice(reports)}\nresized LoRA written to {out} (load it at strength 1.0)"
     out = merge_file(args.transformer, args.lora, args.output, args.strength, settings, args.config, args.dtype,
                      args.overwrite)
+    if (out / "silence_latent.pt").is_file():  # an ACE-Step 1.5 DiT folder of the original layout
+        return (f"merged DiT folder written to {out}; put it beside the checkpoint's vae/ and Qwen3-Embedding-0.6B/ "
+                f"(the official app lists it there; here: --checkpoint_dir THAT_FOLDER --dit {out.name})")
     return f"merged transformer written to {out}"
 
 

@@ -188,7 +188,7 @@ def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise InputError(file, f"not a readable safetensors LoRA file: {error}") from error
     config = file.with_name(PEFT_CONFIG_NAME)
     if file.name == PEFT_WEIGHTS_NAME and config.is_file() and not {META_SETTINGS, DIFFUSERS_METADATA} & set(metadata):
-        metadata[META_PEFT_CONFIG] = config.read_text(encoding="utf-8")
+        metadata[META_PEFT_CONFIG] = config.read_text(encoding="utf-8-sig")
     return tensors, metadata
 
 

@@ -3,7 +3,8 @@
 W' = W + strength * scale * B @ A, computed in fp32 and stored in W's dtype (or the requested one). The input is
 a checkpoint root (with ace_step_transformer/, or transformer/ of a diffusers ACE-Step 1.5 folder), a transformer
 folder (config.json + safetensors, sharded or not) or a single .safetensors file (config: --config, else the
-published v1 one).
+published v1 one). An ACE-Step 1.5 checkpoint in the original layout (a DiT folder with model.safetensors, or the
+root holding one) is merged into a new DiT folder of that layout, the one the official app reads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from ..checkpoint import safetensors_problem
 from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
 from ..errors import AcestepError, CheckpointError
+from ..models.v15_keys import to_diffusers_name
 from ..progress import progress
 from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
@@ -34,6 +36,10 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
 CLASS_NAME = "ACEStepTransformer2DModel"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the original ACE-Step 1.5 layout: a DiT folder whose model.safetensors holds the DiT under `decoder.`
+V15_DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
+V15_MODEL_FILE = "model.safetensors"
+DIT_PREFIX = "decoder."
 
 
 def load_transformer_weights(
@@ -48,7 +54,7 @@ def load_transformer_weights(
     if path.is_dir():
         config_file = Path(config_path) if config_path else path / "config.json"
         if (path / INDEX_FILE).is_file():
-            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8-sig"))["weight_map"]
             files = [path / name for name in sorted(set(weight_map.values()))]
         elif (path / WEIGHTS_FILE).is_file():
             files = [path / WEIGHTS_FILE]
@@ -80,7 +86,7 @@ def read_config(config_file: Path | None) -> dict:
 
         return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        return json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{config_file}: cannot read the transformer config: {error}") from error
 
@@ -153,18 +159,28 @@ def merge_file(
     source = Path(transformer).resolve()
     if out.resolve() in (source, source / TRANSFORMER_SUBFOLDER, source / V15_SUBFOLDER):
         raise AcestepError(f"{out}: write the merged model to a new folder, not over its source")
+    dit = original_dit_folder(Path(transformer))
+    if dit is not None:
+        return merge_original(dit, lora_path, out, strength, settings, dtype, overwrite)
     config, state = load_transformer_weights(transformer, config_path)
     check_matches_config(config, state, Path(transformer))
+    model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
+    if dtype is not None:
+        state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
+    add_adapter(state, lora_path, model_family, strength, settings)
+    return save_transformer_folder(state, config, out, overwrite)
+
+
+def add_adapter(state: dict[str, torch.Tensor], lora_path: str | Path, model_family: str, strength: float,
+                settings: LoraSettings | None) -> None:
+    """Merge any adapter file into a transformer state dict (module names as the model's) in place."""
     modules = {key.removesuffix(".weight") for key in state if key.endswith(".weight")}
     lookup = kohya_lookup_for(modules)
     plain = file_kind(lora_path) == "lora"
     lora = read_lora(lora_path, kohya_lookup=lookup) if plain else read_adapter(
         lora_path, base_weight=lambda name: state[f"{name}.weight"], kohya_lookup=lookup)
-    model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
     if lora.family is not None and lora.family != model_family:
         raise AcestepError(f"{lora.path}: an {lora.family} LoRA cannot be merged into an {model_family} transformer")
-    if dtype is not None:
-        state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
     if plain:
         merge_into(state, lora, module_scales(lora, settings), strength)
     else:  # DoRA / LoHa / LoKr: ComfyUI's rule at this strength
@@ -173,7 +189,70 @@ def merge_file(
             raise CheckpointError(f"{lora.path}: module {missing[0]} is not in the transformer checkpoint")
         weights = {name: state[f"{name}.weight"] for name in lora.modules}
         state.update({f"{name}.weight": value for name, value in apply_adapter(weights, lora, strength).items()})
-    return save_transformer_folder(state, config, out, overwrite)
+
+
+# ---- ACE-Step 1.5 in the original layout (what the official app reads) ----
+
+
+def _is_dit(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in V15_DIT_FILES)
+
+
+def original_dit_folder(path: Path) -> Path | None:
+    """The DiT folder of an original-layout 1.5 checkpoint (`path` itself, or its one DiT sub-folder); None for
+    other inputs. Several DiT folders are refused: the user names one."""
+    if not path.is_dir():
+        return None
+    if _is_dit(path):
+        return path
+    found = sorted(folder for folder in path.iterdir() if folder.is_dir() and _is_dit(folder))
+    if len(found) > 1:
+        raise AcestepError(f"{path}: several DiT folders ({', '.join(f.name for f in found)}); pass the one to merge "
+                           f"into, e.g. {found[0]}")
+    return found[0] if found else None
+
+
+def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float, settings: LoraSettings | None,
+                   dtype: str | None, overwrite: bool) -> Path:
+    """Merge into the DiT (`decoder.*`) of an original-layout model.safetensors and write a DiT folder the official
+    app reads: the source folder's files (config.json, silence_latent.pt, its code) copied, model.safetensors merged.
+    Put it beside the checkpoint's vae/ and Qwen3-Embedding-0.6B/ to use it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if out.exists():
+        sources = {p.name for p in dit.iterdir()}
+        if not out.is_dir() or not {p.name for p in out.iterdir()} <= sources:
+            raise AcestepError(f"{out}: exists and is not a DiT folder this tool wrote; refusing to replace it "
+                               "(name a new output folder)")
+        if not overwrite:
+            raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
+    weights = dit / V15_MODEL_FILE
+    if problem := safetensors_problem(weights):
+        raise CheckpointError(f"{weights}: damaged weight file ({problem}); download or copy it again")
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(weights))
+    if dtype is not None:
+        state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
+    names = {to_diffusers_name(key.removeprefix(DIT_PREFIX)): key for key in state if key.startswith(DIT_PREFIX)}
+    view = {name: state[key] for name, key in names.items()}
+    add_adapter(view, lora_path, V15_FAMILY, strength, settings)
+    state.update({names[name]: value for name, value in view.items()})
+    temp = temp_sibling(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(dit, temp, ignore=shutil.ignore_patterns(V15_MODEL_FILE, "*.tmp*", ".*"))
+        save_file(state, str(temp / V15_MODEL_FILE), metadata=metadata)
+        make_readable(temp / V15_MODEL_FILE)
+        replace_folder(temp, out)
+    except OSError as error:
+        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
+            raise output_error(out.parent, error) from error
+        raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out
 
 
 def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -96,7 +96,7 @@ class LoraSettings:
     def from_json(cls, path: str | Path) -> LoraSettings:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(path, f"cannot read LoRA config: {error}") from error
         try:

@@ -35,7 +35,7 @@ MHUBERT_REPO = "utter-project/mHuBERT-147"
 
 def _local_config(name_or_path: str | Path) -> dict | None:
     config = Path(name_or_path) / "config.json"
-    return json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
+    return json.loads(config.read_text(encoding="utf-8-sig")) if config.is_file() else None
 
 
 def load_hubert(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32) -> HubertModel:

@@ -7,6 +7,7 @@ replaces an earlier one.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ import torch
 
 from ..cli_help import make_parser
 from ..data.atomic import atomic_write_json
+from ..data.sidecars import normalize_newlines
 from ..errors import AcestepError, InputError
 from ..lora import LoraSettings
 from ..lora.io import trigger_note
@@ -29,14 +31,26 @@ LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
-    """PATH or PATH:STRENGTH (a Windows drive colon is not a strength)."""
+    """PATH or PATH:STRENGTH (a Windows drive colon is not a strength); nan and inf are refused (they render noise)."""
     head, sep, tail = spec.rpartition(":")
     if sep and head and not tail.startswith(("\\", "/")):
         try:
-            return head, float(tail)
+            strength = float(tail)
         except ValueError:
-            pass
+            return spec, 1.0
+        if not math.isfinite(strength):
+            raise InputError(head, f"LoRA strength must be a finite number (e.g. 0.8), not {tail}")
+        return head, strength
     return spec, 1.0
+
+
+def check_duration(seconds: float) -> None:
+    """--duration within the planner's bounds (more than 0, at most MAX_DURATION_S; nan and inf refused), so a
+    typo is one line instead of an allocation failure."""
+    from acestep.plan import MAX_DURATION_S
+
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_DURATION_S:
+        raise AcestepError(f"--duration must be more than 0 and at most {MAX_DURATION_S:g} seconds, not {seconds}")
 
 
 def read_lyrics(argument: str) -> str:
@@ -50,14 +64,14 @@ def read_lyrics(argument: str) -> str:
             is_file = False
         if is_file:
             try:
-                return path.read_text(encoding="utf-8-sig")
+                return normalize_newlines(path.read_text(encoding="utf-8-sig"))
             except UnicodeDecodeError as error:
                 raise InputError(path, f"lyrics file is not UTF-8 (byte {error.start}); save it as UTF-8") from None
             except OSError as error:
                 raise InputError(path, f"cannot read the lyrics file ({error.strerror or error})") from None
         if path.suffix.lower() in LYRICS_FILE_SUFFIXES:
             raise InputError(path, "lyrics file not found (pass the lyrics text itself, or an existing file)")
-    return argument
+    return normalize_newlines(argument)
 
 
 def write_wav(wav: torch.Tensor, sample_rate: int, path: Path) -> None:
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         lyrics = read_lyrics(args.lyrics)
+        check_duration(args.duration)
+        loras = [parse_lora(spec) for spec in args.lora]
         params = GenerationParams(
             prompt=args.prompt, lyrics=lyrics, duration=args.duration, seed=args.seed[0], steps=args.steps,
             guidance_scale=args.guidance_scale, cfg_type=args.cfg_type, guidance_interval=args.guidance_interval,
@@ -159,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         pipeline = ACEStepPipeline.from_checkpoint(args.checkpoint_dir, args.device, DTYPES[args.dtype],
                                                    args.cpu_offload, args.lyrics_vocab)
-        loras = [parse_lora(spec) for spec in args.lora]
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_loras(pipeline.transformer, loras, settings)
         for path, _ in loras:

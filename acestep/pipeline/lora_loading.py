@@ -66,6 +66,27 @@ def merge_into_weights(transformer: nn.Module, path: str | Path, strength: float
             weight(name).copy_(value)
 
 
+def check_shapes(transformer: nn.Module, path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Every factor pair fits its layer (in and out features), else one line naming the first misfit: a LoRA
+    trained on another model size would otherwise fail deep inside PEFT with a size-mismatch traceback."""
+    for key, down in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[: -len(".lora_A.weight")]
+        up = tensors[f"{name}.lora_B.weight"]
+        try:
+            layer = transformer.get_submodule(name)
+        except AttributeError:
+            continue  # names the model lacks are PEFT's to report
+        if not isinstance(layer, nn.Linear):
+            continue
+        want = (layer.in_features, layer.out_features)
+        have = (down.shape[-1], up.shape[0])
+        if have != want:
+            raise InputError(Path(path), f"{name} is {have[0]} -> {have[1]} in the LoRA but {want[0]} -> {want[1]} "
+                             "in this model; the LoRA was trained for another model (size or family)")
+
+
 def load_loras(
     transformer: nn.Module, loras: list[tuple[str | Path, float]], settings: LoraSettings | None = None
 ) -> list[str]:
@@ -81,7 +102,9 @@ def load_loras(
     names: list[str] = []
     for path, _ in plain:
         name = adapter_name_for(path, set(names))
-        transformer.load_lora_adapter(lora_state_dict(path, settings), prefix=None, adapter_name=name)
+        tensors = lora_state_dict(path, settings)
+        check_shapes(transformer, path, tensors)
+        transformer.load_lora_adapter(tensors, prefix=None, adapter_name=name)
         names.append(name)
     if names:
         transformer.set_adapters(names, [float(strength) for _, strength in plain])

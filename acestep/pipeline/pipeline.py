@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import resolve_checkpoint
+from ..data.sidecars import normalize_newlines
 from ..lyrics import LyricTokenizer, resolve_lyrics_vocab
 from ..models import ACEStepTransformer2DModel
 from ..models.dcae import (
@@ -159,7 +160,9 @@ class ACEStepPipeline:
     def _lyric_ids(self, lyrics: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if lyrics.strip():
             # Like the reference pipeline, lines in unsupported languages are read as English, not refused.
-            ids = torch.tensor([self.lyric_tokenizer.encode(lyrics, mode="inference", fallback_language="en")])
+            # CRLF line ends as "\n", as stage 3 stores them for training.
+            ids = torch.tensor([self.lyric_tokenizer.encode(normalize_newlines(lyrics), mode="inference",
+                                                            fallback_language="en")])
             mask = torch.ones_like(ids)
         else:  # the reference's empty-lyrics convention at inference: id 0, masked
             ids, mask = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)

@@ -15,7 +15,9 @@ from acestep.errors import AcestepError
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
-DEFAULT_V1_LORA_CONFIG = "config/lora_config_transformer_only.json"
+# the repository's config folder, whatever the current folder is (trainer_new.py may be started from anywhere)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+DEFAULT_V1_LORA_CONFIG = str(CONFIG_DIR / "lora_config_transformer_only.json")
 TIMESTEP_SCHEDULES = ("auto", "turbo", "logit_normal")
 LR_SCHEDULES = ("linear", "cosine")
 CHECKPOINTING_MODES = ("all", "none", "auto")  # or a number of blocks
@@ -55,8 +57,9 @@ class TrainConfig:
     checkpoint_dir: str | None = _opt(None, "ACE-Step checkpoint folder or Hub repo; v1 or 1.5, told by the folder "
                                       "(default: the official v1 one)")
     dit: str | None = _opt(None, "ACE-Step 1.5 original layout: the DiT folder to train (default: acestep-v15-turbo)")
-    lora_config_path: str | None = _opt(None, "LoRA config JSON (r, alpha, targets); default: "
-                                        f"{DEFAULT_V1_LORA_CONFIG} for v1, config/lora_config_v15.json for 1.5")
+    lora_config_path: str | None = _opt(None, "LoRA config JSON (r, alpha, targets); default: the "
+                                        "repository's config/lora_config_transformer_only.json for v1, "
+                                        "config/lora_config_v15.json for 1.5")
     base_dtype: str = _opt("auto", "dtype of the frozen base: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU. "
                            "fp8 (v1): the blocks' linear weights stored in fp8 with per-channel scales, computed "
                            "in bf16 (fp16 on GPUs without bf16): ~2.4 GB less",

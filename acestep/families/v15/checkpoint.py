@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from acestep.checkpoint import DEFAULT_CACHE, download_snapshot
+from acestep.checkpoint import DEFAULT_CACHE, download_snapshot, safetensors_problem
 from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
@@ -103,7 +103,7 @@ def _variant(config: dict[str, Any]) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable ({error})") from None
 
@@ -160,8 +160,32 @@ def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V15Che
     if (root / "model_index.json").is_file():
         if dit is not None:
             raise CheckpointError(f"{root}: --dit applies to the original layout; this is a diffusers-format folder")
-        return _resolve_diffusers(root)
-    return _resolve_original(root, dit)
+        checkpoint = _resolve_diffusers(root)
+    else:
+        checkpoint = _resolve_original(root, dit)
+    check_weight_files(checkpoint)
+    return checkpoint
+
+
+def weight_files(checkpoint: V15Checkpoint) -> list[Path]:
+    """Every .safetensors file the checkpoint's models load (shards included)."""
+    if checkpoint.layout == "diffusers":
+        folders = [checkpoint.root / part for part in DIFFUSERS_PARTS]
+        return [f for folder in folders for f in sorted(folder.glob("*.safetensors"))]
+    assert checkpoint.dit is not None
+    folders = [checkpoint.root / "vae", checkpoint.root / TEXT_ENCODER_FOLDER]
+    return [checkpoint.dit / "model.safetensors", *(f for folder in folders for f in sorted(folder.glob("*.safetensors")))]
+
+
+def check_weight_files(checkpoint: V15Checkpoint) -> None:
+    """One line naming each weight file that is cut short or unreadable (header and size only, no loading), as
+    v1 does: generate, stage 3 and the trainer would otherwise fail with a SafetensorError traceback."""
+    damaged = [f"{file} ({problem})" for file in weight_files(checkpoint) if (problem := safetensors_problem(file))]
+    if damaged:
+        raise CheckpointError(
+            f"damaged weight file(s), probably an interrupted download or copy: {'; '.join(damaged)}. "
+            "Download or copy those files again"
+        )
 
 
 # ---- conversion of the original layout (key rules of diffusers' converter) ----
@@ -235,7 +259,11 @@ def component_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def read_silence_latent(dit_dir: Path) -> torch.Tensor:
     """silence_latent.pt is stored [1, C, T]; diffusers (and generation) use it as [1, T, C]."""
-    raw = torch.load(dit_dir / "silence_latent.pt", map_location="cpu", weights_only=True)
+    path = dit_dir / "silence_latent.pt"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path}: damaged ({type(error).__name__}); download or copy it again") from None
     return raw.transpose(1, 2).contiguous()
 
 

@@ -30,6 +30,7 @@ from .checkpoint import V15Checkpoint, load_pipeline, resolve
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TURBO_DEFAULTS = {"steps": 8, "guidance_scale": 1.0}
 GUIDED_DEFAULTS = {"steps": 50, "guidance_scale": 7.0}
+OUTPUT_STEM = "ace15"
 
 
 @dataclass
@@ -70,9 +71,20 @@ def load_v15_loras(pipe: Any, loras: list[tuple[str, float]], settings: LoraSett
     return load_loras(pipe.transformer, loras, settings)
 
 
+def sung_lyrics(lyrics: str) -> str:
+    """What the DiT is fed: no lyrics (empty, whitespace, [inst]) as the marker stage 3 encodes for such songs,
+    line ends as "\n", so generation sees what training saw."""
+    from acestep.data.sidecars import is_instrumental, normalize_newlines
+
+    from .encode import INSTRUMENTAL_LYRICS
+
+    return INSTRUMENTAL_LYRICS if is_instrumental(lyrics) else normalize_newlines(lyrics)
+
+
 def render(pipe: Any, params: V15Params, is_turbo: bool) -> list[torch.Tensor]:
     """One stereo waveform [2, samples] per seed at the VAE's rate (48 kHz), with a progress bar over the steps."""
     params = params.for_variant(is_turbo)
+    lyrics = sung_lyrics(params.lyrics)
     pipe.set_progress_bar_config(disable=True)  # ours below: live on a terminal, lines in logs
     wavs = []
     for seed in params.seeds:
@@ -80,7 +92,7 @@ def render(pipe: Any, params: V15Params, is_turbo: bool) -> list[torch.Tensor]:
         advance = _StepCounter(bar)
         try:
             audio = pipe(
-                prompt=params.prompt, lyrics=params.lyrics, audio_duration=params.duration,
+                prompt=params.prompt, lyrics=lyrics, audio_duration=params.duration,
                 vocal_language=params.language, num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale, shift=params.shift, bpm=params.bpm, keyscale=params.keyscale,
                 timesignature=params.timesignature, generator=torch.Generator().manual_seed(seed),
@@ -103,16 +115,23 @@ class _StepCounter:
         return kwargs
 
 
+def output_paths(out_dir: Path, stem: str, seeds: list[int], overwrite: bool) -> list[Path]:
+    """STEM_seedS.wav per seed; a taken name (WAV or JSON) is refused unless `overwrite`. generate.py asks before
+    loading anything, so a refusal never costs a render."""
+    paths = [out_dir / f"{stem}_seed{seed}.wav" for seed in seeds]
+    taken = [p for path in paths for p in (path, path.with_suffix(".json")) if p.exists()]
+    if taken and not overwrite:
+        raise AcestepError(f"{taken[0]} exists; pick another --out_dir or pass --overwrite")
+    return paths
+
+
 def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int, out_dir: Path, stem: str,
                   extra: dict[str, Any], overwrite: bool) -> list[Path]:
     """STEM_seedS.wav (16-bit PCM, through a temp file) and its parameters as JSON; existing files need overwrite."""
     import soundfile as sf
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}_seed{seed}.wav" for seed in params.seeds]
-    taken = [p for p in paths if p.exists()]
-    if taken and not overwrite:
-        raise AcestepError(f"{taken[0]} exists; pick another --out_dir or pass --overwrite")
+    paths = output_paths(out_dir, stem, params.seeds, overwrite)
     for wav, seed, path in zip(wavs, params.seeds, paths):
         temp = path.with_name(f".{path.name}.tmp")
         sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
@@ -125,43 +144,53 @@ def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int,
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("Generate music with ACE-Step 1.5 (AceStepPipeline) and optional LoRAs.", "generate.py")
     p.add_argument("--checkpoint_dir", required=True, help="ACE-Step 1.5 folder (diffusers or original layout)")
-    p.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
     p.add_argument("--prompt", required=True, help="the caption: style, instruments, mood")
-    p.add_argument("--lyrics", default="", help="lyrics text or a path to a .txt file ('' = instrumental)")
+    p.add_argument("--lyrics", default="", help="lyrics text, or a UTF-8 .txt/.lrc file to read them from "
+                   "('' = instrumental)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one output per seed")
     p.add_argument("--steps", type=int, help="sampling steps (default: 8 for turbo, 50 for base/sft)")
     p.add_argument("--guidance_scale", type=float,
                    help="APG guidance (default: 1.0 = none for turbo, which is guidance-distilled; 7.0 for base/sft)")
-    p.add_argument("--shift", type=float, default=3.0, help="timestep shift of the sampling schedule (1, 2 or 3)")
-    p.add_argument("--language", default="en", help="vocal language code")
-    p.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section")
-    p.add_argument("--keyscale", help="key, e.g. 'A minor'")
-    p.add_argument("--timesignature", help="beats per bar, e.g. 4")
     p.add_argument("--lora", action="append", default=[], help="PATH[:STRENGTH]; repeat for several LoRAs")
     p.add_argument("--lora_config_path", help="LoRA config for raw files that do not carry rank/alpha")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32",
                    help="dtype of the models")
     p.add_argument("--out_dir", default="outputs", help="folder for the WAV and JSON files")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs of the same name")
+    add_v15_only_arguments(p.add_argument_group(V15_GROUP))
     return p
 
 
+V15_GROUP = "ACE-Step 1.5 only"
+V15_ONLY_FLAGS = ("--dit", "--shift", "--language", "--bpm", "--keyscale", "--timesignature", "--overwrite")
+
+
+def add_v15_only_arguments(group: Any) -> None:
+    """The flags v1 generation lacks; plain `generate.py --help` (v1's parser) lists them in their own group."""
+    group.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
+    group.add_argument("--shift", type=float, default=3.0, help="timestep shift of the sampling schedule (1, 2 or 3)")
+    group.add_argument("--language", default="en", help="vocal language code")
+    group.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section (default: none, N/A there)")
+    group.add_argument("--keyscale", help="key, e.g. 'A minor' (default: none, N/A in the prompt)")
+    group.add_argument("--timesignature", help="beats per bar, e.g. 4 (default: none, N/A in the prompt)")
+    group.add_argument("--overwrite", action="store_true", help="replace outputs of the same name")
+
+
 def main(argv: list[str] | None = None) -> None:
-    from acestep.pipeline.cli import parse_lora
+    from acestep.pipeline.cli import check_duration, parse_lora, read_lyrics
 
     args = build_parser().parse_args(argv)
-    lyrics = args.lyrics
-    if lyrics and len(lyrics) < 260 and Path(lyrics).suffix == ".txt":
-        lyrics = Path(lyrics).read_text(encoding="utf-8-sig")
-    params = V15Params(prompt=args.prompt, lyrics=lyrics, duration=args.duration, seeds=args.seed, steps=args.steps,
-                       guidance_scale=args.guidance_scale, shift=args.shift, language=args.language, bpm=args.bpm,
-                       keyscale=args.keyscale, timesignature=args.timesignature)
     try:
+        check_duration(args.duration)
+        params = V15Params(prompt=args.prompt, lyrics=read_lyrics(args.lyrics), duration=args.duration,
+                           seeds=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, shift=args.shift,
+                           language=args.language, bpm=args.bpm, keyscale=args.keyscale,
+                           timesignature=args.timesignature)
+        loras = [parse_lora(spec) for spec in args.lora]
+        output_paths(Path(args.out_dir), OUTPUT_STEM, args.seed, args.overwrite)
         checkpoint: V15Checkpoint = resolve(args.checkpoint_dir, args.dit)
         print(checkpoint.describe())
-        loras = [parse_lora(spec) for spec in args.lora]
         for path, _ in loras:
             check_lora_family(path)
         pipe = load_pipeline(checkpoint, DTYPES[args.dtype]).to(args.device)
@@ -172,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(note)
         wavs = render(pipe, params, checkpoint.is_turbo)
         paths = write_outputs(wavs, params.for_variant(checkpoint.is_turbo), pipe.sample_rate, Path(args.out_dir),
-                              "ace15", {"variant": checkpoint.variant,
-                                        "loras": [{"path": p, "strength": s} for p, s in loras]}, args.overwrite)
+                              OUTPUT_STEM, {"variant": checkpoint.variant,
+                                            "loras": [{"path": p, "strength": s} for p, s in loras]}, args.overwrite)
     except (AcestepError, ValueError) as error:
         sys.exit(f"error: {error}")
     for path in paths:

@@ -19,7 +19,7 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
-from acestep.training.config import TrainConfig
+from acestep.training.config import CONFIG_DIR, TrainConfig
 from acestep.training.data import Draw, pad_stack
 from acestep.training.family import TrainingParts
 from acestep.training.optim import OptimizerRecipe
@@ -31,7 +31,7 @@ from .export import usage_lines, write_step_files
 from .objective import PUBLISHED_MU, PUBLISHED_SIGMA, TimestepSampler, V15Step, resolve_schedule
 
 LATENT_FRAMES_PER_SECOND = 25.0  # 48 kHz / 1920 (AutoencoderOobleck)
-DEFAULT_LORA_CONFIG = "config/lora_config_v15.json"
+DEFAULT_LORA_CONFIG = str(CONFIG_DIR / "lora_config_v15.json")  # the repository's, from any current folder
 LATENT_COLUMNS = ("target_latents", "context_latents")
 OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
 INPUT_COLUMNS = ("text_hidden_states", "text_attention_mask", "lyric_hidden_states", "lyric_attention_mask")
