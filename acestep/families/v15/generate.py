@@ -106,7 +106,7 @@ class _StepCounter:
 def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int, out_dir: Path, stem: str,
                   extra: dict[str, Any], overwrite: bool) -> list[Path]:
     """STEM_seedS.wav (16-bit PCM, through a temp file) and its parameters as JSON; existing files need overwrite."""
-    import soundfile as sf
+    from acestep.audio.write import write_wav
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}_seed{seed}.wav" for seed in params.seeds]
@@ -114,9 +114,7 @@ def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int,
     if taken and not overwrite:
         raise AcestepError(f"{taken[0]} exists; pick another --out_dir or pass --overwrite")
     for wav, seed, path in zip(wavs, params.seeds, paths):
-        temp = path.with_name(f".{path.name}.tmp")
-        sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
-        temp.replace(path)
+        write_wav(wav, sample_rate, path)  # atomic; a full disk is one line
         atomic_write_json(path.with_suffix(".json"), {**asdict(params), "seed": seed, "sample_rate": sample_rate,
                                                       **extra})
     return paths
