@@ -76,6 +76,22 @@ def test_a_resume_with_other_lora_settings_names_what_changed(tmp_path: Path, ca
     assert f"Resuming {tmp_path / 'runs' / 'test'} at step 2" in out and "Restor" not in out
 
 
+def test_a_v15_resume_with_another_rank_is_refused_the_same_way(tmp_path: Path) -> None:
+    from v15_helpers import tiny_dit, tiny_null, v15_songs
+
+    from acestep.families.v15.training import training_parts
+
+    songs = v15_songs([9, 12])
+
+    def run(r: int, **extra: Any) -> Any:
+        settings = config(tmp_path, r=r, max_steps=2, **extra)
+        return run_training(settings, parts=training_parts(settings, tiny_dit(), tiny_null(), songs, "tiny"))
+
+    run(4)
+    with pytest.raises(AcestepError, match=r"^--resume: the run was trained with other LoRA settings \(r 4 -> 8\)"):
+        run(8, resume=True)
+
+
 # ---- one trainer per run folder ----
 
 HOLDER = """

@@ -39,7 +39,7 @@ from .checkpointing import resolve_auto
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from .data import RunOrderSampler, SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
-from .lock import run_folder_lock
+from .lock import is_first_process, run_folder_lock
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .regularization import load_reg_rows, reg_fraction, reg_mix_line
@@ -141,8 +141,8 @@ def _logger(config: TrainConfig, run_config: dict[str, Any]) -> L.pytorch.logger
 
 
 def _finish_wandb(trainer: L.Trainer) -> None:
-    """End the W&B run with the training run (its files, config.yaml among them, are complete then), so that
-    a second run in the same process starts its own W&B run instead of logging into this one."""
+    """End the W&B run with the training run (its files are complete then), so that a second run in the same
+    process starts its own W&B run instead of logging into this one."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
@@ -257,7 +257,8 @@ def _train(
                                 reg_weight=reg_fraction(config.reg_weight)).state_dict()
         del order["world_size"]
         step = check_resume(resume_from, settings, module, module.trainable_keys, config.max_steps, order)
-        print(f"Resuming {config.run_dir} at step {step}", flush=True)
+        if is_first_process():  # one line per run under DDP
+            print(f"Resuming {config.run_dir} at step {step}", flush=True)
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
