@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +26,6 @@ from acestep.training.callbacks import read_metrics
 from acestep.training.cli import main as cli_main
 from acestep.training.lock import LOCK_FILE, acquire, release
 from acestep.training.resume_check import SETTINGS_KEY
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def config(tmp_path: Path, r: int = 4, **overrides: Any):
@@ -94,16 +91,6 @@ def test_a_v15_resume_with_another_rank_is_refused_the_same_way(tmp_path: Path) 
 
 # ---- one trainer per run folder ----
 
-HOLDER = """
-import sys, time
-from pathlib import Path
-from acestep.training.lock import acquire
-acquire(Path(sys.argv[1]))
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_second_trainer_in_the_run_folder_is_refused_naming_the_holder(
     tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
@@ -111,14 +98,18 @@ def test_a_second_trainer_in_the_run_folder_is_refused_naming_the_holder(
     first = run_training(config(tmp_path, max_steps=2), tiny_transformer(), songs)
     run_dir = first.run_dir
     assert not (run_dir / LOCK_FILE).exists()  # released at the end
+    path = acquire(run_dir)
+    owner = json.loads(path.read_text())
+    assert (owner["pid"], owner["host"]) == (os.getpid(), socket.gethostname()) and owner["started"]
+    assert owner["command"] == " ".join(sys.argv)
+    release(path)
+    assert not path.exists()
     before, metrics = file_hashes(run_dir), read_metrics(first.metrics_file)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(run_dir)], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # Another trainer, alive on this machine, holds the folder (its lock file as acquire() writes it).
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        owner = json.loads((run_dir / LOCK_FILE).read_text())
-        assert owner["pid"] == holder.pid and owner["host"] == socket.gethostname()
-        assert owner["started"] and "-c" in owner["command"]
+        (run_dir / LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                     "started": "now", "command": "trainer_new.py --exp_name test"}))
         for resume in (True, False):
             with pytest.raises(AcestepError) as error:
                 run_training(config(tmp_path, max_steps=4, resume=resume), tiny_transformer(), songs)
