@@ -60,12 +60,15 @@ def check_saved_step(run_dir: Path, name: str) -> int:
     return stopped
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_or_sigterm_saves_the_step_says_how_to_resume_and_exits_0(
     tmp_path: Path, tiny_checkpoint: Path, signum: int
 ) -> None:
-    """SIGTERM (schedulers, Docker, a closed terminal) stops the run as Ctrl-C does, not Lightning's way (exit
-    without saving)."""
+    """SIGTERM (schedulers, Docker) and SIGHUP (a closed terminal) stop the run as Ctrl-C does, not Lightning's
+    way for SIGTERM (exit 0 without saving) or the default one for SIGHUP (killed)."""
+    if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
+        pytest.skip("started under nohup: the trainer keeps SIGHUP ignored, as it should")
     args = trainer_args(tmp_path, tiny_checkpoint, "ctrlc")
     run_dir = tmp_path / "ctrlc"
     log = (tmp_path / "out.txt").open("w+", encoding="utf-8")
@@ -80,7 +83,7 @@ def test_ctrl_c_or_sigterm_saves_the_step_says_how_to_resume_and_exits_0(
     log.seek(0)
     out = log.read()
     stopped = check_saved_step(run_dir, "ctrlc")
-    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}.get(signum, "SIGHUP")
     assert f"{name}: saving after this step" in out
     assert f"stopped by {name} after step {stopped}" in out and str(run_dir / f"step-{stopped:06d}") in out
     assert "Resume with: python trainer_new.py" in out and out.rstrip().endswith("--resume")

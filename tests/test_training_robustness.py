@@ -67,6 +67,11 @@ def test_a_resume_with_other_lora_settings_names_what_changed(tmp_path: Path, ca
     torch.save(state, state_file)
     with pytest.raises(AcestepError, match=r"tensor shapes, e\.g\. .*lora_A.* \[4, 64\] -> \[8, 64\]"):
         run_training(config(tmp_path, r=8, max_steps=4, resume=True), tiny_transformer(), songs)
+    good = state_file.read_bytes()
+    state_file.write_bytes(good[: len(good) // 2])  # a truncated state: one line, the step folders named
+    with pytest.raises(AcestepError, match=r"last\.ckpt: cannot read the saved training state \(.*\); the step "):
+        run_training(config(tmp_path, max_steps=4, resume=True), tiny_transformer(), songs)
+    state_file.write_bytes(good)
     resumed = run_training(config(tmp_path, max_steps=3, resume=True), tiny_transformer(), songs)
     assert resumed.steps == 3 and resumed.first_step == 2
     out = capfd.readouterr().out
