@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any, TextIO
 
-GONE = (errno.EPIPE, errno.EIO, errno.EBADF)
+# EPIPE: the reader left; EIO: the terminal was closed; EINVAL: what Windows says for a pipe without reader.
+GONE = (errno.EPIPE, errno.EIO, errno.EBADF, *((errno.EINVAL,) if sys.platform == "win32" else ()))
 
 
 class GuardedStream:

@@ -332,3 +332,22 @@ def test_wandb_gets_the_whole_config_and_the_lora_settings(tmp_path: Path, monke
     lora = values["lora"]
     assert (lora["r"], lora["lora_alpha"], lora["adapter_type"]) == (4, 4.0, "dora")
     assert lora["target_modules"] == ["to_q", "to_k"]
+
+
+# ---- a console that went away ----
+
+def test_a_guarded_stream_outlives_its_reader() -> None:
+    from acestep.broken_pipe import GuardedStream
+
+    read_end, write_end = os.pipe()
+    stream = GuardedStream(os.fdopen(write_end, "w", buffering=1))
+    stream.write("seen\n")
+    assert os.read(read_end, 100) == b"seen\n"
+    os.close(read_end)  # tee ended
+    for _ in range(3):
+        assert stream.write("lost\n") == 5
+        stream.flush()
+    assert stream.broken and not stream.isatty()
+    if sys.platform == "linux":  # the descriptor now writes to the null device
+        assert os.path.samefile(f"/proc/self/fd/{stream.fileno()}", os.devnull)
+    stream.close()
