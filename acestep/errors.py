@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ class CheckpointError(AcestepError):
     """A checkpoint folder or file is missing parts or does not match the model."""
 
 
+TEMP_NAME = r"\.tmp-[0-9a-f]{8}"  # acestep.data.atomic.temp_sibling's mark, in a temp folder's name
 WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
 
 
@@ -32,6 +35,10 @@ def os_error_line(error: OSError) -> str | None:
     """One line for the OS errors a user fixes (no permission, read-only or full disk); None for the rest."""
     if error.errno not in WRITE_ERRNOS:
         return None
+    if error.errno == errno.ENOSPC:  # the folder, not our temp file's name: that file is gone
+        folder = f" into {re.sub(TEMP_NAME, '', os.path.dirname(error.filename))}" if error.filename else ""
+        return f"disk full: cannot write{folder} ({error.strerror or error}); free some space or choose a folder " \
+               "on another disk"
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}{error.strerror or error}; choose a writable output folder or fix its permissions"
 

@@ -18,7 +18,8 @@ LIGHTNING_LOGGERS = (
     "lightning_utilities.core.rank_zero",
 )
 NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "💡 Tip:",
-                  "`Trainer.fit` stopped: `max_steps=")
+                  "`Trainer.fit` stopped: `max_steps=", "Restoring states from the checkpoint path at ",
+                  "Restored all states from the checkpoint at ")  # the trainer says "Resuming ... at step N" first
 
 
 class DropNoise(logging.Filter):

@@ -18,9 +18,11 @@ def test_lightning_chatter_goes_and_real_messages_stay(caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO, logger=LIGHTNING_LOGGERS[0]):
         logger.info("GPU available: False, used: False")
         logger.info("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]")
-        logger.info("Restoring states from the checkpoint path at run/last.ckpt")
+        logger.info("Restoring states from the checkpoint path at run/last.ckpt")  # the trainer says "Resuming"
+        logger.info("Restored all states from the checkpoint at run/last.ckpt")
+        logger.info("Epoch 0: adjusting learning rate of group 0 to 1.0000e-04.")
         logger.warning("The dataloader does not have many workers which may be a bottleneck.")
-    assert [r.getMessage()[:20] for r in caplog.records] == ["Restoring states fro", "The dataloader does "]
+    assert [r.getMessage()[:20] for r in caplog.records] == ["Epoch 0: adjusting l", "The dataloader does "]
 
 
 def test_only_the_leafspec_deprecation_is_ignored() -> None:

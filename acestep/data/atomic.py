@@ -36,6 +36,9 @@ def output_error(path: Path, error: OSError) -> OutputError:
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"{path}: cannot write here ({reason}); choose a writable output folder or fix its "
                            "permissions")
+    if error.errno == errno.ENOSPC:
+        return OutputError(f"disk full: cannot write into {path} ({reason}); free some space or choose a folder on "
+                           "another disk")
     return OutputError(f"{path}: cannot write ({reason})")
 
 

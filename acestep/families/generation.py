@@ -23,8 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--checkpoint_dir")
     early.add_argument("--lora", action="append", default=[])
+    early.add_argument("--device")
     known, _ = early.parse_known_args(argv)
     try:
+        if "-h" not in argv and "--help" not in argv:
+            from acestep.cuda_check import check_cuda
+
+            check_cuda("--device", known.device, "--device cpu")
         from acestep.families import V15, detect
 
         family = detect(known.checkpoint_dir).NAME if known.checkpoint_dir else None

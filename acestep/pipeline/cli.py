@@ -13,7 +13,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import soundfile as sf
 import torch
 
 from ..cli_help import make_parser
@@ -75,10 +74,10 @@ def read_lyrics(argument: str) -> str:
 
 
 def write_wav(wav: torch.Tensor, sample_rate: int, path: Path) -> None:
-    """16-bit PCM through a temp file, so an interrupted run never leaves a broken WAV."""
-    temp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
-    temp.replace(path)
+    """16-bit PCM through a temp file, so an interrupted run never leaves a broken WAV (a full disk: one line)."""
+    from acestep.audio.write import write_wav as write_atomic
+
+    write_atomic(wav, sample_rate, path)
 
 
 def free_name(out_dir: Path, base: str) -> Path:

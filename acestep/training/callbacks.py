@@ -13,6 +13,7 @@ still listed, resumed and pruned.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -29,6 +30,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
+from acestep.errors import AcestepError
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 from acestep.lora.adapters import BaseWeight, save_comfyui_file
 from acestep.lora.io import (
@@ -45,6 +47,7 @@ from acestep.progress import progress
 from .family import StepFileWriter
 from .model import adapter_state_dict, base_weight_lookup
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = Path("state") / "last.ckpt"
 METRICS_FILE = "metrics.jsonl"
@@ -75,6 +78,21 @@ def list_step_folders(run_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return sorted(f for f in found
                   if (f[1] / ADAPTER_DIR / PEFT_WEIGHTS_NAME).is_file() or (f[1] / WEIGHTS_NAME).is_file())
+
+
+class DiskFullError(AcestepError):
+    """A save ran out of disk space; what was saved before is intact and no temp file is left."""
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC (or a quota, EDQUOT) anywhere in the error's chain: our writers wrap OSErrors in one-line errors."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class AdapterSaver(Callback):
@@ -108,15 +126,28 @@ class AdapterSaver(Callback):
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
         step = trainer.global_step
         folder = self.run_dir / step_folder_name(step)
-        self.last_saved_step = step
-        if trainer.is_global_zero:
-            tensors = adapter_state_dict(pl_module.transformer, pl_module.adapter_name)
-            self._write_step_folder(folder, tensors, step, base_weight_lookup(pl_module.transformer))
         state = self.run_dir / STATE_FILE
         temp = temp_sibling(state)
-        trainer.save_checkpoint(temp, weights_only=False)  # the full training state; collective under DDP
+        previous, self.last_saved_step = self.last_saved_step, step  # the saved state records this step as saved
+        try:
+            if trainer.is_global_zero:
+                tensors = adapter_state_dict(pl_module.transformer, pl_module.adapter_name)
+                self._write_step_folder(folder, tensors, step, base_weight_lookup(pl_module.transformer))
+            trainer.save_checkpoint(temp, weights_only=False)  # the full training state; collective under DDP
+            if trainer.is_global_zero:
+                replace_with_retry(temp, state)
+        except BaseException as error:
+            temp.unlink(missing_ok=True)
+            self.last_saved_step = previous
+            if not is_disk_full(error):
+                raise
+            saved = list_step_folders(self.run_dir)
+            kept = (f"what was saved before is intact: latest adapter {saved[-1][1].name}, resumable state at step "
+                    f"{self.last_saved_step}" if saved and self.last_saved_step > 0 else "nothing was saved yet")
+            raise DiskFullError(f"disk full: saving step {step} into {self.run_dir} failed ({kept}); free some space, "
+                                "then run the same command" + (" with --resume" if self.last_saved_step > 0 else "")
+                                ) from None
         if trainer.is_global_zero:
-            replace_with_retry(temp, state)
             self._prune()
         return folder
 
@@ -174,39 +205,64 @@ class AdapterSaver(Callback):
         self.last_saved_step = int(state_dict.get("last_saved_step", -1))
 
 
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):  # POSIX: the terminal was closed
+    SIGNAL_NAMES[signal.SIGHUP] = "SIGHUP"
+
+
 class StopOnCtrlC(Callback):
-    """First Ctrl-C: finish the current optimizer step, save (adapter, baked file, resumable state), stop.
-    A second Ctrl-C raises KeyboardInterrupt at once; every file is written atomically, so nothing is left
-    half-written (only the last completed save is kept)."""
+    """First Ctrl-C, SIGTERM (schedulers, Docker) or SIGHUP (closed terminal): finish the current optimizer step,
+    save (adapter, baked file, resumable state), stop. A second one raises KeyboardInterrupt at once; every file
+    is written atomically, so nothing is left half-written (only the last completed save is kept)."""
 
     def __init__(self, saver: AdapterSaver) -> None:
         self.saver = saver
         self.requested = False
         self.stopped_at: int | None = None
+        self.signal_name = "Ctrl-C"  # what asked to stop
         self._seen_step = -1
 
     def request_stop(self, signum: int = signal.SIGINT, frame: Any = None) -> None:
-        """The SIGINT handler."""
+        """The signal handler."""
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving after this step, then stopping (press Ctrl-C again to quit at once without "
-              "saving it)", file=sys.stderr, flush=True)
+        self.signal_name = name = SIGNAL_NAMES.get(signum, f"signal {signum}")
+        print(f"\n{name}: saving after this step, then stopping ({'press Ctrl-C' if name == 'Ctrl-C' else 'send it'} "
+              "again to quit at once without saving it)", file=sys.stderr, flush=True)
+
+    def _install(self) -> dict[int, Any]:
+        """Our handler for each stop signal (SIGHUP stays ignored under nohup); returns the handlers replaced."""
+        previous = {}
+        for signum in SIGNAL_NAMES:
+            handler = signal.getsignal(signum)
+            if signum != signal.SIGINT and handler == signal.SIG_IGN:
+                continue
+            previous[signum] = signal.signal(signum, self.request_stop)
+        return previous
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """The handler for the duration of the block (main thread only: Python delivers signals there)."""
+        """The handlers for the duration of the block (main thread only: Python delivers signals there)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self.request_stop)
+        previous = self._install()
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen_step = trainer.global_step
+        # Lightning put its own SIGTERM handler in front of ours as fit began: it ends the run without saving
+        # (SystemExit 0). Ours again; Lightning's teardown restores what was there before fit, ours too.
+        if threading.current_thread() is threading.main_thread():
+            self._install()
+        connector = getattr(trainer, "_signal_connector", None)
+        if self.requested and connector is not None:  # a SIGTERM during setup reached both handlers: ours saves
+            connector.received_sigterm = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step_done = trainer.global_step != self._seen_step  # this micro-batch finished an optimizer step

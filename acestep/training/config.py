@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,15 @@ class TrainConfig:
             problems.append("give --val_songs or --val_dataset, not both")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append("--warmup_steps must be >= 0")
-        if self.max_duration is not None and self.max_duration <= 0:
-            problems.append("--max_duration must be positive")
+        from acestep.plan import MAX_DURATION_S  # the planner's bound: stage 3 keeps at most this per song
+
+        for f in dataclasses.fields(self):  # nan and inf pass every comparison below as if they were numbers
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value) and f.name != "max_duration":
+                problems.append(f"--{f.name} must be a finite number, not {value}")
+        if self.max_duration is not None and not 0 < self.max_duration <= MAX_DURATION_S:
+            problems.append(f"--max_duration must be more than 0 and at most {MAX_DURATION_S:g} seconds, "
+                            f"not {self.max_duration}")
         for name in ("prompt_dropout", "lyrics_dropout", "speaker_dropout", "condition_dropout"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"--{name} must be between 0 and 1")

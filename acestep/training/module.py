@@ -30,6 +30,7 @@ from .memory import peak_memory_gb
 from .model import attach_lora
 from .optim import build_lr_scheduler, build_optimizer
 from .regularization import MixedCollate, MixedSongs, reg_fraction
+from .resume_check import SETTINGS_KEY
 
 INIT_STREAM = 0x1E17  # keeps the start-weight stream apart from the per-micro-batch streams
 
@@ -272,6 +273,7 @@ class LoraTrainingModule(L.LightningModule):
     # ---- checkpoints hold the LoRA factors only ----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_keys}
+        checkpoint[SETTINGS_KEY] = self.settings.to_dict()  # a --resume with other settings is refused by name
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = set(checkpoint.get("state_dict", {}))

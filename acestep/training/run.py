@@ -6,11 +6,13 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import lightning as L
 import torch
 
+from acestep.cuda_check import check_cuda
 from acestep.data.preprocessed import dataset_trigger, load_preprocessed
 from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
@@ -35,12 +37,14 @@ from .callbacks import (
 )
 from .checkpointing import resolve_auto
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from .data import SongLatents, collate_songs, frames_for_seconds
+from .data import RunOrderSampler, SongLatents, collate_songs, frames_for_seconds
 from .family import TrainingParts
+from .lock import is_first_process, run_folder_lock
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .optim import FORK_RECIPE, resolve_recipe
-from .regularization import load_reg_rows, reg_mix_line
+from .regularization import load_reg_rows, reg_fraction, reg_mix_line
+from .resume_check import check_resume
 from .samples import SampleRenderer, read_sample_prompts
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
@@ -56,7 +60,8 @@ class TrainResult:
     baked_file: Path | None
     metrics_file: Path
     stopped: str | None = None
-    interrupted: bool = False  # stopped by Ctrl-C after saving the last step
+    interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM, SIGHUP) after saving the last step
+    stop_signal: str = "Ctrl-C"  # what interrupted it
     first_step: int = 0  # global step the run started (or resumed) at
     usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
     global_rank: int = 0  # under DDP every process returns; only rank 0 reports
@@ -113,7 +118,17 @@ def _devices(value: str) -> int | str | list[int]:
     return int(value)
 
 
-def _logger(config: TrainConfig) -> L.pytorch.loggers.Logger | bool:
+def run_settings(config: TrainConfig, settings: LoraSettings, family: str, songs: int) -> dict[str, Any]:
+    """What W&B shows as the run's config: all of train_config.json, with the learning rate the optimizer really
+    uses, and the LoRA settings, model family and dataset size, so runs can be compared and filtered."""
+    from .optim import DEFAULT_LR
+
+    lora = {**dataclasses.asdict(settings), "target_modules": list(settings.target_modules)}
+    lr = config.learning_rate if config.learning_rate is not None else DEFAULT_LR[config.optimizer]
+    return {**config.to_dict(), "learning_rate": lr, "lora": lora, "family": family, "dataset_songs": songs}
+
+
+def _logger(config: TrainConfig, run_config: dict[str, Any]) -> L.pytorch.loggers.Logger | bool:
     from lightning.pytorch import loggers
 
     if config.logger == "csv":
@@ -122,8 +137,18 @@ def _logger(config: TrainConfig) -> L.pytorch.loggers.Logger | bool:
         return loggers.TensorBoardLogger(config.run_dir, name="logs")
     if config.logger == "wandb":
         return loggers.WandbLogger(project=config.wandb_project, name=config.exp_name, save_dir=str(config.run_dir),
-                                   offline=config.wandb_offline)
+                                   offline=config.wandb_offline, config=run_config)
     return False
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """End the W&B run with the training run (its files are complete then), so that a second run in the same
+    process starts its own W&B run instead of logging into this one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def _device_count(devices: int | str | list[int]) -> int | None:
@@ -134,7 +159,9 @@ def _device_count(devices: int | str | list[int]) -> int | None:
 
 
 def check_devices(config: TrainConfig) -> None:
-    """More GPUs asked than this machine has: one line naming the fix, before anything loads."""
+    """A GPU this torch cannot use, or more GPUs asked than this machine has: one line naming the fix, before
+    anything loads."""
+    check_cuda("--accelerator", config.accelerator, "--accelerator cpu")
     wanted = _device_count(_devices(config.devices))
     if not wanted or not _gpu_wanted(config.accelerator):
         return
@@ -172,8 +199,20 @@ def run_training(
     """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset.
 
     `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
+    The run folder is locked for the run: a second trainer there refuses.
     """
     config.validate()
+    with run_folder_lock(config.run_dir):
+        return _train(config, transformer, dataset, base_model, parts)
+
+
+def _train(
+    config: TrainConfig,
+    transformer: ACEStepTransformer2DModel | None,
+    dataset: datasets.Dataset | None,
+    base_model: str | None,
+    parts: TrainingParts | None,
+) -> TrainResult:
     check_devices(config)
     trigger = check_trigger(config)
     resume_from = check_run_dir(config)
@@ -219,6 +258,14 @@ def run_training(
         fixed_loss = module.fixed_loss
     for line in notes:
         print(line, flush=True)
+    if resume_from is not None:  # a changed LoRA config is refused here, before Lightning restores anything
+        reg_count = len(module.reg_songs) if module.reg_songs is not None else 0
+        order = RunOrderSampler(len(module.dataset), config.batch_size, 1, config.seed, reg_samples=reg_count,
+                                reg_weight=reg_fraction(config.reg_weight)).state_dict()
+        del order["world_size"]
+        step = check_resume(resume_from, settings, module, module.trainable_keys, config.max_steps, order)
+        if is_first_process():  # one line per run under DDP
+            print(f"Resuming {config.run_dir} at step {step}", flush=True)
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +296,8 @@ def run_training(
         max_epochs=-1,
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
-        logger=_logger(config),
+        logger=_logger(config, run_settings(config, settings, parts.family if parts is not None else V1_FAMILY,
+                                            len(songs))),
         callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), *([validation] if validation else []), metrics, saver,
                    ctrl_c, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
@@ -267,6 +315,8 @@ def run_training(
             trainer.fit(module, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLossError as error:
         stopped = str(error)
+    finally:
+        _finish_wandb(trainer)
     latest = list_step_folders(config.run_dir)
     adapter_dir = latest[-1][1] if latest else None
     baked = adapter_dir / baked_file_name(config.exp_name, latest[-1][0]) if adapter_dir else None
@@ -280,6 +330,7 @@ def run_training(
         metrics_file=config.run_dir / METRICS_FILE,
         stopped=stopped,
         interrupted=ctrl_c.stopped_at is not None,
+        stop_signal=ctrl_c.signal_name,
         first_step=metrics.first_step,
         global_rank=trainer.global_rank,
         trigger=trigger,
@@ -332,7 +383,7 @@ def summary_text(result: TrainResult) -> str:
         f" (resumed at {result.first_step}, now at {result.steps})" if result.first_step else "")
     lines = [f"Training {'stopped early' if result.stopped else 'finished'}: {done} in {minutes:.1f} min."]
     if result.interrupted:
-        lines[0] = f"Training stopped by Ctrl-C after step {result.steps}: {done} in {minutes:.1f} min; that step is saved."
+        lines[0] = f"Training stopped by {result.stop_signal} after step {result.steps}: {done} in {minutes:.1f} min; that step is saved."
     if result.stopped:
         lines.append(f"Reason: {result.stopped}")
     if result.adapter_dir is None:

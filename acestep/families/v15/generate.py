@@ -128,14 +128,12 @@ def output_paths(out_dir: Path, stem: str, seeds: list[int], overwrite: bool) ->
 def write_outputs(wavs: list[torch.Tensor], params: V15Params, sample_rate: int, out_dir: Path, stem: str,
                   extra: dict[str, Any], overwrite: bool) -> list[Path]:
     """STEM_seedS.wav (16-bit PCM, through a temp file) and its parameters as JSON; existing files need overwrite."""
-    import soundfile as sf
+    from acestep.audio.write import write_wav
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(out_dir, stem, params.seeds, overwrite)
     for wav, seed, path in zip(wavs, params.seeds, paths):
-        temp = path.with_name(f".{path.name}.tmp")
-        sf.write(str(temp), wav.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
-        temp.replace(path)
+        write_wav(wav, sample_rate, path)  # atomic; a full disk is one line
         atomic_write_json(path.with_suffix(".json"), {**asdict(params), "seed": seed, "sample_rate": sample_rate,
                                                       **extra})
     return paths
