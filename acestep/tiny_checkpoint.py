@@ -40,9 +40,20 @@ def _train_text_tokenizer(folder: Path) -> None:
         vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
     tokenizer.train_from_iterator(TOKENIZER_TEXT * 20, trainer=trainer)
-    fast = T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    fast = T5TokenizerFast(tokenizer_object=_settled(tokenizer), eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                            extra_ids=0)
     fast.save_pretrained(str(folder))
+
+
+def _settled(tokenizer: Tokenizer, special: int = 3, digits: int = 8) -> Tokenizer:
+    """The trained Unigram vocabulary made the same on every run: the trainer's threads sum the scores in
+    another order each time (they differ in the last bits) and tied pieces come out in another order, which
+    changed the prompt ids and so every trained LoRA. Scores are rounded and ties ordered by the piece."""
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    pieces = sorted(((piece, round(score, digits)) for piece, score in vocab[special:]), key=lambda p: (-p[1], p[0]))
+    data["model"]["vocab"] = [[piece, score] for piece, score in vocab[:special] + pieces]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _write_hubert(folder: Path, hidden: int, mert_layout: bool) -> None:

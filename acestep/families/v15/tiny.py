@@ -119,6 +119,9 @@ def write_tiny_v15_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = 
         torch.manual_seed(seed)
         _write_original(staging / "original", DEFAULT_DIT)
         pipeline = load_pipeline(resolve(staging / "original"))
+        # diffusers records the folder a model was loaded from; here that is the temp build folder, whose random
+        # name would make two writes of the same seed differ
+        pipeline.vae.register_to_config(_name_or_path="original/vae")
         pipeline.save_pretrained(str(staging / "diffusers"), safe_serialization=True)
         (staging / "README.json").write_text(json.dumps({
             "what": "tiny random ACE-Step 1.5 checkpoint for tests and the demo; it makes noise, not music",
