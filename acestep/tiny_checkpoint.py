@@ -8,10 +8,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC
-from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
-from transformers.utils import logging as transformers_logging
 
 from .cli_help import make_parser
 from .data.atomic import build_into
@@ -22,6 +20,7 @@ from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
 from .models.dcae import tiny_dcae_config
 from .models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
+from .quiet import library_bars_off
 
 TEXT_WIDTH = 32
 TOKENIZER_TEXT = (
@@ -85,6 +84,7 @@ def write_tiny_checkpoint(root: str | Path, seed: int = 0, overwrite: bool = Fal
     return build_into(Path(root), COMPONENTS, overwrite, lambda staging: _write_components(staging, seed))
 
 
+@library_bars_off()  # a "Writing model shards" bar per tiny file says nothing
 def _write_components(staging: Path, seed: int) -> None:
     """Random weights of every component, in the published layout."""
     torch.manual_seed(seed)
@@ -117,8 +117,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="model family; ace-step-1.5 writes OUT/original (Ace-Step1.5 layout) and OUT/diffusers")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
-    diffusers_logging.disable_progress_bar()  # a bar per tiny model file says nothing
-    transformers_logging.disable_progress_bar()
     with one_line_errors():
         if args.family == V15:
             from .families.v15.tiny import write_tiny_v15_checkpoint

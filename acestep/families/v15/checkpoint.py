@@ -20,7 +20,7 @@ from acestep.checkpoint import DEFAULT_CACHE, download_snapshot
 from acestep.errors import AcestepError, CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
-from acestep.quiet import old_weight_norm
+from acestep.quiet import library_bars_off, old_weight_norm
 
 NAME = V15_FAMILY
 DEFAULT_DIT = "acestep-v15-turbo"
@@ -280,6 +280,7 @@ def load_original_components(
     return modules
 
 
+@library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_components(
     checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.nn.Module]:
@@ -299,6 +300,7 @@ def _load_vae(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
         return AutoencoderOobleck.from_pretrained(folder, dtype=dtype).eval()
 
 
+@library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_pipeline(
     checkpoint: V15Checkpoint, dtype: torch.dtype = torch.float32, with_transformer: bool = True
 ) -> Any:

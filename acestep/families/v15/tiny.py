@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from acestep.data.atomic import build_into
-from acestep.quiet import old_weight_norm
+from acestep.quiet import library_bars_off, old_weight_norm
 
 from .checkpoint import (
     DEFAULT_DIT,
@@ -115,6 +115,7 @@ def write_tiny_v15_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = 
     diffusers root)."""
     out = Path(out)
 
+    @library_bars_off()  # a "Writing model shards" bar per tiny file says nothing
     def build(staging: Path) -> None:
         torch.manual_seed(seed)
         _write_original(staging / "original", DEFAULT_DIT)
