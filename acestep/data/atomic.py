@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from acestep.errors import AcestepError
 from acestep.quiet import library_bars_off
+
+if TYPE_CHECKING:  # a dataset arrives from the caller; `--help` loads no datasets
+    import datasets
 
 TEMP_MARK = ".tmp-"
 DATASET_MARKER = "acestep_dataset.json"

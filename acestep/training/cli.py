@@ -6,13 +6,15 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from acestep.errors import one_line_errors
 from acestep.quiet import quiet_third_party_noise
 
 from .config import TrainConfig, parse_config
-from .family import TrainingParts
-from .run import run_training, summary_text
+
+if TYPE_CHECKING:
+    from .family import TrainingParts
 
 
 def resume_command(args: list[str]) -> str:
@@ -29,6 +31,8 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         config = parse_config(args).for_overfit_one()
+        from .run import run_training, summary_text  # Lightning and torch load after the flags are parsed
+
         parts = build_parts(config) if build_parts is not None else None
         result = run_training(config, parts=parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run
