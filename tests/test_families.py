@@ -142,11 +142,12 @@ def test_tiny_checkpoint_cli_writes_both_layouts(tmp_path: Path, capsys) -> None
 def test_1_5_with_an_older_diffusers_fails_in_one_line_naming_the_version(
     tiny_v15_checkpoint: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    from acestep import dependencies
     from acestep.families.generation import main as generate_main
 
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")
-    assert f'"diffusers>={v15_checkpoint.MIN_DIFFUSERS.removesuffix(".0")}"' in pyproject  # the pin says the same
-    monkeypatch.setattr(v15_checkpoint, "installed_diffusers", lambda: "0.41.0")
+    assert f'"diffusers>={dependencies.MIN_DIFFUSERS_V15.removesuffix(".0")}"' in pyproject  # the pin says the same
+    monkeypatch.setattr(dependencies, "installed_diffusers", lambda: "0.41.0")
     with pytest.raises(SystemExit) as stop:
         generate_main(["--checkpoint_dir", str(tiny_v15_checkpoint / "original"), "--prompt", "pop"])
     line = str(stop.value.code)

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from acestep.checkpoint import DEFAULT_CACHE, download_snapshot
-from acestep.errors import AcestepError, CheckpointError
+from acestep.dependencies import require_diffusers_for_v15
+from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 from acestep.quiet import library_bars_off, old_weight_norm
@@ -28,7 +29,6 @@ TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
 DIFFUSERS_PARTS = ("transformer", "condition_encoder", "vae", "text_encoder", "tokenizer")
 ORIGINAL_REPO = "ACE-Step/Ace-Step1.5"
-MIN_DIFFUSERS = "0.42.0"  # the first diffusers with AceStepPipeline and its models (keep pyproject.toml in step)
 # original config.json -> AceStepTransformer1DModel / AceStepConditionEncoder arguments (converter's rules)
 SHARED_CONFIG = (
     "head_dim", "rope_theta", "attention_bias", "attention_dropout", "rms_norm_eps", "sliding_window",
@@ -135,26 +135,9 @@ def _download(repo_id: str) -> Path:
     return download_snapshot(repo_id, DEFAULT_CACHE)
 
 
-def installed_diffusers() -> str:
-    from importlib.metadata import version
-
-    return version("diffusers")
-
-
-def require_diffusers() -> None:
-    """1.5 runs on diffusers' own AceStep classes, which arrived in diffusers 0.42; an older diffusers would fail
-    on an import deep inside a stage, so every 1.5 command asks here first and says what to install."""
-    from packaging.version import Version
-
-    installed = installed_diffusers()
-    if Version(installed) < Version(MIN_DIFFUSERS):
-        raise AcestepError(f"ACE-Step 1.5 needs diffusers {MIN_DIFFUSERS} or newer (installed: {installed}); "
-                           f"install it with: pip install \"diffusers>={MIN_DIFFUSERS}\"")
-
-
 def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V15Checkpoint:
     """A local folder or hub repo id in either layout; `dit` picks the DiT folder of the original layout."""
-    require_diffusers()
+    require_diffusers_for_v15()
     if checkpoint_dir is None:
         raise CheckpointError("ACE-Step 1.5 needs --checkpoint_dir (a folder or a repo id)")
     root = Path(checkpoint_dir).expanduser()
