@@ -48,3 +48,41 @@ def old_weight_norm() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
                                 category=FutureWarning)
         yield
+
+
+@contextmanager
+def library_bars_off() -> Iterator[None]:
+    """transformers' "Loading weights" / "Writing model shards", diffusers' "Loading pipeline components" and
+    datasets' "Saving the dataset" bars off for a block (or a decorated function) whose work our own progress
+    line or bar already reports; each library's setting is restored afterwards. Hub download bars stay on:
+    transformers switches them off with its own, so they are switched back on here (a download is worth a bar).
+    """
+    import datasets
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as transformers_logging
+
+    before = (transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled(),
+              datasets.utils.are_progress_bars_disabled(), hub.are_progress_bars_disabled())
+    with warnings.catch_warnings():  # datasets warns when an environment variable overrides the switch
+        warnings.simplefilter("ignore")
+        transformers_logging.disable_progress_bar()
+        diffusers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        if not before[3]:
+            hub.enable_progress_bars()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if before[0]:
+                transformers_logging.enable_progress_bar()
+            if before[1]:
+                diffusers_logging.enable_progress_bar()
+            if not before[2]:
+                datasets.enable_progress_bars()
+            if before[3]:
+                hub.disable_progress_bars()
+            else:
+                hub.enable_progress_bars()

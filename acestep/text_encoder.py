@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from acestep.quiet import library_bars_off
+
 MAX_TEXT_TOKENS = 256
 
 
@@ -33,8 +35,9 @@ class TextEncoder:
     def from_pretrained(
         cls, folder: str | Path, torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> TextEncoder:
-        model = UMT5EncoderModel.from_pretrained(str(folder), torch_dtype=torch_dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        with library_bars_off():  # a local folder: the stage's own line says what is loaded
+            model = UMT5EncoderModel.from_pretrained(str(folder), torch_dtype=torch_dtype).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
         return cls(model, tokenizer, device)
 
     @property

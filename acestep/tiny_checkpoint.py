@@ -8,10 +8,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC
-from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
-from transformers.utils import logging as transformers_logging
 
 from .cli_help import make_parser
 from .data.atomic import build_into
@@ -22,6 +20,7 @@ from .models import ACEStepTransformer2DModel
 from .models.configs import tiny_transformer_config
 from .models.dcae import tiny_dcae_config
 from .models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
+from .quiet import library_bars_off
 
 TEXT_WIDTH = 32
 TOKENIZER_TEXT = (
@@ -40,9 +39,20 @@ def _train_text_tokenizer(folder: Path) -> None:
         vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
     tokenizer.train_from_iterator(TOKENIZER_TEXT * 20, trainer=trainer)
-    fast = T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    fast = T5TokenizerFast(tokenizer_object=_settled(tokenizer), eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                            extra_ids=0)
     fast.save_pretrained(str(folder))
+
+
+def _settled(tokenizer: Tokenizer, special: int = 3, digits: int = 8) -> Tokenizer:
+    """The trained Unigram vocabulary made the same on every run: the trainer's threads sum the scores in
+    another order each time (they differ in the last bits) and tied pieces come out in another order, which
+    changed the prompt ids and so every trained LoRA. Scores are rounded and ties ordered by the piece."""
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    pieces = sorted(((piece, round(score, digits)) for piece, score in vocab[special:]), key=lambda p: (-p[1], p[0]))
+    data["model"]["vocab"] = [[piece, score] for piece, score in vocab[:special] + pieces]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _write_hubert(folder: Path, hidden: int, mert_layout: bool) -> None:
@@ -74,6 +84,7 @@ def write_tiny_checkpoint(root: str | Path, seed: int = 0, overwrite: bool = Fal
     return build_into(Path(root), COMPONENTS, overwrite, lambda staging: _write_components(staging, seed))
 
 
+@library_bars_off()  # a "Writing model shards" bar per tiny file says nothing
 def _write_components(staging: Path, seed: int) -> None:
     """Random weights of every component, in the published layout."""
     torch.manual_seed(seed)
@@ -106,8 +117,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="model family; ace-step-1.5 writes OUT/original (Ace-Step1.5 layout) and OUT/diffusers")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     args = parser.parse_args(argv)
-    diffusers_logging.disable_progress_bar()  # a bar per tiny model file says nothing
-    transformers_logging.disable_progress_bar()
     with one_line_errors():
         if args.family == V15:
             from .families.v15.tiny import write_tiny_v15_checkpoint

@@ -194,3 +194,57 @@ def test_published_dcae_config_builds(reference_dir: Path) -> None:
         dcae = AutoencoderDC.from_config(config)
     assert sum(p.numel() for p in dcae.parameters()) == 156_812_426
     assert len(dcae.state_dict()) == 192
+
+
+def upstream_channels_first_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference vocoder's channels-first LayerNorm formula, step by step in x's dtype."""
+    mean = torch.mean(x, 1, keepdim=True)
+    variance = torch.mean((x - mean) ** 2, 1, keepdim=True)
+    normed = (x - mean) / (variance + eps).sqrt()
+    return weight.view(1, -1, 1) * normed + bias.view(1, -1, 1)
+
+
+def test_vocoder_channels_first_norm_follows_the_reference_formula_in_bf16() -> None:
+    """In bf16 the reference's hand-written mean/variance differ from F.layer_norm (float32 inside) by ~1e-2."""
+    from acestep.models.vocoder import LN_EPS, ChannelsFirstLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelsFirstLayerNorm(64)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.3)
+    x = torch.randn(2, 64, 300) * 3 + 1
+    torch.testing.assert_close(norm(x), upstream_channels_first_norm(x, norm.weight, norm.bias, LN_EPS),
+                               rtol=1e-5, atol=1e-5)
+    norm = norm.to(torch.bfloat16)
+    x = x.to(torch.bfloat16)
+    with torch.no_grad():
+        ours = norm(x)
+        expected = upstream_channels_first_norm(x, norm.weight, norm.bias, LN_EPS)
+        fused = torch.nn.functional.layer_norm(x.transpose(1, 2), (64,), norm.weight, norm.bias, LN_EPS).transpose(1, 2)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, expected)
+    assert not torch.equal(fused, expected)  # the two formulas really differ in bf16, so the check above means something
+
+
+def test_log_mel_of_a_batch_and_of_stereo_equals_each_mono_channel_bit_for_bit() -> None:
+    """Long inputs are where a batched matmul picks other kernels (it differed by 3.6e-7 at 130 latent frames)."""
+    torch.manual_seed(0)
+    mel = LogMelSpectrogram()
+    wavs = torch.randn(2, 2, 4096 * 130) * 0.3
+    batched, stereo = mel(wavs), [mel(wav) for wav in wavs]
+    for item in range(2):
+        for channel in range(2):
+            mono = mel(wavs[item, channel][None])[0]
+            assert torch.equal(batched[item, channel], mono)
+            assert torch.equal(stereo[item][channel], mono)
+
+
+def test_encode_of_a_batch_equals_each_song_encoded_alone(tiny_dcae: MusicDCAE) -> None:
+    torch.manual_seed(1)
+    wavs = torch.randn(3, 2, 48000 * 13) * 0.3
+    latents, lengths = tiny_dcae.encode(wavs, torch.tensor([48000 * 13, 48000 * 9, 48000 * 5]))
+    for item in range(3):
+        alone, alone_length = tiny_dcae.encode(wavs[item : item + 1], torch.tensor([wavs.shape[-1]]))
+        assert torch.equal(latents[item], alone[0])
+    assert lengths.tolist()[0] == alone_length.item()

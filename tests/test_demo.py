@@ -98,3 +98,40 @@ def test_real_songs_are_not_cropped_to_the_synthetic_length() -> None:
     assert song_seconds(parse_args(["--data_dir", "songs", "--max_duration", "90"])) == (90.0, 90.0)
     assert crop_note(360.0, None).startswith("songs used whole (stage 3 keeps up to 360 s each); --max_duration N")
     assert crop_note(90.0, 90.0) == "songs cut to 90 s and trained in 90-second crops (--max_duration)"
+
+
+def adapter_hashes(output_dir: Path) -> dict[str, str]:
+    """sha256 of every adapter, ComfyUI and diffusers LoRA file (and adapter_config.json) under runs/, by a name
+    with the run's time stamp taken out."""
+    import hashlib
+    import re
+
+    files = sorted(output_dir.glob("runs/*/step-*/**/*.safetensors")) + sorted(
+        output_dir.glob("runs/*/step-*/**/adapter_config.json"))
+    return {re.sub(r"\d{8}-\d{6}", "STAMP", path.relative_to(output_dir).as_posix()):
+            hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ace-step-v1", "ace-step-1.5"])
+def test_two_fresh_demos_give_byte_identical_loras(tmp_path: Path, family: str) -> None:
+    """Two `python demo.py` runs from nothing (tiny checkpoint, songs, preprocessing, training) give the same bytes.
+
+    Both run in the same place (the first one's folder is moved aside): a tiny checkpoint is recorded in the
+    LoRA's metadata by its absolute path, so only there would two folders differ (the published model is recorded
+    by name)."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    hashes = []
+    for name in ("first", "second"):
+        subprocess.run([sys.executable, str(repo / "demo.py"), "--family", family, "--output_dir", "out",
+                        "--songs", "2", "--seconds", "3", "--steps", "2"], cwd=tmp_path, check=True,
+                       capture_output=True)
+        hashes.append(adapter_hashes(tmp_path / "out"))
+        shutil.move(tmp_path / "out", tmp_path / name)
+    assert len(hashes[0]) >= 4 and hashes[0].keys() == hashes[1].keys()
+    assert any(name.endswith("-comfyui.safetensors") for name in hashes[0])
+    assert [name for name in hashes[0] if hashes[0][name] != hashes[1][name]] == []

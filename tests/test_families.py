@@ -137,3 +137,22 @@ def test_tiny_checkpoint_cli_writes_both_layouts(tmp_path: Path, capsys) -> None
     assert (tmp_path / "tiny" / "diffusers" / "model_index.json").is_file()
     assert families.detect(tmp_path / "tiny" / "original").NAME == "ace-step-1.5"
     assert [p.name for p in (tmp_path / "tiny").iterdir() if p.name.startswith(".tiny-")] == []
+
+
+def test_1_5_with_an_older_diffusers_fails_in_one_line_naming_the_version(
+    tiny_v15_checkpoint: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from acestep import dependencies
+    from acestep.families.generation import main as generate_main
+
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'"diffusers>={dependencies.MIN_DIFFUSERS_V15.removesuffix(".0")}"' in pyproject  # the pin says the same
+    monkeypatch.setattr(dependencies, "installed_diffusers", lambda: "0.41.0")
+    with pytest.raises(SystemExit) as stop:
+        generate_main(["--checkpoint_dir", str(tiny_v15_checkpoint / "original"), "--prompt", "pop"])
+    line = str(stop.value.code)
+    assert line == ('error: ACE-Step 1.5 needs diffusers 0.42.0 or newer (installed: 0.41.0); install it with: '
+                    'pip install "diffusers>=0.42.0"')
+    with pytest.raises(families.AcestepError, match="needs diffusers 0.42.0"):
+        families.resolve(tiny_v15_checkpoint / "diffusers")
+    assert families.resolve(tiny_checkpoint)[0].NAME == families.V1  # v1 does not need the new classes

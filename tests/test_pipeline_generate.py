@@ -59,12 +59,12 @@ def test_same_seed_same_audio_and_length(pipeline: ACEStepPipeline) -> None:
     first = pipeline.generate(params(), seeds=[1, 2])
     again = pipeline.generate(params(), seeds=[1])
     assert len(first) == 2
-    assert first[0].shape == (2, output_samples(FAST["duration"]))
+    assert first[0].shape == (2, output_samples(FAST["duration"], 48000))  # the reference's and the CLI's rate
     torch.testing.assert_close(first[0], again[0], rtol=0, atol=1e-6)
     assert not torch.allclose(first[0], first[1])
     assert torch.isfinite(first[0]).all() and first[0].abs().max() <= 1.0
-    assert pipeline.generate(params(lyrics="", cfg_type="cfg", use_erg_tag=False), sample_rate=48000)[0].shape == (
-        2, output_samples(FAST["duration"], 48000))
+    assert pipeline.generate(params(lyrics="", cfg_type="cfg", use_erg_tag=False), sample_rate=44100)[0].shape == (
+        2, output_samples(FAST["duration"], 44100))
 
 
 def _trained_adapter(pipeline: ACEStepPipeline, folder: Path) -> Path:
@@ -168,3 +168,13 @@ def test_cli_lyrics_errors_are_one_line(tmp_path: Path, problem: str, capsys: py
         main(["--prompt", "x", "--lyrics", str(path), "--checkpoint_dir", str(tmp_path / "never_loaded")])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "\n" not in message and "song.TXT" in message
+
+
+def test_generate_defaults_to_the_clis_and_the_references_48_khz() -> None:
+    import inspect
+
+    from acestep.pipeline.cli import DEFAULT_SAMPLE_RATE, build_parser
+
+    default = inspect.signature(ACEStepPipeline.generate).parameters["sample_rate"].default
+    assert default == DEFAULT_SAMPLE_RATE == 48000
+    assert build_parser().parse_args(["--prompt", "pop"]).sample_rate == 48000

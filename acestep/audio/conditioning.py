@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from .decode import load_audio
 from .resample import resample
+
+if TYPE_CHECKING:  # loaded with the first song, so stage 2 and `--help` need no torch
+    import torch
 
 TRAINING_SAMPLE_RATE = 48000
 MIN_SECONDS = 3.0
@@ -86,6 +89,8 @@ def condition_training_audio(
     silent = (np.abs(stereo) < SILENCE_LEVEL).all(axis=0).mean()
     if silent > SILENT_FRACTION:
         raise InputError(source, f"near-silent audio ({silent:.0%} of the song below -80 dBFS)")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(stereo, dtype=np.float32))
 
 

@@ -8,15 +8,17 @@ frame of the audio encoder, i.e. ((L - 1) // 2 + 1 - 2) // 2 + 1 for L feature f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from acestep.captioning.caption import Answer, BackendUnavailable
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
 from acestep.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch loads with the model, not with `generate_prompts_lyrics.py --help`
+    import torch
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-Omni-7B"
 GPTQ_MODEL = "Qwen/Qwen2.5-Omni-7B-GPTQ-Int4"
@@ -63,11 +65,15 @@ def is_gptq(config: dict[str, Any]) -> bool:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on GPUs that have it (fp16 on older ones), float32 on CPU where bf16 matmuls are slow."""
+    import torch
+
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -126,6 +132,8 @@ class QwenOmniBackend:
         return cls(thinker, tokenizer, feature_extractor, device, task_first=task_first)
 
     def ask(self, audio: np.ndarray, instruction: str, max_new_tokens: int) -> Answer:
+        import torch
+
         features = self.feature_extractor(
             audio,
             sampling_rate=MODEL_SAMPLE_RATE,

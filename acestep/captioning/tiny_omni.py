@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from acestep.cli_help import make_parser
+from acestep.quiet import library_bars_off
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -80,6 +81,7 @@ def tiny_thinker_config(vocab_size: int) -> Any:
     )
 
 
+@library_bars_off()  # a "Writing model shards" bar per tiny file says nothing
 def write_tiny_qwen_omni(
     folder: Path,
     silent_head: bool = False,

@@ -14,11 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from acestep.errors import AcestepError
+from acestep.quiet import library_bars_off
+
+if TYPE_CHECKING:  # a dataset arrives from the caller; `--help` loads no datasets
+    import datasets
 
 TEMP_MARK = ".tmp-"
 DATASET_MARKER = "acestep_dataset.json"
@@ -154,7 +156,8 @@ def atomic_save_dataset(dataset: datasets.Dataset, dest: Path, kind: str, overwr
     tmp = temp_sibling(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(tmp))
+        with library_bars_off():  # the stage's own bar or summary line covers the save
+            dataset.save_to_disk(str(tmp))
         atomic_write_json(tmp / DATASET_MARKER, {"written_by": TOOLKIT, "kind": kind})
         check_dataset_destination(dest, overwrite)  # again: the save can take long
         replace_folder(tmp, dest)

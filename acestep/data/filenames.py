@@ -9,8 +9,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from acestep.audio.conditioning import MIN_SECONDS
 from acestep.cli_help import make_parser
@@ -28,27 +27,35 @@ from acestep.data.sidecars import (
 from acestep.errors import AcestepError, InputError, one_line_errors
 from acestep.progress import progress
 
+if TYPE_CHECKING:
+    import datasets
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 UNKNOWN = -1
 DATASET_KIND = "filenames"
 
-FILENAME_FEATURES = datasets.Features(
-    {
-        "keys": datasets.Value("string"),
-        "filename": datasets.Value("string"),
-        "tags": datasets.List(datasets.Value("string")),
-        "speaker_emb_path": datasets.Value("string"),
-        "norm_lyrics": datasets.Value("string"),
-        "recaption": {},
-        "duration": datasets.Value("float64"),
-        "sample_rate": datasets.Value("int32"),
-        # music metadata from <stem>_bpm_key.json (stage 1 --bpm_key); -1 / "" = unknown. ACE-Step 1.5 prompts use it
-        "bpm": datasets.Value("float64"),
-        "keyscale": datasets.Value("string"),
-        "timesignature": datasets.Value("string"),
-        "language": datasets.Value("string"),
-    }
-)
+
+def filename_features() -> datasets.Features:
+    """The stage-2 table's columns (a function: `datasets` loads when a table is written, not with `--help`)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "keys": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+            "tags": datasets.List(datasets.Value("string")),
+            "speaker_emb_path": datasets.Value("string"),
+            "norm_lyrics": datasets.Value("string"),
+            "recaption": {},
+            "duration": datasets.Value("float64"),
+            "sample_rate": datasets.Value("int32"),
+            # music metadata from <stem>_bpm_key.json (stage 1 --bpm_key); -1 / "" = unknown. ACE-Step 1.5 prompts use it
+            "bpm": datasets.Value("float64"),
+            "keyscale": datasets.Value("string"),
+            "timesignature": datasets.Value("string"),
+            "language": datasets.Value("string"),
+        }
+    )
 
 
 @dataclass
@@ -226,7 +233,9 @@ def build_filename_dataset(
     rows, summary = scan_folder(data_dir, default_tag)
     if not rows:
         raise AcestepError(f"{data_dir}: every audio file was skipped; nothing to write")
-    dataset = datasets.Dataset.from_list(rows * repeat_count, features=FILENAME_FEATURES)
+    import datasets
+
+    dataset = datasets.Dataset.from_list(rows * repeat_count, features=filename_features())
     atomic_save_dataset(dataset, output, kind=DATASET_KIND, overwrite=overwrite)
     return summary
 
@@ -244,6 +253,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    import datasets
+
     datasets.disable_progress_bars()  # its bar for saving a few rows would be redrawn in logs
     with one_line_errors():
         summary = build_filename_dataset(

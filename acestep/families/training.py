@@ -6,10 +6,13 @@ writer to the shared machinery.
 
 from __future__ import annotations
 
-from acestep.data.preprocessed import dataset_family
+from typing import TYPE_CHECKING
+
 from acestep.families import V1, V15, check_same_family, resolve
-from acestep.training.config import TrainConfig
-from acestep.training.family import TrainingParts
+
+if TYPE_CHECKING:
+    from acestep.training.config import TrainConfig
+    from acestep.training.family import TrainingParts
 
 
 def training_parts_for(config: TrainConfig) -> TrainingParts | None:
@@ -20,6 +23,8 @@ def training_parts_for(config: TrainConfig) -> TrainingParts | None:
         family, checkpoint = resolve(config.checkpoint_dir, config.dit)
         print(checkpoint.describe())
     if checkpoint is None or family.NAME != V15:
+        from acestep.data.preprocessed import dataset_family
+
         found = dataset_family(config.dataset_path)
         if found is not None:
             check_same_family(found, V1, f"the dataset {config.dataset_path}", "--checkpoint_dir (ACE-Step v1)")

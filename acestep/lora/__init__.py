@@ -1,21 +1,17 @@
 """LoRA files: settings, reading/writing with metadata, alpha baking, inspect, resize, merge and key conversion."""
 
-from .bake import bake_file, module_scales
-from .convert import convert_file
-from .inspect import LoraReport, ModuleReport, format_report, inspect_lora
-from .io import (
-    WEIGHTS_NAME,
-    LoraFile,
-    LoraModule,
-    load_adapter,
-    read_lora,
-    save_adapter,
-    settings_from_metadata,
-)
-from .keys import STYLES
-from .merge import merge_file
-from .resize import METHODS, ResizedModule, rank_advice, resize_file
-from .settings import LoraSettings
+import importlib
+from typing import Any
+
+# name -> submodule, imported on first use: `from acestep.lora.keys import ...` and `--help` need no torch
+_WHERE = {
+    "bake_file": "bake", "module_scales": "bake", "convert_file": "convert",
+    "LoraReport": "inspect", "ModuleReport": "inspect", "format_report": "inspect", "inspect_lora": "inspect",
+    "WEIGHTS_NAME": "io", "LoraFile": "io", "LoraModule": "io", "load_adapter": "io", "read_lora": "io",
+    "save_adapter": "io", "settings_from_metadata": "io", "STYLES": "keys", "merge_file": "merge",
+    "METHODS": "resize", "ResizedModule": "resize", "rank_advice": "resize", "resize_file": "resize",
+    "LoraSettings": "settings",
+}
 
 __all__ = [
     "METHODS",
@@ -40,3 +36,11 @@ __all__ = [
     "save_adapter",
     "settings_from_metadata",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -12,8 +12,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from ..cli_help import make_parser
 from ..errors import AcestepError, InputError, one_line_errors
 from .io import (
@@ -103,6 +101,8 @@ def save_baked(
     `dst` may be an existing folder: the file is then `dst/pytorch_lora_weights.safetensors`, the name the upstream
     pipeline's load_lora looks for.
     """
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         down_key, up_key, alpha_key = factor_keys(name, style)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
 from ..data.atomic import atomic_write_bytes, atomic_write_json
 from ..errors import AcestepError, InputError
@@ -29,6 +28,9 @@ from .keys import (
     v15_diffusers_name,
 )
 from .settings import LoraSettings
+
+if TYPE_CHECKING:  # torch loads with the first tensor, not with `--help`
+    import torch
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
@@ -90,6 +92,8 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metada
     Serialized in memory with a canonical header (the same tensors and metadata give the same bytes) and
     written by atomic_write_bytes, so the file gets the umask's mode (safetensors' own writer makes it 0600).
     """
+    from safetensors.torch import save
+
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(Path(path), canonical_header(save(cpu, metadata=metadata)))
     return Path(path)

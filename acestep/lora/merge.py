@@ -258,6 +258,9 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
 def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:
     """The weights must be exactly what the config builds, or the saved folder would not load."""
     if config.get("_class_name") == V15_CLASS_NAME:
+        from acestep.dependencies import require_diffusers_for_v15
+
+        require_diffusers_for_v15()
         from diffusers import AceStepTransformer1DModel as model_class
     else:
         from ..models import ACEStepTransformer2DModel as model_class

@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from peft.utils.other import get_pattern_key
-
 from ..errors import AcestepError, InputError
 
 ADAPTER_TYPES = ("lora", "dora", "loha", "lokr")  # the config's adapter_type; all trained through PEFT
@@ -62,11 +60,15 @@ class LoraSettings:
 
     def module_rank(self, module: str) -> int:
         """The rank PEFT gives one module (rank_pattern, else r): LoKr's full matrices do not show it."""
+        from peft.utils.other import get_pattern_key  # peft (and torch) load on use, not with `--help`
+
         key = get_pattern_key(list(self.rank_pattern), module)
         return self.rank_pattern.get(key, self.r)
 
     def module_scale(self, module: str, rank: int) -> float:
         """Scale of one module; its rank comes from the tensor shapes, its alpha from alpha_pattern if listed."""
+        from peft.utils.other import get_pattern_key
+
         key = get_pattern_key(list(self.alpha_pattern), module)  # PEFT's own regex match
         return self.scale_for(rank, self.alpha_pattern.get(key, self.lora_alpha))
 

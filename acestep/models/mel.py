@@ -70,7 +70,10 @@ class LogMelSpectrogram(nn.Module):
         flat = torch.nn.functional.pad(flat[:, None], (pad, pad), mode="reflect")[:, 0]
         spec = torch.stft(flat, N_FFT, HOP, N_FFT, self.window.float(), center=False, return_complex=True)
         magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-6)
-        mel = torch.matmul(magnitude.transpose(-1, -2), self.filterbank.float()).transpose(-1, -2)
+        # one matmul per waveform, so a batch or a stereo pair gives each channel's mono result bit for bit
+        # (a batched matmul picks other kernels for long inputs and differs by ~4e-7)
+        filterbank = self.filterbank.float()
+        mel = torch.stack([frames.transpose(0, 1) @ filterbank for frames in magnitude]).transpose(-1, -2)
         log_mel = torch.log(torch.clamp(mel, min=LOG_FLOOR))
         return log_mel.reshape(*shape[:-1], N_MELS, log_mel.shape[-1]).to(wav.dtype)
 

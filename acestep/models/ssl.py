@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import HubertConfig, HubertModel
 
+from acestep.quiet import library_bars_off
+
 from .dcae import resample_batch
 
 NORM_EPS = 1e-7
@@ -38,6 +40,7 @@ def _local_config(name_or_path: str | Path) -> dict | None:
     return json.loads(config.read_text(encoding="utf-8-sig")) if config.is_file() else None
 
 
+@library_bars_off()  # the stage's own line says what is loaded; downloads keep their bars
 def load_hubert(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32) -> HubertModel:
     """A HubertModel from a folder or hub id; a `mert_model` config becomes the equivalent HubertConfig."""
     raw = _local_config(name_or_path)

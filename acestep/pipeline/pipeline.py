@@ -84,6 +84,9 @@ def latent_frames(duration: float) -> int:
     return frames
 
 
+OUTPUT_SAMPLE_RATE = 48000  # what the reference pipeline writes, and generate.py's default
+
+
 def output_samples(duration: float, sample_rate: int = DCAE_SAMPLE_RATE, overlapped: bool = False) -> int:
     """Samples in the decoded file: 4096 per latent frame at 44.1 kHz, then the reference's resampling length."""
     frames = latent_frames(duration)
@@ -259,9 +262,10 @@ class ACEStepPipeline:
 
     @torch.no_grad()
     def generate(self, params: GenerationParams, seeds: list[int] | None = None,
-                 sample_rate: int = DCAE_SAMPLE_RATE, overlapped_decode: bool = False,
+                 sample_rate: int = OUTPUT_SAMPLE_RATE, overlapped_decode: bool = False,
                  show_progress: bool = False) -> list[torch.Tensor]:
-        """Stereo waveforms [2, samples] in [-1, 1], one per seed (default: params.seed).
+        """Stereo waveforms [2, samples] in [-1, 1], one per seed (default: params.seed), at `sample_rate`
+        (48 kHz like the reference pipeline and generate.py; 44100 is the model's own rate).
 
         `overlapped_decode` decodes songs longer than 48 s in windows, as the reference's option of that
         name does: less memory, slight differences at the window seams.

@@ -1,9 +1,15 @@
 """Stage 4: LoRA training with flow matching on the preprocessed dataset (PEFT + Lightning)."""
 
-from .config import TrainConfig, build_parser, parse_config
-from .flow_matching import FlowMatchingObjective, combine_losses
-from .model import adapter_state_dict, attach_lora, load_trained_adapter
-from .run import TrainResult, run_training, summary_text
+import importlib
+from typing import Any
+
+# name -> submodule, imported on first use: `trainer_new.py --help` parses its flags without Lightning or torch
+_WHERE = {
+    "TrainConfig": "config", "build_parser": "config", "parse_config": "config",
+    "FlowMatchingObjective": "flow_matching", "combine_losses": "flow_matching",
+    "adapter_state_dict": "model", "attach_lora": "model", "load_trained_adapter": "model",
+    "TrainResult": "run", "run_training": "run", "summary_text": "run",
+}
 
 __all__ = [
     "FlowMatchingObjective",
@@ -18,3 +24,11 @@ __all__ = [
     "run_training",
     "summary_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

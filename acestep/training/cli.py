@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from acestep.broken_pipe import guard_std_streams
 from acestep.data.atomic import atomic_write_text
@@ -13,9 +14,10 @@ from acestep.errors import AcestepError, one_line_errors
 from acestep.quiet import quiet_third_party_noise
 
 from .config import TrainConfig, parse_config
-from .family import TrainingParts
 from .lock import run_folder_lock
-from .run import check_devices, check_run_dir, run_training, summary_text
+
+if TYPE_CHECKING:
+    from .family import TrainingParts
 
 SUMMARY_FILE = "summary.txt"  # the end-of-run text and the resume command, for when the console is gone
 
@@ -36,6 +38,13 @@ def main(
     with one_line_errors():
         config = parse_config(args).for_overfit_one()
         with run_folder_lock(config.run_dir):  # before any model loads: a second trainer refuses at once
+            from .run import (  # torch, Lightning: after the flags
+                check_devices,
+                check_run_dir,
+                run_training,
+                summary_text,
+            )
+
             check_devices(config)
             check_run_dir(config)
             parts = build_parts(config) if build_parts is not None else None

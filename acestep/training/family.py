@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import Dataset
+if TYPE_CHECKING:  # names for the annotations only: the trainer's `--help` loads no torch or Lightning
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import Dataset
 
-from acestep.lora import LoraSettings
+    from acestep.lora import LoraSettings
 
-from .optim import OptimizerRecipe
-from .validation import FixedPointLoss
+    from .optim import OptimizerRecipe
+    from .validation import FixedPointLoss
 
 
 class StepObjective(Protocol):

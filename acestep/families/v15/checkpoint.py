@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from acestep.checkpoint import DEFAULT_CACHE, download_snapshot, safetensors_problem
+from acestep.dependencies import require_diffusers_for_v15
 from acestep.errors import CheckpointError
 from acestep.lora.keys import V15_FAMILY
 from acestep.models.v15_keys import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
-from acestep.quiet import old_weight_norm
+from acestep.quiet import library_bars_off, old_weight_norm
 
 from .xl import add_timbre_token, is_xl_config
 
@@ -152,6 +153,7 @@ def _download(repo_id: str) -> Path:
 
 def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V15Checkpoint:
     """A local folder or hub repo id in either layout; `dit` picks the DiT folder of the original layout."""
+    require_diffusers_for_v15()
     if checkpoint_dir is None:
         raise CheckpointError("ACE-Step 1.5 needs --checkpoint_dir (a folder or a repo id)")
     root = Path(checkpoint_dir).expanduser()
@@ -312,6 +314,7 @@ def with_xl_timbre(checkpoint: V15Checkpoint, modules: dict[str, torch.nn.Module
     return modules
 
 
+@library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_components(
     checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.nn.Module]:
@@ -331,6 +334,7 @@ def _load_vae(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
         return AutoencoderOobleck.from_pretrained(folder, dtype=dtype).eval()
 
 
+@library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_pipeline(
     checkpoint: V15Checkpoint, dtype: torch.dtype = torch.float32, with_transformer: bool = True
 ) -> Any:

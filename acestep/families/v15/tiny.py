@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from acestep.data.atomic import build_into
-from acestep.quiet import old_weight_norm
+from acestep.quiet import library_bars_off, old_weight_norm
 
 from .checkpoint import (
     DEFAULT_DIT,
@@ -132,6 +132,7 @@ def write_tiny_v15_checkpoint(
     Returns (original root, diffusers root)."""
     out = Path(out)
 
+    @library_bars_off()  # a "Writing model shards" bar per tiny file says nothing
     def build(staging: Path) -> None:
         torch.manual_seed(seed)
         if xl:
@@ -139,6 +140,9 @@ def write_tiny_v15_checkpoint(
         else:
             _write_original(staging / "original", DEFAULT_DIT)
         pipeline = load_pipeline(resolve(staging / "original"))
+        # diffusers records the folder a model was loaded from; here that is the temp build folder, whose random
+        # name would make two writes of the same seed differ
+        pipeline.vae.register_to_config(_name_or_path="original/vae")
         pipeline.save_pretrained(str(staging / "diffusers"), safe_serialization=True)
         (staging / "README.json").write_text(json.dumps({
             "what": "tiny random ACE-Step 1.5 checkpoint for tests and the demo; it makes noise, not music",
