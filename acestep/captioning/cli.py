@@ -122,7 +122,7 @@ def transformers_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MODEL",
         help=f"ACE-Step 1.5: a prose caption from ACE-Step's captioner (alone: {CAPTIONER_MODEL}; or its "
-        "folder) instead of tags from --model",
+        "folder) instead of tags from --model (default: off, tags from --model)",
     )
     parser.add_argument(
         "--transcriber",
@@ -132,7 +132,7 @@ def transformers_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help=f"ACE-Step 1.5: with --lyrics, lyrics from ACE-Step's transcriber (alone: {TRANSCRIBER_MODEL}; or "
         "its folder), section tags as it writes them; with --bpm_key the language it heard goes into "
-        "<stem>_bpm_key.json",
+        "<stem>_bpm_key.json (default: off, lyrics from --model)",
     )
     parser.add_argument(
         "--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present, else cpu)"
