@@ -21,7 +21,7 @@ from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import TrainConfig
 from acestep.training.data import Draw, pad_stack
-from acestep.training.family import TrainingParts
+from acestep.training.family import ModelBlocks, TrainingParts
 from acestep.training.regularization import load_reg_rows
 from acestep.training.validation import split_songs
 
@@ -34,6 +34,9 @@ DEFAULT_LORA_CONFIG = "config/lora_config_v15.json"
 LATENT_COLUMNS = ("target_latents", "context_latents")
 OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
 INPUT_COLUMNS = ("text_hidden_states", "text_attention_mask", "lyric_hidden_states", "lyric_attention_mask")
+# diffusers' AceStepTransformer1DModel: its `layers` are checkpointed and compiled one by one; fp8 stores the
+# Linears of the layers, of both timestep embeddings and of the condition projection (all but 0.1 % of the weights)
+BLOCKS = ModelBlocks(block_list="layers", fp8_prefixes=("layers.", "time_embed", "condition_embedder"))
 
 
 def frames_for_seconds(seconds: float | None) -> int | None:
@@ -96,10 +99,6 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     if found is None:
         raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
     check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
-    if config.preset:  # before fp8: a preset may have picked it
-        raise AcestepError("--preset is for ACE-Step v1 only; for 1.5 see python -m acestep.plan --model 2b|xl")
-    if config.base_dtype == "fp8":
-        raise AcestepError("--base_dtype fp8 is for ACE-Step v1 only; use bf16 or fp16 for 1.5")
     reg_rows = load_reg_rows(config.reg_dataset, V15_FAMILY) if config.reg_dataset else None
     gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     dtype = resolve_base_dtype(config.base_dtype, gpu)
@@ -168,7 +167,17 @@ def training_parts(
         fixed_loss=step.fixed_loss,
         val_songs=V15Songs(val_rows, frames_for_seconds(config.max_duration)) if val_rows is not None else None,
         reg_songs=reg_songs,
+        blocks=BLOCKS,
+        plan_request=partial(_plan_request, transformer_config=dict(transformer.config)),
     )
+
+
+def _plan_request(config: TrainConfig, gpu_gb: float, device: str, base_dtype: str, *,
+                  transformer_config: dict) -> Any:
+    """The 1.5 planner's request for this run on this DiT (--gradient_checkpointing auto)."""
+    from .plan import request_for_run
+
+    return request_for_run(config, gpu_gb, device, base_dtype, transformer_config)
 
 
 def _write(tensors: dict[str, torch.Tensor], folder: Path, step: int, *, settings: LoraSettings, base_model: str,
