@@ -97,7 +97,8 @@ def check_trigger(config: TrainConfig) -> str | None:
 
 def _compute_dtype(transformer: torch.nn.Module) -> torch.dtype:
     """The frozen base's dtype, which Lightning's precision follows (fp8 weights compute in the 16-bit one)."""
-    return next(p for p in transformer.parameters() if not p.requires_grad and p.dtype != FP8_DTYPE).dtype
+    weights = [p for p in transformer.parameters() if p.dtype != FP8_DTYPE]
+    return next((p for p in weights if not p.requires_grad), weights[0]).dtype  # before LoRA nothing is frozen
 
 
 def _gpu_wanted(accelerator: str) -> bool:
