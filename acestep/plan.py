@@ -200,6 +200,9 @@ class MemoryPlan(DeviceFit):
     def tokens_per_step(self) -> int:
         return self.request.batch_size * self.request.frames
 
+    def text(self) -> str:
+        return format_plan(self)
+
 
 def _config(request: PlanRequest) -> dict:
     from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG
@@ -592,7 +595,7 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
                    help="the trainer's --optimizer (its state bytes per LoRA weight)")
     p.add_argument("--base_dtype", default="bf16", choices=BASE_DTYPES,
-                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8, v1 only)")
+                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8)")
     p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
     p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
@@ -603,7 +606,7 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
                    help="plan for the trainer's --no-release_unused_weights")
     p.add_argument("--gradient_checkpointing", default="all",
                    help="the trainer's --gradient_checkpointing: all, none, N (the first N blocks) or auto (the fewest "
-                   "blocks that fit --gpu_gb); v1 only")
+                   "blocks that fit --gpu_gb)")
     p.add_argument("--presets", action="store_true",
                    help="print the fastest settings for every --preset card (6-24 GB) at --duration, not one plan")
     p.add_argument("--model", default="v1", choices=MODELS,
@@ -611,23 +614,18 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
     p.add_argument("--condition_tokens", type=int, default=512,
                    help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
     a = p.parse_args(argv)
-    if a.model != "v1" and a.base_dtype == FP8:
-        p.error("--base_dtype fp8 is for the v1 model only")
     mode = a.gradient_checkpointing
     if mode not in ("all", "none", "auto") and not mode.isdigit():
         p.error(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
-    if a.model != "v1":
-        if mode not in ("all", "none") or a.presets:
-            p.error("--gradient_checkpointing auto / N and --presets are for the v1 model only (1.5: all or none)")
-        return v15_request(a), False
-    request = PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
-                          lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                          release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+    request: Any = v15_request(a) if a.model != "v1" else PlanRequest(
+        duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb, optimizer=a.optimizer,
+        base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl, lyric_tokens=a.lyric_tokens,
+        text_tokens=a.text_tokens, device=a.device, release_unused_weights=not a.keep_unused_weights,
+        devices=a.devices)
     if mode == "auto":
         check_bounds(request)
         count = fewest_checkpointed_blocks(request)
-        return replace(request, checkpointed_blocks=block_count(request) if count is None else count), a.presets
+        return replace(request, checkpointed_blocks=request.block_count if count is None else count), a.presets
     counts = {"all": None, "none": 0}
     return replace(request, checkpointed_blocks=counts[mode] if mode in counts else int(mode)), a.presets
 
@@ -647,17 +645,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         request, presets = parse_cli(argv)
         check_bounds(request)
-        if not isinstance(request, PlanRequest):
-            from acestep.families.v15 import plan as v15_plan
-
-            print(v15_plan.format_plan(v15_plan.estimate(request)))
-            return
         from acestep.presets import fastest_lines
 
         if presets:
             print("\n".join(fastest_lines(request, all_cards=True)))
             return
-        print(format_plan(estimate(request)))
+        print(request.plan().text())
         print("\n".join(fastest_lines(request)))
     except AcestepError as error:
         raise SystemExit(f"error: {error}") from None

@@ -6,6 +6,8 @@ writer to the shared machinery.
 
 from __future__ import annotations
 
+from typing import Any
+
 from acestep.data.preprocessed import dataset_family
 from acestep.families import V1, V15, check_same_family, resolve
 from acestep.training.config import TrainConfig
@@ -27,3 +29,11 @@ def training_parts_for(config: TrainConfig) -> TrainingParts | None:
     from acestep.families.v15.training import parts_from_config
 
     return parts_from_config(config, checkpoint)
+
+
+def plan_model_for(config: TrainConfig) -> Any:
+    """The planner's request for the model of --checkpoint_dir (what --preset fits); None: the published v1."""
+    if config.checkpoint_dir is None:
+        return None
+    family, checkpoint = resolve(config.checkpoint_dir, config.dit)
+    return family.plan_request(checkpoint)

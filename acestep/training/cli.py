@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from acestep.errors import one_line_errors
 from acestep.quiet import quiet_third_party_noise
@@ -22,13 +23,15 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None
+    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None,
+    plan_model: Callable[[TrainConfig], Any] | None = None,
 ) -> None:
-    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1."""
+    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1.
+    `plan_model`: the family's planner request for the checkpoint's model, which --preset fits."""
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(args).for_overfit_one()
+        config = parse_config(args, plan_model).for_overfit_one()
         parts = build_parts(config) if build_parts is not None else None
         result = run_training(config, parts=parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run

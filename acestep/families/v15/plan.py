@@ -109,6 +109,9 @@ class V15Plan(DeviceFit):
     lora_parameters: int
     parts: dict[str, int] = field(default_factory=dict)
 
+    def text(self) -> str:
+        return format_plan(self)
+
 
 def _meta_dit(config: dict) -> torch.nn.Module:
     from diffusers import AceStepTransformer1DModel
@@ -198,7 +201,7 @@ def activation_terms(request: V15PlanRequest, config: dict, lora_parameters: int
         "layer inputs (checkpoints)": checkpointed * tokens * hidden * e,
     }
     if saved + int(layer * BACKWARD_SHARE) > layer:  # the backward of the uncheckpointed layers is the peak
-        terms["saved tensors of uncheckpointed layers"] = saved
+        terms["saved by uncheckpointed layers"] = saved
         terms["one layer's backward"] = int(layer * BACKWARD_SHARE)
     else:  # the recomputation of a checkpointed layer, once the uncheckpointed ones are done
         terms["one layer recomputed"] = layer
@@ -241,6 +244,19 @@ def estimate(request: V15PlanRequest) -> V15Plan:
     }
     parts.update({f"activations: {k}": v for k, v in activation_terms(request, config, lora).items()})
     return V15Plan(request=request, base_parameters=base, lora_parameters=lora, parts=parts)
+
+
+def request_for_checkpoint(checkpoint: Any) -> V15PlanRequest:
+    """The request for the DiT of a resolved 1.5 checkpoint, either layout (config.json only)."""
+    from .checkpoint import _read_json, component_configs
+
+    if checkpoint.dit is None:
+        config = _read_json(checkpoint.root / "transformer" / "config.json")
+    else:
+        config = component_configs(_read_json(checkpoint.dit / "config.json"))["transformer"]
+    model_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return V15PlanRequest(model="xl" if model_config.get("hidden_size", 2048) > 2048 else "2b",
+                          transformer_config=model_config)
 
 
 def request_for_run(config: Any, gpu_gb: float, device: str, base_dtype: str,
