@@ -30,6 +30,8 @@ def checkpoint_first_blocks(model: nn.Module, blocks: Sequence[nn.Module], count
     if count is not None and not 0 <= count <= total:
         raise AcestepError(f"the model has {total} blocks: cannot checkpoint {count}")
     if count == 0:
+        if getattr(model, "gradient_checkpointing", False):
+            model.disable_gradient_checkpointing()
         return
     model.enable_gradient_checkpointing()
     if hasattr(model, "set_checkpointed_blocks"):

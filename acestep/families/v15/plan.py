@@ -8,6 +8,7 @@ layer); `measure_step` runs the same step on random weights with TensorMemoryTra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -302,53 +303,62 @@ class StepMeasurement:
     tensor_peak_bytes: int
 
 
+class StepProbe:
+    """One optimizer step as the trainer runs it (fp8 base, LoRA, checkpointing of the first N layers, autocast in
+    the compute dtype, AdamW) on random weights and a synthetic batch; `run` times it and tracks its tensor peak.
+    One model serves several checkpointing settings in turn (bench/v15_train_step.py compares them side by side)."""
+
+    def __init__(self, request: V15PlanRequest, model: torch.nn.Module | None = None) -> None:
+        from acestep.models.fp8 import quantize_base
+        from acestep.training.model import DTYPES, attach_lora
+
+        self.dtype = DTYPES["bf16" if request.base_dtype == FP8 else request.base_dtype]
+        config = request.config
+        self.model = model if model is not None else random_dit(config, self.dtype)
+        if request.base_dtype == FP8:
+            quantize_base(self.model, self.dtype, BLOCKS.fp8_prefixes)
+        settings = LoraSettings.from_json(request.lora_config)
+        if request.rank is not None:
+            settings = dataclasses.replace(settings, r=request.rank)
+        attach_lora(self.model, dataclasses.replace(settings, lora_dropout=0.0), "probe")
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.9))
+        width = full_config(config).get("encoder_hidden_size") or full_config(config)["hidden_size"]
+        g = torch.Generator().manual_seed(1)
+        b, frames = request.batch_size, request.frames
+        self.batch = {
+            "target_latents": torch.randn(b, frames, LATENT_CHANNELS, generator=g),
+            "attention_mask": torch.ones(b, frames),
+            "context_latents": torch.randn(b, frames, 2 * LATENT_CHANNELS, generator=g),
+            "encoder_hidden_states": torch.randn(b, request.condition_tokens, width, generator=g),
+            "encoder_attention_mask": torch.ones(b, request.condition_tokens),
+        }
+        self.step = V15Step(TimestepSampler("turbo"), None, 0.0)
+
+    def run(self, checkpointed: int | None, track: bool = True) -> StepMeasurement:
+        """One step with the first `checkpointed` layers checkpointed (None: all); the tensor peak when `track`."""
+        from acestep.training.checkpointing import checkpoint_first_blocks
+        from acestep.training.memory import TensorMemoryTracker
+
+        checkpoint_first_blocks(self.model, BLOCKS.blocks(self.model), checkpointed)
+        tracker = TensorMemoryTracker()
+        if track:
+            tracker.track_module(self.model)
+            tracker.track_optimizer(self.optimizer)
+            tracker.track(*self.batch.values())
+        started = time.perf_counter()
+        with tracker if track else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
+                loss, _ = self.step(self.model, self.batch, torch.Generator().manual_seed(0))
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return StepMeasurement(seconds=time.perf_counter() - started, tensor_peak_bytes=tracker.peak if track else 0)
+
+
 def measure_step(request: V15PlanRequest, model: torch.nn.Module | None = None) -> StepMeasurement:
-    """One optimizer step as the trainer runs it (fp8 base, LoRA, checkpointing of the request's first N layers,
-    autocast in the compute dtype, AdamW), on random weights and a synthetic batch, its tensor peak tracked; a first untracked step creates AdamW's state."""
-    from acestep.models.fp8 import quantize_base
-    from acestep.training.checkpointing import checkpoint_first_blocks
-    from acestep.training.memory import TensorMemoryTracker
-    from acestep.training.model import DTYPES, attach_lora
-
-    dtype = DTYPES["bf16" if request.base_dtype == FP8 else request.base_dtype]
-    config = request.config
-    model = model if model is not None else random_dit(config, dtype)
-    if request.base_dtype == FP8:
-        quantize_base(model, dtype, BLOCKS.fp8_prefixes)
-    settings = LoraSettings.from_json(request.lora_config)
-    if request.rank is not None:
-        settings = dataclasses.replace(settings, r=request.rank)
-    attach_lora(model, dataclasses.replace(settings, lora_dropout=0.0), "probe")
-    checkpoint_first_blocks(model, BLOCKS.blocks(model), request.checkpointed_blocks)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.9))
-    width = full_config(config).get("encoder_hidden_size") or full_config(config)["hidden_size"]
-    g = torch.Generator().manual_seed(1)
-    b, frames = request.batch_size, request.frames
-    batch = {
-        "target_latents": torch.randn(b, frames, LATENT_CHANNELS, generator=g),
-        "attention_mask": torch.ones(b, frames),
-        "context_latents": torch.randn(b, frames, 2 * LATENT_CHANNELS, generator=g),
-        "encoder_hidden_states": torch.randn(b, request.condition_tokens, width, generator=g),
-        "encoder_attention_mask": torch.ones(b, request.condition_tokens),
-    }
-    step = V15Step(TimestepSampler("turbo"), None, 0.0)
-    autocast = dtype != torch.float32
-
-    def once() -> None:
-        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            loss, _ = step(model, batch, torch.Generator().manual_seed(0))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    once()
-    tracker = TensorMemoryTracker()
-    tracker.track_module(model)
-    tracker.track_optimizer(optimizer)
-    tracker.track(*batch.values())
-    started = time.perf_counter()
-    with tracker:
-        once()
-    return StepMeasurement(seconds=time.perf_counter() - started, tensor_peak_bytes=tracker.peak)
+    """The request's step (StepProbe), tracked after a first untracked step that creates AdamW's state."""
+    probe = StepProbe(request, model)
+    probe.run(request.checkpointed_blocks, track=False)
+    return probe.run(request.checkpointed_blocks)
