@@ -227,9 +227,8 @@ def test_readme_table_of_presets_is_the_planners():
 @pytest.mark.parametrize("family", ["v1", "1.5"])
 def test_a_preset_fits_a_model_with_fewer_blocks_than_the_published_one(tmp_path, family):
     """The tiny models have 3 (v1) and 2 (1.5) blocks; the 8 GB preset of the published models checkpoints more."""
-    from tests.v15_helpers import TINY_DIT, tiny_dit, tiny_null, v15_songs
-
     from acestep.families.v15.training import training_parts
+    from tests.v15_helpers import TINY_DIT, tiny_dit, tiny_null, v15_songs
 
     published = fastest_settings(preset_request("8gb", 360.0), ("adamw",))
     assert published.request.checkpointed_blocks > 3
