@@ -178,3 +178,21 @@ def test_trainer_compile_without_a_compiler_warns_once_and_trains_as_uncompiled(
     plain, _ = _run(_config(tmp_path, exp_name="plain"))
     a, b = (load_adapter(r.adapter_dir / "adapter" / "adapter_model.safetensors")[0] for r in (compiled, plain))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_trainer_preset_is_planned_for_the_checkpoints_own_model(tiny_v15_checkpoint, tiny_checkpoint, layout):
+    """trainer_new.py hands parse_config the family's planner request for --checkpoint_dir (both 1.5 layouts and
+    v1): the preset names the model's own block count, never the published model's."""
+    from acestep.families.training import plan_model_for
+    from acestep.families.v15.plan import V15PlanRequest
+    from acestep.plan import PlanRequest
+    from acestep.training.config import parse_config
+
+    for checkpoint, kind in ((tiny_v15_checkpoint / layout, V15PlanRequest), (tiny_checkpoint, PlanRequest)):
+        args = ["--dataset_path", "x", "--checkpoint_dir", str(checkpoint), "--preset", "6gb"]
+        model = plan_model_for(parse_config(args[:4]))
+        assert isinstance(model, kind) and model.block_count < 5
+        config = parse_config(args, plan_model_for)
+        assert f"of {model.block_count} blocks checkpointed" in config.preset_applied, config.preset_applied
+        assert config.gradient_checkpointing == "auto" and config.vram_gb == 6.0
