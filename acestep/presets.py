@@ -124,8 +124,9 @@ def apply_preset(config: TrainConfig, given: set[str], model: Any = None) -> Tra
     if model is None:
         request = preset_request(config.preset, duration, batch_size=config.batch_size, ssl=config.use_ssl, **lora)
     else:
+        ssl = {"ssl": config.use_ssl} if any(f.name == "ssl" for f in dataclasses.fields(model)) else {}
         request = replace(model, duration=duration, gpu_gb=PRESET_GB[config.preset], device="cuda",
-                          batch_size=config.batch_size, **lora)
+                          batch_size=config.batch_size, **ssl, **lora)
     # the search keeps to the user's own flags, so what it picks for the rest fits together with them
     if "optimizer" in given:
         optimizers: tuple[str, ...] = (config.optimizer,)

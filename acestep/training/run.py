@@ -200,6 +200,9 @@ def run_training(
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
         if parts.blocks is not None and parts.plan_request is not None:
             config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
+        elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
+            raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
+                               "no blocks or planner for them; use bf16 and all / none / N")
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
                                     reg_songs=parts.reg_songs, blocks=parts.blocks)
         base_model = parts.base_model
