@@ -132,6 +132,27 @@ class PlanRequest:
     def frames(self) -> int:
         return frames_for_seconds(self.duration)
 
+    @property
+    def block_count(self) -> int:
+        return _config(self)["num_layers"]
+
+    def plan(self) -> MemoryPlan:
+        return estimate(self)
+
+
+DEFAULT_DURATION = 360.0  # without --max_duration: stage 3 keeps at most 360 s per song (both families)
+
+
+def request_for_run(transformer_config: dict, ssl: bool, config: Any, gpu_gb: float, device: str,
+                    base_dtype: str) -> PlanRequest:
+    """The v1 request for a training run (its TrainConfig) on the model of `transformer_config`."""
+    lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
+    return PlanRequest(duration=config.max_duration or DEFAULT_DURATION, batch_size=config.batch_size, gpu_gb=gpu_gb,
+                       optimizer=config.optimizer, base_dtype=base_dtype, ssl=ssl, device=device,
+                       release_unused_weights=config.release_unused_weights,
+                       transformer_config={k: v for k, v in transformer_config.items() if not k.startswith("_")},
+                       **lora)
+
 
 class DeviceFit:
     """The verdict of any plan (v1 or 1.5) that has `parts` (bytes of each term of the peak) and a `request`
@@ -178,6 +199,9 @@ class MemoryPlan(DeviceFit):
     @property
     def tokens_per_step(self) -> int:
         return self.request.batch_size * self.request.frames
+
+    def text(self) -> str:
+        return format_plan(self)
 
 
 def _config(request: PlanRequest) -> dict:
@@ -455,52 +479,67 @@ def estimate(request: PlanRequest) -> MemoryPlan:
     return MemoryPlan(request=request, parameters=params, lora_parameters=lora_params, parts=parts, peak_phase=phase)
 
 
-def block_count(request: PlanRequest) -> int:
-    return _config(request)["num_layers"]
+def block_count(request: Any) -> int:
+    return request.block_count
 
 
-def fewest_checkpointed_blocks(request: PlanRequest) -> int | None:
+# The functions below take any family's request (v1 `PlanRequest`, 1.5 `V15PlanRequest`): a frozen dataclass with
+# duration, rank, batch_size, gpu_gb, optimizer, base_dtype, lora_config, device and checkpointed_blocks, whose
+# `plan()` is that family's estimate (a DeviceFit) and `block_count` its number of transformer blocks.
+def fewest_checkpointed_blocks(request: Any) -> int | None:
     """--gradient_checkpointing auto: the fewest blocks to checkpoint (the first ones) for the run to fit, or None
     when even checkpointing all of them does not."""
-    for count in range(block_count(request) + 1):
-        if estimate(replace(request, checkpointed_blocks=count)).fits:
+    for count in range(request.block_count + 1):
+        if replace(request, checkpointed_blocks=count).plan().fits:
             return count
     return None
 
 
-def checkpointing_text(request: PlanRequest) -> str:
+def checkpointing_text(request: Any) -> str:
     """How many blocks the request checkpoints, in words."""
-    blocks = block_count(request)
+    blocks = request.block_count
     count = blocks if request.checkpointed_blocks is None else request.checkpointed_blocks
     return f"{count} of {blocks} blocks"
 
 
-def longest_duration_that_fits(request: PlanRequest) -> float | None:
+def longest_duration_that_fits(request: Any) -> float | None:
     """The longest crop (whole seconds) for which the plan fits, or None if not even 10 s does."""
     low, high = 10, int(request.duration)
-    if not estimate(replace(request, duration=low)).fits:
+    if not replace(request, duration=low).plan().fits:
         return None
     while low < high:
         middle = (low + high + 1) // 2
-        low, high = (middle, high) if estimate(replace(request, duration=middle)).fits else (low, middle - 1)
+        low, high = (middle, high) if replace(request, duration=middle).plan().fits else (low, middle - 1)
     return float(low)
 
 
-def suggestions(request: PlanRequest) -> list[str]:
-    """Options of the trainer that bring the run within the GPU, each checked by estimating it; when no single
-    one is enough, all of them together with the longest crop that then fits."""
+def fix_options(request: Any) -> list[tuple[str, dict]]:
+    """The trainer's options that lower the request's memory, each as (flag text, request changes)."""
     options: list[tuple[str, dict]] = []
-    if not request.release_unused_weights:
+    settings = LoraSettings.from_json(request.lora_config)
+    if getattr(request, "release_unused_weights", True) is False:
         options.append(("--release_unused_weights (the default)", {"release_unused_weights": True}))
+    if request.base_dtype != FP8 and settings.adapter_type != "dora":  # DoRA needs the 16-bit base (refused)
+        options.append(("--base_dtype fp8 (the blocks' linear weights in 1 byte, computed in bf16)",
+                        {"base_dtype": FP8}))
     if request.optimizer != "adamw8bit" and request.device == "cuda":
         options.append(("--optimizer adamw8bit (pip install bitsandbytes)", {"optimizer": "adamw8bit"}))
+    if request.checkpointed_blocks is not None and request.checkpointed_blocks < request.block_count:
+        options.append(("--gradient_checkpointing all", {"checkpointed_blocks": None}))
     if request.batch_size > 1:
         options.append((f"--batch_size 1 --accumulate_grad_batches {request.batch_size}", {"batch_size": 1}))
-    rank = request.rank or LoraSettings.from_json(request.lora_config).r
+    rank = request.rank or settings.r
     options += [(f"a LoRA config with r {lower}", {"rank": lower}) for lower in (32, 16, 8) if lower < rank]
-    if request.ssl:
+    if getattr(request, "ssl", False):
         options.append(("--no-use_ssl (or a dataset without SSL features)", {"ssl": False}))
-    found = [text for text, changes in options if estimate(replace(request, **changes)).fits]
+    return options
+
+
+def suggestions(request: Any) -> list[str]:
+    """Options of the trainer that bring the run within the GPU, each checked by estimating it; when no single
+    one is enough, all of them together with the longest crop that then fits."""
+    options = fix_options(request)
+    found = [text for text, changes in options if replace(request, **changes).plan().fits]
     longest = longest_duration_that_fits(request)
     if longest is not None and longest < request.duration:
         found.append(f"--max_duration {longest:.0f} (random crops of that length)")
@@ -514,6 +553,15 @@ def suggestions(request: PlanRequest) -> list[str]:
     texts = [text for text, changes in options if "rank" not in changes or changes["rank"] == combined.rank]
     crop = f"; --max_duration {longest:.0f}" if longest < request.duration else ""
     return ["all together: " + "; ".join(texts) + crop]
+
+
+def fix_lines(plan: DeviceFit) -> list[str]:
+    """The plan's closing line when it does not fit: what makes it fit."""
+    if plan.fits:
+        return []
+    found = suggestions(plan.request)
+    return ["Each of these makes it fit: " + "; ".join(found) if found else
+            "Nothing tried makes it fit (shorter crops, lower rank, fp8 base, 8-bit optimizer, no SSL)."]
 
 
 def format_plan(plan: MemoryPlan) -> str:
@@ -531,10 +579,7 @@ def format_plan(plan: MemoryPlan) -> str:
     lines += ddp_line(r.devices, r.batch_size)
     lines.append(f"Gradient checkpointing: {checkpointing_text(r)} (the first ones)")
     lines += plan.breakdown_lines(36)
-    if not plan.fits:
-        found = suggestions(r)
-        lines.append("Each of these makes it fit: " + "; ".join(found) if found else
-                     "Nothing tried makes it fit (shorter crops, lower rank, 8-bit optimizer, no SSL).")
+    lines += fix_lines(plan)
     return "\n".join(lines)
 
 
@@ -550,7 +595,7 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
                    help="the trainer's --optimizer (its state bytes per LoRA weight)")
     p.add_argument("--base_dtype", default="bf16", choices=BASE_DTYPES,
-                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8, v1 only)")
+                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8)")
     p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
     p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
     p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
@@ -561,7 +606,7 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
                    help="plan for the trainer's --no-release_unused_weights")
     p.add_argument("--gradient_checkpointing", default="all",
                    help="the trainer's --gradient_checkpointing: all, none, N (the first N blocks) or auto (the fewest "
-                   "blocks that fit --gpu_gb); v1 only")
+                   "blocks that fit --gpu_gb)")
     p.add_argument("--presets", action="store_true",
                    help="print the fastest settings for every --preset card (6-24 GB) at --duration, not one plan")
     p.add_argument("--model", default="v1", choices=MODELS,
@@ -569,23 +614,18 @@ def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
     p.add_argument("--condition_tokens", type=int, default=512,
                    help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
     a = p.parse_args(argv)
-    if a.model != "v1" and a.base_dtype == FP8:
-        p.error("--base_dtype fp8 is for the v1 model only")
     mode = a.gradient_checkpointing
     if mode not in ("all", "none", "auto") and not mode.isdigit():
         p.error(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
-    if a.model != "v1":
-        if mode not in ("all", "none") or a.presets:
-            p.error("--gradient_checkpointing auto / N and --presets are for the v1 model only (1.5: all or none)")
-        return v15_request(a), False
-    request = PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
-                          lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                          release_unused_weights=not a.keep_unused_weights, devices=a.devices)
+    request: Any = v15_request(a) if a.model != "v1" else PlanRequest(
+        duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb, optimizer=a.optimizer,
+        base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl, lyric_tokens=a.lyric_tokens,
+        text_tokens=a.text_tokens, device=a.device, release_unused_weights=not a.keep_unused_weights,
+        devices=a.devices)
     if mode == "auto":
         check_bounds(request)
         count = fewest_checkpointed_blocks(request)
-        return replace(request, checkpointed_blocks=block_count(request) if count is None else count), a.presets
+        return replace(request, checkpointed_blocks=request.block_count if count is None else count), a.presets
     counts = {"all": None, "none": 0}
     return replace(request, checkpointed_blocks=counts[mode] if mode in counts else int(mode)), a.presets
 
@@ -605,17 +645,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         request, presets = parse_cli(argv)
         check_bounds(request)
-        if not isinstance(request, PlanRequest):
-            from acestep.families.v15 import plan as v15_plan
-
-            print(v15_plan.format_plan(v15_plan.estimate(request)))
-            return
         from acestep.presets import fastest_lines
 
         if presets:
             print("\n".join(fastest_lines(request, all_cards=True)))
             return
-        print(format_plan(estimate(request)))
+        print(request.plan().text())
         print("\n".join(fastest_lines(request)))
     except AcestepError as error:
         raise SystemExit(f"error: {error}") from None

@@ -1,24 +1,22 @@
-"""Card presets: the fastest ACE-Step v1 training settings that fit a GPU, computed by the planner.
+"""Card presets: the fastest training settings that fit a GPU, computed by the planner of the model's family.
 
 Speed is ranked by a simple model of one step, relative to a step without checkpointing in bf16: each checkpointed
 block adds one more forward of that block (a third of its forward + backward), and an fp8 base adds the
 dequantization of every weight in every pass. `FP8_SHARE` is an assumption until fp8 is timed on a GPU; the
 8-bit optimizer is taken as fast as AdamW (both touch only the LoRA factors). Ties go to bf16 and AdamW (exact,
-no extra package).
+no extra package). Every function takes any family's planner request (acestep.plan: `plan()`, `block_count`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from acestep.errors import AcestepError
 from acestep.plan import (
     FP8,
     PlanRequest,
-    block_count,
-    estimate,
     fewest_checkpointed_blocks,
     longest_duration_that_fits,
 )
@@ -43,7 +41,7 @@ def relative_step_time(base_dtype: str, checkpointed: int, blocks: int) -> float
 class CardSettings:
     """What a card trains with: `duration` is the crop (shorter than asked when nothing fits the asked one)."""
 
-    request: PlanRequest  # the fitting plan: duration, base dtype, optimizer, checkpointed blocks
+    request: Any  # the fitting plan (any family's request): duration, base dtype, optimizer, checkpointed blocks
     asked_duration: float
     blocks: int
 
@@ -58,31 +56,33 @@ class CardSettings:
 
     def text(self) -> str:
         r = self.request
-        plan = estimate(r)
+        plan = r.plan()
         crop = "" if r.duration >= self.asked_duration else f" ({self.asked_duration:g} s does not fit)"
         return (f"{r.gpu_gb:g} GB, {r.duration:g} s crops{crop}: " + " ".join(f"--{k} {v}" for k, v in self.flags().items())
                 + f" ({r.checkpointed_blocks} of {self.blocks} blocks checkpointed, step ~{self.relative_time:.2f}x "
                 f"the uncheckpointed bf16 step; planner {plan.device_bytes / 1e9:.2f} GB)")
 
 
-def settings_to_try(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZERS) -> list[PlanRequest]:
+def settings_to_try(request: Any, optimizers: tuple[str, ...] = OPTIMIZERS) -> list[Any]:
     """Every base dtype, optimizer and checkpointed-block count, at the request's duration."""
     return [replace(request, base_dtype=d, optimizer=o, checkpointed_blocks=k)
-            for d in BASE_DTYPES for o in optimizers for k in range(block_count(request) + 1)]
+            for d in BASE_DTYPES for o in optimizers for k in range(request.block_count + 1)]
 
 
-def fastest_settings(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZERS,
+def fastest_settings(request: Any, optimizers: tuple[str, ...] = OPTIMIZERS,
                      base_dtypes: tuple[str, ...] = BASE_DTYPES, checkpointed: int | None = None,
                      fixed_crop: bool = False) -> CardSettings | None:
     """The fastest settings that fit `request.gpu_gb` at `request.duration`, among `base_dtypes` x `optimizers`
     and, unless `checkpointed` fixes it, every checkpointed-block count. When none fits, the longest crop at which
     the leanest of them (the last dtype and optimizer, every block or `checkpointed` checkpointed) fit, and the
     fastest there; None when not even a 10 s crop fits, or with `fixed_crop` when the asked crop does not."""
-    blocks = block_count(request)
+    blocks = request.block_count
+    if checkpointed is not None:  # the user's N, on a model with fewer blocks: all of them
+        checkpointed = min(checkpointed, blocks)
     leanest = replace(request, base_dtype=base_dtypes[-1], optimizer=optimizers[-1],
                       checkpointed_blocks=blocks if checkpointed is None else checkpointed)
     crop = request.duration
-    if not estimate(leanest).fits:
+    if not leanest.plan().fits:
         crop = None if fixed_crop else longest_duration_that_fits(leanest)
         if crop is None:
             return None
@@ -93,7 +93,7 @@ def fastest_settings(request: PlanRequest, optimizers: tuple[str, ...] = OPTIMIZ
             if checkpointed is None:
                 count = fewest_checkpointed_blocks(candidate)
             else:
-                count = checkpointed if estimate(replace(candidate, checkpointed_blocks=checkpointed)).fits else None
+                count = checkpointed if replace(candidate, checkpointed_blocks=checkpointed).plan().fits else None
             if count is None:
                 continue
             cost = relative_step_time(base_dtype, count, blocks)
@@ -109,32 +109,38 @@ def preset_request(name: str, duration: float, **changes: object) -> PlanRequest
     return PlanRequest(duration=duration, gpu_gb=PRESET_GB[name], device="cuda", **changes)
 
 
-def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
+def apply_preset(config: TrainConfig, given: set[str], model: Any = None) -> TrainConfig:
     """`config` with the preset's settings wherever the user gave no flag of their own; `preset_applied` says what
-    it set."""
+    it set. `model`: the planner's request for the model being trained (its family's; default the published v1),
+    so the picks fit that model. The checkpointed blocks are left to --gradient_checkpointing auto at the card's
+    size, which the run resolves on the model it is given: a preset never names more blocks than the model has."""
     import torch
 
     from acestep.lora import LoraSettings
-    from acestep.training.config import DEFAULT_V1_LORA_CONFIG
     from acestep.training.optim import bitsandbytes_available
 
     duration = config.max_duration or DEFAULT_DURATION
     lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
-    request = preset_request(config.preset, duration, batch_size=config.batch_size, ssl=config.use_ssl, **lora)
+    if model is None:
+        request = preset_request(config.preset, duration, batch_size=config.batch_size, ssl=config.use_ssl, **lora)
+    else:
+        ssl = {"ssl": config.use_ssl} if any(f.name == "ssl" for f in dataclasses.fields(model)) else {}
+        request = replace(model, duration=duration, gpu_gb=PRESET_GB[config.preset], device="cuda",
+                          batch_size=config.batch_size, **ssl, **lora)
     # the search keeps to the user's own flags, so what it picks for the rest fits together with them
     if "optimizer" in given:
         optimizers: tuple[str, ...] = (config.optimizer,)
     else:
         optimizers = OPTIMIZERS if bitsandbytes_available() and torch.cuda.is_available() else OPTIMIZERS[:1]
-    adapter = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG).adapter_type
+    adapter = LoraSettings.from_json(request.lora_config)  # the user's, else the family's default
     if "base_dtype" in given and config.base_dtype != "auto":
         base_dtypes: tuple[str, ...] = (config.base_dtype,)
     else:  # DoRA's magnitudes are norms of the 16-bit base: no fp8 (the trainer refuses it)
-        base_dtypes = BASE_DTYPES if adapter != "dora" else BASE_DTYPES[:1]
+        base_dtypes = BASE_DTYPES if adapter.adapter_type != "dora" else BASE_DTYPES[:1]
     mode = config.gradient_checkpointing
     own_blocks = "gradient_checkpointing" in given and mode != "auto"
     checkpointed = None if not own_blocks else (
-        block_count(request) if mode == "all" else 0 if mode == "none" else int(mode))
+        request.block_count if mode == "all" else 0 if mode == "none" else int(mode))
     found = fastest_settings(request, optimizers, base_dtypes, checkpointed, fixed_crop="max_duration" in given)
     if found is None:
         own = [f"--{k}" for k in ("base_dtype", "optimizer", "gradient_checkpointing", "max_duration") if k in given]
@@ -142,8 +148,12 @@ def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
                            + (f" with your {', '.join(own)}" if own else ", not even 10 s crops")
                            + " (python -m acestep.plan --presets)")
     chosen = {k: v for k, v in found.flags().items() if k not in given}
-    values = {k: (float(v) if k == "max_duration" else v) for k, v in chosen.items()}
-    note = (f"--preset {config.preset} set " + " ".join(f"--{k} {v}" for k, v in chosen.items())
+    values: dict[str, Any] = {k: (float(v) if k == "max_duration" else v) for k, v in chosen.items()}
+    if "gradient_checkpointing" in chosen:  # refit on the run's own model (same planner, same answer here)
+        values["gradient_checkpointing"] = "auto"
+        if "vram_gb" not in given:
+            values["vram_gb"] = PRESET_GB[config.preset]
+    note = (f"--preset {config.preset} set " + " ".join(f"--{k} {v}" for k, v in values.items())
             if chosen else f"--preset {config.preset} set nothing (your flags cover it)")
     kept = sorted(k for k in found.flags() if k in given)
     if kept:
@@ -153,7 +163,7 @@ def apply_preset(config: TrainConfig, given: set[str]) -> TrainConfig:
     return dataclasses.replace(config, **values, preset_applied=note + f" ({found.text()})")
 
 
-def fastest_lines(request: PlanRequest, all_cards: bool = False) -> list[str]:
+def fastest_lines(request: Any, all_cards: bool = False) -> list[str]:
     """The planner CLI's lines: the fastest settings for the request's card (or every preset card) at its
     duration, rank, batch and SSL."""
     cards = {f"--preset {name}": gb for name, gb in PRESET_GB.items()} if all_cards else {"": request.gpu_gb}
@@ -173,7 +183,7 @@ def table_cell(found: CardSettings | None) -> str:
     r = found.request
     crop = f", {r.duration:g} s crops" if r.duration < found.asked_duration else ""
     return (f"{r.base_dtype}, {r.optimizer}, {r.checkpointed_blocks} of {found.blocks} blocks checkpointed{crop}: "
-            f"{estimate(r).device_bytes / 1e9:.2f} GB")
+            f"{r.plan().device_bytes / 1e9:.2f} GB")
 
 
 def table_rows(durations: tuple[float, ...] = (180.0, 360.0)) -> list[str]:

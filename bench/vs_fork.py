@@ -401,12 +401,15 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     if config.gradient_checkpointing == "auto":
         import dataclasses
 
-        from acestep.training.checkpointing import resolve_auto
+        from acestep.plan import request_for_run
+        from acestep.training.checkpointing import DTYPE_NAMES, card_gb, resolve_auto
         from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
         crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND
-        resolved, line = resolve_auto(dataclasses.replace(config, max_duration=crop), model,
-                                      ssl=batch.ssl is not None, gpu=False, compute_dtype=dtype)
+        cropped = dataclasses.replace(config, max_duration=crop)
+        request = request_for_run(dict(model.config), batch.ssl is not None, cropped, card_gb(config, False), "cpu",
+                                  "fp8" if config.base_dtype == "fp8" else DTYPE_NAMES[dtype])
+        resolved, line = resolve_auto(cropped, request)
         kwargs["checkpointed_blocks"] = int(resolved.gradient_checkpointing)
         print(line, file=sys.stderr, flush=True)
     probe = RecordingProbe(model, LoraSettings.from_json(lora_path), batch, autocast_dtype=autocast, **kwargs)

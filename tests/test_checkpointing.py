@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from acestep.errors import AcestepError
+from acestep.families.v15.plan import V15PlanRequest
 from acestep.lora import LoraSettings
 from acestep.models.configs import tiny_transformer_config
-from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks, main
+from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks, main, request_for_run
 from acestep.presets import (
     PRESET_GB,
     fastest_settings,
@@ -75,8 +76,8 @@ def test_default_config_takes_the_unchanged_path():
     model = tiny_transformer()
     enable_checkpointing(model, replace(config, gradient_checkpointing="none"))
     assert not model.gradient_checkpointing
-    with pytest.raises(AcestepError, match="checkpoints all blocks or none"):  # ACE-Step 1.5's diffusers model
-        enable_checkpointing(torch.nn.Linear(2, 2), replace(config, gradient_checkpointing="auto"))
+    with pytest.raises(AcestepError, match="auto must be resolved to a number of blocks first"):
+        enable_checkpointing(tiny_transformer(), replace(config, gradient_checkpointing="auto"))
 
 
 def test_flags_old_and_new():
@@ -152,15 +153,20 @@ def test_planner_cli_prints_checkpointing_and_presets(capsys):
     main(["--duration", "180", "--presets"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in lines[1:]] == [f"--preset {n}" for n in PRESET_GB]
-    with pytest.raises(SystemExit):
-        main(["--model", "2b", "--gradient_checkpointing", "auto"])
+    main(["--model", "2b", "--gradient_checkpointing", "auto", "--duration", "360", "--gpu_gb", "10"])  # 1.5 too
+    out = capsys.readouterr().out
+    count = fewest_checkpointed_blocks(V15PlanRequest(duration=360, gpu_gb=10))
+    assert 0 < count < 24 and f"Gradient checkpointing: {count} of 24 blocks" in out and "fits in 10 GB" in out
+    assert "10 GB, 360 s crops: --base_dtype" in out
 
 
 def test_trainer_preset_keeps_the_users_flags():
     config = parse_config(["--dataset_path", "x", "--preset", "8gb"])
     if config.optimizer == "adamw":  # no bitsandbytes + CUDA here: the preset is chosen among AdamW settings
         expected = fastest_settings(preset_request("8gb", 360.0), ("adamw",)).flags()
-        assert {k: str(getattr(config, k)) for k in expected} == {**expected, "max_duration": "360.0"}
+        assert {k: str(getattr(config, k)) for k in expected} == {**expected, "max_duration": "360.0",
+                                                                   "gradient_checkpointing": "auto"}
+        assert config.vram_gb == 8.0  # auto at the card's size: the run refits the blocks to its own model
     assert config.preset_applied.startswith("--preset 8gb set --base_dtype")
     mine = parse_config(["--dataset_path", "x", "--preset", "8gb", "--optimizer", "prodigy", "--max_duration", "30",
                          "--no-gradient_checkpointing"])
@@ -203,7 +209,8 @@ def test_auto_in_a_run_says_what_it_chose(tmp_path):
     assert "Gradient checkpointing auto: 3 of 3 blocks; even so the planner's 0.11 GB for 0.9 s crops does not " \
         "fit 0.03 GB" in summary_text(result)
     assert model.checkpointed_blocks == 3
-    roomy, line = resolve_auto(replace(config, vram_gb=1.0), model, ssl=False, gpu=False, compute_dtype=torch.float32)
+    request = request_for_run(dict(model.config), False, config, 1.0, "cpu", "fp32")
+    roomy, line = resolve_auto(config, request)
     assert roomy.gradient_checkpointing == "0"
     assert line == "Gradient checkpointing auto: 0 of 3 blocks (the first ones), the fewest that fit 1 GB at 0.9 s " \
         "crops: planner 0.11 GB"
@@ -215,3 +222,30 @@ def test_readme_table_of_presets_is_the_planners():
     assert len(rows) == len(PRESET_GB)
     for row in rows:
         assert row in readme, f"README lacks the planner's row: {row}"
+
+
+@pytest.mark.parametrize("family", ["v1", "1.5"])
+def test_a_preset_fits_a_model_with_fewer_blocks_than_the_published_one(tmp_path, family):
+    """The tiny models have 3 (v1) and 2 (1.5) blocks; the 8 GB preset of the published models checkpoints more."""
+    from acestep.families.v15.training import training_parts
+    from tests.v15_helpers import TINY_DIT, tiny_dit, tiny_null, v15_songs
+
+    published = fastest_settings(preset_request("8gb", 360.0), ("adamw",))
+    assert published.request.checkpointed_blocks > 3
+    model = V15PlanRequest(transformer_config=TINY_DIT) if family == "1.5" else None
+    config = parse_config(["--dataset_path", "in-memory", "--preset", "8gb", "--output_dir", str(tmp_path),
+                           "--max_steps", "1", "--every_n_train_steps", "1", "--logger", "none", "--no-progress_bar",
+                           "--max_duration", "0.9"], plan_model=(lambda _: model) if model else None)
+    assert config.gradient_checkpointing == "auto" and "--gradient_checkpointing auto --vram_gb 8" in \
+        config.preset_applied
+    if family == "1.5":
+        config = replace(config, base_dtype="bf16")  # the CPU runs the tiny DiT in 16 bits either way
+        result = run_training(config, parts=training_parts(config, tiny_dit(dtype=torch.bfloat16), tiny_null(),
+                                                           v15_songs([30]), "tiny"))
+        blocks = TINY_DIT["num_hidden_layers"]
+    else:
+        result = run_training(config, tiny_transformer(dtype=torch.bfloat16), synthetic_songs([12]))
+        blocks = 3
+    assert result.steps == 1
+    assert f"Gradient checkpointing auto: 0 of {blocks} blocks (the first ones), the fewest that fit 8 GB" \
+        in summary_text(result)

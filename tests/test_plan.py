@@ -93,17 +93,19 @@ def test_fit_decisions_and_suggestions():
     tight = PlanRequest(duration=360, gpu_gb=plan.device_bytes / 1e9 - 0.3)
     assert not estimate(tight).fits
     found = suggestions(tight)
-    assert any("adamw8bit" in s for s in found)
+    assert any("adamw8bit" in s for s in found) and any(s.startswith("--base_dtype fp8") for s in found)
     crop = longest_duration_that_fits(tight)
     assert crop is not None and 10 <= crop < 360
     assert estimate(replace(tight, duration=crop)).fits and not estimate(replace(tight, duration=crop + 1)).fits
-    hopeless = PlanRequest(duration=360, gpu_gb=4)
+    four = suggestions(PlanRequest(duration=360, gpu_gb=4))  # only fp8 and every other option together fit 4 GB
+    assert len(four) == 1 and four[0].startswith("all together: --base_dtype fp8") and "--max_duration" in four[0]
+    hopeless = PlanRequest(duration=360, gpu_gb=2.5)
     assert suggestions(hopeless) == [] and longest_duration_that_fits(hopeless) is None
 
 
 def test_combined_suggestion_when_no_single_option_is_enough():
     # Just above what every option together needs at a 10 s crop, below what any single option needs.
-    together = estimate(PlanRequest(duration=10, optimizer="adamw8bit", rank=8, ssl=False))
+    together = estimate(PlanRequest(duration=10, optimizer="adamw8bit", rank=8, ssl=False, base_dtype="fp8"))
     request = PlanRequest(duration=360, gpu_gb=together.device_bytes / 1e9 + 0.05)
     found = suggestions(request)
     assert len(found) == 1 and found[0].startswith("all together:") and "--max_duration" in found[0]

@@ -41,6 +41,7 @@ class ModelFamily(Protocol):
     - `resolve(checkpoint_dir, dit=None)`: the `Checkpoint`, or a one-line CheckpointError saying what is missing
     - `song_stages(checkpoint, args)`: stage 3's per-song encoder (`acestep.data.preprocess.SongStages`) for the
       parsed stage-3 options
+    - `plan_request(checkpoint)`: the planner's request for the checkpoint's model (acestep.plan; --preset fits it)
     Training, export and generation parts are added by their owners (see h15-notes.md).
     """
 

@@ -6,7 +6,7 @@ writer to the shared machinery.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from acestep.families import V1, V15, check_same_family, resolve
 
@@ -32,3 +32,11 @@ def training_parts_for(config: TrainConfig) -> TrainingParts | None:
     from acestep.families.v15.training import parts_from_config
 
     return parts_from_config(config, checkpoint)
+
+
+def plan_model_for(config: TrainConfig) -> Any:
+    """The planner's request for the model of --checkpoint_dir (what --preset fits); None: the published v1."""
+    if config.checkpoint_dir is None:
+        return None
+    family, checkpoint = resolve(config.checkpoint_dir, config.dit)
+    return family.plan_request(checkpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from acestep.checkpoint import PARTS, CheckpointPaths, resolve_checkpoint
 from acestep.data.preprocess import SongStages, v1_song_stages
@@ -46,3 +47,12 @@ def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V1Chec
 def song_stages(checkpoint: V1Checkpoint, args: argparse.Namespace) -> SongStages:
     """The v1 encoders (DC-AE, UMT5, lyric tokenizer, optional MERT/mHuBERT) for stage 3's options."""
     return v1_song_stages(argparse.Namespace(**{**vars(args), "checkpoint_dir": str(checkpoint.root)}))
+
+
+def plan_request(checkpoint: V1Checkpoint) -> Any:
+    """The planner's request for this checkpoint's transformer (its config; the weights are not read)."""
+    from acestep.models import ACEStepTransformer2DModel
+    from acestep.plan import PlanRequest
+
+    config = ACEStepTransformer2DModel.load_config(checkpoint.paths.transformer)
+    return PlanRequest(transformer_config={k: v for k, v in config.items() if not k.startswith("_")})

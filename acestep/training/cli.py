@@ -6,7 +6,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from acestep.broken_pipe import guard_std_streams
 from acestep.data.atomic import atomic_write_text
@@ -29,14 +29,16 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None
+    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None,
+    plan_model: Callable[[TrainConfig], Any] | None = None,
 ) -> None:
-    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1."""
+    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1.
+    `plan_model`: the family's planner request for the checkpoint's model, which --preset fits."""
     guard_std_streams()  # a closed console (tee ended by Ctrl-C, closed terminal) must not stop the save
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(args).for_overfit_one()
+        config = parse_config(args, plan_model).for_overfit_one()
         with run_folder_lock(config.run_dir):  # before any model loads: a second trainer refuses at once
             from .run import (  # torch, Lightning: after the flags
                 check_devices,

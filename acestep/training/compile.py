@@ -12,7 +12,7 @@ out, and a block whose first compiled call still fails makes every block fall ba
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -79,14 +79,15 @@ class _FallBackOnFirstError:
 
 
 def compile_blocks(model: nn.Module, device: torch.device | str, backend: str | Callable | None = None,
-                   warn: Callable[[str], None] = log.warning) -> bool:
-    """Compile each transformer block of `model` in place (after LoRA and checkpointing are set up); True if
-    compiled. Where compiling cannot work, `warn` gets one line and the model stays as it is."""
+                   warn: Callable[[str], None] = log.warning, blocks: Sequence[nn.Module] | None = None) -> bool:
+    """Compile each transformer block of `model` (`blocks`, default its block list) in place, after LoRA and
+    checkpointing are set up; True if compiled. Where compiling cannot work, `warn` gets one line and the model
+    stays as it is. In place: module names, and so the adapter's keys, stay the same."""
     reason = compile_works(device, backend)
     if reason is not None:
         warn(f"--compile: torch.compile cannot build code on this machine ({reason}); training uncompiled")
         return False
-    blocks = list(transformer_blocks(model))
+    blocks = list(blocks if blocks is not None else transformer_blocks(model))
     for block in blocks:
         block.compile(backend=backend or BACKEND)
         block._compiled_call_impl = _FallBackOnFirstError(block, blocks, warn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ class TrainConfig:
                                         "repository's config/lora_config_transformer_only.json for v1, "
                                         "config/lora_config_v15.json for 1.5")
     base_dtype: str = _opt("auto", "dtype of the frozen base: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU. "
-                           "fp8 (v1): the blocks' linear weights stored in fp8 with per-channel scales, computed "
-                           "in bf16 (fp16 on GPUs without bf16): ~2.4 GB less",
+                           "fp8: the blocks' linear weights stored in fp8 with per-channel scales, computed "
+                           "in bf16 (fp16 on GPUs without bf16): ~2.4 GB less for v1, 1.6 GB (2B) / 4.2 GB (XL) for 1.5",
                            choices=BASE_DTYPES)
     release_unused_weights: bool = _opt(True, "free the checkpoint's never-used cross-attention add_* layers "
                                         "(1.26 GB in bf16) and, without SSL targets, the SSL projectors")
@@ -73,9 +74,10 @@ class TrainConfig:
                                        "--no-gradient_checkpointing = none", nargs="?", const="all", negatable="none")
     vram_gb: float | None = _opt(None, "GPU memory for --gradient_checkpointing auto, in GB (default: the CUDA "
                                  "card's; required on a machine without one)")
-    preset: str | None = _opt(None, "settings for a card (v1): base dtype, optimizer, checkpointed blocks and crop "
-                              "length, the fastest the planner says fit (python -m acestep.plan --presets); flags "
-                              "you give yourself win (default: none)", choices=PRESETS)
+    preset: str | None = _opt(None, "settings for a card: base dtype, optimizer, checkpointed blocks (auto at the "
+                              "card's size) and crop length, the fastest the planner says fit the model of "
+                              "--checkpoint_dir (python -m acestep.plan --presets); flags you give yourself win "
+                              "(default: none)", choices=PRESETS)
     preset_applied: str = _opt("", "what --preset set (filled in by the trainer)", cli=False)
     compile: bool = _opt(False, "torch.compile each transformer block (needs a C++ compiler on the CPU, triton on "
                          "CUDA; where it cannot run it says so in one line and trains uncompiled). Off by default "
@@ -256,12 +258,14 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
+def parse_config(argv: list[str] | None = None, plan_model: Callable[[TrainConfig], Any] | None = None) -> TrainConfig:
+    """The options; `plan_model`: the CLI layer's planner request for the model of --checkpoint_dir (its family's),
+    which --preset fits (None: the published v1)."""
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     config.validate()
     if config.preset:
         from acestep.presets import apply_preset
 
-        config = apply_preset(config, given_flags(argv))
+        config = apply_preset(config, given_flags(argv), plan_model(config) if plan_model else None)
         config.validate()
     return config

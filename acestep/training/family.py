@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # names for the annotations only: the trainer's `--help` loads no torch or Lightning
     import torch
     from lightning.pytorch.callbacks import Callback
+    from torch import nn
     from torch.utils.data import Dataset
 
     from acestep.lora import LoraSettings
@@ -36,6 +37,30 @@ class StepObjective(Protocol):
 StepFileWriter = Callable[..., list[Path]]
 
 
+@dataclass(frozen=True)
+class ModelBlocks:
+    """Where --gradient_checkpointing, --base_dtype fp8 and --compile act in a family's model, by module name.
+
+    All three change modules in place and rename none, so the saved adapter's keys are the same with or without them.
+    """
+
+    block_list: str  # the model's attribute holding its nn.ModuleList of transformer blocks, in forward order
+    fp8_prefixes: tuple[str, ...]  # module-name prefixes whose Linear / pointwise Conv1d weights fp8 stores
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        from torch import nn
+
+        blocks = getattr(model, self.block_list, None)
+        if not isinstance(blocks, nn.ModuleList):
+            raise ValueError(f"{type(model).__name__} has no block list {self.block_list!r}")
+        return blocks
+
+
+# (the run's config, GPU GB to plan for, "cuda" / "cpu", the planner's base dtype name) -> the family's planner
+# request for the model being trained (acestep.plan: it has .plan(), .block_count and checkpointed_blocks)
+PlanRequestFor = Callable[[Any, float, str, str], Any]
+
+
 @dataclass
 class TrainingParts:
     """A family's model, data and objective, and how it writes a step folder."""
@@ -56,3 +81,5 @@ class TrainingParts:
     recipe: OptimizerRecipe | None = None  # the family's optimizer defaults (None: the trainer's, v1's fork recipe)
     resolved: dict[str, Any] = field(default_factory=dict)  # config fields the family filled in (train_config.json)
     notes: list[str] = field(default_factory=list)  # what the family's objective uses, for the run summary
+    blocks: ModelBlocks | None = None  # what checkpointing per block, fp8 and compile act on
+    plan_request: PlanRequestFor | None = None  # the planner's request for this model (auto checkpointing)

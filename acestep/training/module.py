@@ -21,10 +21,11 @@ from acestep.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.models import ACEStepTransformer2DModel
 
-from .compile import compile_blocks
+from .checkpointing import checkpoint_first_blocks
+from .compile import compile_blocks, transformer_blocks
 from .config import TrainConfig
 from .data import RunLoader, RunOrderSampler, SongLatents, collate_songs, stream_seed
-from .family import StepObjective
+from .family import ModelBlocks, StepObjective
 from .flow_matching import FlowMatchingObjective, NoisedBatch, combine_losses
 from .memory import peak_memory_gb
 from .model import attach_lora
@@ -39,19 +40,16 @@ class NonFiniteLossError(AcestepError):
     """The loss or the gradient became NaN/inf; training stops before the weights are touched."""
 
 
-def enable_checkpointing(transformer: torch.nn.Module, config: TrainConfig) -> None:
-    """--gradient_checkpointing all / none / N (auto is resolved to N before, by the v1 run)."""
+def enable_checkpointing(transformer: torch.nn.Module, config: TrainConfig, blocks: ModelBlocks | None = None) -> None:
+    """--gradient_checkpointing all / none / N on the blocks `blocks` names (default: the model's block list by
+    the names compile.BLOCK_LISTS knows); auto is resolved to N before, by the run."""
     mode = config.gradient_checkpointing
     if mode == "none":
         return
-    if mode != "all" and not hasattr(transformer, "set_checkpointed_blocks"):
-        raise AcestepError(f"--gradient_checkpointing {mode}: this model (ACE-Step 1.5, diffusers) checkpoints all "
-                           "blocks or none; use all or none")
     if mode == "auto":
         raise AcestepError("--gradient_checkpointing auto must be resolved to a number of blocks first")
-    transformer.enable_gradient_checkpointing()
-    if mode != "all":
-        transformer.set_checkpointed_blocks(config.checkpointed_blocks)
+    block_list = blocks.blocks(transformer) if blocks is not None else transformer_blocks(transformer)
+    checkpoint_first_blocks(transformer, block_list, config.checkpointed_blocks)
 
 
 class LoraTrainingModule(L.LightningModule):
@@ -67,9 +65,11 @@ class LoraTrainingModule(L.LightningModule):
         step: StepObjective | None = None,
         collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_songs,
         reg_songs: Dataset | None = None,
+        blocks: ModelBlocks | None = None,
     ) -> None:
         """`step` and `collate` come from the model family (default: the v1 flow-matching step and batches);
-        `reg_songs`: the regularization songs (--reg_dataset), mixed in at --reg_weight of the micro-batches."""
+        `reg_songs`: the regularization songs (--reg_dataset), mixed in at --reg_weight of the micro-batches;
+        `blocks`: the family's blocks that checkpointing and --compile act on."""
         super().__init__()
         self.step_objective = step
         self.collate = collate
@@ -79,12 +79,13 @@ class LoraTrainingModule(L.LightningModule):
         self.dataset = dataset
         self.reg_songs = reg_songs
         self.adapter_name = adapter_name
+        self.blocks = blocks
         # The start weights come from --seed alone (not from whatever used the global RNG before): the same seed
         # gives the same adapter, byte for byte. A resume overwrites them with the saved state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(config.seed, INIT_STREAM))
             self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
-        enable_checkpointing(transformer, config)
+        enable_checkpointing(transformer, config, blocks)
         self.objective = FlowMatchingObjective(
             config.num_train_timesteps, config.shift, config.logit_mean, config.logit_std, config.loss_reduction
         )
@@ -260,7 +261,8 @@ class LoraTrainingModule(L.LightningModule):
         """--compile: the blocks are compiled once the model is on its device (the compile check runs there)."""
         if self.config.compile and not self._compiled:
             self._compiled = True
-            compile_blocks(self.transformer, self.device, warn=self._warn)
+            compile_blocks(self.transformer, self.device, warn=self._warn,
+                           blocks=self.blocks.blocks(self.transformer) if self.blocks is not None else None)
 
     def _warn(self, line: str) -> None:
         if self.global_rank == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
 from acestep.lora.keys import V1_FAMILY
 from acestep.models import ACEStepTransformer2DModel
-from acestep.models.fp8 import FP8_DTYPE, quantize_base
+from acestep.models.fp8 import FP8_DTYPE, QUANTIZED_PREFIXES, quantize_base
 
 from .callbacks import (
     CONFIG_FILE,
@@ -35,10 +36,10 @@ from .callbacks import (
     read_metrics,
     step_folder_name,
 )
-from .checkpointing import resolve_auto
+from .checkpointing import DTYPE_NAMES, card_gb, resolve_auto
 from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from .data import RunOrderSampler, SongLatents, collate_songs, frames_for_seconds
-from .family import TrainingParts
+from .family import ModelBlocks, PlanRequestFor, TrainingParts
 from .lock import is_first_process, run_folder_lock
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
@@ -48,6 +49,7 @@ from .resume_check import check_resume
 from .samples import SampleRenderer, read_sample_prompts
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
+V1_BLOCKS = ModelBlocks(block_list="transformer_blocks", fp8_prefixes=QUANTIZED_PREFIXES)  # moves with the v1 branch
 
 @dataclass
 class TrainResult:
@@ -102,7 +104,8 @@ def check_trigger(config: TrainConfig) -> str | None:
 
 def _compute_dtype(transformer: torch.nn.Module) -> torch.dtype:
     """The frozen base's dtype, which Lightning's precision follows (fp8 weights compute in the 16-bit one)."""
-    return next(p for p in transformer.parameters() if not p.requires_grad and p.dtype != FP8_DTYPE).dtype
+    weights = [p for p in transformer.parameters() if p.dtype != FP8_DTYPE]
+    return next((p for p in weights if not p.requires_grad), weights[0]).dtype  # before LoRA nothing is frozen
 
 
 def _gpu_wanted(accelerator: str) -> bool:
@@ -189,6 +192,23 @@ def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
     return "ddp"
 
 
+def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: LoraSettings, blocks: ModelBlocks,
+                 plan_request: PlanRequestFor, notes: list[str]) -> TrainConfig:
+    """--base_dtype fp8 and --gradient_checkpointing auto on any family's frozen base, before LoRA is attached;
+    returns `config` with auto resolved (the line that says what it chose goes to `notes`)."""
+    if config.base_dtype == "fp8":
+        if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
+            raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
+        quantize_base(transformer, _compute_dtype(transformer), blocks.fp8_prefixes)
+    if config.gradient_checkpointing == "auto":
+        gpu = _gpu_wanted(config.accelerator)
+        dtype = "fp8" if config.base_dtype == "fp8" else DTYPE_NAMES[_compute_dtype(transformer)]
+        request = plan_request(config, card_gb(config, gpu), "cuda" if gpu else "cpu", dtype)
+        config, line = resolve_auto(config, request)
+        notes.append(line)
+    return config
+
+
 def run_training(
     config: TrainConfig,
     transformer: ACEStepTransformer2DModel | None = None,
@@ -225,8 +245,13 @@ def _train(
     notes.append(config.recipe)
     if parts is not None:
         transformer, settings, songs = parts.transformer, parts.settings, parts.songs
+        if parts.blocks is not None and parts.plan_request is not None:
+            config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
+        elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
+            raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
+                               "no blocks or planner for them; use bf16 and all / none / N")
         module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
-                                    reg_songs=parts.reg_songs)
+                                    reg_songs=parts.reg_songs, blocks=parts.blocks)
         base_model = parts.base_model
         val_songs, collate = parts.val_songs, parts.collate
         fixed_loss = parts.fixed_loss or module.fixed_loss
@@ -246,15 +271,12 @@ def _train(
             transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
         if config.release_unused_weights:
             release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
-        if config.base_dtype == "fp8":
-            if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
-                raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
-            quantize_base(transformer, _compute_dtype(transformer))
-        if config.gradient_checkpointing == "auto":
-            config, line = resolve_auto(config, transformer, songs.has_ssl and config.ssl_coeff > 0,
-                                        _gpu_wanted(config.accelerator), _compute_dtype(transformer))
-            notes.append(line)
-        module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs)
+        from acestep.plan import request_for_run  # the planner imports training.data
+
+        ssl = songs.has_ssl and config.ssl_coeff > 0
+        config = prepare_base(transformer, config, settings, V1_BLOCKS,
+                              partial(request_for_run, dict(transformer.config), ssl), notes)
+        module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs, blocks=V1_BLOCKS)
         fixed_loss = module.fixed_loss
     for line in notes:
         print(line, flush=True)

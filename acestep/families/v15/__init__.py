@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
 
-__all__ = ["NAME", "V15Checkpoint", "recognizes", "resolve", "song_stages"]
+__all__ = ["NAME", "V15Checkpoint", "plan_request", "recognizes", "resolve", "song_stages"]
 
 
 def song_stages(checkpoint: V15Checkpoint, args: argparse.Namespace) -> Any:
@@ -22,3 +22,10 @@ def song_stages(checkpoint: V15Checkpoint, args: argparse.Namespace) -> Any:
     from .encode import song_stages_from_args
 
     return song_stages_from_args(checkpoint, args)
+
+
+def plan_request(checkpoint: V15Checkpoint) -> Any:
+    """The planner's request for this checkpoint's DiT (its config; the weights are not read)."""
+    from .plan import request_for_checkpoint
+
+    return request_for_checkpoint(checkpoint)

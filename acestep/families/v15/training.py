@@ -21,7 +21,7 @@ from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import CONFIG_DIR, TrainConfig
 from acestep.training.data import Draw, pad_stack
-from acestep.training.family import TrainingParts
+from acestep.training.family import ModelBlocks, TrainingParts
 from acestep.training.optim import OptimizerRecipe
 from acestep.training.regularization import load_reg_rows
 from acestep.training.validation import split_songs
@@ -40,6 +40,9 @@ CONDITION_DROPOUT = 0.15  # cfg_ratio of the models' pre-training and the curren
 # LinearLR from 0.1x over min(100, total/10) steps, then a cosine to 1 % of lr (Prodigy: constant after warm-up)
 OFFICIAL_RECIPE = OptimizerRecipe("ACE-Step 1.5 official trainer", (0.9, 0.999), "cosine", 100,
                                   {"adamw": 0.01, "adamw8bit": 0.01, "prodigy": 1.0}, warmup_fraction=0.1)
+# diffusers' AceStepTransformer1DModel: its `layers` are checkpointed and compiled one by one; fp8 stores the
+# Linears of the layers, of both timestep embeddings and of the condition projection (all but 0.1 % of the weights)
+BLOCKS = ModelBlocks(block_list="layers", fp8_prefixes=("layers.", "time_embed", "condition_embedder"))
 
 
 def frames_for_seconds(seconds: float | None) -> int | None:
@@ -104,10 +107,6 @@ def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> Trainin
     if found is None:
         raise AcestepError(f"{config.dataset_path}: not a preprocessed dataset")
     check_same_family(found, V15_FAMILY, f"the dataset {config.dataset_path}", "--checkpoint_dir")
-    if config.preset:  # before fp8: a preset may have picked it
-        raise AcestepError("--preset is for ACE-Step v1 only; for 1.5 see python -m acestep.plan --model 2b|xl")
-    if config.base_dtype == "fp8":
-        raise AcestepError("--base_dtype fp8 is for ACE-Step v1 only; use bf16 or fp16 for 1.5")
     reg_rows = load_reg_rows(config.reg_dataset, V15_FAMILY) if config.reg_dataset else None
     gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     dtype = resolve_base_dtype(config.base_dtype, gpu)
@@ -198,7 +197,17 @@ def training_parts(
         recipe=OFFICIAL_RECIPE,
         resolved=values,
         notes=[objective_line],
+        blocks=BLOCKS,
+        plan_request=partial(_plan_request, transformer_config=dict(transformer.config)),
     )
+
+
+def _plan_request(config: TrainConfig, gpu_gb: float, device: str, base_dtype: str, *,
+                  transformer_config: dict) -> Any:
+    """The 1.5 planner's request for this run on this DiT (--gradient_checkpointing auto)."""
+    from .plan import request_for_run
+
+    return request_for_run(config, gpu_gb, device, base_dtype, transformer_config)
 
 
 def _write(tensors: dict[str, torch.Tensor], folder: Path, step: int, *, settings: LoraSettings, base_model: str,
