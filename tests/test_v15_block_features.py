@@ -56,7 +56,7 @@ def _model(dtype: torch.dtype = torch.float32, fp8: bool = False, checkpointed: 
 def _loss_and_grads(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
     step = V15Step(TimestepSampler("turbo"), None, 0.0)
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        loss, _ = step(model, _batch(), torch.Generator().manual_seed(5))
+        loss, _ = step(model, _batch(), [torch.Generator().manual_seed(5 + i) for i in range(2)])
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
