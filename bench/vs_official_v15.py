@@ -16,7 +16,8 @@ code needs transformers < 4.58 (ours needs a newer one), so the official side ru
 
 The parent (our venv) writes one case to a temporary folder: a random 1.5 checkpoint in the official layout (a
 DiT folder with model.safetensors in bf16, config.json and silence_latent.pt; `--size mid` keeps the published
-2B width with `--layers` DiT layers and one layer in each encoder, `--size tiny` is the tests' tiny model), one
+2B width with `--layers` DiT layers and the published encoders, or one layer each with `--encoders minimal`;
+`--size tiny` is the tests' tiny model), one
 micro-batch as the official preprocessing stores it (target and context latents, the condition encoder's output
 and masks) and the draws of a step: t (the official rule: the larger of two sigmoid(N(timestep_mu, sigma)) draws,
 r = t), the noise and the condition-drop decision (rand < cfg_ratio 0.15). In a bf16 run the draws and the
@@ -195,9 +196,14 @@ def official_changed(official_args: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the case both workers load
 
-def case_config(size: str, layers: int) -> dict[str, Any]:
+PUBLISHED_ENCODER_LAYERS = {"num_lyric_encoder_hidden_layers": 8, "num_timbre_encoder_hidden_layers": 4,
+                            "num_attention_pooler_hidden_layers": 2}
+
+
+def case_config(size: str, layers: int, encoders: str = "published") -> dict[str, Any]:
     """config.json of the case's DiT folder: the tests' tiny model, or the published 2B's width (mid) with `layers`
-    DiT layers and one layer in each encoder (the step never runs the encoders)."""
+    DiT layers and the published encoders (condition encoder, audio tokenizer and detokenizer: 818 M parameters the
+    official trainer keeps on its device, ours frees) or `minimal` ones (one layer each; the step never runs them)."""
     from acestep.families.v15.tiny import tiny_original_config
 
     if size == "tiny":
@@ -212,6 +218,8 @@ def case_config(size: str, layers: int) -> dict[str, Any]:
             "fsq_dim": 2048, "fsq_input_levels": [8, 8, 8, 5, 5, 5], "fsq_input_num_quantizers": 1,
             "num_attention_pooler_hidden_layers": 1, "is_turbo": True, "model_version": "turbo",
         }
+        if encoders == "published":
+            config.update(PUBLISHED_ENCODER_LAYERS)
     config.update(num_hidden_layers=layers, use_sliding_window=True, timestep_mu=-0.4, timestep_sigma=1.0,
                   data_proportion=0.5,
                   layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(layers)])
@@ -233,7 +241,7 @@ def official_draws(frames: int, channels: int, seed: int, mu: float, sigma: floa
 
 
 def write_case(folder: Path, size: str, layers: int, seconds: float, condition_tokens: int, seed: int,
-               dtype: str) -> dict[str, Any]:
+               dtype: str, encoders: str = "published") -> dict[str, Any]:
     """A random checkpoint in the official layout (bf16 weights), one micro-batch and one step's draws."""
     import torch
     from safetensors.torch import save_file
@@ -242,7 +250,7 @@ def write_case(folder: Path, size: str, layers: int, seconds: float, condition_t
     from acestep.families.v15.tiny import SILENCE_FRAMES
     from acestep.families.v15.training import frames_for_seconds
 
-    config = case_config(size, layers)
+    config = case_config(size, layers, encoders)
     configs = component_configs(config)
     classes = _component_classes()
     torch.manual_seed(seed)
@@ -252,6 +260,7 @@ def write_case(folder: Path, size: str, layers: int, seconds: float, condition_t
     dit.mkdir(parents=True)
     weights = {k: v.to(torch.bfloat16).contiguous() for k, v in diffusers_to_original(states).items()}
     decoder_params = sum(v.numel() for k, v in weights.items() if k.startswith("decoder."))
+    other_params = sum(v.numel() for k, v in weights.items() if not k.startswith("decoder."))
     save_file(weights, str(dit / "model.safetensors"))
     del states, weights
     (dit / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -274,8 +283,8 @@ def write_case(folder: Path, size: str, layers: int, seconds: float, condition_t
     if dtype == "bf16":  # both sides start from the numbers the official step's bf16 casts would give
         tensors = {k: v.to(torch.bfloat16).float() if v.is_floating_point() else v for k, v in tensors.items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "batch.safetensors"))
-    return {"size": size, "layers": layers, "audio_s": seconds, "frames": frames, "condition_tokens": condition_tokens,
-            "dit_params_m": decoder_params / 1e6, "t": float(tensors["draw.t"]), "dropped": bool(tensors["draw.drop"])}
+    return {"size": size, "encoders": encoders if size == "mid" else "tiny", "layers": layers, "audio_s": seconds, "frames": frames, "condition_tokens": condition_tokens,
+            "dit_params_m": decoder_params / 1e6, "encoders_params_m": other_params / 1e6, "t": float(tensors["draw.t"]), "dropped": bool(tensors["draw.drop"])}
 
 
 def read_batch(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -503,7 +512,8 @@ def run_case(args: argparse.Namespace, official_src: Path) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="vs_official_v15_", dir=args.work_dir) as tmp:
         case = Path(tmp)
         print(f"{label} writing a random checkpoint and a batch ...", flush=True)
-        info = write_case(case, args.size, args.layers, args.seconds, args.condition_tokens, args.seed, args.dtype)
+        info = write_case(case, args.size, args.layers, args.seconds, args.condition_tokens, args.seed, args.dtype,
+                          args.encoders)
         names = ["official", *[f"ours {a}".strip() for a in args.ours_args]]
         argvs = [worker_argv("official", case, args, official_src)]
         argvs += [worker_argv("ours", case, args, official_src, a) for a in args.ours_args]
@@ -572,7 +582,7 @@ def goal_met(row: dict) -> str:
 
 
 COLUMNS = [
-    ("layers", "DiT layers"), ("dit_params_m", "DiT params (M)"), ("audio_s", "audio s"), ("frames", "frames"),
+    ("layers", "DiT layers"), ("dit_params_m", "DiT params (M)"), ("encoders_params_m", "encoders params (M)"), ("audio_s", "audio s"), ("frames", "frames"),
     ("implementation", "implementation"), ("settings", "settings (not default)"),
     ("lora_params_m", "LoRA params (M)"), ("lora_dtype", "LoRA dtype"), ("checkpointed_blocks", "checkpointed layers"),
     ("steps", "timed steps"), ("step_median_s", "step median s"), ("step_min_s", "step min s"),
@@ -601,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", default="mid", choices=("tiny", "mid"),
                         help="tiny: the tests' tiny model; mid: the published 2B width with --layers DiT layers")
     parser.add_argument("--layers", type=int, default=2, help="DiT layers")
+    parser.add_argument("--encoders", default="published", choices=("published", "minimal"),
+                        help="mid size: the published condition encoder, audio tokenizer and detokenizer (which the "
+                        "official trainer keeps on its device) or one layer each")
     parser.add_argument("--seconds", type=float, default=30.0, help="audio seconds of the song")
     parser.add_argument("--condition_tokens", type=int, default=512,
                         help="condition tokens (prompt, lyrics, timbre after the condition encoder)")
@@ -613,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss_rtol", type=float, default=None,
                         help=f"largest relative difference of a step-1 loss from the official one (default: "
                         f"{DEFAULT_LOSS_RTOL:g} in bf16, {FP32_LOSS_RTOL:g} in fp32)")
+    parser.add_argument("--official_repo", default="github.com/ace-step/ACE-Step-1.5",
+                        help="where the checkout came from, recorded in the results (e.g. a mirror's name)")
     parser.add_argument("--official_commit", default=None, help="the checkout's commit, recorded in the results "
                         "(default: read with git from --official_src; 'unknown' for an exported tree)")
     parser.add_argument("--work_dir", default=None, help="folder for the temporary case files (default: the "
@@ -678,7 +693,8 @@ def notes_for(args: argparse.Namespace, official_src: Path, argv: list[str], row
     info = rows[0]
     return [
         "command: " + recorded_command(argv),
-        f"official: ACE-Step-1.5 commit {official_commit(args, official_src)}, acestep/training_v2 FixedLoRAModule "
+        f"official: {args.official_repo}, commit {official_commit(args, official_src)}, acestep/training_v2 "
+        "FixedLoRAModule "
         "with its CLI defaults unless 'settings' says otherwise, in its own venv (transformers < 4.58); what it runs "
         "and the CPU changes: module docstring of bench/vs_official_v15.py.",
         f"ours: the trainer's 1.5 step (V15Step, LoraTrainingModule, its optimizer and schedule) with the trainer "
@@ -687,6 +703,11 @@ def notes_for(args: argparse.Namespace, official_src: Path, argv: list[str], row
         f"its own code; one song of {info['frames']} latent frames, {args.condition_tokens} condition tokens; the "
         f"same t ({info['t']:.4f}), noise and condition-drop decision ({'dropped' if info['dropped'] else 'kept'}), "
         f"seed {args.seed}.",
+        "encoders: the official trainer loads the whole model (DiT, condition encoder, audio tokenizer and "
+        "detokenizer; the published 2B's encoders hold 818 M parameters, 1.64 GB in bf16) and keeps it on its "
+        "device; ours keeps the DiT and null_condition_emb only. 'published' cases carry the published encoders "
+        "beside a DiT of a few layers (so their tensor-peak ratio favours ours more than the full model's would), "
+        "'minimal' ones one layer each (the DiT step alone).",
         "one worker process per implementation, all loaded first, then stepped in turns (official, ours, "
         "official, ours...): other work on this shared machine slows both alike, which makes the times "
         "comparable; absolute times are not. 'time / official' divides the medians, 'paired' is the median of the "
@@ -729,7 +750,8 @@ def run(args: argparse.Namespace, official_src: Path, argv: list[str]) -> None:
         print(f"warning: {warning}", flush=True)
     rows = run_case(args, official_src)
     machine = {**machine_description(), "device": "cpu", "dtype": args.dtype}
-    stem = args.stem or (f"vs_official_v15_{machine_tag(machine, 'cpu')}_{args.size}-{args.layers}layers-"
+    encoders = f"-{args.encoders}-encoders" if args.size == "mid" else ""
+    stem = args.stem or (f"vs_official_v15_{machine_tag(machine, 'cpu')}_{args.size}-{args.layers}layers{encoders}-"
                          f"{args.seconds:g}s-{args.dtype}")
     json_path, md_path = write_results(stem, rows, COLUMNS, machine, "Our ACE-Step 1.5 LoRA training step against "
                                        f"the official training_v2 step, cpu {args.dtype}, in turns",
