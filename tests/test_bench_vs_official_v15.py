@@ -113,6 +113,14 @@ def test_the_case_is_an_official_layout_checkpoint_our_loader_reads(tmp_path):
     assert not bench.write_case(tmp_path / "other", "tiny", 1, 2.0, 8, seed=0, dtype="fp32")["dropped"]
 
 
+def test_mid_cases_carry_the_published_encoders_or_one_layer_each():
+    published, minimal = bench.case_config("mid", 3), bench.case_config("mid", 3, "minimal")
+    assert published["hidden_size"] == minimal["hidden_size"] == 2048 and published["num_hidden_layers"] == 3
+    assert published["num_lyric_encoder_hidden_layers"] == 8 and published["num_attention_pooler_hidden_layers"] == 2
+    assert minimal["num_lyric_encoder_hidden_layers"] == minimal["num_timbre_encoder_hidden_layers"] == 1
+    assert published["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+
+
 def test_the_official_timesteps_are_the_larger_of_two_logit_normal_draws():
     draws = [float(bench.official_draws(4, 2, seed, -0.4, 1.0)["draw.t"]) for seed in range(400)]
     single = torch.sigmoid(torch.randn(20000, generator=torch.Generator().manual_seed(0)) - 0.4).mean()
