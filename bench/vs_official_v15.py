@@ -220,9 +220,11 @@ def case_config(size: str, layers: int, encoders: str = "published") -> dict[str
         }
         if encoders == "published":
             config.update(PUBLISHED_ENCODER_LAYERS)
+    # the official encoders' layers read layer_types too (the published list has 24 entries for 8 + 4 + 2 + 2)
+    types = max(layers, *(config[key] for key in PUBLISHED_ENCODER_LAYERS))
     config.update(num_hidden_layers=layers, use_sliding_window=True, timestep_mu=-0.4, timestep_sigma=1.0,
                   data_proportion=0.5,
-                  layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(layers)])
+                  layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(types)])
     return config
 
 
