@@ -17,9 +17,8 @@ code needs transformers < 4.58 (ours needs a newer one), so the official side ru
 The parent (our venv) writes one case to a temporary folder: a random 1.5 checkpoint in the official layout (a
 DiT folder with model.safetensors in bf16, config.json and silence_latent.pt; `--size mid` keeps the published
 2B width with `--layers` DiT layers and the published encoders, or one layer each with `--encoders minimal`;
-`--size tiny` is the tests' tiny model), one
-micro-batch as the official preprocessing stores it (target and context latents, the condition encoder's output
-and masks) and the draws of a step: t (the official rule: the larger of two sigmoid(N(timestep_mu, sigma)) draws,
+`--size tiny` is the tests' tiny model), one micro-batch as the official preprocessing stores it (target and
+context latents, the condition encoder's output and masks) and the draws of a step: t (the official rule: the larger of two sigmoid(N(timestep_mu, sigma)) draws,
 r = t), the noise and the condition-drop decision (rand < cfg_ratio 0.15). In a bf16 run the draws and the
 batch are rounded to bf16 values once, so both sides start from the same numbers (the official step casts them to
 bf16, ours keeps fp32 and lets autocast round inside). Each side then runs in its own worker process (both
@@ -64,6 +63,9 @@ and its training_step under the autocast Lightning's precision uses, backward, g
 optimizer and schedule. The parent's t, noise and condition-drop decision replace its draws (sampler, add_noise and
 drop_conditions of acestep.families.v15.objective). `--ours_args` takes trainer flags; those the benchmark does
 not apply are refused. Our base dtype defaults to `--dtype`.
+
+tests/test_bench_vs_official_v15.py runs the fp32 comparison at tiny size (the losses must be equal) when
+ACESTEP_OFFICIAL_V15_SRC and ACESTEP_OFFICIAL_V15_PYTHON name a checkout and its venv's python.
 """
 
 from __future__ import annotations
