@@ -291,6 +291,16 @@ def write_case(folder: Path, size: str, layers: int, seconds: float, condition_t
             "dit_params_m": decoder_params / 1e6, "encoders_params_m": other_params / 1e6, "t": float(tensors["draw.t"]), "dropped": bool(tensors["draw.drop"])}
 
 
+def write_case_apart(*args: Any) -> dict[str, Any]:
+    """`write_case` in a process of its own: Linux hands a process's peak RSS on through fork and exec, so a parent
+    that once held the weights would lend that peak to both workers' 'peak RSS'."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(write_case, *args).result()
+
+
 def read_batch(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(batch tensors, draws: t [1], noise [1, T, C], drop [1] bool) as written by `write_case`."""
     from safetensors.torch import load_file
@@ -516,8 +526,8 @@ def run_case(args: argparse.Namespace, official_src: Path) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="vs_official_v15_", dir=args.work_dir) as tmp:
         case = Path(tmp)
         print(f"{label} writing a random checkpoint and a batch ...", flush=True)
-        info = write_case(case, args.size, args.layers, args.seconds, args.condition_tokens, args.seed, args.dtype,
-                          args.encoders)
+        info = write_case_apart(case, args.size, args.layers, args.seconds, args.condition_tokens, args.seed,
+                                args.dtype, args.encoders)
         names = ["official", *[f"ours {a}".strip() for a in args.ours_args]]
         argvs = [worker_argv("official", case, args, official_src)]
         argvs += [worker_argv("ours", case, args, official_src, a) for a in args.ours_args]
