@@ -1,4 +1,4 @@
-"""Our ACE-Step 1.5 LoRA training step against the official one (ace-step/ACE-Step-1.5, acestep/training_v2), side by side.
+"""Our ACE-Step 1.5 LoRA training step against the official one (ACE-Step-1.5 training_v2), side by side.
 
 `python bench/vs_official_v15.py --official_src DIR --official_python PY [--size mid --layers 2] [--seconds 30]
 [--official_args "--rank 16"] [--ours_args "" --ours_args "--no-gradient_checkpointing"]`
@@ -18,10 +18,10 @@ The parent (our venv) writes one case to a temporary folder: a random 1.5 checkp
 DiT folder with model.safetensors in bf16, config.json and silence_latent.pt; `--size mid` keeps the published
 2B width with `--layers` DiT layers and the published encoders, or one layer each with `--encoders minimal`;
 `--size tiny` is the tests' tiny model), one micro-batch as the official preprocessing stores it (target and
-context latents, the condition encoder's output and masks) and the draws of a step: t (the official rule: the larger of two sigmoid(N(timestep_mu, sigma)) draws,
-r = t), the noise and the condition-drop decision (rand < cfg_ratio 0.15). In a bf16 run the draws and the
-batch are rounded to bf16 values once, so both sides start from the same numbers (the official step casts them to
-bf16, ours keeps fp32 and lets autocast round inside). Each side then runs in its own worker process (both
+context latents, the condition encoder's output and masks) and the draws of a step: t (the official rule: the
+larger of two sigmoid(N(timestep_mu, sigma)) draws, r = t), the noise and the condition-drop decision (rand <
+cfg_ratio 0.15). In a bf16 run the draws and the batch are rounded to bf16 values once, so both sides start from
+the same numbers (the official step casts them to bf16, ours keeps fp32 and lets autocast round inside). Each side then runs in its own worker process (both
 packages are called `acestep`; a worker puts only its own on sys.path and checks which one it imported), loads
 the same folder with its own code, and steps when the parent says so: official, ours, official, ours... so load
 from other work on the machine falls on both alike. Reported per side: the median step time, the tensor peak (our
@@ -287,8 +287,10 @@ def write_case(folder: Path, size: str, layers: int, seconds: float, condition_t
     if dtype == "bf16":  # both sides start from the numbers the official step's bf16 casts would give
         tensors = {k: v.to(torch.bfloat16).float() if v.is_floating_point() else v for k, v in tensors.items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "batch.safetensors"))
-    return {"size": size, "encoders": encoders if size == "mid" else "tiny", "layers": layers, "audio_s": seconds, "frames": frames, "condition_tokens": condition_tokens,
-            "dit_params_m": decoder_params / 1e6, "encoders_params_m": other_params / 1e6, "t": float(tensors["draw.t"]), "dropped": bool(tensors["draw.drop"])}
+    return {"size": size, "encoders": encoders if size == "mid" else "tiny", "layers": layers, "audio_s": seconds,
+            "frames": frames, "condition_tokens": condition_tokens, "dit_params_m": decoder_params / 1e6,
+            "encoders_params_m": other_params / 1e6, "t": float(tensors["draw.t"]),
+            "dropped": bool(tensors["draw.drop"])}
 
 
 def write_case_apart(*args: Any) -> dict[str, Any]:
@@ -455,7 +457,8 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
 
     def parent_drop(states: Any, null_embedding: Any, probability: float, generator: Any) -> Any:
         drop = draws["drop"].to(states.device)
-        return torch.where(drop[:, None, None], null_embedding.to(states.device, states.dtype).expand_as(states), states)
+        null = null_embedding.to(states.device, states.dtype).expand_as(states)
+        return torch.where(drop[:, None, None], null, states)
 
     objective.add_noise = parent_noise
     objective.drop_conditions = parent_drop
@@ -596,7 +599,8 @@ def goal_met(row: dict) -> str:
 
 
 COLUMNS = [
-    ("layers", "DiT layers"), ("dit_params_m", "DiT params (M)"), ("encoders_params_m", "encoders params (M)"), ("audio_s", "audio s"), ("frames", "frames"),
+    ("layers", "DiT layers"), ("dit_params_m", "DiT params (M)"), ("encoders_params_m", "encoders params (M)"),
+    ("audio_s", "audio s"), ("frames", "frames"),
     ("implementation", "implementation"), ("settings", "settings (not default)"),
     ("lora_params_m", "LoRA params (M)"), ("lora_dtype", "LoRA dtype"), ("checkpointed_blocks", "checkpointed layers"),
     ("steps", "timed steps"), ("step_median_s", "step median s"), ("step_min_s", "step min s"),
