@@ -14,19 +14,20 @@ code needs transformers < 4.58 (ours needs a newer one), so the official side ru
         vector-quantize-pytorch loguru safetensors
     python bench/vs_official_v15.py --official_src DIR --official_python VENV/bin/python
 
-The parent (our venv) writes one case to a temporary folder: a random 1.5 checkpoint in the official layout (a
-DiT folder with model.safetensors in bf16, config.json and silence_latent.pt; `--size mid` keeps the published
-2B width with `--layers` DiT layers and the published encoders, or one layer each with `--encoders minimal`;
-`--size tiny` is the tests' tiny model), one micro-batch as the official preprocessing stores it (target and
-context latents, the condition encoder's output and masks) and the draws of a step: t (the official rule: the
-larger of two sigmoid(N(timestep_mu, sigma)) draws, r = t), the noise and the condition-drop decision (rand <
-cfg_ratio 0.15). In a bf16 run the draws and the batch are rounded to bf16 values once, so both sides start from
-the same numbers (the official step casts them to bf16, ours keeps fp32 and lets autocast round inside). Each side then runs in its own worker process (both
-packages are called `acestep`; a worker puts only its own on sys.path and checks which one it imported), loads
-the same folder with its own code, and steps when the parent says so: official, ours, official, ours... so load
-from other work on the machine falls on both alike. Reported per side: the median step time, the tensor peak (our
-TensorMemoryTracker, torch only, in both workers: weights, LoRA factors, gradients, optimizer state, batch and
-activations), the worker's peak RSS, and the loss of step 1, which must agree with the official one.
+The parent (our venv) writes one case to a temporary folder: a random 1.5 checkpoint in the official layout (a DiT
+folder with model.safetensors in bf16, config.json and silence_latent.pt; `--size mid` keeps the published 2B
+width with `--layers` DiT layers and the published encoders, or one layer each with `--encoders minimal`; `--size
+tiny` is the tests' tiny model), one micro-batch as the official preprocessing stores it (target and context
+latents, the condition encoder's output and masks) and the draws of a step: t (the official rule: the larger of
+two sigmoid(N(timestep_mu, sigma)) draws, r = t), the noise and the condition-drop decision (rand < cfg_ratio
+0.15). In a bf16 run the draws and the batch are rounded to bf16 values once, so both sides start from the same
+numbers (the official step casts them to bf16, ours keeps fp32 and lets autocast round inside). Each side then
+runs in its own worker process (both packages are called `acestep`; a worker puts only its own on sys.path and
+checks which one it imported), loads the same folder with its own code, and steps when the parent says so:
+official, ours, official, ours... so load from other work on the machine falls on both alike. Reported per side:
+the median step time, the tensor peak (our TensorMemoryTracker, torch only, in both workers: weights, LoRA
+factors, gradients, optimizer state, batch and activations), the worker's peak RSS, and the loss of step 1, which
+must agree with the official one.
 
 The official step, as training_v2's FixedLoRATrainer runs it with the defaults of its CLI (`train_fixed`): the
 model loaded as model_loader.load_decoder_for_training does (all parameters frozen, moved to the compute dtype,
