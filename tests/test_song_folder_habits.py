@@ -12,7 +12,7 @@ import pytest
 from data_helpers import write_audio
 
 from acestep.captioning.runner import RunOptions, caption_folder
-from acestep.data.filenames import FILENAME_FEATURES, build_filename_dataset, main, scan_folder
+from acestep.data.filenames import build_filename_dataset, filename_features, main, scan_folder
 from acestep.data.preprocess import read_filename_rows, run_song_stages
 from acestep.errors import AcestepError
 
@@ -51,7 +51,7 @@ def test_stage3_refuses_a_dataset_listing_one_song_in_two_formats(two_formats: P
     rows = [{"keys": "a", "filename": str(two_formats / name), "tags": ["pop"], "speaker_emb_path": "",
              "norm_lyrics": "", "recaption": {}, "duration": 3.5, "sample_rate": 48000, "bpm": -1.0, "keyscale": "",
              "timesignature": "", "language": ""} for name in ("a.wav", "a.wav", "a.mp3")]  # a repeated row is fine
-    datasets.Dataset.from_list(rows, features=FILENAME_FEATURES).save_to_disk(str(tmp_path / "fork_names"))
+    datasets.Dataset.from_list(rows, features=filename_features()).save_to_disk(str(tmp_path / "fork_names"))
     with pytest.raises(AcestepError, match="1 song.s. in two formats"):
         run_song_stages(tmp_path / "fork_names", tmp_path / "prep", pipeline=None)  # type: ignore[arg-type]
 
@@ -75,7 +75,7 @@ def test_stage3_normalizes_lyrics_of_datasets_written_elsewhere(tmp_path: Path) 
              "recaption": {}, "duration": 3.5, "sample_rate": 48000, "bpm": -1.0,
              "keyscale": "", "timesignature": "", "language": ""}
             for key, lyrics in (("crlf", "[verse]\r\nla la\rla\r\n"), ("blank", " \r\n \t"))]
-    datasets.Dataset.from_list(rows, features=FILENAME_FEATURES).save_to_disk(str(tmp_path / "fork"))
+    datasets.Dataset.from_list(rows, features=filename_features()).save_to_disk(str(tmp_path / "fork"))
     read = {row.key: row for row in read_filename_rows(tmp_path / "fork")}
     assert read["crlf"].lyrics == "[verse]\nla la\nla\n"
     assert read["blank"].lyrics == ""
@@ -89,7 +89,7 @@ def test_1_5_stage3_text_has_no_carriage_return(tmp_path: Path) -> None:
     rows = [{"keys": "s", "filename": "s.wav", "tags": ["pop"], "speaker_emb_path": "",
              "norm_lyrics": "[chorus]\r\nhey\r\n", "recaption": {}, "duration": 3.5, "sample_rate": 48000,
              "bpm": -1.0, "keyscale": "", "timesignature": "", "language": ""}]
-    datasets.Dataset.from_list(rows, features=FILENAME_FEATURES).save_to_disk(str(tmp_path / "fork"))
+    datasets.Dataset.from_list(rows, features=filename_features()).save_to_disk(str(tmp_path / "fork"))
     row = read_filename_rows(tmp_path / "fork")[0]
     trained = song_text(row, "pop").lyrics
     assert "\r" not in trained and trained == sung_lyrics("[chorus]\r\nhey\r\n")  # training = generation
