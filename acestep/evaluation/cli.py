@@ -187,10 +187,35 @@ def main(argv: Sequence[str] | None = None,
 
 
 def evaluate(args: argparse.Namespace,
-             open_renderer: Callable[[argparse.Namespace, str, str], tuple[Render, UseLora]] | None = None
-             ) -> EvalResult:
+             open_renderer: Callable[[argparse.Namespace, str, str], tuple[Render, UseLora]] | None = None,
+             listeners: Listeners | None = None, log: Callable[[str], None] = print) -> EvalResult:
+    """One evaluation of the run per `args`; `listeners` already loaded are reused (training evaluates often)."""
+    plan, device, dtype = make_plan(args)
+    listeners = listeners or load_listeners(args, device)
+    evaluator = Evaluator(plan, listeners, lambda: (open_renderer or family_renderer)(args, device, dtype), log)
+    todo = evaluator.missing_renders()
+    log(cost_line(todo, args.seconds, device) if todo else "Evaluation: every render is cached; scoring only.")
+    return evaluator.run()
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     import torch
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+
+
+def load_listeners(args: argparse.Namespace, device: str) -> Listeners:
+    """CLAP, MERT (unless 'none') and whisper (when named): a missing one stops here, before any render."""
+    mert = args.mert or default_mert(args.checkpoint_dir)
+    listeners = Listeners(ClapEmbedder.from_pretrained(args.clap, device),
+                          None if mert.lower() == "none" else load_mert(mert, device))
+    if args.whisper:
+        listeners.transcribe, listeners.transcriber_name = load_whisper(args.whisper, device), args.whisper
+    return listeners
+
+
+def make_plan(args: argparse.Namespace) -> tuple[EvalPlan, str, str]:
     if args.songs < 1 or args.seeds < 1 or args.seconds <= 0:
         raise AcestepError("--songs and --seeds must be at least 1, --seconds positive")
     run_dir = Path(args.run)
@@ -206,13 +231,7 @@ def evaluate(args: argparse.Namespace,
     if not songs:
         raise AcestepError(f"{run_dir}: none of the run's song files is where the dataset says; the style scores "
                            "need your songs")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    mert = args.mert or default_mert(args.checkpoint_dir)
-    listeners = Listeners(ClapEmbedder.from_pretrained(args.clap, device),
-                          None if mert.lower() == "none" else load_mert(mert, device))
-    if args.whisper:
-        listeners.transcribe, listeners.transcriber_name = load_whisper(args.whisper, device), args.whisper
+    device, dtype = device_and_dtype(args)
     from acestep.training.callbacks import read_metrics
 
     plan = EvalPlan(
@@ -220,14 +239,12 @@ def evaluate(args: argparse.Namespace,
         steps=steps, sampler_steps=args.sampler_steps, copy_threshold=args.copy_threshold,
         prompt_margin=args.prompt_margin, wer_margin=args.wer_margin, metrics=read_metrics(run_dir / METRICS_FILE),
         settings={"checkpoint_dir": args.checkpoint_dir, "prompts": [vars(p) for p in prompts],
-                  "sampler_steps": args.sampler_steps, "clap": args.clap, "mert": mert, "whisper": args.whisper,
+                  "sampler_steps": args.sampler_steps, "clap": args.clap,
+                  "mert": args.mert or default_mert(args.checkpoint_dir), "whisper": args.whisper,
                   "copy_threshold": args.copy_threshold, "prompt_margin": args.prompt_margin,
                   "wer_margin": args.wer_margin, "steps": [s for s, _ in steps]},
     )
-    evaluator = Evaluator(plan, listeners, lambda: (open_renderer or family_renderer)(args, device, dtype))
-    todo = evaluator.missing_renders()
-    print(cost_line(todo, args.seconds, device) if todo else "Evaluation: every render is cached; scoring only.")
-    return evaluator.run()
+    return plan, device, dtype
 
 
 def family_renderer(args: argparse.Namespace, device: str, dtype: str) -> tuple[Render, UseLora]:

@@ -1,0 +1,67 @@
+"""The evaluation through the model families' renderer (acestep.families.generation.load_lora_renderer) on the tiny
+v1 checkpoint: an all-zero LoRA is "does nothing", a trained-looking one moves the renders, the base comes back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import save_file
+
+from acestep.evaluation.cli import main as evaluate_main
+from acestep.evaluation.tiny import write_tiny_eval_models
+
+RATE = 48000
+
+
+def _lora(checkpoint: Path, scale: float) -> dict[str, torch.Tensor]:
+    """PEFT-keyed factors on every block's to_q of the tiny transformer; lora_B = scale * random (0: all-zero)."""
+    from safetensors import safe_open
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    with safe_open(str(checkpoint / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        for key in handle.keys():
+            if key.endswith("attn.to_q.weight") and key.startswith("transformer_blocks."):
+                out_features, in_features = handle.get_slice(key).get_shape()
+                stem = key.removesuffix(".weight")
+                tensors[f"{stem}.lora_A.weight"] = torch.randn(4, in_features, generator=g)
+                tensors[f"{stem}.lora_B.weight"] = scale * torch.randn(out_features, 4, generator=g)
+    assert tensors
+    return tensors
+
+
+@pytest.mark.slow
+def test_zero_lora_does_nothing_and_a_trained_one_moves_the_renders(tiny_checkpoint: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    t = np.arange(2 * RATE) / RATE
+    rows = []
+    for i in range(2):
+        sf.write(songs / f"song{i}.wav", np.stack([np.sin(2 * np.pi * 200 * (i + 1) * t)] * 2, 1) * 0.3, RATE)
+        rows.append({"keys": f"song{i}", "filename": str(songs / f"song{i}.wav"), "prompt": "pop, piano"})
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "prep"))
+    run = tmp_path / "run"
+    for step, scale in ((10, 0.0), (20, 0.5)):
+        folder = run / f"step-{step:06d}"
+        (folder / "adapter").mkdir(parents=True)
+        save_file(_lora(tiny_checkpoint, scale), str(folder / "adapter" / "adapter_model.safetensors"))
+        save_file(_lora(tiny_checkpoint, scale), str(folder / f"run-step{step}-comfyui.safetensors"))
+    (run / "train_config.json").write_text(json.dumps({"dataset_path": str(tmp_path / "prep"),
+                                                       "checkpoint_dir": str(tiny_checkpoint)}))
+    clap, mert = write_tiny_eval_models(tmp_path / "models")
+    result = evaluate_main(["--run", str(run), "--clap", str(clap), "--mert", str(mert), "--songs", "1",
+                            "--seconds", "2", "--sampler_steps", "3", "--device", "cpu"])
+    assert result.rendered == 3
+    assert result.steps[10].does_nothing and result.steps[10].values["change_wave"] == 0.0
+    assert not result.steps[20].does_nothing and result.steps[20].values["change_wave"] > 1e-3
+    assert result.verdict.excluded[10].startswith("does nothing")
+    assert "does nothing" in capsys.readouterr().out
+    report = json.loads((run / "eval" / "eval.json").read_text())
+    assert [s["step"] for s in report["steps"]] == [0, 10, 20] and report["best"]["step"] in (0, 20)
