@@ -37,7 +37,7 @@ def relative_style(scores: StepScores, base: StepScores) -> float:
 
 def exclusion(scores: StepScores, prompt_margin: float, wer_margin: float) -> str | None:
     if scores.does_nothing:
-        return "does nothing (renders identical to the base model's)"
+        return "does nothing (renders equal the base model's)"
     if scores.copies:
         worst = max(scores.copies, key=lambda c: c.similarity)
         return f"near-copy of {worst.song} (render {worst.render}, similarity {worst.similarity:.3f})"

@@ -23,8 +23,8 @@ from .scores import COPY_SIMILARITY
 EVAL_DIR = "eval"
 CONFIG_FILE, METRICS_FILE = "train_config.json", "metrics.jsonl"
 STEP_DIR = re.compile(r"^step-(\d+)$")
-# seconds of CPU work per rendered second of audio, tiny models (bench/eval_cost.py); real models: see the README
-TINY_CPU_SECONDS_PER_AUDIO_SECOND = 1.0
+# seconds per rendered second of audio: tiny v1 models, 8 sampler steps, a shared 2-core CPU (bench/eval_cost.py)
+TINY_CPU_SECONDS_PER_AUDIO_SECOND = 9.0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ def write_reports(eval_dir: Path, steps: dict[int, StepScores], verdict: Verdict
     atomic_write_json(eval_dir / JSON_FILE, {
         "settings": settings,
         "score_names": SCORE_NAMES,
-        "steps": [{"step": s.step, "does_nothing": s.does_nothing, "scores": s.values,
+        "steps": [{"step": s.step, "does_nothing": s.does_nothing, "barely_changes": s.faint, "scores": s.values,
                    "nearest_songs": [asdict(c) for c in s.nearest], "copies": [asdict(c) for c in s.copies]}
                   for s in ordered],
         "best": None if verdict is None else {"step": verdict.step, "why": verdict.why, "rule": RULE,
@@ -59,7 +59,8 @@ def table(steps: dict[int, StepScores], verdict: Verdict | None) -> str:
         s = steps[step]
         note = ("does nothing" if s.does_nothing else
                 "; ".join(f"near-copy of {c.song}" for c in s.copies) or
-                (verdict.excluded.get(step, "") if verdict else ""))
+                (verdict.excluded.get(step, "") if verdict else "") or
+                ("barely changes the sound (under -40 dB)" if s.faint else ""))
         if verdict and step == verdict.step:
             note = "BEST" + (f" ({note})" if note else "")
         rows.append([step_label(step), *[f"{s.values[k]:.4g}" if k in s.values else "-" for k, _ in columns], note])

@@ -13,7 +13,8 @@ import numpy as np
 
 from .frechet import embedding_distance
 
-NOTHING_CHANGE = 1e-3  # below this relative waveform change at every seed a step "does nothing"
+NOTHING_CHANGE = 1e-5  # below this relative waveform change at every seed a step "does nothing" (numerically the base)
+FAINT_CHANGE = 1e-2  # below this (-40 dB) the change is hardly audible: said in the table, not excluded
 COPY_SIMILARITY = 0.95  # a render this close to one training song (both spaces) is flagged as a near-copy
 
 # score key -> plain words (the csv, the table and the plot use these)
@@ -46,6 +47,7 @@ class StepScores:
     nearest: list[Copy]  # each render's nearest training song
     copies: list[Copy] = field(default_factory=list)  # those at or above the copy threshold
     does_nothing: bool = False
+    faint: bool = False  # changes the renders, but by less than FAINT_CHANGE
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -87,8 +89,9 @@ def score_step(step: int, emb: dict[str, np.ndarray], base: dict[str, np.ndarray
         values["wer"] = float(np.mean(emb["wer"]))
         values["wer_vs_base"] = values["wer"] - float(np.mean(base["wer"]))
     does_nothing = step > 0 and bool(np.all(emb["change_wave"] < NOTHING_CHANGE))
+    faint = step > 0 and not does_nothing and bool(np.all(emb["change_wave"] < FAINT_CHANGE))
     copies = [c for c in nearest if c.similarity >= copy_threshold]
-    return StepScores(step, values, nearest, copies, does_nothing)
+    return StepScores(step, values, nearest, copies, does_nothing, faint)
 
 
 def relative_change(a: np.ndarray, b: np.ndarray) -> float:
