@@ -278,3 +278,24 @@ def test_step_scores_need_no_model_for_identical_sets() -> None:
     scores: StepScores = score_step(0, arrays, arrays, {"clap": x}, list("abcd"), list("wxyz"))
     assert scores.values["style_fd_clap"] == pytest.approx(0.0, abs=1e-9)
     assert [c.song for c in scores.nearest] == list("wxyz") and scores.values["copy_similarity"] == pytest.approx(1.0)
+
+
+def test_lyrics_word_error_rate_keeps_an_unintelligible_step_from_best(run_dir: Path,
+                                                                        models: tuple[Path, Path]) -> None:
+    from acestep.evaluation.cli import build_parser, evaluate, load_listeners
+
+    renderer = SyntheticRenderer(run_dir.parents[1] / "songs")
+    args = build_parser().parse_args(_argv(run_dir, models))
+    listeners = load_listeners(args, "cpu")
+    heard = []
+
+    def transcribe(mono: np.ndarray, rate: int) -> str:  # words while the render is close to the base, else mumble
+        heard.append(len(mono) / rate)
+        return "la la" if renderer.strength < 0.5 else "ba"
+
+    listeners.transcribe, listeners.transcriber_name = transcribe, "fake"
+    result = evaluate(args, renderer.open, listeners)
+    assert heard == [SECONDS] * 6
+    assert result.steps[0].values["wer"] == 0.0 and result.steps[20].values["wer"] == pytest.approx(1.0)
+    assert result.steps[20].values["wer_vs_base"] == pytest.approx(1.0)
+    assert "lyrics word error rate rose 100%" in result.verdict.excluded[20] and result.verdict.step == 0
