@@ -98,5 +98,6 @@ def test_demo_runs_the_1_5_chain_from_an_empty_folder(tmp_path: Path, capsys: py
     comfy = next(step.glob("*-comfyui.safetensors"))
     assert read_lora(comfy).family == "ace-step-1.5"
     assert (step / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    _assert_evaluated(step.parent, printed, [0, 1, 2, 3])
     wav, rate = sf.read(next(out.glob("samples-v15-*/*.wav")))
     assert rate == 48000 and wav.shape == (88 * 1920, 2)  # ceil(3.5 s * 25 Hz) frames and np.abs(wav).max() > 0

@@ -81,24 +81,27 @@ def write_plot(eval_dir: Path, steps: dict[int, StepScores], metrics: list[dict[
     import matplotlib.pyplot as plt
 
     order = sorted(steps)
-    panels = [("style_fd_clap", "style_fd_mert"), ("style_cos_clap", "style_cos_mert"), ("prompt_clap",),
-              ("change_wave", "change_clap"), ("copy_similarity",), ("wer",)]
-    panels = [p for p in panels if any(k in steps[s].values for k in p for s in order)]
-    figure, axes = plt.subplots(len(panels) + 1, 1, figsize=(8, 2.2 * (len(panels) + 1)), sharex=True)
-    for axis, keys in zip(axes, panels):
-        for key in keys:
-            xs = [s for s in order if key in steps[s].values]
-            axis.plot(xs, [steps[s].values[key] for s in xs], marker="o", label=SCORE_NAMES[key])
+    keys = [k for k in ("style_fd_clap", "style_fd_mert", "style_cos_clap", "style_cos_mert", "prompt_clap",
+                        "change_wave", "change_clap", "copy_similarity", "wer") if any(k in steps[s].values for s in order)]
+    rows = (len(keys) + 2) // 2
+    figure, grid = plt.subplots(rows, 2, figsize=(11, 2.4 * rows), sharex=True, squeeze=False)
+    axes = list(grid.flat)
+    for axis, key in zip(axes, keys):
+        xs = [s for s in order if key in steps[s].values]
+        axis.plot(xs, [steps[s].values[key] for s in xs], marker="o")
+        axis.set_title(SCORE_NAMES[key], fontsize=8)
         if best is not None:
             axis.axvline(best, color="green", linestyle=":", alpha=0.7)
-        axis.legend(fontsize=7)
-    loss_axis = axes[-1]
+    loss_axis = axes[len(keys)]
+    for axis in axes[len(keys) + 1:]:
+        axis.set_visible(False)
     for key, label in (("loss", "training loss"), ("val_loss", "validation loss")):
-        rows = [r for r in metrics if key in r]
-        if rows:
-            loss_axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, alpha=0.8)
+        rows_with = [r for r in metrics if key in r]
+        if rows_with:
+            loss_axis.plot([r["step"] for r in rows_with], [r[key] for r in rows_with], label=label, alpha=0.8)
     if best is not None:
         loss_axis.axvline(best, color="green", linestyle=":", alpha=0.7, label=f"best step {step_label(best)}")
+    loss_axis.set_title("loss (metrics.jsonl)", fontsize=8)
     loss_axis.set_xlabel("training step (0 = base model)")
     loss_axis.legend(fontsize=7)
     figure.tight_layout()

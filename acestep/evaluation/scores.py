@@ -79,7 +79,7 @@ def score_step(step: int, emb: dict[str, np.ndarray], base: dict[str, np.ndarray
     values["prompt_clap"] = float(np.mean(emb["text_sim"]))
     values["prompt_vs_base"] = values["prompt_clap"] - float(np.mean(base["text_sim"]))
     values["change_wave"] = float(np.mean(emb["change_wave"]))
-    values["change_clap"] = float(np.mean(1 - np.sum(_unit(emb["clap"]) * _unit(base["clap"]), axis=1)))
+    values["change_clap"] = float(np.mean(np.maximum(0.0, 1 - np.sum(_unit(emb["clap"]) * _unit(base["clap"]), axis=1))))
     similarity = np.min([copy_similarity(emb[s], train[s], np.concatenate([train[s], base[s]]).mean(0))
                          for s in spaces], axis=0)
     nearest = [Copy(render, song_names[int(j)], float(similarity[i, j]))
