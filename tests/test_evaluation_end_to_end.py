@@ -65,3 +65,35 @@ def test_zero_lora_does_nothing_and_a_trained_one_moves_the_renders(tiny_checkpo
     assert "does nothing" in capsys.readouterr().out
     report = json.loads((run / "eval" / "eval.json").read_text())
     assert [s["step"] for s in report["steps"]] == [0, 10, 20] and report["best"]["step"] in (0, 20)
+
+
+@pytest.mark.slow
+def test_eval_every_scores_during_training_logs_and_keeps_the_best_step(tiny_checkpoint: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    import csv
+
+    from training_helpers import short_run_config, synthetic_songs
+
+    from acestep.training import run_training
+
+    songs = synthetic_songs([40, 48]).with_format(None)
+    t = np.arange(RATE) / RATE
+    for i in range(2):
+        sf.write(tmp_path / f"song{i}.wav", np.stack([np.sin(2 * np.pi * 300 * (i + 1) * t)] * 2, 1) * 0.3, RATE)
+    songs = songs.map(lambda row, i: {"filename": str(tmp_path / f"song{i}.wav")}, with_indices=True)
+    songs.save_to_disk(str(tmp_path / "prep"))
+    clap, mert = write_tiny_eval_models(tmp_path / "models")
+    config = short_run_config(tmp_path, dataset_path=str(tmp_path / "prep"), checkpoint_dir=str(tiny_checkpoint),
+                              use_ssl=False, max_steps=4, every_n_train_steps=2, save_last=1, logger="csv",
+                              eval_every=2, eval_songs=1, eval_seconds=1.0, eval_clap=str(clap), eval_mert=str(mert))
+    result = run_training(config)
+    printed = capsys.readouterr().out
+    assert "--eval_every 2: about 2 evaluations" in printed and "evaluation at step 4: best step so far" in printed
+    report = json.loads((result.run_dir / "eval" / "eval.json").read_text())
+    assert [s["step"] for s in report["steps"]] == [0, 2, 4]
+    best = report["best"]["step"]
+    kept = sorted(p.name for p in result.run_dir.glob("step-*"))
+    assert kept == sorted({"step-000004", *([f"step-{best:06d}"] if best else [])})
+    logged = list(csv.DictReader((next(result.run_dir.glob("logs/version_*/metrics.csv"))).open()))
+    scored = {int(row["step"]) for row in logged if row.get("eval/style_fd_clap")}
+    assert scored == {0, 2, 4}

@@ -107,16 +107,21 @@ class EmbeddingCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
-    def get(self, key: str, stamp: str) -> dict[str, np.ndarray] | None:
+    def get(self, key: str, stamp: str | None) -> dict[str, np.ndarray] | None:
+        """The arrays stored for `key` under `stamp` (None: whatever is stored, for a step whose LoRA is gone)."""
         from safetensors import safe_open
 
         try:
             with safe_open(str(self.path(key)), framework="np") as handle:
-                if (handle.metadata() or {}).get(FINGERPRINT_KEY) != stamp:
+                if stamp is not None and (handle.metadata() or {}).get(FINGERPRINT_KEY) != stamp:
                     return None
                 return {name: handle.get_tensor(name) for name in handle.keys()}
         except (OSError, ValueError, RuntimeError):
             return None
+
+    def cached_steps(self) -> list[int]:
+        return sorted(int(p.stem.removeprefix("step-")) for p in self.folder.glob("step-*.safetensors")
+                      if p.stem.removeprefix("step-").isdigit())
 
     def put(self, key: str, stamp: str, arrays: dict[str, np.ndarray]) -> None:
         from safetensors.numpy import save_file

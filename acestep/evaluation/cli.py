@@ -99,6 +99,12 @@ def saved_steps(run_dir: Path, wanted: str | None) -> list[tuple[int, Path | Non
         found = {s: found[s] for s in asked if s}
     if not found:
         raise AcestepError(f"{run_dir}: no saved step to evaluate yet")
+    if not wanted:  # steps pruned since they were scored keep their scores
+        from .cache import EmbeddingCache
+
+        for step in EmbeddingCache(run_dir / EVAL_DIR).cached_steps():
+            if step and step not in found:
+                found[step] = run_dir / f"step-{step:06d}" / "pruned"
     return [(0, None), *sorted(found.items())]
 
 

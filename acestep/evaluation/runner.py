@@ -125,8 +125,12 @@ class Evaluator:
         self.renders.put(step, prompt, settings, wav, rate)
         return wav, rate
 
-    def step_embeddings(self, step: int, lora: Path | None, text: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
-        """(arrays, computed now) of one step; cached arrays are used when renders and models are unchanged."""
+    def step_embeddings(self, step: int, lora: Path | None,
+                        text: np.ndarray) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """(arrays, computed now) of one step; cached arrays are used when renders and models are unchanged. A step
+        whose LoRA is gone (pruned during training) keeps the scores it was given."""
+        if lora is not None and not lora.exists():
+            return self.embeddings.get(f"step-{step:06d}", None), False
         lora_hash = file_hash(lora)
         settings = [self.renders.settings(p, self.plan.sampler_steps, lora_hash) for p in self.plan.prompts]
         base_settings = [self.renders.settings(p, self.plan.sampler_steps, None) for p in self.plan.prompts]
@@ -154,6 +158,8 @@ class Evaluator:
         """Renders this run has to make (the cost printed before it starts)."""
         total = 0
         for step, lora in self.plan.steps:
+            if lora is not None and not lora.exists():
+                continue
             lora_hash = file_hash(lora)
             total += sum(not self.renders.has(step, p, self.renders.settings(p, self.plan.sampler_steps, lora_hash))
                          for p in self.plan.prompts)
@@ -176,6 +182,8 @@ class Evaluator:
         for step, lora in plan.steps:
             before = self.rendered
             arrays, computed = self.step_embeddings(step, lora, text)
+            if arrays is None:
+                continue
             self.log(f"step {step or 'base'}: " + (f"scored ({self.rendered - before} new renders)" if computed
                                                     else "scores from the cache"))
             if computed:
