@@ -16,19 +16,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
-from common import machine_description, machine_tag, markdown_table, write_results  # noqa: E402
 
+from acestep.cli_help import make_parser  # noqa: E402
 from acestep.evaluation.cache import EvalPrompt  # noqa: E402
 from acestep.evaluation.cli import family_renderer, load_mert  # noqa: E402
 from acestep.evaluation.embedders import ClapEmbedder  # noqa: E402
 from acestep.evaluation.runner import EvalPlan, Evaluator, Listeners  # noqa: E402
 from acestep.evaluation.tiny import write_tiny_eval_models  # noqa: E402
 from acestep.families import V15  # noqa: E402
+from bench.common import machine_description, machine_tag, markdown_table, write_results  # noqa: E402
 
 RATE = 48000
 
@@ -54,11 +55,11 @@ def make_songs(root: Path) -> list[tuple[str, Path]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="ace-step-v1", choices=("ace-step-v1", V15))
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--sampler_steps", type=int, default=8)
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--family", default="ace-step-v1", choices=("ace-step-v1", V15), help="tiny model family")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per render")
+    parser.add_argument("--prompts", type=int, default=2, help="renders of the base model")
+    parser.add_argument("--sampler_steps", type=int, default=8, help="diffusion steps per render")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as temp:

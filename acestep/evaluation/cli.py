@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(step 0) is always scored")
     p.add_argument("--prompts", default=None,
                    help="a prompt list instead of your songs' captions: one prompt per line, or a JSON list of "
-                        "prompts or {prompt, lyrics, duration, seed}")
+                        "prompts or {prompt, lyrics, duration, seed} (default: your songs' captions and lyrics)")
     p.add_argument("--sampler_steps", type=int, default=None,
                    help="diffusion steps per render (default: the model's own: 60 for v1, 8 for 1.5 turbo)")
     p.add_argument("--clap", default=DEFAULT_CLAP, help="CLAP model: hub id or local folder")
