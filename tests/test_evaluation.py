@@ -80,7 +80,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_tiny_models_are_byte_identical_for_a_seed(models: tuple[Path, Path], tmp_path: Path) -> None:
     clap, mert = write_tiny_eval_models(tmp_path)
-    for first, second in ((models[0], clap), (models[1], mert)):
+    for first, second in ((models[0], clap), (models[1], mert), (models[0].parent / "whisper", tmp_path / "whisper")):
         names = sorted(p.name for p in first.iterdir())
         assert names == sorted(p.name for p in second.iterdir()) and "model.safetensors" in names
         for name in names:
@@ -299,3 +299,18 @@ def test_lyrics_word_error_rate_keeps_an_unintelligible_step_from_best(run_dir: 
     assert result.steps[0].values["wer"] == 0.0 and result.steps[20].values["wer"] == pytest.approx(1.0)
     assert result.steps[20].values["wer_vs_base"] == pytest.approx(1.0)
     assert "lyrics word error rate rose 100%" in result.verdict.excluded[20] and result.verdict.step == 0
+
+
+def test_whisper_transcribes_through_from_pretrained_and_scores_lyrics(run_dir: Path, models: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    whisper = models[0].parent / "whisper"
+    result = evaluate_main(_argv(run_dir, models, "--whisper", str(whisper)),
+                           SyntheticRenderer(run_dir.parents[1] / "songs").open)
+    for step in (0, 10, 20):  # random weights: some error rate, the same pipeline as a real whisper
+        assert np.isfinite(result.steps[step].values["wer"]) and result.steps[step].values["wer"] >= 0
+    assert result.steps[10].values["wer_vs_base"] == 0.0  # the same audio gives the same transcription
+    report = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert report["settings"]["whisper"] == str(whisper)
+    with pytest.raises(SystemExit, match="error: whisper model .*: cannot load .*--whisper"):
+        evaluate_main(_argv(run_dir, models, "--whisper", str(tmp_path / "none")),
+                      SyntheticRenderer(run_dir.parents[1] / "songs").open)

@@ -1,5 +1,8 @@
 """Lyrics transcription for the word error rate: whisper through transformers (WhisperForConditionalGeneration and
-its processor, from a hub id or a local folder), English, 30 s windows transcribed one after another."""
+its processor, from a hub id or a local folder), English, 30 s windows transcribed one after another.
+
+Decoding is plain greedy from the prompt <|startoftranscript|><|en|><|transcribe|><|notimestamps|> (the tokens the
+model has): no timestamps, no temperature fallback, so a transcription is deterministic and short."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ class WhisperTranscriber:
         self.model, self.processor, self.device = model.to(device).eval(), processor, device
         self.rate = int(processor.feature_extractor.sampling_rate)
         self.window = int(processor.feature_extractor.n_samples)
-        self.max_new_tokens = max_new_tokens
+        # the prompt's start tokens count against the decoder's positions
+        self.max_new_tokens = min(max_new_tokens, int(model.config.max_target_positions) - 8)
 
     @classmethod
     def from_pretrained(cls, name: str | Path, device: str = "cpu") -> WhisperTranscriber:
@@ -37,6 +41,25 @@ class WhisperTranscriber:
         texts = []
         for piece in pieces:
             features = self.processor(piece, sampling_rate=self.rate, return_tensors="pt").input_features
-            ids = self.model.generate(features.to(self.device, self.model.dtype), max_new_tokens=self.max_new_tokens)
-            texts.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0])
+            ids = self.greedy(features.to(self.device, self.model.dtype))
+            texts.append(self.processor.tokenizer.decode(ids, skip_special_tokens=True))
         return " ".join(t.strip() for t in texts)
+
+    def prompt_ids(self) -> list[int]:
+        vocab = self.processor.tokenizer.get_vocab()  # English-only models have no <|en|> or <|transcribe|>
+        return [vocab[t] for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+                if t in vocab]
+
+    def greedy(self, features: torch.Tensor) -> list[int]:
+        encoded = self.model.get_encoder()(features)
+        ids = self.prompt_ids()
+        end = self.processor.tokenizer.eos_token_id
+        new: list[int] = []
+        for _ in range(self.max_new_tokens):
+            decoder_ids = torch.tensor([ids + new], device=self.device)
+            logits = self.model(encoder_outputs=encoded, decoder_input_ids=decoder_ids).logits[0, -1]
+            token = int(logits.argmax())
+            if token == end:
+                break
+            new.append(token)
+        return new
