@@ -8,7 +8,6 @@ the model's fixed windows (CLAP: 10 s) and the window embeddings averaged, so no
 from __future__ import annotations
 
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,10 @@ def load_failure(what: str, name: str | Path, flag: str, error: Exception) -> Mo
 
 
 def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling (scipy), exact for the usual 44.1 / 48 / 24 / 16 kHz ratios."""
-    if rate == target:
-        return np.asarray(wav, dtype=np.float32)
-    from scipy.signal import resample_poly
+    """Mono [n] float32 at `target`, with the toolkit's resampler (soxr HQ, as the data stages)."""
+    from acestep.audio.resample import resample as resample_channels
 
-    ratio = Fraction(target, rate)
-    return resample_poly(wav, ratio.numerator, ratio.denominator).astype(np.float32)
+    return resample_channels(np.asarray(wav, dtype=np.float32)[None], rate, target)[0]
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
