@@ -96,8 +96,9 @@ def main() -> None:
     machine = machine_description()
     write_results(f"eval_cost_{args.family}_{machine_tag(machine, 'cpu')}", [row], columns, machine,
                   "Evaluation cost per rendered second (tiny models, CPU)",
-                  ["total = render + scoring per audio second, without loading the models (listeners_load_s, "
-                   "model_load_s: once per evaluation)", "real models: rendering dominates; see the README"])
+                  ["total = loading the diffusion model once (model_load_s) + rendering + scoring, per audio "
+                   "second; loading the listeners (listeners_load_s) is not in it",
+                   "real models: rendering dominates; see the README"])
     print(markdown_table([row], columns))
 
 

@@ -23,8 +23,9 @@ from .scores import COPY_SIMILARITY
 EVAL_DIR = "eval"
 CONFIG_FILE, METRICS_FILE = "train_config.json", "metrics.jsonl"
 STEP_DIR = re.compile(r"^step-(\d+)$")
-# seconds per rendered second of audio: tiny v1 models, 8 sampler steps, a shared 2-core CPU (bench/eval_cost.py)
-TINY_CPU_SECONDS_PER_AUDIO_SECOND = 9.0
+# seconds per rendered second of audio, tiny models, 8 sampler steps, a shared 2-core CPU (bench/eval_cost.py):
+# 0.4 to 2.4 depending on family and load, about 9 under heavy load
+TINY_CPU_SECONDS_PER_AUDIO_SECOND = 2.5
 
 
 def build_parser() -> argparse.ArgumentParser:
