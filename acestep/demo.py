@@ -255,6 +255,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=FAMILY_NAMES,
         help="model family of the tiny checkpoint (with --checkpoint_dir it must match the folder)",
     )
+    parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                        help="end with the evaluation of the run (python -m acestep.evaluate: listening scores per "
+                             "saved step and the best step)")
     parser.add_argument("--xl", action="store_true",
                         help="ace-step-1.5: a tiny XL-shaped checkpoint (DiT wider than its condition encoder)")
     args = parser.parse_args(argv)
@@ -278,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(describe_outputs(outputs, time.perf_counter() - started))
     if outputs.stopped:
         sys.exit(1)
+    if args.eval and outputs.run_dir is not None:
+        from acestep.evaluation.demo import evaluate_demo_run
+
+        print("\nEvaluation of the run (python -m acestep.evaluate):")
+        evaluate_demo_run(outputs.run_dir, Path(args.output_dir), args.checkpoint_dir is None,
+                          min(args.seconds, 4.0) if args.checkpoint_dir is None else 20.0, args.device)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,20 @@ def test_demo_runs_the_whole_chain_from_an_empty_folder(tmp_path: Path, capsys: 
     curve = run_dir / "loss_curve.png"
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(baked) in printed and str(curve) in printed
+    _assert_evaluated(run_dir, printed, [0, 4, 8, 12])
+
+
+def _assert_evaluated(run_dir: Path, printed: str, steps: list[int]) -> None:
+    """The demo ends with the evaluation of its run: base + every saved step scored, a best step named."""
+    import json
+
+    report = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
+    assert [s["step"] for s in report["steps"]] == steps
+    assert all(np.isfinite(s["scores"]["style_fd_clap"]) and np.isfinite(s["scores"]["style_fd_mert"])
+               for s in report["steps"])
+    assert report["best"]["step"] in steps and report["best"]["why"]
+    assert (run_dir / "eval" / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Best step: " in printed
 
 
 @pytest.mark.slow
@@ -59,7 +73,7 @@ def test_demo_on_your_songs_names_each_skipped_song_and_why(tmp_path: Path, caps
     songs = write_synthetic_songs(tmp_path / "songs", count=2, seconds=3.0)
     (songs / "broken.wav").write_bytes(b"RIFF\x00\x00 not audio")
     main(["--output_dir", str(tmp_path / "out"), "--data_dir", str(songs), "--steps", "2", "--no-ssl",
-          "--max_duration", "3"])
+          "--max_duration", "3", "--no-eval"])
     printed = capsys.readouterr().out
     skipped = [line.strip() for line in printed.splitlines() if line.strip().startswith("skipped ")]
     assert len(skipped) == 1 and str(songs / "broken.wav") in skipped[0]
@@ -84,6 +98,7 @@ def test_demo_runs_the_1_5_chain_from_an_empty_folder(tmp_path: Path, capsys: py
     comfy = next(step.glob("*-comfyui.safetensors"))
     assert read_lora(comfy).family == "ace-step-1.5"
     assert (step / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    _assert_evaluated(step.parent, printed, [0, 1, 2, 3])
     wav, rate = sf.read(next(out.glob("samples-v15-*/*.wav")))
     assert rate == 48000 and wav.shape == (88 * 1920, 2)  # ceil(3.5 s * 25 Hz) frames and np.abs(wav).max() > 0
 

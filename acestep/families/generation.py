@@ -1,14 +1,17 @@
 """generate.py's family layer: ACE-Step 1.5 checkpoints render through AceStepPipeline, v1 through our pipeline.
 
 A LoRA of the other family is refused in one line before any model is loaded. `load_renderer` gives other tools
-(the regularization songs, acestep.reg_songs) the same two pipelines behind one call.
+(the regularization songs, acestep.reg_songs) the same two pipelines behind one call; `load_lora_renderer` adds a
+switch that puts one LoRA file (or none) on the model at strength 1, for the evaluation of a run's steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from acestep.errors import AcestepError
 
@@ -90,6 +93,53 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
                   steps: int | None) -> tuple[str, Renderer]:
     """(family name, a renderer) for the checkpoint: v1 through our pipeline, 1.5 through AceStepPipeline, each with
     its own sampling defaults (`steps` None: the family's). Instrumental songs get the marker stage 3 encodes."""
+    family, render, _ = _load_pipeline(checkpoint_dir, dit, device, dtype, steps)
+    return family, render
+
+
+LoraSwitch = Callable[["str | Path | None"], None]
+
+
+def load_lora_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,
+                       steps: int | None) -> tuple[str, Renderer, LoraSwitch]:
+    """`load_renderer` plus `use_lora(path)`: the LoRA file (or step folder) at strength 1 replaces the one before;
+    None renders the base model again. A LoRA of the other family is refused in one line."""
+    family, render, transformer = _load_pipeline(checkpoint_dir, dit, device, dtype, steps)
+    return family, render, _lora_switch(transformer, family)
+
+
+def _lora_switch(transformer: Any, family: str) -> LoraSwitch:
+    from acestep.families import V15
+    from acestep.lora.adapters import file_kind
+    from acestep.pipeline.lora_loading import load_loras
+
+    loaded: list[str] = []
+    original: dict[str, Any] = {}  # the base weights, kept once a DoRA / LoHa / LoKr file merges into them
+
+    def use_lora(path: str | Path | None) -> None:
+        if loaded:
+            transformer.delete_adapters(list(loaded))
+            loaded.clear()
+        if original:
+            transformer.load_state_dict(original, strict=False)
+        if path is None:
+            return
+        if family == V15:
+            from acestep.families.v15.generate import check_lora_family
+
+            check_lora_family(path)
+        else:
+            check_v1_loras([str(path)])
+        if file_kind(path) != "lora" and not original:
+            original.update({k: v.detach().to("cpu", copy=True) for k, v in transformer.state_dict().items()})
+        loaded.extend(load_loras(transformer, [(str(path), 1.0)]))
+
+    return use_lora
+
+
+def _load_pipeline(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,
+                   steps: int | None) -> tuple[str, Renderer, Any]:
+    """(family name, renderer, the transformer a LoRA goes on)."""
     from acestep.families import V15, resolve
     from acestep.pipeline.cli import DTYPES
 
@@ -108,7 +158,7 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
                                steps=steps)
             return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
 
-        return family.NAME, render_v15
+        return family.NAME, render_v15, pipe.transformer
     from acestep.pipeline.cli import DEFAULT_SAMPLE_RATE
     from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams
 
@@ -119,4 +169,4 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
                                   **({"steps": steps} if steps else {}))
         return pipeline.generate(params, [seed], DEFAULT_SAMPLE_RATE)[0], DEFAULT_SAMPLE_RATE
 
-    return family.NAME, render_v1
+    return family.NAME, render_v1, pipeline.transformer

@@ -136,6 +136,13 @@ class TrainConfig:
     sample_prompts: str | None = _opt(None, "JSON list / TOML [[samples]] of {prompt, lyrics, duration, seed, name} "
                                            "(default: none)")
     sample_steps: int = _opt(30, "sampling steps per rendered sample")
+    eval_every: int = _opt(0, "score the saved steps with listening models every N optimizer steps, as `python -m "
+                           "acestep.evaluate` does (0 = off; its cost is printed before the run)")
+    eval_songs: int = _opt(2, "with --eval_every: prompts taken from your songs (validation songs first)")
+    eval_seconds: float = _opt(10.0, "with --eval_every: seconds per render")
+    eval_clap: str = _opt("laion/larger_clap_music", "with --eval_every: CLAP model (hub id or local folder)")
+    eval_mert: str | None = _opt(None, "with --eval_every: MERT model, or 'none' (default: the checkpoint's mert/, "
+                                 "else m-a-p/MERT-v1-330M)")
     # hardware
     accelerator: str = _opt("auto", "auto, gpu or cpu")
     devices: str = _opt("auto", "number of GPUs (or a list like 0,1); more than one trains with DDP")
@@ -164,6 +171,8 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "accumulate_grad_batches", "every_n_train_steps", "save_last"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name} must be at least 1")
+        if self.eval_every < 0 or self.eval_songs < 1 or self.eval_seconds <= 0:
+            problems.append("--eval_every must be 0 or more, --eval_songs at least 1, --eval_seconds positive")
         if self.val_every < 1 or self.val_timesteps < 1:
             problems.append("--val_every and --val_timesteps must be at least 1")
         if self.overfit_steps < 1:

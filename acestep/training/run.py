@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -302,7 +303,10 @@ def _train(
         held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
         validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
         saver.protected_steps = validation.protected_steps
+    saver.protected_steps = with_eval_best(saver.protected_steps, config.run_dir)
     samplers = list(parts.callbacks) if parts is not None else []
+    if config.eval_every > 0:
+        samplers.append(eval_callback(config))
     if config.sample_every > 0 and parts is None:
         if not config.sample_prompts:
             raise AcestepError("--sample_every needs --sample_prompts FILE")
@@ -366,6 +370,27 @@ def _train(
         val_curve=write_loss_curve(config.run_dir / METRICS_FILE, config.run_dir / VAL_CURVE_FILE)
         if validation and trainer.is_global_zero and (config.run_dir / METRICS_FILE).is_file() else None,
     )
+
+
+def with_eval_best(protected: Callable[[], set[int]], run_dir: Path) -> Callable[[], set[int]]:
+    """The steps kept from pruning plus the best step of the run's listening evaluation (RUN/eval/eval.json)."""
+    from acestep.evaluation.report import read_best_step
+
+    def steps() -> set[int]:
+        best = read_best_step(run_dir / "eval")
+        return protected() | ({best} if best else set())
+
+    return steps
+
+
+def eval_callback(config: TrainConfig) -> L.Callback:
+    from .evaluation import EvaluateDuringTraining
+
+    settings = ["--songs", str(config.eval_songs), "--seconds", str(config.eval_seconds), "--clap", config.eval_clap,
+                *(["--mert", config.eval_mert] if config.eval_mert else []),
+                *(["--checkpoint_dir", config.checkpoint_dir] if config.checkpoint_dir else []),
+                *(["--dit", config.dit] if config.dit else [])]
+    return EvaluateDuringTraining(config.run_dir, config.eval_every, config.max_steps, settings)
 
 
 def _last_val_loss(metrics_file: Path) -> float | None:
