@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from acestep.cli_help import make_parser
-from acestep.errors import one_line_errors
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import one_line_errors
+from acestep.core.quiet import quiet_third_party_noise
 from acestep.families import FAMILY_NAMES, V15
-from acestep.quiet import quiet_third_party_noise
 
 SAMPLE_RATE = 48000
 TINY_LEARNING_RATE = 3e-3  # the tiny random model needs a push to show a falling curve in a minute
@@ -91,7 +91,7 @@ def ensure_checkpoint(requested: str | None, output_dir: Path) -> Path | str:
     """The given checkpoint, or a tiny random one written once under output_dir."""
     if requested:
         return requested
-    from acestep.checkpoint import missing_parts
+    from acestep.families.v1.checkpoint import missing_parts
     from acestep.tiny_checkpoint import write_tiny_checkpoint
 
     folder = output_dir / "tiny_checkpoint"
@@ -137,9 +137,9 @@ def plot_loss_curve(metrics_file: Path, png: Path) -> Path | None:
 
 
 def run_demo(args: argparse.Namespace) -> DemoOutputs:
-    from acestep.data.encoders import load_encoders
     from acestep.data.filenames import build_filename_dataset
     from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
+    from acestep.families.v1.encoders import load_encoders
     from acestep.training import TrainConfig, run_training
 
     out = Path(args.output_dir)
@@ -171,7 +171,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutputs:
     print(f"      {result.encoded} songs encoded ({len(result.new_errors)} skipped)")
     for error in result.new_errors:
         print(f"      skipped {error.filename}: {error.reason}")
-    from acestep.checkpoint import resolve_checkpoint
+    from acestep.families.v1.checkpoint import resolve_checkpoint
     from acestep.training.model import is_published_size
 
     tiny = not is_published_size(resolve_checkpoint(str(checkpoint)).transformer)

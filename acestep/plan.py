@@ -27,19 +27,19 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
-from acestep.errors import AcestepError
+from acestep.families.v1.lyrics.tokenizer import MAX_TRAINING_TOKENS
+from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
-from acestep.lyrics.tokenizer import MAX_TRAINING_TOKENS
-from acestep.models.attention import CrossAttention
-from acestep.models.fp8 import SCALE_BYTES, is_quantizable
 from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
+from acestep.training.fp8 import SCALE_BYTES, is_quantizable
 
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # --base_dtype fp8: the blocks' (and SSL projectors', timestep modulation's) linear weights take 1 byte (+ an
-# fp32 scale per output channel); every other weight, and all computation, stays 16-bit (acestep.models.fp8).
+# fp32 scale per output channel); every other weight, and all computation, stays 16-bit (acestep.training.fp8).
 FP8 = "fp8"
 BASE_DTYPES = (*DTYPE_BYTES, FP8)
 # Input bounds: far above any real run, low enough that every answer is immediate.
@@ -85,7 +85,7 @@ class ParameterCounts:
     lyric_encoder: int
     other: int
     buffer_bytes_fp32: int
-    # per role: (weights, output channels) that --base_dtype fp8 stores in fp8 (acestep.models.fp8)
+    # per role: (weights, output channels) that --base_dtype fp8 stores in fp8 (acestep.training.fp8)
     fp8: dict[str, tuple[int, int]] = field(default_factory=dict)
     fp8_largest: int = 0  # weights of the largest such layer: its 16-bit copy exists while it runs
 
@@ -181,13 +181,13 @@ class MemoryPlan(DeviceFit):
 
 
 def _config(request: PlanRequest) -> dict:
-    from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG
+    from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG
 
     return dict(request.transformer_config or PUBLISHED_TRANSFORMER_CONFIG)
 
 
 def _meta_model(config: dict) -> torch.nn.Module:
-    from acestep.models import ACEStepTransformer2DModel
+    from acestep.families.v1.models import ACEStepTransformer2DModel
 
     with torch.device("meta"):
         return ACEStepTransformer2DModel(**config)

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.plan import (
     FP8,
     PlanRequest,

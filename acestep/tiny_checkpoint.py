@@ -13,15 +13,16 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import HubertConfig, HubertModel, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 from transformers.utils import logging as transformers_logging
 
-from .cli_help import make_parser
-from .data.atomic import build_into
-from .errors import one_line_errors
+from acestep.core.atomic import build_into
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import one_line_errors
+from acestep.families.v1.lyrics import write_tiny_lyric_vocab
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.models.dcae import tiny_dcae_config
+from acestep.families.v1.models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
+
 from .families import FAMILY_NAMES, V15
-from .lyrics import write_tiny_lyric_vocab
-from .models import ACEStepTransformer2DModel
-from .models.configs import tiny_transformer_config
-from .models.dcae import tiny_dcae_config
-from .models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
 
 TEXT_WIDTH = 32
 TOKENIZER_TEXT = (

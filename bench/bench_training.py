@@ -16,7 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from training_helpers import synthetic_songs  # noqa: E402
 
-from acestep.cli_help import make_parser  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 from acestep.training import TrainConfig, run_training  # noqa: E402
 from acestep.training.callbacks import read_metrics  # noqa: E402

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text
+from acestep.core.atomic import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings
-from acestep.models.configs import tiny_transformer_config
 from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks, main
 from acestep.presets import (
     PRESET_GB,
@@ -23,7 +24,6 @@ from acestep.training import run_training, summary_text
 from acestep.training.checkpointing import resolve_auto
 from acestep.training.config import TrainConfig, build_parser, parse_config
 from acestep.training.module import enable_checkpointing
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from tests.test_plan import ROOT, TRANSFORMER_ONLY
 from tests.test_training_run import make_config
 from tests.test_transformer import count_checkpoint_calls, tiny_inputs, tiny_model

@@ -23,12 +23,12 @@ from data_helpers import (
     write_audio,
 )
 
-from acestep.data.encoders import SongEncoders
+from acestep.core.errors import AcestepError
 from acestep.data.filenames import build_filename_dataset
 from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
 from acestep.data.preprocessed import load_preprocessed, merge_parts
 from acestep.data.shards import ShardSpec, read_progress
-from acestep.errors import AcestepError
+from acestep.families.v1.encoders import SongEncoders
 
 GOOD = {"s0": 1.0, "s1": 3.5, "s2": 0.5, "s4": 2.0, "s6": 1.2, "s7": 4.0}
 
@@ -282,7 +282,8 @@ def test_report_counts_and_png(
 def test_cli_run_summary_and_merge(
     filenames: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from acestep.data import encoders, preprocess
+    from acestep.data import preprocess
+    from acestep.families.v1 import encoders
 
     seen = {}
 

@@ -17,10 +17,10 @@ from acestep.data.preprocessed import load_preprocessed
 
 for _module in (
     "acestep.audio",
-    "acestep.models.dcae",
-    "acestep.models.ssl",
-    "acestep.text_encoder",
-    "acestep.checkpoint",
+    "acestep.families.v1.models.dcae",
+    "acestep.families.v1.models.ssl",
+    "acestep.families.v1.text_encoder",
+    "acestep.families.v1.checkpoint",
     "acestep.tiny_checkpoint",
 ):
     pytest.importorskip(_module, reason="the model components this end-to-end test drives")
@@ -61,7 +61,7 @@ class KillAfter:
 
 @pytest.fixture(scope="module")
 def encoders(tiny_checkpoint: Path):
-    from acestep.data.encoders import load_encoders
+    from acestep.families.v1.encoders import load_encoders
 
     return load_encoders(str(tiny_checkpoint), device="cpu", dtype="float32", ssl=True)
 

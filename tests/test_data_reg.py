@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from acestep.core.errors import AcestepError
 from acestep.data.reg import read_prompt_list, render_songs
-from acestep.errors import AcestepError
 from acestep.reg_songs import main
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from acestep import families
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 from acestep.families.v15 import checkpoint as v15_checkpoint
 from acestep.families.v15.checkpoint import diffusers_to_original, load_components, original_to_diffusers
 

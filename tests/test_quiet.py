@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from acestep.quiet import LIGHTNING_LOGGERS, quiet_third_party_noise
+from acestep.core.quiet import LIGHTNING_LOGGERS, quiet_third_party_noise
 
 
 def test_lightning_chatter_goes_and_real_messages_stay(caplog: pytest.LogCaptureFixture) -> None:

@@ -24,9 +24,9 @@ def one_line_exit(main, argv: list[str]) -> str:
 def test_stage_2_and_3(tmp_path: Path, read_only_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_data_preprocess_fake import make_encoders
 
-    from acestep.data import encoders
     from acestep.data.filenames import main as stage2
     from acestep.data.preprocess import main as stage3
+    from acestep.families.v1 import encoders
 
     songs = tmp_path / "songs"
     write_audio(songs / "a.wav", 1.0, 48000, 2)

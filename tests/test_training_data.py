@@ -6,7 +6,7 @@ import pytest
 import torch
 from training_helpers import synthetic_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.training.config import TrainConfig, parse_config
 from acestep.training.data import (
     Draw,

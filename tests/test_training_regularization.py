@@ -14,7 +14,7 @@ from test_training_run import make_config
 from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.families.v15.training import training_parts
 from acestep.training import run_training, summary_text
 from acestep.training.callbacks import read_metrics

@@ -20,7 +20,7 @@ from training_helpers import (
     write_lora_config,
 )
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter
 from acestep.training import TrainConfig, load_trained_adapter, run_training, summary_text
 from acestep.training.callbacks import read_metrics

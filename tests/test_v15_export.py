@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from v15_helpers import tiny_dit
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.families.v15.export import write_step_files
 from acestep.lora import LoraSettings, convert_file, inspect_lora, merge_file, read_lora, resize_file
 from acestep.lora.keys import v15_original_name

@@ -12,10 +12,10 @@ import torch
 from data_helpers import write_audio
 
 from acestep import families
+from acestep.core.errors import AcestepError
 from acestep.data.filenames import build_filename_dataset
 from acestep.data.preprocess import RunOptions, run_song_stages
 from acestep.data.preprocessed import dataset_family, load_preprocessed
-from acestep.errors import AcestepError
 from acestep.families.v15.checkpoint import load_pipeline
 from acestep.families.v15.encode import V15Settings, V15SongStages
 
@@ -46,7 +46,7 @@ def filenames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def stages(pipe, store: str = "outputs") -> V15SongStages:
     from acestep.audio import prepare_training_audio
-    from acestep.text_encoder import format_prompt
+    from acestep.families.v1.text_encoder import format_prompt
 
     settings = V15Settings(tag_order="as_written", condition_store=store)
     return V15SongStages(pipe, settings, format_prompt, lambda p, s: prepare_training_audio(p, max_duration=s))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from training_helpers import crash_at_step, short_run_config, write_lora_config
 from v15_helpers import pretrained_tiny_dit, tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.families.v15.objective import (
     TimestepSampler,
     V15Step,

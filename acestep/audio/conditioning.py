@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from acestep.core.errors import InputError
+
 from .decode import load_audio
 from .resample import resample
 

@@ -16,7 +16,7 @@ import torch
 from acestep.captioning.caption import Answer, BackendUnavailable
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-Omni-7B"
 GPTQ_MODEL = "Qwen/Qwen2.5-Omni-7B-GPTQ-Int4"

@@ -26,11 +26,11 @@ from acestep.captioning.clips import MODEL_SAMPLE_RATE, load_mono
 from acestep.captioning.embedded_lyrics import find_user_lyrics
 from acestep.captioning.parse import INSTRUMENTAL
 from acestep.captioning.sidecars import wanted_outputs, write_bpm_key, write_lyrics, write_prompt
-from acestep.data.atomic import TEMP_MARK
+from acestep.core.atomic import TEMP_MARK
+from acestep.core.errors import AcestepError
+from acestep.core.progress import progress as progress_bar
 from acestep.data.filenames import AUDIO_EXTENSIONS  # caption exactly what stage 2 will pick up
 from acestep.data.sidecars import lyrics_path, prompt_path
-from acestep.errors import AcestepError
-from acestep.progress import progress as progress_bar
 
 NOT_ASKED = "-"
 KEPT = "kept"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
+from acestep.core.cli_help import make_parser
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 TEMP_MARK = ".tmp-"
 DATASET_MARKER = "acestep_dataset.json"

@@ -25,8 +25,9 @@ import datasets
 import torch
 
 from acestep.audio.conditioning import MIN_SECONDS
-from acestep.cli_help import make_parser
-from acestep.data.encoders import SongEncoders
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError, one_line_errors
+from acestep.core.progress import progress
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -37,9 +38,8 @@ from acestep.data.preprocessed import (
     storage_summary,
 )
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
-from acestep.errors import AcestepError, InputError, one_line_errors
-from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
-from acestep.progress import progress
+from acestep.families.v1.encoders import SongEncoders
+from acestep.families.v1.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
 
 SAMPLE_RATE = 48000
 MAX_PROMPT_CHARS = 256
@@ -581,7 +581,7 @@ def merge_main(prep: Path) -> None:
 
 def v1_song_stages(args: argparse.Namespace) -> SongStages:
     """ACE-Step v1's encoders for the parsed options (the default when no family layer is given)."""
-    from acestep.data.encoders import load_encoders
+    from acestep.families.v1.encoders import load_encoders
 
     settings = PreprocessSettings(
         args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order,

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from acestep.errors import AcestepError, CheckpointError
+from acestep.core.errors import AcestepError, CheckpointError
 from acestep.lora.keys import V1_FAMILY as V1
 from acestep.lora.keys import V15_FAMILY as V15
 

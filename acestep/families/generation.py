@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 if TYPE_CHECKING:
     import torch
@@ -35,17 +35,17 @@ def main(argv: list[str] | None = None) -> None:
         check_v1_loras(known.lora)
     except AcestepError as error:
         sys.exit(f"error: {error}")
-    from acestep.pipeline.cli import main as v1_main
+    from acestep.families.v1.pipeline.cli import main as v1_main
 
     return v1_main(argv)
 
 
 def check_v1_loras(specs: list[str]) -> None:
     """A 1.5 LoRA given to v1 generation is refused in one line."""
-    from acestep.errors import InputError
+    from acestep.core.errors import InputError
+    from acestep.families.v1.pipeline.cli import parse_lora
     from acestep.lora.adapters import adapter_family
     from acestep.lora.keys import V1_FAMILY
-    from acestep.pipeline.cli import parse_lora
 
     for spec in specs:
         path, _ = parse_lora(spec)
@@ -59,7 +59,7 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
     """(family name, a renderer) for the checkpoint: v1 through our pipeline, 1.5 through AceStepPipeline, each with
     its own sampling defaults (`steps` None: the family's). Instrumental songs get the marker stage 3 encodes."""
     from acestep.families import V15, resolve
-    from acestep.pipeline.cli import DTYPES
+    from acestep.families.v1.pipeline.cli import DTYPES
 
     family, checkpoint = resolve(checkpoint_dir, dit)
     print(checkpoint.describe())
@@ -77,8 +77,8 @@ def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtyp
             return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
 
         return family.NAME, render_v15
-    from acestep.pipeline.cli import DEFAULT_SAMPLE_RATE
-    from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams
+    from acestep.families.v1.pipeline.cli import DEFAULT_SAMPLE_RATE
+    from acestep.families.v1.pipeline.pipeline import ACEStepPipeline, GenerationParams
 
     pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype)
 

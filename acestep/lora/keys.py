@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from ..models.v15_keys import to_diffusers_name, to_original_name
+from acestep.lora.v15_names import to_diffusers_name, to_original_name
 
 V1_STYLES = ("peft", "diffusion_model", "kohya")
 V15_STYLES = ("v15_comfyui", "v15_diffusers")
@@ -141,8 +141,8 @@ def published_kohya_lookup() -> dict[str, str]:
     """kohya name -> module path for every module of the published ACE-Step v1 transformer (built on `meta`)."""
     import torch
 
-    from ..models import ACEStepTransformer2DModel
-    from ..models.configs import PUBLISHED_TRANSFORMER_CONFIG
+    from acestep.families.v1.models import ACEStepTransformer2DModel
+    from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG
 
     with torch.device("meta"):
         model = ACEStepTransformer2DModel(**PUBLISHED_TRANSFORMER_CONFIG)

@@ -17,10 +17,11 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
-from ..checkpoint import safetensors_problem
-from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
-from ..errors import AcestepError, CheckpointError
-from ..progress import progress
+from acestep.core.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
+from acestep.core.errors import AcestepError, CheckpointError
+from acestep.core.progress import progress
+from acestep.families.v1.checkpoint import safetensors_problem
+
 from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
@@ -76,7 +77,7 @@ def load_transformer_weights(
 
 def read_config(config_file: Path | None) -> dict:
     if config_file is None:
-        from ..models.configs import PUBLISHED_TRANSFORMER_CONFIG
+        from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG
 
         return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
     try:
@@ -181,7 +182,7 @@ def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: P
     if config.get("_class_name") == V15_CLASS_NAME:
         from diffusers import AceStepTransformer1DModel as model_class
     else:
-        from ..models import ACEStepTransformer2DModel as model_class
+        from acestep.families.v1.models import ACEStepTransformer2DModel as model_class
 
     with torch.device("meta"):
         expected = model_class.from_config(config).state_dict()

@@ -11,7 +11,7 @@ from typing import Any
 
 from peft.utils.other import get_pattern_key
 
-from ..errors import AcestepError, InputError
+from acestep.core.errors import AcestepError, InputError
 
 ADAPTER_TYPES = ("lora", "dora", "loha", "lokr")  # the config's adapter_type; all trained through PEFT
 LOKR_OPTIONS = ("decompose_both", "decompose_factor")  # LoKrConfig's own names

@@ -28,12 +28,12 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from acestep.data.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
+from acestep.core.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
+from acestep.core.progress import progress
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 from acestep.lora.adapters import BaseWeight, save_comfyui_file
 from acestep.lora.io import ADAPTER_DIR, DIFFUSERS_DIR, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, stamp_trigger
 from acestep.lora.keys import V1_FAMILY
-from acestep.progress import progress
 
 from .family import StepFileWriter
 from .model import adapter_state_dict, base_weight_lookup

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 from .config import TrainConfig
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from acestep.errors import one_line_errors
-from acestep.quiet import quiet_third_party_noise
+from acestep.core.errors import one_line_errors
+from acestep.core.quiet import quiet_third_party_noise
 
 from .config import TrainConfig, parse_config
 from .family import TrainingParts

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_write_json
-from acestep.errors import AcestepError
+from acestep.core.atomic import atomic_write_json
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LOGGERS = ("csv", "tensorboard", "wandb", "none")

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings, load_adapter, settings_from_metadata
 from acestep.lora.io import bare_peft_keys
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.attention import CrossAttention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
@@ -34,7 +34,7 @@ def resolve_base_dtype(name: str, on_gpu: bool) -> torch.dtype:
 
 def load_base_transformer(checkpoint_dir: str | None, dtype: torch.dtype) -> tuple[ACEStepTransformer2DModel, str]:
     """The transformer of a checkpoint folder or Hub repo, and the name recorded in the adapter's metadata."""
-    from acestep.checkpoint import resolve_checkpoint
+    from acestep.families.v1.checkpoint import resolve_checkpoint
 
     paths = resolve_checkpoint(checkpoint_dir)
     model = ACEStepTransformer2DModel.from_pretrained(paths.transformer, torch_dtype=dtype)

@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.lora import LoraSettings
-from acestep.models import ACEStepTransformer2DModel
 
 from .compile import compile_blocks
 from .config import TrainConfig

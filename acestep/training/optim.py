@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 from .config import TrainConfig
 

@@ -17,8 +17,8 @@ from typing import Any
 import datasets
 from torch.utils.data import Dataset
 
+from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import dataset_family, dataset_trigger, load_preprocessed
-from acestep.errors import AcestepError
 
 from .data import Draw, reg_count
 

@@ -10,13 +10,14 @@ import datasets
 import lightning as L
 import torch
 
+from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import dataset_trigger, load_preprocessed
-from acestep.errors import AcestepError
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.samples import SampleRenderer, read_sample_prompts
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
 from acestep.lora.keys import V1_FAMILY
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.fp8 import FP8_DTYPE, quantize_base
+from acestep.training.fp8 import FP8_DTYPE, quantize_base
 
 from .callbacks import (
     CONFIG_FILE,
@@ -39,7 +40,6 @@ from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
 from .module import LoraTrainingModule, NonFiniteLossError
 from .regularization import load_reg_rows, reg_mix_line
-from .samples import SampleRenderer, read_sample_prompts
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
 
 

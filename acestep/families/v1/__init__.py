@@ -1,6 +1,6 @@
 """ACE-Step v1 (3.5B) as a model family: today's parts, composed, not copied.
 
-- checkpoint: `acestep.checkpoint.resolve_checkpoint` (the published `ACE-Step/ACE-Step-v1-3.5B` layout)
+- checkpoint: `acestep.families.v1.checkpoint.resolve_checkpoint` (the published `ACE-Step/ACE-Step-v1-3.5B` layout)
 - stage 3: `acestep.data.preprocess.v1_song_stages` (`load_encoders` + `SongPipeline`)
 - objective: `acestep.training.flow_matching.FlowMatchingObjective`
 """
@@ -11,8 +11,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from acestep.checkpoint import PARTS, CheckpointPaths, resolve_checkpoint
 from acestep.data.preprocess import SongStages, v1_song_stages
+from acestep.families.v1.checkpoint import PARTS, CheckpointPaths, resolve_checkpoint
 from acestep.lora.keys import V1_FAMILY
 from acestep.training.flow_matching import FlowMatchingObjective
 

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from acestep.core.errors import CheckpointError
+
 from .models.ssl import MERT_REPO, MHUBERT_REPO
 
 REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"

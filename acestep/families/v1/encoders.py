@@ -70,10 +70,10 @@ def load_encoders(
 ) -> SongEncoders:
     """Load the DC-AE, UMT5, the lyric tokenizer and (optionally) MERT + mHuBERT from a checkpoint."""
     from acestep.audio import prepare_training_audio
-    from acestep.checkpoint import resolve_checkpoint
-    from acestep.lyrics import LyricTokenizer, resolve_lyrics_vocab
-    from acestep.models.dcae import MusicDCAE
-    from acestep.text_encoder import TextEncoder, format_prompt
+    from acestep.families.v1.checkpoint import resolve_checkpoint
+    from acestep.families.v1.lyrics import LyricTokenizer, resolve_lyrics_vocab
+    from acestep.families.v1.models.dcae import MusicDCAE
+    from acestep.families.v1.text_encoder import TextEncoder, format_prompt
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -82,7 +82,7 @@ def load_encoders(
     dcae = MusicDCAE.from_pretrained(paths.dcae, torch_dtype=torch_dtype).to(torch_device).eval()
     extractor = None
     if ssl:
-        from acestep.models.ssl import SSLFeatureExtractor
+        from acestep.families.v1.models.ssl import SSLFeatureExtractor
 
         extractor = SSLFeatureExtractor.from_pretrained(
             paths.mert, paths.mhubert, torch_dtype=torch_dtype, device=torch_device

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.rope import RotaryEmbedding
 from acestep.lora import LoraSettings
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.fp8 import quantize_base
-from acestep.models.rope import RotaryEmbedding
-
-from .data import LATENT_FRAMES_PER_SECOND
-from .flow_matching import FlowMatchingObjective, combine_losses
-from .memory import TensorMemoryTracker
-from .model import attach_lora, release_unused_weights
+from acestep.training.data import LATENT_FRAMES_PER_SECOND
+from acestep.training.flow_matching import FlowMatchingObjective, combine_losses
+from acestep.training.fp8 import quantize_base
+from acestep.training.memory import TensorMemoryTracker
+from acestep.training.model import attach_lora, release_unused_weights
 
 
 def random_transformer(config: dict, dtype: torch.dtype, device: torch.device | str) -> ACEStepTransformer2DModel:

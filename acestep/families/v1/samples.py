@@ -19,13 +19,13 @@ import tomllib
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..checkpoint import resolve_checkpoint
-from ..errors import AcestepError
-from ..lyrics import LyricTokenizer, resolve_lyrics_vocab
-from ..models.dcae import MusicDCAE
-from ..pipeline.cli import save_outputs
-from ..pipeline.pipeline import ACEStepPipeline, GenerationParams
-from ..text_encoder import TextEncoder
+from acestep.core.errors import AcestepError
+from acestep.families.v1.checkpoint import resolve_checkpoint
+from acestep.families.v1.lyrics import LyricTokenizer, resolve_lyrics_vocab
+from acestep.families.v1.models.dcae import MusicDCAE
+from acestep.families.v1.pipeline.cli import save_outputs
+from acestep.families.v1.pipeline.pipeline import ACEStepPipeline, GenerationParams
+from acestep.families.v1.text_encoder import TextEncoder
 
 SAMPLE_RATE = 44100
 

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 import torch
 
-from acestep.data.encoders import resolve_device, resolve_dtype
+from acestep.core.errors import AcestepError, InputError
 from acestep.data.preprocess import (
     MAX_PROMPT_CHARS,
     FilenameRow,
@@ -33,7 +33,7 @@ from acestep.data.preprocess import (
 )
 from acestep.data.shards import ErrorRecord
 from acestep.data.sidecars import is_instrumental
-from acestep.errors import AcestepError, InputError
+from acestep.families.v1.encoders import resolve_device, resolve_dtype
 
 from .checkpoint import NAME, V15Checkpoint, load_pipeline
 
@@ -295,7 +295,7 @@ class V15SongStages:
 def song_stages_from_args(checkpoint: V15Checkpoint, args: argparse.Namespace) -> V15SongStages:
     """Stage 3's options -> the 1.5 encoder (the DiT itself is not loaded)."""
     from acestep.audio import prepare_training_audio
-    from acestep.text_encoder import format_prompt
+    from acestep.families.v1.text_encoder import format_prompt
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_write_json
-from acestep.errors import AcestepError, InputError
+from acestep.core.atomic import atomic_write_json
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError
+from acestep.core.progress import progress
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import adapter_family
 from acestep.lora.io import trigger_note
 from acestep.lora.keys import V15_FAMILY
-from acestep.progress import progress
 
 from .checkpoint import V15Checkpoint, load_pipeline, resolve
 
@@ -63,7 +63,7 @@ def check_lora_family(path: str | Path) -> None:
 
 def load_v15_loras(pipe: Any, loras: list[tuple[str, float]], settings: LoraSettings | None = None) -> list[str]:
     """Every (path, strength) as its own adapter on the DiT, active together."""
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.families.v1.pipeline.lora_loading import load_loras
 
     for path, _ in loras:
         check_lora_family(path)
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from acestep.pipeline.cli import parse_lora
+    from acestep.families.v1.pipeline.cli import parse_lora
 
     args = build_parser().parse_args(argv)
     lyrics = args.lyrics

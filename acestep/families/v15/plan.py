@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.plan import (
     DTYPE_BYTES,

@@ -15,7 +15,7 @@ import datasets
 import torch
 from torch.utils.data import Dataset
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY

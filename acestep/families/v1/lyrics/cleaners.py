@@ -9,7 +9,7 @@ import pypinyin
 from hangul_romanize import Transliter
 from hangul_romanize.rule import academic
 
-from acestep.lyrics.numbers import expand_numbers
+from acestep.families.v1.lyrics.numbers import expand_numbers
 
 # Languages that go through the multilingual cleaners (ja and hi have their own paths).
 MULTILINGUAL = frozenset(

@@ -10,7 +10,7 @@ import re
 
 from num2words import num2words
 
-from acestep.lyrics.zh_numbers import normalize_chinese_numbers
+from acestep.families.v1.lyrics.zh_numbers import normalize_chinese_numbers
 
 # Ordinal suffixes per language (the number is group 1).
 _ORDINAL = {

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
-from acestep.errors import AcestepError
-from acestep.lyrics.languages import LANGID_LANGUAGES
+from acestep.core.errors import AcestepError
+from acestep.families.v1.lyrics.languages import LANGID_LANGUAGES
 
 # The reference joins its filter list into one string and tests membership by substring.
 _FILTER_STRING = "-".join(LANGID_LANGUAGES)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from acestep.errors import AcestepError
-from acestep.lyrics.cleaners import preprocess
-from acestep.lyrics.languages import (
+from acestep.core.errors import AcestepError
+from acestep.families.v1.lyrics.cleaners import preprocess
+from acestep.families.v1.lyrics.languages import (
     SPACE_TOKEN,
     START_TOKEN,
     STOP_TOKEN,
@@ -28,7 +28,7 @@ from acestep.lyrics.languages import (
     language_token,
     reference_language,
 )
-from acestep.lyrics.segmentation import Segment, segment_lyrics
+from acestep.families.v1.lyrics.segmentation import Segment, segment_lyrics
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from acestep.data.atomic import atomic_write_with
-from acestep.errors import CheckpointError
-from acestep.lyrics.languages import ALL_SPECIAL_TOKENS, UNK_TOKEN
+from acestep.core.atomic import atomic_write_with
+from acestep.core.errors import CheckpointError
+from acestep.families.v1.lyrics.languages import ALL_SPECIAL_TOKENS, UNK_TOKEN
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import torch
 from diffusers import AutoencoderDC
 from torch import nn
 
-from ..audio.resample import resample, resampled_length
+from acestep.audio.resample import resample, resampled_length
+
 from .mel import HOP, LogMelSpectrogram, denormalize_mel, normalize_mel
 from .vocoder import ADaMoSHiFiGANV1
 

@@ -26,7 +26,8 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import AcestepError, CheckpointError
+from acestep.core.errors import AcestepError, CheckpointError
+
 from .attention import CrossAttention, LinearSelfAttention
 from .lyric_encoder import LyricEncoder
 from .rope import RotaryEmbedding

@@ -16,7 +16,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn.utils import weight_norm as _torch_weight_norm
 
-from ..quiet import old_weight_norm
+from acestep.core.quiet import old_weight_norm
+
 from .mel import LogMelSpectrogram
 
 LN_EPS = 1e-6

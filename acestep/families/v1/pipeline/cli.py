@@ -15,11 +15,12 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from ..cli_help import make_parser
-from ..data.atomic import atomic_write_json
-from ..errors import AcestepError, InputError
-from ..lora import LoraSettings
-from ..lora.io import trigger_note
+from acestep.core.atomic import atomic_write_json
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError
+from acestep.lora import LoraSettings
+from acestep.lora.io import trigger_note
+
 from .lora_loading import load_loras
 from .pipeline import CFG_TYPES, OVERLAP_MIN_SECONDS, ACEStepPipeline, GenerationParams
 

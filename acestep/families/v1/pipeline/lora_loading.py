@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..lora import LoraSettings, module_scales
-from ..lora.adapters import apply_adapter, file_kind, read_adapter
-from ..lora.bake import scale_into_factors
-from ..lora.io import read_lora, settings_from_metadata
+from acestep.core.errors import InputError
+from acestep.lora import LoraSettings, module_scales
+from acestep.lora.adapters import apply_adapter, file_kind, read_adapter
+from acestep.lora.bake import scale_into_factors
+from acestep.lora.io import read_lora, settings_from_metadata
 
 log = logging.getLogger(__name__)
 

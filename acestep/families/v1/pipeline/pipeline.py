@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from acestep.core.progress import progress
+
 from ..checkpoint import resolve_checkpoint
 from ..lyrics import LyricTokenizer, resolve_lyrics_vocab
 from ..models import ACEStepTransformer2DModel
@@ -20,7 +22,6 @@ from ..models.dcae import (
     decoded_length,
     overlapped_decoded_length,
 )
-from ..progress import progress
 from ..text_encoder import TextEncoder
 from .erg import diffusion_query_layers, lyric_query_layers, scaled_outputs, text_query_layers
 from .guidance import MomentumBuffer, apg, cfg, cfg_star, double_condition, guidance_scale_at, guidance_window
