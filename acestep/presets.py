@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from acestep.core.errors import AcestepError
-from acestep.plan import (
+from acestep.families.v1.plan import (
     FP8,
     PlanRequest,
     block_count,

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.core.progress import progress  # noqa: E402
+from acestep.families.v1.plan import DEFAULT_LORA_CONFIG, PlanRequest  # noqa: E402
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
-from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest  # noqa: E402
 from acestep.training.compile import compile_blocks  # noqa: E402
 from bench.common import bf16_warning, machine_description, machine_tag, write_results  # noqa: E402
 from bench.train_step import size_config  # noqa: E402

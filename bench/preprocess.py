@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/data_helpers.py writes 
 from data_helpers import write_with_pyav  # noqa: E402
 
 from acestep.core.cli_help import make_parser  # noqa: E402
-from acestep.demo import synth_song  # noqa: E402
+from acestep.demo_songs import synth_song  # noqa: E402
 from bench.common import bf16_warning, format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
 
 PARTS = ("decode", "dcae", "text", "ssl", "size")

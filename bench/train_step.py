@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config  # noqa: E402
-from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
-from acestep.lora import LoraSettings  # noqa: E402
-from acestep.plan import (  # noqa: E402
+from acestep.families.v1.plan import (
     DEFAULT_LORA_CONFIG,
     PlanRequest,
     count_parameters,
     estimate,
     fewest_checkpointed_blocks,
 )
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
+from acestep.lora import LoraSettings  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from bench.common import bf16_warning, machine_description, machine_tag, release, write_results  # noqa: E402
 

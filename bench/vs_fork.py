@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-FORK_FILES = ("trainer_new.py", "acestep/families/v1/models/ace_step_transformer.py", "config/lora_config_transformer_only.json")
+FORK_FILES = ("trainer_new.py", "acestep/models/ace_step_transformer.py", "config/lora_config_transformer_only.json")
 REPLY = "@@vs_fork "  # workers' protocol lines on stdout start with this; everything else goes to stderr
 # TrainConfig fields the benchmark applies itself (the micro-batch, objective and optimizer are the defaults')
 STEP_FIELDS = {"dataset_path", "lora_config_path", "use_ssl", "shift", "num_train_timesteps", "loss_reduction"}
@@ -285,7 +285,7 @@ def fork_worker(case: Path, fork_src: Path, dtype_name: str) -> None:
     import acestep
 
     _imported_from(acestep, fork_src)
-    from acestep.families.v1.models.ace_step_transformer import ACEStepTransformer2DModel
+    from acestep.models.ace_step_transformer import ACEStepTransformer2DModel
     from acestep.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
     memory = load_our_memory_module()
@@ -401,7 +401,7 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     if config.gradient_checkpointing == "auto":
         import dataclasses
 
-        from acestep.training.checkpointing import resolve_auto
+        from acestep.families.v1.checkpointing import resolve_auto
         from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
         crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND

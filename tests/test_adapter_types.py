@@ -182,7 +182,7 @@ def test_settings_validate_and_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["lora", *SETTINGS])
 def test_the_planner_counts_peft_trainable_parameters(kind: str) -> None:
     from acestep.families.v1.models.configs import tiny_transformer_config
-    from acestep.plan import count_lora_parameters
+    from acestep.families.v1.plan import count_lora_parameters
 
     settings = SETTINGS.get(kind) or LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS)
     model = tiny_model()
@@ -220,8 +220,9 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
 ) -> None:
     from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 
+    from acestep.families.training import run_training
     from acestep.lora import load_adapter
-    from acestep.training import TrainConfig, run_training
+    from acestep.training import TrainConfig
 
     dataset = synthetic_songs([9, 12, 7])
 
@@ -247,8 +248,8 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
 
 @pytest.mark.parametrize("kind", ["dora", "loha", "lokr_factored"])
 def test_merge_generate_and_inspect_take_every_type(tmp_path: Path, kind: str) -> None:
-    from acestep.families.v1.pipeline.lora_loading import load_loras
     from acestep.lora import format_report, inspect_lora, merge_file
+    from acestep.lora.loading import load_loras
 
     settings = SETTINGS[kind]
     model, bases = trained_model(settings)
@@ -306,8 +307,8 @@ def test_generation_checks_the_family_of_any_type(tmp_path: Path) -> None:
 def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, kind: str) -> None:
     from v15_helpers import tiny_dit
 
-    from acestep.families.v1.pipeline.lora_loading import load_loras
     from acestep.families.v15.export import write_step_files
+    from acestep.lora.loading import load_loras
 
     settings = SETTINGS[kind]
     model = tiny_dit()

@@ -117,9 +117,9 @@ def test_checkpoint_files_have_ordinary_permissions(tiny_checkpoint: Path) -> No
 
 
 def test_a_truncated_weight_file_is_one_line_in_every_stage(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
+    from acestep.families.training import main as train_main
     from acestep.lora.cli import main as lora_main
-    from acestep.training.cli import main as train_main
 
     damaged = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, damaged)

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from acestep.core.errors import AcestepError
+from acestep.families.training import parse_config, run_training
+from acestep.families.v1.checkpointing import resolve_auto
 from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.plan import PlanRequest, estimate, fewest_checkpointed_blocks
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings
-from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks, main
+from acestep.plan.cli import main
 from acestep.presets import (
     PRESET_GB,
     fastest_settings,
@@ -20,9 +23,8 @@ from acestep.presets import (
     settings_to_try,
     table_rows,
 )
-from acestep.training import run_training, summary_text
-from acestep.training.checkpointing import resolve_auto
-from acestep.training.config import TrainConfig, build_parser, parse_config
+from acestep.training import summary_text
+from acestep.training.config import TrainConfig, build_parser
 from acestep.training.module import enable_checkpointing
 from tests.test_plan import ROOT, TRANSFORMER_ONLY
 from tests.test_training_run import make_config

@@ -12,8 +12,9 @@ import torch
 from data_helpers import SimulatedKill, reference_latent_length, write_audio
 
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
+from acestep.data.preprocess import PreprocessSettings, RunOptions
 from acestep.data.preprocessed import load_preprocessed
+from acestep.families.v1.encoders import run_preprocess
 
 for _module in (
     "acestep.audio",

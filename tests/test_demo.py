@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 from safetensors import safe_open
 
-from acestep.demo import main, synth_song, write_synthetic_songs
+from acestep.demo import main
+from acestep.demo_songs import synth_song, write_synthetic_songs
 
 
 def test_synthetic_songs_are_stereo_audible_and_have_side_files(tmp_path: Path) -> None:

@@ -99,7 +99,8 @@ def test_machinery_never_imports_families() -> None:
 def test_stage3_family_layer_hands_v1_its_own_encoders(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import argparse
 
-    from acestep.data.preprocess import SongPipeline, parse_args
+    from acestep.data.preprocess import parse_args
+    from acestep.families.v1.encoders import SongPipeline
 
     args = parse_args(["--input_name", "x", "--output_dir", str(tmp_path / "prep"), "--checkpoint_dir",
                        str(tiny_checkpoint), "--no-ssl", "--device", "cpu", "--dtype", "float32"])

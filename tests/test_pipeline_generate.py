@@ -15,9 +15,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from acestep.core.errors import InputError
-from acestep.families.v1.pipeline.cli import main, parse_lora, read_lyrics, save_outputs
+from acestep.families.v1.pipeline.cli import main, read_lyrics, save_outputs
 from acestep.families.v1.pipeline.erg import proportional_indices
-from acestep.families.v1.pipeline.lora_loading import load_loras
 from acestep.families.v1.pipeline.pipeline import (
     ACEStepPipeline,
     GenerationParams,
@@ -25,6 +24,7 @@ from acestep.families.v1.pipeline.pipeline import (
     output_samples,
 )
 from acestep.lora import LoraSettings, bake_file, save_adapter
+from acestep.lora.loading import load_loras, parse_lora
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"steps": 4, "duration": 1.5, "guidance_interval": 1.0}

@@ -25,7 +25,7 @@ def test_stage_2_and_3(tmp_path: Path, read_only_folder: Path, monkeypatch: pyte
     from test_data_preprocess_fake import make_encoders
 
     from acestep.data.filenames import main as stage2
-    from acestep.data.preprocess import main as stage3
+    from acestep.families.preprocess import main as stage3
     from acestep.families.v1 import encoders
 
     songs = tmp_path / "songs"
@@ -38,7 +38,7 @@ def test_stage_2_and_3(tmp_path: Path, read_only_folder: Path, monkeypatch: pyte
 
 
 def test_trainer(tmp_path: Path, read_only_folder: Path, tiny_checkpoint: Path) -> None:
-    from acestep.training.cli import main as trainer
+    from acestep.families.training import main as trainer
 
     synthetic_songs([6]).save_to_disk(str(tmp_path / "prep"))
     one_line_exit(trainer, ["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", str(tiny_checkpoint),

@@ -6,8 +6,8 @@ import torch
 
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.families.v1.probe import random_transformer, synthetic_batch
+from acestep.families.v1.training import release_unused_weights
 from acestep.training.memory import TensorMemoryTracker
-from acestep.training.model import release_unused_weights
 
 
 def test_tracker_counts_new_storages_once_and_frees_them():

@@ -12,8 +12,9 @@ from training_helpers import synthetic_songs, tiny_transformer
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
 from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
 from acestep.families.v15.training import training_parts
-from acestep.training import run_training, summary_text
+from acestep.training import summary_text
 from acestep.training.callbacks import list_step_folders, read_metrics
 from acestep.training.data import SongLatents, collate_songs
 from acestep.training.module import LoraTrainingModule

@@ -9,7 +9,7 @@ import torch
 
 from acestep.families.v15.plan import MODELS, V15PlanRequest, estimate, measure_step, parameter_counts
 from acestep.lora import LoraSettings
-from acestep.plan import main
+from acestep.plan.cli import main
 
 
 def test_counts_of_the_published_models_equal_the_meta_built_ones() -> None:

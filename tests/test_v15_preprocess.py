@@ -166,7 +166,7 @@ def test_published_size_storage_is_what_the_shapes_say(tmp_path: Path) -> None:
 def test_stage3_cli_picks_the_family_from_the_checkpoint(
     tiny_v15_checkpoint: Path, filenames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from acestep.data.preprocess import main
+    from acestep.families.preprocess import main
 
     prep = tmp_path / "prep"
     argv = ["--input_name", str(filenames), "--output_dir", str(prep), "--checkpoint_dir",

@@ -12,6 +12,7 @@ from training_helpers import crash_at_step, short_run_config, write_lora_config
 from v15_helpers import pretrained_tiny_dit, tiny_dit, tiny_null, v15_songs
 
 from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
 from acestep.families.v15.objective import (
     TimestepSampler,
     V15Step,
@@ -22,7 +23,7 @@ from acestep.families.v15.objective import (
 )
 from acestep.families.v15.training import V15Songs, collate_v15, training_parts
 from acestep.lora import load_adapter
-from acestep.training import TrainConfig, run_training, summary_text
+from acestep.training import TrainConfig, summary_text
 from acestep.training.callbacks import read_metrics
 from acestep.training.data import Draw
 

@@ -18,14 +18,15 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
 from acestep.core.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
+from acestep.core.checkpoint_files import safetensors_problem
 from acestep.core.errors import AcestepError, CheckpointError
 from acestep.core.progress import progress
-from acestep.families.v1.checkpoint import safetensors_problem
 
 from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
-from .keys import V1_FAMILY, V15_FAMILY, kohya_lookup_for
+from .keys import kohya_lookup_for
+from .models import default_kind, kind_for_config
 from .settings import LoraSettings
 
 TRANSFORMER_SUBFOLDER = "ace_step_transformer"
@@ -77,9 +78,8 @@ def load_transformer_weights(
 
 def read_config(config_file: Path | None) -> dict:
     if config_file is None:
-        from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG
-
-        return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
+        kind = default_kind()
+        return {"_class_name": kind.class_name, **kind.published_config()}
     try:
         return json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -161,7 +161,7 @@ def merge_file(
     plain = file_kind(lora_path) == "lora"
     lora = read_lora(lora_path, kohya_lookup=lookup) if plain else read_adapter(
         lora_path, base_weight=lambda name: state[f"{name}.weight"], kohya_lookup=lookup)
-    model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
+    model_family = kind_for_config(config).family
     if lora.family is not None and lora.family != model_family:
         raise AcestepError(f"{lora.path}: an {lora.family} LoRA cannot be merged into an {model_family} transformer")
     if dtype is not None:
@@ -179,11 +179,7 @@ def merge_file(
 
 def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:
     """The weights must be exactly what the config builds, or the saved folder would not load."""
-    if config.get("_class_name") == V15_CLASS_NAME:
-        from diffusers import AceStepTransformer1DModel as model_class
-    else:
-        from acestep.families.v1.models import ACEStepTransformer2DModel as model_class
-
+    model_class = kind_for_config(config).model_class()
     with torch.device("meta"):
         expected = model_class.from_config(config).state_dict()
     wrong = sorted(key for key in expected.keys() | state.keys()

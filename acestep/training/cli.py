@@ -22,15 +22,17 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None
+    argv: Sequence[str] | None, build_parts: Callable[[TrainConfig], TrainingParts],
+    parse: Callable[[list[str]], TrainConfig] = parse_config,
 ) -> None:
-    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1."""
+    """`build_parts`: the CLI layer's family dispatch, `parse` its option parser (with --preset); trainer_new.py
+    runs this through acestep.families.training.main."""
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(args).for_overfit_one()
-        parts = build_parts(config) if build_parts is not None else None
-        result = run_training(config, parts=parts)
+        config = parse(args).for_overfit_one()
+        parts = build_parts(config)
+        result = run_training(config, parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run
         sys.exit(1 if result.stopped else 0)
     print()
@@ -40,6 +42,3 @@ def main(
     if result.stopped:
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

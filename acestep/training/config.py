@@ -234,11 +234,7 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The options as typed; --preset is applied by the CLI layer (acestep.families.training.parse_config)."""
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     config.validate()
-    if config.preset:
-        from acestep.presets import apply_preset
-
-        config = apply_preset(config, given_flags(argv))
-        config.validate()
     return config

@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import Dataset
 
 from acestep.core.errors import AcestepError
-from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.lora import LoraSettings
 
 from .compile import compile_blocks
@@ -58,7 +57,7 @@ class LoraTrainingModule(L.LightningModule):
 
     def __init__(
         self,
-        transformer: ACEStepTransformer2DModel,
+        transformer: torch.nn.Module,
         settings: LoraSettings,
         config: TrainConfig,
         dataset: SongLatents | Dataset,

@@ -6,18 +6,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import lightning as L
 import torch
 
 from acestep.core.errors import AcestepError
-from acestep.data.preprocessed import dataset_trigger, load_preprocessed
-from acestep.families.v1.models import ACEStepTransformer2DModel
-from acestep.families.v1.samples import SampleRenderer, read_sample_prompts
-from acestep.lora import LoraSettings
+from acestep.data.preprocessed import dataset_trigger
 from acestep.lora.io import ADAPTER_DIR
-from acestep.lora.keys import V1_FAMILY
-from acestep.training.fp8 import FP8_DTYPE, quantize_base
+from acestep.training.fp8 import FP8_DTYPE
 
 from .callbacks import (
     CONFIG_FILE,
@@ -33,14 +28,12 @@ from .callbacks import (
     read_metrics,
     step_folder_name,
 )
-from .checkpointing import resolve_auto
-from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from .data import SongLatents, collate_songs, frames_for_seconds
+from .config import TrainConfig
 from .family import TrainingParts
-from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
+from .model import PRECISION_FOR_DTYPE
 from .module import LoraTrainingModule, NonFiniteLossError
-from .regularization import load_reg_rows, reg_mix_line
-from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
+from .regularization import reg_mix_line
+from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, write_loss_curve
 
 
 @dataclass
@@ -160,63 +153,28 @@ def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
     return "ddp"
 
 
-def run_training(
-    config: TrainConfig,
-    transformer: ACEStepTransformer2DModel | None = None,
-    dataset: datasets.Dataset | None = None,
-    base_model: str | None = None,
-    parts: TrainingParts | None = None,
-) -> TrainResult:
-    """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset.
-
-    `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
-    """
+def run_training(config: TrainConfig, parts: TrainingParts) -> TrainResult:
+    """Train per `config` on a model family's parts (acestep.families.training builds them for the CLIs)."""
     config.validate()
     check_devices(config)
     trigger = check_trigger(config)
     resume_from = check_run_dir(config)
     notes = [config.preset_applied] if config.preset_applied else []
-    if parts is not None:
-        transformer, settings, songs = parts.transformer, parts.settings, parts.songs
-        module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
-                                    reg_songs=parts.reg_songs)
-        base_model = parts.base_model
-        val_songs, collate = parts.val_songs, parts.collate
-        fixed_loss = parts.fixed_loss or module.fixed_loss
-    else:
-        settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
-        train_rows, val_rows = split_songs(
-            dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
-            config.val_dataset, config.overfit_one)
-        songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
-        val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
-                     if val_rows is not None else None)
-        reg_songs = (SongLatents(load_reg_rows(config.reg_dataset, V1_FAMILY), frames_for_seconds(config.max_duration),
-                                 use_ssl=songs.has_ssl) if config.reg_dataset else None)
-        collate = collate_songs
-        if transformer is None:
-            dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
-            transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
-        if config.release_unused_weights:
-            release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
-        if config.base_dtype == "fp8":
-            if settings.adapter_type == "dora":  # DoRA's magnitudes are norms of the base weights, kept 16-bit
-                raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
-            quantize_base(transformer, _compute_dtype(transformer))
-        if config.gradient_checkpointing == "auto":
-            config, line = resolve_auto(config, transformer, songs.has_ssl and config.ssl_coeff > 0,
-                                        _gpu_wanted(config.accelerator), _compute_dtype(transformer))
-            notes.append(line)
-        module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs)
-        fixed_loss = module.fixed_loss
+    config = parts.config or config
+    notes += parts.notes
+    transformer, settings, songs = parts.transformer, parts.settings, parts.songs
+    module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
+                                reg_songs=parts.reg_songs)
+    base_model = parts.base_model
+    val_songs, collate = parts.val_songs, parts.collate
+    fixed_loss = parts.fixed_loss or module.fixed_loss
     for line in notes:
         print(line, flush=True)
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
-                         base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name,
-                         parts.write_step_files if parts is not None else None)
+    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings, base_model,
+                         config.exp_name, parts.write_step_files)
     saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
@@ -225,12 +183,7 @@ def run_training(
         held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
         validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
         saver.protected_steps = validation.protected_steps
-    samplers = list(parts.callbacks) if parts is not None else []
-    if config.sample_every > 0 and parts is None:
-        if not config.sample_prompts:
-            raise AcestepError("--sample_every needs --sample_prompts FILE")
-        prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
-        samplers.append(SampleRenderer(config.run_dir, config.sample_every, prompts, config.checkpoint_dir))
+    samplers = list(parts.callbacks)
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=_devices(config.devices),
@@ -263,7 +216,7 @@ def run_training(
     adapter_dir = latest[-1][1] if latest else None
     baked = adapter_dir / baked_file_name(config.exp_name, latest[-1][0]) if adapter_dir else None
     return TrainResult(
-        usage=parts.summary(adapter_dir) if parts is not None and parts.summary and adapter_dir else None,
+        usage=parts.summary(adapter_dir) if parts.summary and adapter_dir else None,
         run_dir=config.run_dir,
         steps=trainer.global_step,
         seconds=time.perf_counter() - started,

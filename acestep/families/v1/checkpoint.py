@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from acestep.core.checkpoint_files import DEFAULT_CACHE, download_snapshot, safetensors_problem
 from acestep.core.errors import CheckpointError
+from acestep.lora.keys import V1_FAMILY
 
 from .models.ssl import MERT_REPO, MHUBERT_REPO
 
 REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"
-DEFAULT_CACHE = Path.home() / ".cache" / "ace-step" / "checkpoints"
 PARTS = {
     "transformer": ("ace_step_transformer", "diffusion_pytorch_model*.safetensors*"),
     "dcae": ("music_dcae_f8c8", "diffusion_pytorch_model*.safetensors*"),
@@ -45,24 +44,6 @@ def missing_parts(root: Path) -> list[str]:
     return missing
 
 
-def safetensors_problem(file: Path) -> str | None:
-    """Why a .safetensors file cannot be whole (cut short, empty, not safetensors), from its header and size alone."""
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            if size < 8 or header_size > size - 8:
-                return f"{size} bytes, too short for its header"
-            header = json.loads(handle.read(header_size))
-        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError):
-        return "not a safetensors file (unreadable header)"
-    expected = 8 + header_size + end
-    if size != expected:
-        return f"{size} bytes, its header says {expected}"
-    return None
-
-
 def damaged_weight_files(root: Path) -> list[str]:
     """Every weight file of the checkpoint that is cut short or unreadable, with the reason."""
     files = [f for folder in [*(f for f, _ in PARTS.values()), "mert", "mhubert"]
@@ -79,18 +60,6 @@ def _paths(root: Path) -> CheckpointPaths:
         mert=str(root / "mert") if (root / "mert" / "config.json").is_file() else MERT_REPO,
         mhubert=str(root / "mhubert") if (root / "mhubert" / "config.json").is_file() else MHUBERT_REPO,
     )
-
-
-def download_snapshot(repo_id: str, cache_dir: Path) -> Path:
-    from huggingface_hub import snapshot_download  # progress bars are huggingface_hub's own
-
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=str(cache_dir)))
-    except Exception as error:  # noqa: BLE001 - network, auth and offline errors all mean the same to the user
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise CheckpointError(
-            f"cannot download {repo_id}{offline}: {error}. Download it elsewhere and pass --checkpoint_dir FOLDER"
-        ) from error
 
 
 def resolve_checkpoint(dir_or_repo: str | Path | None = None, download: bool = True) -> CheckpointPaths:
@@ -122,3 +91,19 @@ def resolve_checkpoint(dir_or_repo: str | Path | None = None, download: bool = T
             "Download or copy those files again"
         )
     return _paths(root)
+
+
+@dataclass(frozen=True)
+class V1Checkpoint:
+    """A resolved v1 checkpoint (acestep.families.base.Checkpoint)."""
+
+    paths: CheckpointPaths
+    family: str = V1_FAMILY
+    layout: str = "ACE-Step/ACE-Step-v1-3.5B"
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    def describe(self) -> str:
+        return f"checkpoint: {self.family} ({self.layout} layout) in {self.root}"

@@ -15,12 +15,13 @@ import torch
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.rope import RotaryEmbedding
+from acestep.families.v1.training import release_unused_weights
 from acestep.lora import LoraSettings
 from acestep.training.data import LATENT_FRAMES_PER_SECOND
 from acestep.training.flow_matching import FlowMatchingObjective, combine_losses
 from acestep.training.fp8 import quantize_base
 from acestep.training.memory import TensorMemoryTracker
-from acestep.training.model import attach_lora, release_unused_weights
+from acestep.training.model import attach_lora
 
 
 def random_transformer(config: dict, dtype: torch.dtype, device: torch.device | str) -> ACEStepTransformer2DModel:

@@ -7,70 +7,23 @@ been without samples.
 
 from __future__ import annotations
 
-import json
-import random
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import tomllib
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from acestep.core.errors import AcestepError
 from acestep.families.v1.checkpoint import resolve_checkpoint
 from acestep.families.v1.lyrics import LyricTokenizer, resolve_lyrics_vocab
 from acestep.families.v1.models.dcae import MusicDCAE
 from acestep.families.v1.pipeline.cli import save_outputs
 from acestep.families.v1.pipeline.pipeline import ACEStepPipeline, GenerationParams
 from acestep.families.v1.text_encoder import TextEncoder
+from acestep.training.sample_prompts import SamplePrompt, restore_rng, rng_state
 
 SAMPLE_RATE = 44100
-
-
-@dataclass(frozen=True)
-class SamplePrompt:
-    name: str
-    params: GenerationParams
-
-
-def read_sample_prompts(path: str | Path, steps: int) -> list[SamplePrompt]:
-    """A JSON list, or a TOML file with [[samples]] tables, of {prompt, lyrics, duration, seed, name}."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-        data = tomllib.loads(text)["samples"] if path.suffix.lower() == ".toml" else json.loads(text)
-    except (OSError, ValueError, KeyError) as error:
-        raise AcestepError(f"{path}: cannot read sample prompts ({error}); expected a JSON list or TOML [[samples]]") from error
-    if not isinstance(data, list) or not data:
-        raise AcestepError(f"{path}: sample prompts must be a non-empty list")
-    prompts = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict) or "prompt" not in item:
-            raise AcestepError(f"{path}: sample {index} needs at least a 'prompt'")
-        params = GenerationParams(
-            prompt=str(item["prompt"]), lyrics=str(item.get("lyrics", "")), duration=float(item.get("duration", 30.0)),
-            seed=int(item.get("seed", index)), steps=int(item.get("steps", steps)),
-        )
-        prompts.append(SamplePrompt(str(item.get("name", f"sample{index}")), params))
-    return prompts
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class SampleRenderer(Callback):
@@ -102,19 +55,20 @@ class SampleRenderer(Callback):
         transformer = pl_module.transformer
         device = next(transformer.parameters()).device
         dcae, text, lyrics = self._components(device)
-        state, was_training = _rng_state(), transformer.training
+        state, was_training = rng_state(), transformer.training
         written: list[Path] = []
         try:
             pipeline = ACEStepPipeline(transformer, dcae, text, lyrics, device=device)
             out_dir = self.run_dir / "samples" / f"step_{step:06d}"
             for prompt in self.prompts:
-                wavs = pipeline.generate(prompt.params, sample_rate=SAMPLE_RATE)
-                written += save_outputs(wavs, prompt.params, [prompt.params.seed], out_dir, SAMPLE_RATE,
+                params = GenerationParams(**dataclasses.asdict(prompt.params))
+                wavs = pipeline.generate(params, sample_rate=SAMPLE_RATE)
+                written += save_outputs(wavs, params, [params.seed], out_dir, SAMPLE_RATE,
                                         {"training_step": step}, stem=prompt.name)
                 self._log_audio(trainer, prompt.name, wavs[0], step)
         finally:
             transformer.train(was_training)
-            _restore_rng(state)
+            restore_rng(state)
         return written
 
     @staticmethod

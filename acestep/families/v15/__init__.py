@@ -4,17 +4,33 @@ AceStepTransformer1DModel, AceStepConditionEncoder, AutoencoderOobleck) and a Qw
 - checkpoint.py  both layouts (diffusers folder/repo, original `Ace-Step1.5` folder converted in memory)
 - encode.py      stage 3: what the DiT is fed (VAE latents, condition-encoder states, context latents)
 - tiny.py        a tiny random checkpoint in both layouts (tests, demo)
-- objective.py, training.py, export.py, generate.py, plan.py: training, LoRA files, rendering, planner (h15b)
+- objective.py, training.py, export.py, generate.py, plan.py: training, LoRA files, rendering, planner
+The module-level names below are the interface of `acestep.families.base.ModelFamily`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from acestep.lora import models as lora_models
 
 from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
 
-__all__ = ["NAME", "V15Checkpoint", "recognizes", "resolve", "song_stages"]
+__all__ = ["BLOCKS", "NAME", "TRANSFORMER", "V15Checkpoint", "generate", "recognizes", "renderer", "resolve",
+           "song_stages", "training_parts", "write_tiny"]
+BLOCKS = "layers"  # the DiT's ModuleList that checkpointing, fp8 and compile act on, block by block
+
+
+def _model_class() -> Any:
+    from diffusers import AceStepTransformer1DModel
+
+    return AceStepTransformer1DModel
+
+
+TRANSFORMER = lora_models.TransformerKind(NAME, "AceStepTransformer1DModel", _model_class)
+lora_models.register(TRANSFORMER)
 
 
 def song_stages(checkpoint: V15Checkpoint, args: argparse.Namespace) -> Any:
@@ -22,3 +38,31 @@ def song_stages(checkpoint: V15Checkpoint, args: argparse.Namespace) -> Any:
     from .encode import song_stages_from_args
 
     return song_stages_from_args(checkpoint, args)
+
+
+def training_parts(config: Any, checkpoint: V15Checkpoint) -> Any:
+    """The trainer's parts (acestep.training.family.TrainingParts): DiT, stored songs, objective, step writer."""
+    from .training import parts_from_config
+
+    return parts_from_config(config, checkpoint)
+
+
+def generate(argv: list[str]) -> None:
+    """generate.py for 1.5 checkpoints (AceStepPipeline)."""
+    from .generate import main
+
+    main(argv)
+
+
+def renderer(checkpoint: V15Checkpoint, device: str, dtype: str, steps: int | None) -> Any:
+    """(prompt, lyrics, duration, seed) -> (wav, sample rate), for the regularization songs."""
+    from .generate import renderer as build
+
+    return build(checkpoint, device, dtype, steps)
+
+
+def write_tiny(root: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+    """A tiny random checkpoint (both layouts under `root`); the diffusers folder to pass as --checkpoint_dir."""
+    from .tiny import write_tiny_v15_checkpoint
+
+    return write_tiny_v15_checkpoint(root, seed, overwrite)[1]

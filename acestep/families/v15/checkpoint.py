@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from acestep.core.checkpoint_files import DEFAULT_CACHE, download_snapshot
 from acestep.core.errors import CheckpointError
 from acestep.core.quiet import old_weight_norm
-from acestep.families.v1.checkpoint import DEFAULT_CACHE, download_snapshot
 from acestep.lora.keys import V15_FAMILY
 from acestep.lora.v15_names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from acestep.core.errors import AcestepError, InputError
+from acestep.data.devices import resolve_device, resolve_dtype
 from acestep.data.preprocess import (
     MAX_PROMPT_CHARS,
     FilenameRow,
@@ -33,7 +34,6 @@ from acestep.data.preprocess import (
 )
 from acestep.data.shards import ErrorRecord
 from acestep.data.sidecars import is_instrumental
-from acestep.families.v1.encoders import resolve_device, resolve_dtype
 
 from .checkpoint import NAME, V15Checkpoint, load_pipeline
 

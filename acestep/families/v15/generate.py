@@ -63,7 +63,7 @@ def check_lora_family(path: str | Path) -> None:
 
 def load_v15_loras(pipe: Any, loras: list[tuple[str, float]], settings: LoraSettings | None = None) -> list[str]:
     """Every (path, strength) as its own adapter on the DiT, active together."""
-    from acestep.families.v1.pipeline.lora_loading import load_loras
+    from acestep.lora.loading import load_loras
 
     for path, _ in loras:
         check_lora_family(path)
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from acestep.families.v1.pipeline.cli import parse_lora
+    from acestep.lora.loading import parse_lora
 
     args = build_parser().parse_args(argv)
     lyrics = args.lyrics
@@ -178,3 +178,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     for path in paths:
         print(f"wrote {path} (+ {path.with_suffix('.json').name})")
+
+
+def renderer(checkpoint: V15Checkpoint, device: str, dtype: str, steps: int | None) -> Any:
+    """(prompt, lyrics, duration, seed) -> (wav, sample rate) through AceStepPipeline; `steps` None: the variant's."""
+    from acestep.families.v15.encode import INSTRUMENTAL_LYRICS
+
+    torch_dtype = DTYPES[dtype]
+    pipe = load_pipeline(checkpoint, torch_dtype).to(device)
+
+    def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
+        params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],
+                           steps=steps)
+        return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
+
+    return render_v15

@@ -21,13 +21,7 @@ import torch
 
 from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
-from acestep.plan import (
-    DTYPE_BYTES,
-    OPTIMIZER_STATE_BYTES,
-    DeviceFit,
-    ddp_line,
-    ddp_parts,
-)
+from acestep.training.planner import DTYPE_BYTES, OPTIMIZER_STATE_BYTES, DeviceFit, ddp_line, ddp_parts
 
 from .objective import TimestepSampler, V15Step
 from .training import LATENT_FRAMES_PER_SECOND

@@ -89,7 +89,7 @@ def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
 def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> TrainingParts:
     """The trainer CLI's 1.5 path: DiT and condition encoder from either layout, the stored songs of --dataset_path."""
     from acestep.data.preprocessed import dataset_family, load_preprocessed
-    from acestep.families import check_same_family
+    from acestep.families.base import check_same_family
     from acestep.training.model import resolve_base_dtype
 
     found = dataset_family(config.dataset_path)

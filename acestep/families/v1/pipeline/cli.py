@@ -20,24 +20,13 @@ from acestep.core.cli_help import make_parser
 from acestep.core.errors import AcestepError, InputError
 from acestep.lora import LoraSettings
 from acestep.lora.io import trigger_note
+from acestep.lora.loading import load_loras, parse_lora
 
-from .lora_loading import load_loras
 from .pipeline import CFG_TYPES, OVERLAP_MIN_SECONDS, ACEStepPipeline, GenerationParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SAMPLE_RATE = 48000  # the reference pipeline's output rate
 LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
-
-
-def parse_lora(spec: str) -> tuple[str, float]:
-    """PATH or PATH:STRENGTH (a Windows drive colon is not a strength)."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and not tail.startswith(("\\", "/")):
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return spec, 1.0
 
 
 def read_lyrics(argument: str) -> str:

@@ -23,6 +23,17 @@ from acestep.lora.io import read_lora, settings_from_metadata
 log = logging.getLogger(__name__)
 
 
+def parse_lora(spec: str) -> tuple[str, float]:
+    """PATH or PATH:STRENGTH (a Windows drive colon is not a strength)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and not tail.startswith(("\\", "/")):
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
 def lora_state_dict(path: str | Path, settings: LoraSettings | None = None) -> dict:
     """PEFT-keyed factors with the trained scale inside, from any file or folder our LoRA tools read (a step
     folder of any version, a PEFT adapter folder, a baked or kohya file)."""

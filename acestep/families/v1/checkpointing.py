@@ -7,8 +7,7 @@ import dataclasses
 import torch
 
 from acestep.core.errors import AcestepError
-
-from .config import TrainConfig
+from acestep.training.config import TrainConfig
 
 DEFAULT_DURATION = 360.0  # without --max_duration: stage 3 keeps at most 360 s per song by default
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -27,11 +26,7 @@ def resolve_auto(config: TrainConfig, transformer: torch.nn.Module, ssl: bool, g
                  compute_dtype: torch.dtype) -> tuple[TrainConfig, str]:
     """`config` with auto replaced by the fewest blocks that fit, and the line that says so (the planner's figure
     included). All blocks, with a warning, when not even that fits."""
-    from acestep.plan import (  # the planner imports training.data
-        PlanRequest,
-        estimate,
-        fewest_checkpointed_blocks,
-    )
+    from acestep.families.v1.plan import PlanRequest, estimate, fewest_checkpointed_blocks
     gb = card_gb(config, gpu)
     model_config = {key: transformer.config[key] for key in transformer.config if not key.startswith("_")}
     lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}

@@ -1,6 +1,7 @@
-"""Will a LoRA training run fit on my GPU? An estimate of training memory, and what to change when it does not.
+"""ACE-Step v1's memory planner terms: an estimate of training memory, and what to change when it does not fit.
 
 `python -m acestep.plan --duration 360 --rank 64 [--batch_size 1] [--gpu_gb 10] [--optimizer adamw] [--devices 2]`
+(the CLI: acestep/plan/cli.py)
 
 With --devices N (DDP), every GPU holds all of it (a full copy of the base, the LoRA, its optimizer state, one
 micro-batch) plus DDP's gradient buckets; what N multiplies is the songs per optimizer step, not the crop length.
@@ -15,11 +16,9 @@ allocator cache): `CUDA_CONTEXT_GB` and `ALLOCATOR_SLACK` are assumptions, not m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import torch
 
-from acestep.core.cli_help import make_parser
 from acestep.core.errors import AcestepError
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.families.v1.lyrics.tokenizer import MAX_TRAINING_TOKENS
@@ -35,9 +33,15 @@ from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
 from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 from acestep.training.fp8 import SCALE_BYTES, is_quantizable
+from acestep.training.planner import (
+    DTYPE_BYTES,
+    OPTIMIZER_STATE_BYTES,
+    DeviceFit,
+    ddp_line,
+    ddp_parts,
+)
 
-DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lora_config_transformer_only.json"
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[3] / "config" / "lora_config_transformer_only.json"
 # --base_dtype fp8: the blocks' (and SSL projectors', timestep modulation's) linear weights take 1 byte (+ an
 # fp32 scale per output channel); every other weight, and all computation, stays 16-bit (acestep.training.fp8).
 FP8 = "fp8"
@@ -49,11 +53,6 @@ MAX_BATCH_SIZE = 1024
 MAX_RANK = 4096
 MAX_TEXT_TOKENS = 4096
 MAX_DEVICES = 4096
-# Optimizer state per trainable parameter: AdamW two fp32 moments; bitsandbytes AdamW8bit two uint8 moments
-# (+ block statistics, < 1 %); Prodigy two moments, `s` and the initial copy `p0`.
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
-CUDA_CONTEXT_GB = 0.5
-ALLOCATOR_SLACK = 0.05
 # Per token and channel, bytes at the backward peak of one recomputed block in 16-bit (its forward tensors kept
 # for backward: normalised input, q/k/v and their rotated fp32 copies, the linear-attention products, the
 # GLUMBConv hidden states, plus the gradients being formed). Not derived op by op: it is the per-token slope of
@@ -131,40 +130,6 @@ class PlanRequest:
     @property
     def frames(self) -> int:
         return frames_for_seconds(self.duration)
-
-
-class DeviceFit:
-    """The verdict of any plan (v1 or 1.5) that has `parts` (bytes of each term of the peak) and a `request`
-    with `device` and `gpu_gb`."""
-
-    parts: dict[str, int]
-    request: Any
-
-    @property
-    def tensor_bytes(self) -> int:
-        return sum(self.parts.values())
-
-    @property
-    def device_bytes(self) -> int:
-        """What the GPU must hold: tensors plus allocator slack and the CUDA context (none on the CPU)."""
-        if self.request.device != "cuda":
-            return self.tensor_bytes
-        return int(self.tensor_bytes * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB * 1e9)
-
-    @property
-    def fits(self) -> bool:
-        return self.device_bytes <= self.request.gpu_gb * 1e9
-
-    def breakdown_lines(self, width: int) -> list[str]:
-        """The plan's terms, the tensor peak, the CUDA overhead on a GPU and the verdict, names padded to `width`."""
-        lines = [f"  {name:<{width}s} {value / 1e9:7.2f} GB" for name, value in self.parts.items()]
-        lines.append(f"  {'tensors at the peak':<{width}s} {self.tensor_bytes / 1e9:7.2f} GB")
-        if self.request.device == "cuda":
-            lines.append(f"  {'+ CUDA context and allocator slack':<{width}s} "
-                         f"{(self.device_bytes - self.tensor_bytes) / 1e9:7.2f} GB")
-        verdict = "fits" if self.fits else "does NOT fit"
-        lines.append(f"Estimated peak {self.device_bytes / 1e9:.2f} GB: {verdict} in {self.request.gpu_gb:g} GB.")
-        return lines
 
 
 @dataclass
@@ -381,20 +346,6 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
 }
 
 
-def ddp_parts(devices: int, lora_params: int) -> dict[str, int]:
-    """What DDP adds on each GPU: buckets the size of the fp32 LoRA gradients, which it all-reduces."""
-    return {"DDP gradient buckets (fp32)": lora_params * 4} if devices > 1 else {}
-
-
-def ddp_line(devices: int, batch_size: int) -> list[str]:
-    """The plan's line on several GPUs: the figures are per GPU, the step takes N times the songs."""
-    if devices <= 1:
-        return []
-    return [f"Per GPU, each of the {devices} GPUs (DDP: every GPU holds a full copy of the base and one micro-batch); "
-            f"songs per optimizer step: {batch_size} x {devices} = {batch_size * devices} (the crop length "
-            "does not scale)"]
-
-
 def check_bounds(request: Any) -> None:
     """Every number of a v1 or 1.5 request within what a training run can be (nan and inf included), so the
     answer comes at once. A rank of None means the LoRA config's."""
@@ -536,90 +487,3 @@ def format_plan(plan: MemoryPlan) -> str:
         lines.append("Each of these makes it fit: " + "; ".join(found) if found else
                      "Nothing tried makes it fit (shorter crops, lower rank, 8-bit optimizer, no SSL).")
     return "\n".join(lines)
-
-
-def parse_cli(argv: Sequence[str] | None) -> tuple[Any, bool]:
-    """The request, and whether --presets asks for the table of cards instead of one plan."""
-    p = make_parser(__doc__.splitlines()[0], "python -m acestep.plan")
-    p.add_argument("--duration", type=float, default=360.0, help="seconds of audio per song (the crop length)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the LoRA config's r)")
-    p.add_argument("--batch_size", type=int, default=1, help="songs per micro-batch")
-    p.add_argument("--gpu_gb", type=float, default=10.0, help="GPU memory to plan for, in GB (1e9 bytes), per GPU")
-    p.add_argument("--devices", type=int, default=1,
-                   help="GPUs training together (the trainer's --devices x --num_nodes): memory is per GPU")
-    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATE_BYTES),
-                   help="the trainer's --optimizer (its state bytes per LoRA weight)")
-    p.add_argument("--base_dtype", default="bf16", choices=BASE_DTYPES,
-                   help="dtype of the frozen base model (fp8: the blocks' linear weights in fp8, v1 only)")
-    p.add_argument("--lora_config", default=str(DEFAULT_LORA_CONFIG), help="LoRA config JSON (r, alpha, targets)")
-    p.add_argument("--no_ssl", action="store_true", help="the dataset has no MERT/mHuBERT features")
-    p.add_argument("--lyric_tokens", type=int, default=1024, help="lyric tokens per song (at most 4096)")
-    p.add_argument("--text_tokens", type=int, default=64, help="prompt tokens per song")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                   help="cuda adds the CUDA context and allocator slack to the estimate")
-    p.add_argument("--keep_unused_weights", action="store_true",
-                   help="plan for the trainer's --no-release_unused_weights")
-    p.add_argument("--gradient_checkpointing", default="all",
-                   help="the trainer's --gradient_checkpointing: all, none, N (the first N blocks) or auto (the fewest "
-                   "blocks that fit --gpu_gb); v1 only")
-    p.add_argument("--presets", action="store_true",
-                   help="print the fastest settings for every --preset card (6-24 GB) at --duration, not one plan")
-    p.add_argument("--model", default="v1", choices=MODELS,
-                   help="v1 (the default): ACE-Step v1 3.5B; 2b / xl: ACE-Step 1.5 2B (turbo/base/sft) or XL 4B")
-    p.add_argument("--condition_tokens", type=int, default=512,
-                   help="ACE-Step 1.5: condition tokens per song (prompt + lyrics + timbre, after the encoder; 512 by default)")
-    a = p.parse_args(argv)
-    if a.model != "v1" and a.base_dtype == FP8:
-        p.error("--base_dtype fp8 is for the v1 model only")
-    mode = a.gradient_checkpointing
-    if mode not in ("all", "none", "auto") and not mode.isdigit():
-        p.error(f"--gradient_checkpointing must be all, none, auto or a number of blocks, not {mode!r}")
-    if a.model != "v1":
-        if mode not in ("all", "none") or a.presets:
-            p.error("--gradient_checkpointing auto / N and --presets are for the v1 model only (1.5: all or none)")
-        return v15_request(a), False
-    request = PlanRequest(duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=a.lora_config, ssl=not a.no_ssl,
-                          lyric_tokens=a.lyric_tokens, text_tokens=a.text_tokens, device=a.device,
-                          release_unused_weights=not a.keep_unused_weights, devices=a.devices)
-    if mode == "auto":
-        check_bounds(request)
-        count = fewest_checkpointed_blocks(request)
-        return replace(request, checkpointed_blocks=block_count(request) if count is None else count), a.presets
-    counts = {"all": None, "none": 0}
-    return replace(request, checkpointed_blocks=counts[mode] if mode in counts else int(mode)), a.presets
-
-
-def v15_request(a: argparse.Namespace) -> Any:
-    """The ACE-Step 1.5 planner's request (acestep.families.v15.plan) from the same flags."""
-    from acestep.families.v15.plan import DEFAULT_LORA_CONFIG as V15_LORA_CONFIG
-    from acestep.families.v15.plan import V15PlanRequest
-
-    lora_config = V15_LORA_CONFIG if Path(a.lora_config) == DEFAULT_LORA_CONFIG else a.lora_config
-    return V15PlanRequest(model=a.model, duration=a.duration, rank=a.rank, batch_size=a.batch_size, gpu_gb=a.gpu_gb,
-                          optimizer=a.optimizer, base_dtype=a.base_dtype, lora_config=lora_config,
-                          condition_tokens=a.condition_tokens, device=a.device, devices=a.devices)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        request, presets = parse_cli(argv)
-        check_bounds(request)
-        if not isinstance(request, PlanRequest):
-            from acestep.families.v15 import plan as v15_plan
-
-            print(v15_plan.format_plan(v15_plan.estimate(request)))
-            return
-        from acestep.presets import fastest_lines
-
-        if presets:
-            print("\n".join(fastest_lines(request, all_cards=True)))
-            return
-        print(format_plan(estimate(request)))
-        print("\n".join(fastest_lines(request)))
-    except AcestepError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-if __name__ == "__main__":
-    main()
