@@ -16,7 +16,7 @@ from acestep.training import cli
 from acestep.training.config import TrainConfig, given_flags
 from acestep.training.config import parse_config as parse_options
 from acestep.training.family import TrainingParts
-from acestep.training.run import TrainResult
+from acestep.training.run import TrainResult, preflight
 from acestep.training.run import run_training as run_with_parts
 
 
@@ -42,7 +42,7 @@ def run_training(config: TrainConfig, transformer: Any = None, dataset: Any = No
     """Train per `config`: on `parts`, or on the parts of the family of --checkpoint_dir (ACE-Step v1 by default;
     tests and the demo may pass a ready v1 transformer or dataset)."""
     if parts is None:
-        config.validate()
+        preflight(config)
         overrides = {k: v for k, v in (("transformer", transformer), ("dataset", dataset), ("base_model", base_model))
                      if v is not None}
         if overrides:  # ready v1 objects: no checkpoint to look at

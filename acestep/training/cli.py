@@ -12,7 +12,7 @@ from acestep.core.quiet import quiet_third_party_noise
 
 from .config import TrainConfig, parse_config
 from .family import TrainingParts
-from .run import run_training, summary_text
+from .run import preflight, run_training, summary_text
 
 
 def resume_command(args: list[str]) -> str:
@@ -31,6 +31,7 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         config = parse(args).for_overfit_one()
+        preflight(config)
         parts = build_parts(config)
         result = run_training(config, parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run

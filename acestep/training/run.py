@@ -153,6 +153,15 @@ def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
     return "ddp"
 
 
+def preflight(config: TrainConfig) -> None:
+    """The one-line refusals that need no model, run before a family loads one: bad options, more GPUs than the
+    machine has, a trigger the dataset lacks, a run folder in the way (or nothing to resume)."""
+    config.validate()
+    check_devices(config)
+    check_trigger(config)
+    check_run_dir(config)
+
+
 def run_training(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     """Train per `config` on a model family's parts (acestep.families.training builds them for the CLIs)."""
     config.validate()
