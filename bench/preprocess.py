@@ -254,7 +254,7 @@ def bench_dcae(bench: Bench, size: str, dcae) -> None:
 
 
 def bench_prompts() -> list[str]:
-    from acestep.families.v1.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     rng = np.random.default_rng(0)
     return [

@@ -574,6 +574,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Path]
 
 
 def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
+    from bench.common import portable_command
+
     commit = args.fork_commit
     if commit is None:
         git = subprocess.run(["git", "-C", str(fork_src), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
@@ -582,7 +584,7 @@ def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
         own = git.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == fork_src  # not a repo around it
         commit = lines[1] if own else "unknown (not a git checkout)"
     return [
-        "command: python bench/vs_fork.py " + shlex.join(sys.argv[1:]),
+        "command: " + portable_command("bench/vs_fork.py", sys.argv[1:]),
         f"fork: github.com/woct0rdho/ACE-Step, commit {commit}; its step as trainer_new.py runs it (module "
         "docstring of bench/vs_fork.py: what it does and the CPU changes).",
         f"ours: acestep.families.v1.probe.TrainingStepProbe with the trainer flags in `ours_args` (base dtype "

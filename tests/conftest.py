@@ -11,11 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _reference_dir() -> Path:
-    """$ACESTEP_REFERENCE_DIR, else `../shared/reference` beside the clone, else the team's /work/shared copy."""
+    """$ACESTEP_REFERENCE_DIR, else `../shared/reference` beside the clone."""
     if "ACESTEP_REFERENCE_DIR" in os.environ:
         return Path(os.environ["ACESTEP_REFERENCE_DIR"])
-    candidates = [REPO_ROOT.parent / "shared" / "reference", Path("/work/shared/reference")]
-    return next((path for path in candidates if path.is_dir()), candidates[0])
+    return REPO_ROOT.parent / "shared" / "reference"
 
 
 @pytest.fixture(scope="session")

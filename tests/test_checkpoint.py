@@ -11,12 +11,13 @@ import torch
 
 import acestep.families.v1.checkpoint as checkpoint_module
 from acestep.core.errors import CheckpointError
+from acestep.data.tags import format_prompt
 from acestep.families.v1.checkpoint import REPO_ID, resolve_checkpoint
 from acestep.families.v1.lyrics import LyricTokenizer
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.dcae import MusicDCAE
 from acestep.families.v1.models.ssl import MERT_SPEC, SSLFeatureExtractor, load_hubert
-from acestep.families.v1.text_encoder import TextEncoder, format_prompt
+from acestep.families.v1.text_encoder import TextEncoder
 
 
 def test_tiny_checkpoint_loads_every_component(tiny_checkpoint: Path) -> None:

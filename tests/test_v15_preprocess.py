@@ -46,7 +46,7 @@ def filenames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def stages(pipe, store: str = "outputs") -> V15SongStages:
     from acestep.audio import prepare_training_audio
-    from acestep.families.v1.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     settings = V15Settings(tag_order="as_written", condition_store=store)
     return V15SongStages(pipe, settings, format_prompt, lambda p, s: prepare_training_audio(p, max_duration=s))

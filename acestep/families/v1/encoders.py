@@ -79,10 +79,11 @@ def load_encoders(
 ) -> SongEncoders:
     """Load the DC-AE, UMT5, the lyric tokenizer and (optionally) MERT + mHuBERT from a checkpoint."""
     from acestep.audio import prepare_training_audio
+    from acestep.data.tags import format_prompt
     from acestep.families.v1.checkpoint import resolve_checkpoint
     from acestep.families.v1.lyrics import LyricTokenizer, resolve_lyrics_vocab
     from acestep.families.v1.models.dcae import MusicDCAE
-    from acestep.families.v1.text_encoder import TextEncoder, format_prompt
+    from acestep.families.v1.text_encoder import TextEncoder
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

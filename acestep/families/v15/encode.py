@@ -295,7 +295,7 @@ class V15SongStages:
 def song_stages_from_args(checkpoint: V15Checkpoint, args: argparse.Namespace) -> V15SongStages:
     """Stage 3's options -> the 1.5 encoder (the DiT itself is not loaded)."""
     from acestep.audio import prepare_training_audio
-    from acestep.families.v1.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
