@@ -48,7 +48,7 @@ def ensure_checkpoint(requested: str | None, output_dir: Path) -> Path | str:
     if requested:
         return requested
     from acestep.families.v1.checkpoint import missing_parts
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     folder = output_dir / "tiny_checkpoint"
     if missing_parts(folder):

@@ -18,7 +18,7 @@ from training_helpers import synthetic_songs  # noqa: E402
 
 from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.families.training import run_training  # noqa: E402
-from acestep.tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
+from acestep.families.v1.tiny import write_tiny_checkpoint  # noqa: E402
 from acestep.training import TrainConfig  # noqa: E402
 from acestep.training.callbacks import read_metrics  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402

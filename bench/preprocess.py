@@ -303,7 +303,7 @@ def bench_ssl(bench: Bench, size: str, extractor) -> None:
 def run_model_parts(bench: Bench, parts: list[str]) -> None:
     """Tiny models come from a tiny checkpoint through stage 3's own loader; published ones are built in memory."""
     from acestep.families.v1.encoders import load_encoders
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="bench-tiny-") as temp:  # kept while loaded (Windows file locks)
         checkpoint = write_tiny_checkpoint(Path(temp))

@@ -38,7 +38,7 @@ def lyrics_vocab_path(reference_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny checkpoint in the published layout, written once per test session."""
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny_checkpoint")
     write_tiny_checkpoint(root)
