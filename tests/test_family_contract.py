@@ -76,12 +76,14 @@ def test_the_family_keeps_the_interface(family: ModelFamily, checkpoint: Path) -
     assert family.TRANSFORMER in lora_models.registered() and family.TRANSFORMER.family == family.NAME
 
 
+@pytest.mark.slow
 def test_encode_and_store(family: ModelFamily, stored: Path) -> None:
     assert dataset_family(stored) == family.NAME
     rows = load_preprocessed(stored)
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_load_gives_training_parts_with_blocks(family: ModelFamily, checkpoint: Path, stored: Path,
                                                tmp_path: Path) -> None:
     config = TrainConfig(dataset_path=str(stored), checkpoint_dir=str(checkpoint), output_dir=str(tmp_path),
@@ -93,6 +95,7 @@ def test_load_gives_training_parts_with_blocks(family: ModelFamily, checkpoint: 
     assert parts.settings.r > 0 and parts.base_model
 
 
+@pytest.mark.slow
 def test_step_save_and_bake(family: ModelFamily, trained: Path) -> None:
     assert (trained / "adapter" / "adapter_config.json").is_file()
     assert (trained / "adapter" / "adapter_model.safetensors").is_file()
@@ -106,6 +109,7 @@ def test_step_save_and_bake(family: ModelFamily, trained: Path) -> None:
     assert detect_style(keys) == DEFAULT_STYLE[family.NAME]  # the spelling ComfyUI reads for this family
 
 
+@pytest.mark.slow
 def test_each_consumer_loads_the_lora_and_generates(family: ModelFamily, checkpoint: Path, trained: Path,
                                                     tmp_path: Path) -> None:
     """Our generate.py with the ComfyUI file (both families) and with the PEFT step folder."""
@@ -123,6 +127,7 @@ def test_each_consumer_loads_the_lora_and_generates(family: ModelFamily, checkpo
         assert params["steps"] == 2
 
 
+@pytest.mark.slow
 def test_the_renderer_renders(family: ModelFamily, checkpoint: Path) -> None:
     render = family.renderer(family.resolve(checkpoint), "cpu", "float32", 2)
     wav, rate = render("pop", "", 1.0, 0)
