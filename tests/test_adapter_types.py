@@ -293,7 +293,7 @@ def test_resize_convert_and_bake_refuse_other_types_in_one_line(tmp_path: Path) 
 
 
 def test_generation_checks_the_family_of_any_type(tmp_path: Path) -> None:
-    from acestep.families.generation import check_v1_loras
+    from acestep.families.v1.generate import check_v1_loras
     from acestep.families.v15.generate import check_lora_family
 
     model, _ = trained_model(SETTINGS["lokr"])
