@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from acestep import families
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+families.load_all()  # as the command lines do: every family registers its transformer with the LoRA tools
 
 
 def _reference_dir() -> Path:
