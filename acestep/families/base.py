@@ -36,7 +36,7 @@ class ModelFamily(Protocol):
     - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`, registered on
       import); LoRA key naming per consumer is `acestep.lora.keys` (styles by family)
     - planner terms: the family's `plan` module (`estimate(request)`, `format_plan(plan)`)
-    - generation: `generate(argv)` (generate.py) and `renderer(checkpoint, device, dtype, steps)`
+    - generation: `generate_main(argv)` (generate.py) and `renderer(checkpoint, device, dtype, steps)`
     - `write_tiny(root, seed=0, overwrite=False)`: a tiny random checkpoint; returns the folder to pass as
       --checkpoint_dir (tests, the demo)
     """
@@ -53,7 +53,7 @@ class ModelFamily(Protocol):
 
     def training_parts(self, config: Any, checkpoint: Any) -> Any: ...
 
-    def generate(self, argv: list[str]) -> None: ...
+    def generate_main(self, argv: list[str]) -> None: ...
 
     def renderer(self, checkpoint: Any, device: str, dtype: str, steps: int | None) -> Any: ...
 

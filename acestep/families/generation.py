@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         family = detect(known.checkpoint_dir) if known.checkpoint_dir else get(V1)
     except AcestepError as error:
         sys.exit(f"error: {error}")
-    return family.generate(argv)
+    return family.generate_main(argv)
 
 
 def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,

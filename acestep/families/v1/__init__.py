@@ -79,7 +79,7 @@ def training_parts(config: TrainConfig, checkpoint: V1Checkpoint | None = None) 
     return build(config)
 
 
-def generate(argv: list[str]) -> None:
+def generate_main(argv: list[str]) -> None:
     """generate.py for v1 checkpoints."""
     from acestep.families.v1.generate import main
 

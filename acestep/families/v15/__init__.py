@@ -18,7 +18,7 @@ from acestep.lora import models as lora_models
 
 from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
 
-__all__ = ["BLOCKS", "NAME", "TRANSFORMER", "V15Checkpoint", "generate", "recognizes", "renderer", "resolve",
+__all__ = ["BLOCKS", "NAME", "TRANSFORMER", "V15Checkpoint", "generate_main", "recognizes", "renderer", "resolve",
            "song_stages", "training_parts", "write_tiny"]
 BLOCKS = "layers"  # the DiT's ModuleList that checkpointing, fp8 and compile act on, block by block
 
@@ -47,7 +47,7 @@ def training_parts(config: Any, checkpoint: V15Checkpoint) -> Any:
     return parts_from_config(config, checkpoint)
 
 
-def generate(argv: list[str]) -> None:
+def generate_main(argv: list[str]) -> None:
     """generate.py for 1.5 checkpoints (AceStepPipeline)."""
     from .generate import main
 
