@@ -21,7 +21,7 @@ PACKAGE = REPO / "acestep"
 # Lowest first. A module belongs to the layer of its longest matching prefix; it may import its own layer and
 # the ones below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("acestep", "acestep.core")),
+    ("core", ("acestep.core",)),
     ("formats", ("acestep.audio", "acestep.lora")),
     ("data", ("acestep.data",)),
     ("machinery", ("acestep.training", "acestep.captioning")),
@@ -113,6 +113,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def layer_of(module: str) -> tuple[int, str]:
+    if module == "acestep":  # the package's own __init__
+        return 0, LAYERS[0][0]
     for prefix, rank, name in LAYER_PREFIXES:
         if module == prefix or module.startswith(prefix + "."):
             return rank, name
