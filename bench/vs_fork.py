@@ -401,7 +401,7 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     if config.gradient_checkpointing == "auto":
         import dataclasses
 
-        from acestep.families.v1.checkpointing import resolve_auto
+        from acestep.families.v1.training import resolve_auto
         from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
         crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND

@@ -9,10 +9,10 @@ import torch
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import parse_config, run_training
-from acestep.families.v1.checkpointing import resolve_auto
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.families.v1.plan import PlanRequest, estimate, fewest_checkpointed_blocks
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
+from acestep.families.v1.training import resolve_auto
 from acestep.lora import LoraSettings
 from acestep.plan.cli import main
 from acestep.presets import (

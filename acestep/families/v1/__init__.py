@@ -5,7 +5,7 @@
 - lyrics/         the lyric tokenizer; text_encoder.py the UMT5 prompt encoder
 - encoders.py     stage 3: the models it runs and the per-song encoder (`SongPipeline`)
 - training.py     the trainer's parts (model, songs, fp8 / auto checkpointing, samples); probe.py a bare step
-- checkpointing.py, plan.py   the planner's terms and `--gradient_checkpointing auto`
+- plan.py         the planner's terms (`--gradient_checkpointing auto` resolves with them in training.py)
 - pipeline/, generate.py      sampling; samples.py audio samples during training
 - tiny.py         a tiny random checkpoint in the published layout (tests, demo)
 The module-level names below are the interface of `acestep.families.base.ModelFamily`.

@@ -4,6 +4,7 @@ what --base_dtype fp8 and --gradient_checkpointing auto do to it. The trainer (a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import datasets
@@ -15,6 +16,7 @@ from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
 from acestep.lora.keys import V1_FAMILY
+from acestep.training.checkpointing import DEFAULT_DURATION, DTYPE_NAMES, card_gb
 from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from acestep.training.data import SongLatents, collate_songs, frames_for_seconds
 from acestep.training.family import TrainingParts
@@ -36,7 +38,6 @@ def training_parts(
     base_model: str | None = None,
 ) -> TrainingParts:
     """v1's parts for `config`; tests and the demo may pass a ready transformer (its dtype is kept) or dataset."""
-    from acestep.families.v1.checkpointing import resolve_auto
     from acestep.families.v1.samples import SampleRenderer
 
     settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
@@ -117,3 +118,31 @@ def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors
     return released
 
 
+def resolve_auto(config: TrainConfig, transformer: torch.nn.Module, ssl: bool, gpu: bool,
+                 compute_dtype: torch.dtype) -> tuple[TrainConfig, str]:
+    """`config` with auto replaced by the fewest blocks that fit, and the line that says so (the planner's figure
+    included). All blocks, with a warning, when not even that fits."""
+    from acestep.families.v1.plan import PlanRequest, estimate, fewest_checkpointed_blocks
+    gb = card_gb(config, gpu)
+    model_config = {key: transformer.config[key] for key in transformer.config if not key.startswith("_")}
+    lora = {"lora_config": config.lora_config_path} if config.lora_config_path else {}
+    request = PlanRequest(
+        duration=config.max_duration or DEFAULT_DURATION, batch_size=config.batch_size, gpu_gb=gb,
+        optimizer=config.optimizer,
+        base_dtype="fp8" if config.base_dtype == "fp8" else DTYPE_NAMES[compute_dtype], ssl=ssl,
+        device="cuda" if gpu else "cpu", release_unused_weights=config.release_unused_weights,
+        transformer_config=model_config, **lora,
+    )
+    blocks = model_config["num_layers"]
+    count = fewest_checkpointed_blocks(request)
+    crop = f"{request.duration:g} s crops" + ("" if config.max_duration else " (no --max_duration: planned for 360 s)")
+    if count is None:
+        plan = estimate(dataclasses.replace(request, checkpointed_blocks=blocks))
+        line = (f"Gradient checkpointing auto: {blocks} of {blocks} blocks; even so the planner's "
+                f"{plan.device_bytes / 1e9:.2f} GB for {crop} does not fit {gb:g} GB (python -m acestep.plan)")
+        count = blocks
+    else:
+        plan = estimate(dataclasses.replace(request, checkpointed_blocks=count))
+        line = (f"Gradient checkpointing auto: {count} of {blocks} blocks (the first ones), the fewest that fit "
+                f"{gb:g} GB at {crop}: planner {plan.device_bytes / 1e9:.2f} GB")
+    return dataclasses.replace(config, gradient_checkpointing=str(count)), line
