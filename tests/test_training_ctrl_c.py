@@ -73,7 +73,8 @@ DRIVER = """
 import sys, time
 from pathlib import Path
 from training_helpers import synthetic_songs, tiny_transformer
-from acestep.training import TrainConfig, run_training
+from acestep.families.training import run_training
+from acestep.training import TrainConfig
 from acestep.training.callbacks import AdapterSaver
 
 original = AdapterSaver._write_step_folder
