@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .family import TrainingParts
 from .model import PRECISION_FOR_DTYPE
 from .module import LoraTrainingModule, NonFiniteLossError
-from .regularization import reg_mix_line
+from .regularization import check_reg_folder, reg_mix_line
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, write_loss_curve
 
 
@@ -160,6 +160,8 @@ def preflight(config: TrainConfig) -> None:
     check_devices(config)
     check_trigger(config)
     check_run_dir(config)
+    if config.reg_dataset:
+        check_reg_folder(config.reg_dataset)
 
 
 def run_training(config: TrainConfig, parts: TrainingParts) -> TrainResult:
