@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from acestep.demo import DEFAULT_LORA_CONFIG as DEFAULT_V1_LORA_CONFIG
-from acestep.demo import (
+from acestep.demo_songs import DEFAULT_LORA_CONFIG as DEFAULT_V1_LORA_CONFIG
+from acestep.demo_songs import (
     SYNTHETIC_SONGS,
     TINY_LEARNING_RATE,
     crop_note,
@@ -122,8 +122,8 @@ def run_demo_v15(args: argparse.Namespace) -> V15DemoOutputs:
 
 def train(args: argparse.Namespace, out: Path, outputs: V15DemoOutputs, stamp: str) -> None:
     """Stages 4 and 5: the trainer's 1.5 parts (the CLI's family layer), then the step folder's files."""
-    from acestep.families.training import training_parts_for
-    from acestep.training import TrainConfig, run_training
+    from acestep.families.training import run_training, training_parts_for
+    from acestep.training import TrainConfig
 
     tiny = "tiny_checkpoint_v15" in str(outputs.checkpoint)
     lora_config = args.lora_config_path if args.lora_config_path != str(DEFAULT_V1_LORA_CONFIG) else V15_LORA_CONFIG

@@ -4,7 +4,7 @@ Speed is ranked by a simple model of one step, relative to a step without checkp
 block adds one more forward of that block (a third of its forward + backward), and an fp8 base adds the
 dequantization of every weight in every pass. `FP8_SHARE` is an assumption until fp8 is timed on a GPU; the
 8-bit optimizer is taken as fast as AdamW (both touch only the LoRA factors). Ties go to bf16 and AdamW (exact,
-no extra package). Every function takes any family's planner request (acestep.plan: `plan()`, `block_count`).
+no extra package). Every function takes any family's planner request (acestep.families.v1.plan: `plan()`, `block_count`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from acestep.errors import AcestepError
-from acestep.plan import (
-    FP8,
-    PlanRequest,
-    fewest_checkpointed_blocks,
-    longest_duration_that_fits,
-)
+from acestep.core.errors import AcestepError
+from acestep.families.v1.plan import PlanRequest
+from acestep.training.planner import FP8, fewest_checkpointed_blocks, longest_duration_that_fits
 
 if TYPE_CHECKING:
     from acestep.training.config import TrainConfig

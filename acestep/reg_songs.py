@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from acestep.cli_help import make_parser
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, one_line_errors
 from acestep.data.reg import Renderer, RenderSummary, is_rendered, read_prompt_list, render_songs
-from acestep.errors import AcestepError, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, load_renderer: Callable[..., tuple[str, Renderer]] | None = None) -> None:
     """`load_renderer(checkpoint_dir, dit, device, dtype, steps)` -> (family, renderer); default: the families'."""
-    from acestep.quiet import quiet_third_party_noise
+    from acestep.core.quiet import quiet_third_party_noise
 
     quiet_third_party_noise()
     args = build_parser().parse_args(argv)

@@ -16,9 +16,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from training_helpers import synthetic_songs  # noqa: E402
 
-from acestep.cli_help import make_parser  # noqa: E402
-from acestep.tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
-from acestep.training import TrainConfig, run_training  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
+from acestep.families.training import run_training  # noqa: E402
+from acestep.families.v1.tiny import write_tiny_checkpoint  # noqa: E402
+from acestep.training import TrainConfig  # noqa: E402
 from acestep.training.callbacks import read_metrics  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
 from acestep.training.model import DTYPES, resolve_base_dtype  # noqa: E402

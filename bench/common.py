@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text
+from acestep.core.atomic import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -171,3 +171,17 @@ def write_results(
         parts.append("\n".join(f"- {note}" for note in notes))
     atomic_write_text(md_path, "\n\n".join(parts) + "\n")
     return json_path, md_path
+
+
+def portable_command(script: str, argv: list[str]) -> str:
+    """The command line as results record it: absolute paths of this machine become <name> (no machine paths in
+    the repo)."""
+    import shlex
+
+    def strip(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if os.path.isabs(value):
+            value = f"<{Path(value).name}>"
+        return flag + eq + value
+
+    return f"python {script} " + shlex.join(strip(arg) for arg in argv)

@@ -4,7 +4,7 @@ interleaved.
 `python bench/compile_step.py [--blocks 2] [--seconds 10] [--dtype bf16|fp8|fp32] [--repeats 4]`
 
 Two copies of the same random mid-size model (published width, `--blocks` blocks) in one process, one eager and
-one with its blocks compiled (acestep.training.compile), each running the trainer's step (acestep.training.probe:
+one with its blocks compiled (acestep.training.compile), each running the trainer's step (acestep.families.v1.probe:
 LoRA, gradient checkpointing, autocast, AdamW). The first compiled step includes compiling and is reported
 apart; then the steps alternate eager, compiled, eager, ... so load from other processes hits both alike. The
 first step's loss of both is printed: they must agree to bf16 rounding.
@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acestep.cli_help import make_parser  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
+from acestep.core.progress import progress  # noqa: E402
+from acestep.families.v1.plan import DEFAULT_LORA_CONFIG, PlanRequest  # noqa: E402
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
-from acestep.plan import DEFAULT_LORA_CONFIG, PlanRequest  # noqa: E402
-from acestep.progress import progress  # noqa: E402
 from acestep.training.compile import compile_blocks  # noqa: E402
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from bench.common import bf16_warning, machine_description, machine_tag, write_results  # noqa: E402
 from bench.train_step import size_config  # noqa: E402
 

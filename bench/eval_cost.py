@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from acestep.cli_help import make_parser  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.evaluation.cache import EvalPrompt  # noqa: E402
 from acestep.evaluation.cli import family_renderer, load_mert  # noqa: E402
 from acestep.evaluation.embedders import ClapEmbedder  # noqa: E402
@@ -39,7 +39,7 @@ def make_checkpoint(root: Path, family: str) -> Path:
         from acestep.families.v15.tiny import write_tiny_v15_checkpoint
 
         return write_tiny_v15_checkpoint(root / "ckpt")[0]
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(root / "ckpt")
 

@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/data_helpers.py writes 
 
 from data_helpers import write_with_pyav  # noqa: E402
 
-from acestep.cli_help import make_parser  # noqa: E402
-from acestep.demo import synth_song  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
+from acestep.demo_songs import synth_song  # noqa: E402
 from bench.common import bf16_warning, format_cell, machine_description, machine_tag, release, write_results  # noqa: E402
 
 PARTS = ("decode", "dcae", "text", "ssl", "size")
@@ -214,7 +214,7 @@ def bench_decode(bench: Bench, formats: list[str]) -> None:
 def published_dcae(bench: Bench):
     from diffusers import AutoencoderDC
 
-    from acestep.models.dcae import PUBLISHED_DCAE_CONFIG, MusicDCAE
+    from acestep.families.v1.models.dcae import PUBLISHED_DCAE_CONFIG, MusicDCAE
 
     return MusicDCAE(AutoencoderDC(**PUBLISHED_DCAE_CONFIG).to(bench.dtype).eval()).to(bench.device)
 
@@ -222,7 +222,7 @@ def published_dcae(bench: Bench):
 def published_text(bench: Bench, tokenizer):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from acestep.text_encoder import TextEncoder
+    from acestep.families.v1.text_encoder import TextEncoder
 
     model = UMT5EncoderModel(UMT5Config(**PUBLISHED_UMT5_CONFIG)).to(bench.device, bench.dtype)
     return TextEncoder(model, tokenizer, bench.device)
@@ -231,7 +231,7 @@ def published_text(bench: Bench, tokenizer):
 def published_ssl(bench: Bench):
     from transformers import HubertConfig, HubertModel
 
-    from acestep.models.ssl import SSLFeatureExtractor
+    from acestep.families.v1.models.ssl import SSLFeatureExtractor
 
     def build(config: dict) -> HubertModel:
         return HubertModel(HubertConfig(**config)).to(bench.device, bench.dtype).eval()
@@ -254,7 +254,7 @@ def bench_dcae(bench: Bench, size: str, dcae) -> None:
 
 
 def bench_prompts() -> list[str]:
-    from acestep.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     rng = np.random.default_rng(0)
     return [
@@ -280,7 +280,7 @@ def bench_text(bench: Bench, size: str, encoder) -> None:
 
 
 def bench_ssl(bench: Bench, size: str, extractor) -> None:
-    from acestep.models.ssl import MERT_SPEC, MHUBERT_SPEC, extract_features
+    from acestep.families.v1.models.ssl import MERT_SPEC, MHUBERT_SPEC, extract_features
 
     wav, lengths = bench.wav_48k(bench.seconds)
     short, short_lengths = bench.wav_48k(WARMUP_SECONDS)
@@ -302,8 +302,8 @@ def bench_ssl(bench: Bench, size: str, extractor) -> None:
 
 def run_model_parts(bench: Bench, parts: list[str]) -> None:
     """Tiny models come from a tiny checkpoint through stage 3's own loader; published ones are built in memory."""
-    from acestep.data.encoders import load_encoders
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.encoders import load_encoders
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="bench-tiny-") as temp:  # kept while loaded (Windows file locks)
         checkpoint = write_tiny_checkpoint(Path(temp))

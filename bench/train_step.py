@@ -4,7 +4,7 @@
 
 Sizes: tiny (the test model), mid (published width 2560 and lyric encoder, `--mid_blocks` blocks) and full (the
 published config). Weights are random, allocated once in the base dtype (bf16), LoRA factors in fp32, the step
-is the trainer's (flow-matching loss, gradient checkpointing, bf16 autocast, AdamW): acestep.training.probe.
+is the trainer's (flow-matching loss, gradient checkpointing, bf16 autocast, AdamW): acestep.families.v1.probe.
 Memory: tensor peak from TensorMemoryTracker (weights + LoRA state + batch + activations; what the planner
 models), process peak RSS (adds the interpreter, libraries and the CPU allocator's cache) and, on CUDA,
 torch.cuda.max_memory_allocated.
@@ -22,18 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acestep.cli_help import make_parser  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
+from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config  # noqa: E402
+from acestep.families.v1.plan import DEFAULT_LORA_CONFIG, PlanRequest, count_parameters, estimate
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
-from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config  # noqa: E402
-from acestep.plan import (  # noqa: E402
-    DEFAULT_LORA_CONFIG,
-    PlanRequest,
-    count_parameters,
-    estimate,
-    fewest_checkpointed_blocks,
-)
 from acestep.training.memory import peak_rss_gb  # noqa: E402
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
+from acestep.training.planner import fewest_checkpointed_blocks
 from bench.common import bf16_warning, machine_description, machine_tag, release, write_results  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

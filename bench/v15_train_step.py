@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acestep.cli_help import make_parser  # noqa: E402
+from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.families.v15.plan import MODELS, StepProbe, V15PlanRequest, estimate  # noqa: E402
-from acestep.plan import fewest_checkpointed_blocks  # noqa: E402
 from acestep.training.memory import peak_rss_gb  # noqa: E402
+from acestep.training.planner import fewest_checkpointed_blocks  # noqa: E402
 from bench.common import bf16_warning, machine_description, machine_tag, write_results  # noqa: E402
 
 

@@ -33,7 +33,7 @@ Changed to run the fork on CPU (nothing else):
   pipeline_ace_step (text encoder, DCAE, torchaudio) nor the dataset code; no imports are stubbed.
 - the noise, timestep index and batch come from the parent instead of torch.randn_like / its dataloader.
 
-Our step is acestep.training.probe.TrainingStepProbe (the trainer's step without Lightning) on the same folder,
+Our step is acestep.families.v1.probe.TrainingStepProbe (the trainer's step without Lightning) on the same folder,
 loaded as the trainer loads a checkpoint. `--ours_args` takes trainer_new.py flags (repeat it to compare several
 settings in one run); a flag whose name is a TrainingStepProbe parameter is passed straight through, the others it
 knows are mapped (OPTION_TO_PROBE), and any other flag given is refused rather than ignored. Our base dtype
@@ -120,8 +120,8 @@ def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, An
     import dataclasses
     import inspect
 
+    from acestep.families.v1.probe import TrainingStepProbe
     from acestep.training.config import TrainConfig, build_parser
-    from acestep.training.probe import TrainingStepProbe
 
     argv = ["--dataset_path", "-", "--base_dtype", dtype, *shlex.split(ours_args)]
     parser = build_parser()
@@ -159,9 +159,9 @@ def write_case(folder: Path, blocks: int, seconds: float, lyric_tokens: int, tex
     import torch
     from safetensors.torch import save_file
 
+    from acestep.families.v1.probe import random_transformer, synthetic_batch
     from acestep.training.data import frames_for_seconds
     from acestep.training.flow_matching import FlowMatchingObjective
-    from acestep.training.probe import random_transformer, synthetic_batch
     from bench.train_step import size_config
 
     config = size_config("mid", blocks)
@@ -366,11 +366,11 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
 
     _imported_from(acestep, REPO)
     load_our_memory_module()  # the worker loop reads peak RSS from it, as the fork's worker does
+    from acestep.families.v1.models import ACEStepTransformer2DModel
+    from acestep.families.v1.probe import SyntheticBatch, TrainingStepProbe
     from acestep.lora import LoraSettings
-    from acestep.models import ACEStepTransformer2DModel
     from acestep.training.flow_matching import FlowMatchingObjective, NoisedBatch
     from acestep.training.model import resolve_base_dtype
-    from acestep.training.probe import SyntheticBatch, TrainingStepProbe
 
     config, kwargs, _ = ours_options(ours_args, dtype_name)
     dtype = resolve_base_dtype(config.base_dtype, on_gpu=False)
@@ -401,7 +401,7 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     if config.gradient_checkpointing == "auto":
         import dataclasses
 
-        from acestep.plan import request_for_run
+        from acestep.families.v1.plan import request_for_run
         from acestep.training.checkpointing import DTYPE_NAMES, card_gb, resolve_auto
         from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
@@ -445,7 +445,7 @@ def worker_env() -> dict[str, str]:
 
 def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: float) -> list[dict]:
     """All implementations on one case, stepped in turns; one result row each (the fork's first)."""
-    from acestep.progress import progress
+    from acestep.core.progress import progress
 
     with tempfile.TemporaryDirectory(prefix="vs_fork_", dir=args.work_dir) as tmp:
         case = Path(tmp)
@@ -522,7 +522,7 @@ COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from acestep.cli_help import make_parser
+    from acestep.core.cli_help import make_parser
 
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--fork_src", default=None, help="checkout of github.com/woct0rdho/ACE-Step; required (no default)")
@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    """The fork worker's arguments, parsed without our package (acestep.cli_help) being imported."""
+    """The fork worker's arguments, parsed without our package (acestep.core.cli_help) being imported."""
     parser = argparse.ArgumentParser(prog="vs_fork.py --worker fork", add_help=False)
     for flag in ("--worker", "--case", "--fork_src", "--dtype", "--ours_args"):
         parser.add_argument(flag, required=flag != "--ours_args")
@@ -577,6 +577,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Path]
 
 
 def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
+    from bench.common import portable_command
+
     commit = args.fork_commit
     if commit is None:
         git = subprocess.run(["git", "-C", str(fork_src), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
@@ -585,10 +587,10 @@ def notes_for(args: argparse.Namespace, fork_src: Path) -> list[str]:
         own = git.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == fork_src  # not a repo around it
         commit = lines[1] if own else "unknown (not a git checkout)"
     return [
-        "command: python bench/vs_fork.py " + shlex.join(sys.argv[1:]),
+        "command: " + portable_command("bench/vs_fork.py", sys.argv[1:]),
         f"fork: github.com/woct0rdho/ACE-Step, commit {commit}; its step as trainer_new.py runs it (module "
         "docstring of bench/vs_fork.py: what it does and the CPU changes).",
-        f"ours: acestep.training.probe.TrainingStepProbe with the trainer flags in `ours_args` (base dtype "
+        f"ours: acestep.families.v1.probe.TrainingStepProbe with the trainer flags in `ours_args` (base dtype "
         f"{args.dtype} unless given); 'our options' lists the flags that differ from the trainer's defaults.",
         "same case for all: random weights of the published layout (bf16) written once, loaded by each side's "
         f"from_pretrained; one song, {args.lyric_tokens} lyric tokens, {args.text_tokens} prompt tokens, MERT + "

@@ -523,7 +523,7 @@ def loss_rtol(args: argparse.Namespace) -> float:
 
 def run_case(args: argparse.Namespace, official_src: Path) -> list[dict]:
     """Both implementations on one case, stepped in turns; one result row each (the official one first)."""
-    from acestep.progress import progress
+    from acestep.core.progress import progress
 
     vs_fork = _vs_fork()
     label = f"[{args.size} {args.layers} layers {args.seconds:g} s]"
@@ -614,7 +614,7 @@ COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from acestep.cli_help import make_parser
+    from acestep.core.cli_help import make_parser
 
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--official_src", default=None,
@@ -659,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    """The official worker's arguments, parsed without our package (acestep.cli_help) being imported."""
+    """The official worker's arguments, parsed without our package (acestep.core.cli_help) being imported."""
     parser = argparse.ArgumentParser(prog="vs_official_v15.py --worker official", add_help=False)
     for flag in ("--worker", "--case", "--official_src", "--dtype", "--official_args", "--ours_args"):
         parser.add_argument(flag, required=flag in ("--worker", "--case", "--official_src", "--dtype"))

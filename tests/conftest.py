@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from acestep import families
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+families.load_all()  # as the command lines do: every family registers its transformer with the LoRA tools
 
 
 def _reference_dir() -> Path:
-    """$ACESTEP_REFERENCE_DIR, else `../shared/reference` beside the clone, else the team's /work/shared copy."""
+    """$ACESTEP_REFERENCE_DIR, else `../shared/reference` beside the clone."""
     if "ACESTEP_REFERENCE_DIR" in os.environ:
         return Path(os.environ["ACESTEP_REFERENCE_DIR"])
-    candidates = [REPO_ROOT.parent / "shared" / "reference", Path("/work/shared/reference")]
-    return next((path for path in candidates if path.is_dir()), candidates[0])
+    return REPO_ROOT.parent / "shared" / "reference"
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +41,7 @@ def lyrics_vocab_path(reference_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny checkpoint in the published layout, written once per test session."""
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny_checkpoint")
     write_tiny_checkpoint(root)

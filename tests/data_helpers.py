@@ -11,8 +11,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from acestep.errors import InputError
-from acestep.lyrics import UnsupportedLyricsLanguage
+from acestep.core.errors import InputError
+from acestep.families.v1.lyrics import UnsupportedLyricsLanguage
 
 SOUNDFILE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 AV_CODECS = {

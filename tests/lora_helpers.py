@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig
 
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.lora import LoraSettings
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.configs import tiny_transformer_config
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 

@@ -15,7 +15,7 @@ import torch
 from lora_helpers import tiny_model
 from safetensors.torch import load_file
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import apply_adapter, read_adapter, save_comfyui_file
 from acestep.training.model import adapter_state_dict, attach_lora
@@ -181,8 +181,8 @@ def test_settings_validate_and_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["lora", *SETTINGS])
 def test_the_planner_counts_peft_trainable_parameters(kind: str) -> None:
-    from acestep.models.configs import tiny_transformer_config
-    from acestep.plan import count_lora_parameters
+    from acestep.families.v1.models.configs import tiny_transformer_config
+    from acestep.families.v1.plan import count_lora_parameters
 
     settings = SETTINGS.get(kind) or LoraSettings(r=4, lora_alpha=1.0, target_modules=TARGETS)
     model = tiny_model()
@@ -220,8 +220,9 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
 ) -> None:
     from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 
+    from acestep.families.training import run_training
     from acestep.lora import load_adapter
-    from acestep.training import TrainConfig, run_training
+    from acestep.training import TrainConfig
 
     dataset = synthetic_songs([9, 12, 7])
 
@@ -248,7 +249,7 @@ def test_each_type_trains_resumes_exactly_and_writes_its_files(
 @pytest.mark.parametrize("kind", ["dora", "loha", "lokr_factored"])
 def test_merge_generate_and_inspect_take_every_type(tmp_path: Path, kind: str) -> None:
     from acestep.lora import format_report, inspect_lora, merge_file
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.lora.loading import load_loras
 
     settings = SETTINGS[kind]
     model, bases = trained_model(settings)
@@ -292,7 +293,7 @@ def test_resize_convert_and_bake_refuse_other_types_in_one_line(tmp_path: Path) 
 
 
 def test_generation_checks_the_family_of_any_type(tmp_path: Path) -> None:
-    from acestep.families.generation import check_v1_loras
+    from acestep.families.v1.generate import check_v1_loras
     from acestep.families.v15.generate import check_lora_family
 
     model, _ = trained_model(SETTINGS["lokr"])
@@ -307,7 +308,7 @@ def test_a_1_5_step_folder_writes_the_comfyui_file_of_each_type(tmp_path: Path, 
     from v15_helpers import tiny_dit
 
     from acestep.families.v15.export import write_step_files
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.lora.loading import load_loras
 
     settings = SETTINGS[kind]
     model = tiny_dit()

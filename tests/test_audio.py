@@ -10,7 +10,7 @@ import soundfile as sf
 from data_helpers import write_with_pyav
 
 from acestep.audio import condition_training_audio, load_audio, prepare_training_audio
-from acestep.errors import InputError
+from acestep.core.errors import InputError
 
 
 def tone(seconds: float, rate: int, channels: int, freq: float = 440.0) -> np.ndarray:

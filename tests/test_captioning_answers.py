@@ -20,7 +20,7 @@ from acestep.captioning.clips import (
 from acestep.captioning.junk import repeated_ngram, unusable_reason
 from acestep.captioning.qwen_omni import audio_token_count
 from acestep.captioning.runner import RunOptions, caption_folder
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 REAL_LYRICS = """[verse]
 I walked along the river where the summer used to be

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from acestep.captioning.dsp import DSP_SAMPLE_RATE, MISSING_LIBROSA, best_key, require_librosa
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 NOTE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 

@@ -14,7 +14,7 @@ from mutagen.mp4 import MP4
 from mutagen.oggvorbis import OggVorbis
 
 from acestep.captioning.embedded_lyrics import find_user_lyrics, read_embedded_lyrics, read_lrc
-from acestep.errors import InputError
+from acestep.core.errors import InputError
 
 SAMPLE_RATE = 44_100
 ENCODERS = {".mp3": "libmp3lame", ".m4a": "aac"}

@@ -26,7 +26,7 @@ from acestep.captioning.qwen_omni import (
 )
 from acestep.captioning.runner import RunOptions, caption_folder
 from acestep.captioning.tiny_omni import MEL_BINS, write_tiny_qwen_omni
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

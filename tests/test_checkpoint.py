@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import acestep.checkpoint as checkpoint_module
-from acestep.checkpoint import REPO_ID, resolve_checkpoint
-from acestep.errors import CheckpointError
-from acestep.lyrics import LyricTokenizer
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.dcae import MusicDCAE
-from acestep.models.ssl import MERT_SPEC, SSLFeatureExtractor, load_hubert
-from acestep.text_encoder import TextEncoder, format_prompt
+import acestep.families.v1.checkpoint as checkpoint_module
+from acestep.core.errors import CheckpointError
+from acestep.data.tags import format_prompt
+from acestep.families.v1.checkpoint import REPO_ID, resolve_checkpoint
+from acestep.families.v1.lyrics import LyricTokenizer
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.dcae import MusicDCAE
+from acestep.families.v1.models.ssl import MERT_SPEC, SSLFeatureExtractor, load_hubert
+from acestep.families.v1.text_encoder import TextEncoder
 
 
 def test_tiny_checkpoint_loads_every_component(tiny_checkpoint: Path) -> None:
@@ -109,7 +110,7 @@ def test_an_existing_checkpoint_is_never_overwritten(tiny_checkpoint: Path, tmp_
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_checkpoint_files_have_ordinary_permissions(tiny_checkpoint: Path) -> None:
-    from acestep.data.atomic import readable_file_mode
+    from acestep.core.atomic import readable_file_mode
 
     modes = {str(p.relative_to(tiny_checkpoint)): p.stat().st_mode & 0o777
              for p in tiny_checkpoint.rglob("*") if p.is_file()}
@@ -117,9 +118,9 @@ def test_checkpoint_files_have_ordinary_permissions(tiny_checkpoint: Path) -> No
 
 
 def test_a_truncated_weight_file_is_one_line_in_every_stage(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
+    from acestep.families.training import main as train_main
     from acestep.lora.cli import main as lora_main
-    from acestep.training.cli import main as train_main
 
     damaged = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, damaged)

@@ -7,11 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import parse_config, run_training
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.plan import PlanRequest, estimate, request_for_run
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.families.v15.plan import V15PlanRequest
 from acestep.lora import LoraSettings
-from acestep.models.configs import tiny_transformer_config
-from acestep.plan import PlanRequest, estimate, fewest_checkpointed_blocks, main, request_for_run
+from acestep.plan.cli import main
 from acestep.presets import (
     PRESET_GB,
     fastest_settings,
@@ -20,11 +23,11 @@ from acestep.presets import (
     settings_to_try,
     table_rows,
 )
-from acestep.training import run_training, summary_text
+from acestep.training import summary_text
 from acestep.training.checkpointing import resolve_auto
-from acestep.training.config import TrainConfig, build_parser, parse_config
+from acestep.training.config import TrainConfig, build_parser
 from acestep.training.module import enable_checkpointing
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
+from acestep.training.planner import fewest_checkpointed_blocks
 from tests.test_plan import ROOT, TRANSFORMER_ONLY
 from tests.test_training_run import make_config
 from tests.test_transformer import count_checkpoint_calls, tiny_inputs, tiny_model
@@ -235,7 +238,7 @@ def test_a_preset_fits_a_model_with_fewer_blocks_than_the_published_one(tmp_path
     model = V15PlanRequest(transformer_config=TINY_DIT) if family == "1.5" else None
     config = parse_config(["--dataset_path", "in-memory", "--preset", "8gb", "--output_dir", str(tmp_path),
                            "--max_steps", "1", "--every_n_train_steps", "1", "--logger", "none", "--no-progress_bar",
-                           "--max_duration", "0.9"], plan_model=(lambda _: model) if model else None)
+                           "--max_duration", "0.9"], plan_model=lambda _: model)
     assert config.gradient_checkpointing == "auto" and "--gradient_checkpointing auto --vram_gb 8" in \
         config.preset_applied
     if family == "1.5":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import acestep.data.atomic as atomic
-from acestep.data.atomic import TEMP_MARK, OutputError, atomic_write_bytes, atomic_write_json, replace_folder
+import acestep.core.atomic as atomic
+from acestep.core.atomic import TEMP_MARK, OutputError, atomic_write_bytes, atomic_write_json, replace_folder
 
 
 def test_replaces_the_file_and_leaves_no_temp(tmp_path: Path):

@@ -10,10 +10,10 @@ import datasets
 import pytest
 from data_helpers import write_audio
 
-from acestep.data.atomic import DATASET_MARKER
+from acestep.core.atomic import DATASET_MARKER
+from acestep.core.errors import AcestepError, InputError
 from acestep.data.filenames import build_filename_dataset, main, scan_folder
 from acestep.data.sidecars import read_sidecar, split_tags
-from acestep.errors import AcestepError, InputError
 
 FORK_COLUMNS = ["keys", "filename", "tags", "speaker_emb_path", "norm_lyrics", "recaption"]
 

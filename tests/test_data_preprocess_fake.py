@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -23,12 +24,12 @@ from data_helpers import (
     write_audio,
 )
 
-from acestep.data.encoders import SongEncoders
+from acestep.core.errors import AcestepError
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
+from acestep.data.preprocess import PreprocessSettings, RunOptions
 from acestep.data.preprocessed import load_preprocessed, merge_parts
 from acestep.data.shards import ShardSpec, read_progress
-from acestep.errors import AcestepError
+from acestep.families.v1.encoders import SongEncoders, run_preprocess
 
 GOOD = {"s0": 1.0, "s1": 3.5, "s2": 0.5, "s4": 2.0, "s6": 1.2, "s7": 4.0}
 
@@ -282,7 +283,8 @@ def test_report_counts_and_png(
 def test_cli_run_summary_and_merge(
     filenames: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from acestep.data import encoders, preprocess
+    from acestep.data import preprocess
+    from acestep.families.v1 import encoders
 
     seen = {}
 
@@ -293,7 +295,8 @@ def test_cli_run_summary_and_merge(
     monkeypatch.setattr(encoders, "load_encoders", fake_load)
     prep = tmp_path / "prep"
     args = ["--input_name", str(filenames), "--output_dir", str(prep), "--checkpoint_dir", "CKPT", "--no-ssl"]
-    preprocess.main([*args, "--device", "cpu", "--num_workers", "0"])
+    stage3 = functools.partial(preprocess.main, song_stages=encoders.v1_song_stages)
+    stage3([*args, "--device", "cpu", "--num_workers", "0"])
     assert seen == {"checkpoint_dir": "CKPT", "device": "cpu", "dtype": "auto", "ssl": False}
     out = capsys.readouterr().out
     assert f"this run: {len(GOOD)} songs encoded" in out and "3 skipped" in out
@@ -301,9 +304,9 @@ def test_cli_run_summary_and_merge(
     preprocess.main(["merge", str(prep)])
     assert json.loads(capsys.readouterr().out)["songs"] == len(GOOD)
     with pytest.raises(SystemExit, match="error: .*other settings"):
-        preprocess.main([*args[:-1], "--shard", "0/1"])
+        stage3([*args[:-1], "--shard", "0/1"])
     with pytest.raises(SystemExit, match="--shard must look like i/n"):
-        preprocess.main([*args, "--shard", "2"])
+        stage3([*args, "--shard", "2"])
 
 
 def test_normalize_loudness_reaches_target() -> None:

@@ -12,15 +12,16 @@ import torch
 from data_helpers import SimulatedKill, reference_latent_length, write_audio
 
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
+from acestep.data.preprocess import PreprocessSettings, RunOptions
 from acestep.data.preprocessed import load_preprocessed
+from acestep.families.v1.encoders import run_preprocess
 
 for _module in (
     "acestep.audio",
-    "acestep.models.dcae",
-    "acestep.models.ssl",
-    "acestep.text_encoder",
-    "acestep.checkpoint",
+    "acestep.families.v1.models.dcae",
+    "acestep.families.v1.models.ssl",
+    "acestep.families.v1.text_encoder",
+    "acestep.families.v1.checkpoint",
     "acestep.tiny_checkpoint",
 ):
     pytest.importorskip(_module, reason="the model components this end-to-end test drives")
@@ -61,7 +62,7 @@ class KillAfter:
 
 @pytest.fixture(scope="module")
 def encoders(tiny_checkpoint: Path):
-    from acestep.data.encoders import load_encoders
+    from acestep.families.v1.encoders import load_encoders
 
     return load_encoders(str(tiny_checkpoint), device="cpu", dtype="float32", ssl=True)
 

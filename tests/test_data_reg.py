@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from acestep.core.errors import AcestepError
 from acestep.data.reg import read_prompt_list, render_songs
-from acestep.errors import AcestepError
 from acestep.reg_songs import main
 
 
@@ -126,10 +126,10 @@ def test_rendered_songs_become_a_reg_dataset_the_trainer_mixes_in(tiny_checkpoin
     """The documented chain on the tiny v1 checkpoint: render, stage 2, stage 3, train with --reg_dataset."""
     from acestep import families
     from acestep.data.filenames import build_filename_dataset
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
+    from acestep.families.training import main as train_main
     from acestep.families.training import training_parts_for
     from acestep.training.callbacks import read_metrics
-    from acestep.training.cli import main as train_main
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the default LoRA config path is relative
     prompts = tmp_path / "prompts.txt"

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderDC
 
 from acestep.audio import resampled_length
-from acestep.models.dcae import (
+from acestep.families.v1.models.dcae import (
     CROSSFADE,
     PUBLISHED_DCAE_CONFIG,
     MusicDCAE,
@@ -21,8 +21,13 @@ from acestep.models.dcae import (
     overlapped_decoded_length,
     tiny_dcae_config,
 )
-from acestep.models.mel import LogMelSpectrogram, denormalize_mel, normalize_mel, slaney_mel_filterbank
-from acestep.models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
+from acestep.families.v1.models.mel import (
+    LogMelSpectrogram,
+    denormalize_mel,
+    normalize_mel,
+    slaney_mel_filterbank,
+)
+from acestep.families.v1.models.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*")
 
@@ -206,7 +211,7 @@ def upstream_channels_first_norm(x: torch.Tensor, weight: torch.Tensor, bias: to
 
 def test_vocoder_channels_first_norm_follows_the_reference_formula_in_bf16() -> None:
     """In bf16 the reference's hand-written mean/variance differ from F.layer_norm (float32 inside) by ~1e-2."""
-    from acestep.models.vocoder import LN_EPS, ChannelsFirstLayerNorm
+    from acestep.families.v1.models.vocoder import LN_EPS, ChannelsFirstLayerNorm
 
     torch.manual_seed(0)
     norm = ChannelsFirstLayerNorm(64)

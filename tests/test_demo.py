@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 from safetensors import safe_open
 
-from acestep.demo import main, synth_song, write_synthetic_songs
+from acestep.demo import main
+from acestep.demo_songs import synth_song, write_synthetic_songs
 
 
 def test_synthetic_songs_are_stereo_audible_and_have_side_files(tmp_path: Path) -> None:
@@ -106,7 +107,8 @@ def test_demo_runs_the_1_5_chain_from_an_empty_folder(tmp_path: Path, capsys: py
 def test_real_songs_are_not_cropped_to_the_synthetic_length() -> None:
     """`demo.py --data_dir SONGS` (the README's suggestion for real songs) keeps each song whole, as the stage
     scripts do; the 30 s cut is for the synthetic songs only, and any crop is said before the run."""
-    from acestep.demo import crop_note, parse_args, song_seconds
+    from acestep.demo import parse_args
+    from acestep.demo_songs import crop_note, song_seconds
 
     assert song_seconds(parse_args(["--data_dir", "songs"])) == (360.0, None)
     assert song_seconds(parse_args([])) == (30.0, 30.0)

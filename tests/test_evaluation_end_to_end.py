@@ -74,7 +74,7 @@ def test_eval_every_scores_during_training_logs_and_keeps_the_best_step(tiny_che
 
     from training_helpers import short_run_config, synthetic_songs
 
-    from acestep.training import run_training
+    from acestep.families.training import run_training
 
     songs = synthetic_songs([40, 48]).with_format(None)
     t = np.arange(RATE) / RATE

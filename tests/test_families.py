@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from acestep import families
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 from acestep.families.v15 import checkpoint as v15_checkpoint
 from acestep.families.v15.checkpoint import diffusers_to_original, load_components, original_to_diffusers
 
@@ -99,7 +99,8 @@ def test_machinery_never_imports_families() -> None:
 def test_stage3_family_layer_hands_v1_its_own_encoders(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import argparse
 
-    from acestep.data.preprocess import SongPipeline, parse_args
+    from acestep.data.preprocess import parse_args
+    from acestep.families.v1.encoders import SongPipeline
 
     args = parse_args(["--input_name", "x", "--output_dir", str(tmp_path / "prep"), "--checkpoint_dir",
                        str(tiny_checkpoint), "--no-ssl", "--device", "cpu", "--dtype", "float32"])
@@ -142,7 +143,7 @@ def test_tiny_checkpoint_cli_writes_both_layouts(tmp_path: Path, capsys) -> None
 def test_1_5_with_an_older_diffusers_fails_in_one_line_naming_the_version(
     tiny_v15_checkpoint: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from acestep import dependencies
+    from acestep.core import dependencies
     from acestep.families.generation import main as generate_main
 
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")

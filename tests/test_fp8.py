@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from training_helpers import synthetic_songs, tiny_transformer
 
+from acestep.families.training import run_training
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.plan import PlanRequest, estimate
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings
-from acestep.models.configs import tiny_transformer_config
-from acestep.models.fp8 import FP8_DTYPE, Fp8Conv1d, Fp8Linear, quantize_base, quantize_channels
-from acestep.plan import PlanRequest, estimate
-from acestep.training import TrainConfig, run_training
+from acestep.training import TrainConfig
+from acestep.training.fp8 import FP8_DTYPE, Fp8Conv1d, Fp8Linear, quantize_base, quantize_channels
 from acestep.training.model import attach_lora
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_ONLY = ROOT / "config" / "lora_config_transformer_only.json"

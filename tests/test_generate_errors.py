@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from acestep import families
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 from acestep.families.generation import main as generate_main
 from acestep.families.v15 import generate as v15_generate
 
@@ -102,15 +102,15 @@ def test_damaged_v15_weight_file_is_named_in_one_line(
 
 
 def _stage3(checkpoint: Path, tmp_path: Path) -> None:
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
 
     preprocess_main(["--input_name", str(tmp_path / "names"), "--output_dir", str(tmp_path / "prep"),
                      "--checkpoint_dir", str(checkpoint), "--device", "cpu"], song_stages=families.song_stages_for_args)
 
 
 def _trainer(checkpoint: Path, tmp_path: Path) -> None:
+    from acestep.families.training import main as train_main
     from acestep.families.training import training_parts_for
-    from acestep.training.cli import main as train_main
 
     train_main(["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", str(checkpoint), "--output_dir",
                 str(tmp_path / "runs"), "--logger", "none"], build_parts=training_parts_for)
@@ -160,8 +160,8 @@ def test_wrong_shape_lora_is_one_line_for_1_5(tiny_v15_checkpoint: Path, tmp_pat
 def test_wrong_shape_lora_is_one_line_for_v1(tmp_path: Path) -> None:
     from lora_helpers import tiny_model
 
-    from acestep.errors import InputError
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.core.errors import InputError
+    from acestep.lora.loading import load_loras
 
     lora = tmp_path / "other.safetensors"  # the tiny transformer's to_q is 64 -> 64
     save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 64),

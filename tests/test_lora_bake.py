@@ -15,7 +15,7 @@ from lora_helpers import TARGETS, add_trained_adapter, product, random_lora, tin
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings, bake_file, load_adapter, save_adapter
 from acestep.lora.bake import main as bake_main
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from acestep.lora import LoraSettings, bake_file, format_report, inspect_lora, load_adapter, save_adapter
 from acestep.lora.bake import main as bake_main
-from acestep.pipeline.lora_loading import lora_state_dict
+from acestep.lora.loading import lora_state_dict
 from acestep.training.callbacks import list_step_folders
 
 SETTINGS = LoraSettings(r=4, lora_alpha=1.0, use_rslora=True, target_modules=("to_q",))

@@ -13,9 +13,9 @@ from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 from lora_helpers import TARGETS, add_trained_adapter, tiny_inputs, tiny_model
 from peft.utils import get_peft_model_state_dict
 
-from acestep.errors import AcestepError, CheckpointError
+from acestep.core.errors import AcestepError, CheckpointError
+from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.lora import LoraSettings, bake_file, merge_file, save_adapter
-from acestep.models import ACEStepTransformer2DModel
 
 SETTINGS = LoraSettings(r=4, lora_alpha=2.0, use_rslora=True, target_modules=(*TARGETS, "linear_q"))
 STRENGTH = 0.7

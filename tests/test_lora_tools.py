@@ -11,7 +11,7 @@ import torch
 from lora_helpers import product, random_lora
 from safetensors.torch import save_file
 
-from acestep.errors import AcestepError, InputError
+from acestep.core.errors import AcestepError, InputError
 from acestep.lora import (
     LoraSettings,
     convert_file,

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from acestep.lyrics.cleaners import chinese_pinyin, expand_abbreviations, expand_symbols, preprocess
-from acestep.lyrics.numbers import expand_numbers
-from acestep.lyrics.zh_numbers import normalize_chinese_numbers, number_to_chinese
+from acestep.families.v1.lyrics.cleaners import (
+    chinese_pinyin,
+    expand_abbreviations,
+    expand_symbols,
+    preprocess,
+)
+from acestep.families.v1.lyrics.numbers import expand_numbers
+from acestep.families.v1.lyrics.zh_numbers import normalize_chinese_numbers, number_to_chinese
 
 
 @pytest.mark.parametrize(

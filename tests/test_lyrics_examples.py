@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from acestep.lyrics import LyricTokenizer, UnsupportedLyricsLanguage, segment_lyrics
+from acestep.families.v1.lyrics import LyricTokenizer, UnsupportedLyricsLanguage, segment_lyrics
 
 MIXED = "[verse]\nHello world, I love you\n[chorus]\n我喜欢在雨天里听音乐\n雨の日に音楽を聴くのが好きです"
 # Inputs of the "== name" blocks.

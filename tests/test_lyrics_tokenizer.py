@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from acestep.errors import AcestepError
-from acestep.lyrics import (
+from acestep.core.errors import AcestepError
+from acestep.families.v1.lyrics import (
     MAX_TRAINING_TOKENS,
     STRUCTURE_TAGS,
     SUPPORTED_LANGUAGES,
@@ -17,7 +17,7 @@ from acestep.lyrics import (
     UnsupportedLyricsLanguage,
     write_tiny_lyric_vocab,
 )
-from acestep.lyrics.languages import ALL_SPECIAL_TOKENS
+from acestep.families.v1.lyrics.languages import ALL_SPECIAL_TOKENS
 
 SWEDISH = "Jag älskar dig så mycket, min vän"
 
@@ -61,7 +61,7 @@ def test_bad_arguments_are_rejected(real: LyricTokenizer) -> None:
 @pytest.mark.parametrize("lyrics", ["[instrumental]", "[Instrumental]", "  [INSTRUMENTAL]\n"])
 @pytest.mark.parametrize("mode", ["training", "inference"])
 def test_instrumental_maps_to_inst_tag_and_logs(real, caplog, lyrics: str, mode: str) -> None:
-    with caplog.at_level(logging.INFO, logger="acestep.lyrics.tokenizer"):
+    with caplog.at_level(logging.INFO, logger="acestep.families.v1.lyrics.tokenizer"):
         ids = real.encode(lyrics, mode=mode)
     assert ids == [261, 259, 6688, 2]  # [START] [en] [inst] [SPACE], as the reference encodes "[inst]"
     assert any("[inst]" in record.getMessage() for record in caplog.records)

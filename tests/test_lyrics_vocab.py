@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from acestep.errors import CheckpointError
-from acestep.lyrics import resolve_lyrics_vocab
-from acestep.lyrics import vocab as vocab_module
+from acestep.core.errors import CheckpointError
+from acestep.families.v1.lyrics import resolve_lyrics_vocab
+from acestep.families.v1.lyrics import vocab as vocab_module
 
 REAL_DOWNLOAD = vocab_module.download_vocab  # the autouse fixture replaces the module attribute
 

@@ -14,12 +14,18 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from acestep.errors import InputError
+from acestep.core.errors import InputError
+from acestep.data.generate_args import read_lyrics
+from acestep.families.v1.pipeline.cli import main, save_outputs
+from acestep.families.v1.pipeline.erg import proportional_indices
+from acestep.families.v1.pipeline.pipeline import (
+    ACEStepPipeline,
+    GenerationParams,
+    latent_frames,
+    output_samples,
+)
 from acestep.lora import LoraSettings, bake_file, save_adapter
-from acestep.pipeline.cli import main, parse_lora, read_lyrics, save_outputs
-from acestep.pipeline.erg import proportional_indices
-from acestep.pipeline.lora_loading import load_loras
-from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams, latent_frames, output_samples
+from acestep.lora.loading import load_loras, parse_lora
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"steps": 4, "duration": 1.5, "guidance_interval": 1.0}
@@ -173,7 +179,7 @@ def test_cli_lyrics_errors_are_one_line(tmp_path: Path, problem: str, capsys: py
 def test_generate_defaults_to_the_clis_and_the_references_48_khz() -> None:
     import inspect
 
-    from acestep.pipeline.cli import DEFAULT_SAMPLE_RATE, build_parser
+    from acestep.families.v1.pipeline.cli import DEFAULT_SAMPLE_RATE, build_parser
 
     default = inspect.signature(ACEStepPipeline.generate).parameters["sample_rate"].default
     assert default == DEFAULT_SAMPLE_RATE == 48000

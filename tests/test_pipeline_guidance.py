@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from acestep.pipeline.guidance import (
+from acestep.families.v1.pipeline.guidance import (
     MomentumBuffer,
     apg,
     cfg,
@@ -16,7 +16,7 @@ from acestep.pipeline.guidance import (
     guidance_scale_at,
     guidance_window,
 )
-from acestep.pipeline.schedule import euler_step, inference_sigmas, omega_factor
+from acestep.families.v1.pipeline.schedule import euler_step, inference_sigmas, omega_factor
 
 
 def test_schedule_matches_reference_numbers() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from acestep.pipeline.erg import diffusion_query_layers, lyric_query_layers, text_query_layers
-from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams
+from acestep.families.v1.pipeline.erg import diffusion_query_layers, lyric_query_layers, text_query_layers
+from acestep.families.v1.pipeline.pipeline import ACEStepPipeline, GenerationParams
 
 FAST = {"prompt": "pop, piano", "lyrics": "[verse]\nhello world", "duration": 1.5, "steps": 3,
         "guidance_interval": 1.0}

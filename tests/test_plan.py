@@ -9,21 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config
+from acestep.families.v1.plan import PlanRequest, count_lora_parameters, count_parameters, estimate
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config
-from acestep.plan import (
-    CUDA_CONTEXT_GB,
-    PlanRequest,
-    count_lora_parameters,
-    count_parameters,
-    estimate,
-    longest_duration_that_fits,
-    main,
-    suggestions,
-)
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
+from acestep.plan.cli import main
+from acestep.training.planner import CUDA_CONTEXT_GB, longest_duration_that_fits, suggestions
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_ONLY = ROOT / "config" / "lora_config_transformer_only.json"

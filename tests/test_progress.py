@@ -2,7 +2,7 @@
 
 import io
 
-from acestep.progress import LineProgress, progress
+from acestep.core.progress import LineProgress, progress
 
 
 class _Cp1252(io.StringIO):

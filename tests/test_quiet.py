@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from acestep.quiet import LIGHTNING_LOGGERS, quiet_third_party_noise
+from acestep.core.quiet import LIGHTNING_LOGGERS, quiet_third_party_noise
 
 
 def test_lightning_chatter_goes_and_real_messages_stay(caplog: pytest.LogCaptureFixture) -> None:
@@ -46,12 +46,12 @@ def test_tiny_checkpoint_writes_and_stages_2_3_show_our_progress_and_no_library_
     from transformers.utils import logging as transformers_logging
 
     from acestep.captioning.tiny_omni import write_tiny_qwen_omni
-    from acestep.data.encoders import load_encoders
     from acestep.data.filenames import build_filename_dataset
-    from acestep.data.preprocess import PreprocessSettings, RunOptions, run_preprocess
-    from acestep.demo import write_synthetic_songs
+    from acestep.data.preprocess import PreprocessSettings, RunOptions
+    from acestep.demo_songs import write_synthetic_songs
+    from acestep.families.v1.encoders import load_encoders, run_preprocess
+    from acestep.families.v1.tiny import write_tiny_checkpoint
     from acestep.families.v15.tiny import write_tiny_v15_checkpoint
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "v1")
     write_tiny_v15_checkpoint(tmp_path / "v15")
@@ -75,7 +75,7 @@ def test_library_bars_off_restores_each_switch_and_keeps_download_bars() -> None
     from huggingface_hub import utils as hub
     from transformers.utils import logging as transformers_logging
 
-    from acestep.quiet import library_bars_off
+    from acestep.core.quiet import library_bars_off
 
     datasets.disable_progress_bars()  # as the stage-2 command line leaves it
     with library_bars_off():

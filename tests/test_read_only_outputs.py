@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,11 @@ def one_line_exit(main, argv: list[str]) -> str:
 def test_stage_2_and_3(tmp_path: Path, read_only_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_data_preprocess_fake import make_encoders
 
-    from acestep.data import encoders
+    from acestep.data import preprocess
     from acestep.data.filenames import main as stage2
-    from acestep.data.preprocess import main as stage3
+    from acestep.families.v1 import encoders
+
+    stage3 = functools.partial(preprocess.main, song_stages=encoders.v1_song_stages)  # v1, no checkpoint needed
 
     songs = tmp_path / "songs"
     write_audio(songs / "a.wav", 1.0, 48000, 2)
@@ -38,7 +41,7 @@ def test_stage_2_and_3(tmp_path: Path, read_only_folder: Path, monkeypatch: pyte
 
 
 def test_trainer(tmp_path: Path, read_only_folder: Path, tiny_checkpoint: Path) -> None:
-    from acestep.training.cli import main as trainer
+    from acestep.families.training import main as trainer
 
     synthetic_songs([6]).save_to_disk(str(tmp_path / "prep"))
     one_line_exit(trainer, ["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", str(tiny_checkpoint),

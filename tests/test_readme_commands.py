@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from acestep.demo import write_synthetic_songs
+from acestep.demo_songs import write_synthetic_songs
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")

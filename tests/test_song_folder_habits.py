@@ -12,9 +12,9 @@ import pytest
 from data_helpers import write_audio
 
 from acestep.captioning.runner import RunOptions, caption_folder
+from acestep.core.errors import AcestepError
 from acestep.data.filenames import build_filename_dataset, filename_features, main, scan_folder
 from acestep.data.preprocess import read_filename_rows, run_song_stages
-from acestep.errors import AcestepError
 
 
 @pytest.fixture()

@@ -29,7 +29,7 @@ def assert_same_bytes(tmp_path: Path, write: Callable[[Path], object]) -> dict[s
 
 @pytest.mark.slow  # two writes of every component, ~20 s on a busy 2-core machine
 def test_v1_tiny_checkpoint_is_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
-    from acestep.tiny_checkpoint import write_tiny_checkpoint
+    from acestep.families.v1.tiny import write_tiny_checkpoint
 
     files = assert_same_bytes(tmp_path, lambda out: write_tiny_checkpoint(out, seed=3))
     assert "umt5-base/tokenizer.json" in files and "ace_step_transformer/diffusion_pytorch_model.safetensors" in files

@@ -9,13 +9,14 @@ import pytest
 import torch
 from training_helpers import synthetic_songs, tiny_transformer
 
+from acestep.families.training import run_training
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings, load_adapter
-from acestep.models.configs import tiny_transformer_config
-from acestep.training import TrainConfig, run_training
+from acestep.training import TrainConfig
 from acestep.training import compile as compile_module
 from acestep.training.compile import compile_blocks, compile_works, transformer_blocks
 from acestep.training.config import build_parser
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_ONLY = ROOT / "config" / "lora_config_transformer_only.json"

@@ -16,8 +16,8 @@ import pytest
 import torch
 from training_helpers import synthetic_songs
 
+from acestep.families.training import main as cli_main
 from acestep.lora import load_adapter
-from acestep.training.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
@@ -118,7 +118,8 @@ DRIVER = """
 import sys, time
 from pathlib import Path
 from training_helpers import synthetic_songs, tiny_transformer
-from acestep.training import TrainConfig, run_training
+from acestep.families.training import run_training
+from acestep.training import TrainConfig
 from acestep.training.callbacks import AdapterSaver
 
 original = AdapterSaver._write_step_folder

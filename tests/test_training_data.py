@@ -6,8 +6,9 @@ import pytest
 import torch
 from training_helpers import synthetic_songs
 
-from acestep.errors import AcestepError
-from acestep.training.config import TrainConfig, parse_config
+from acestep.core.errors import AcestepError
+from acestep.families.training import parse_config
+from acestep.training.config import TrainConfig
 from acestep.training.data import (
     Draw,
     RunLoader,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from training_helpers import synthetic_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import load_adapter
 from acestep.training import TrainConfig
 from acestep.training.callbacks import read_metrics

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings
-from acestep.models.configs import tiny_transformer_config
 from acestep.training.model import attach_lora
-from acestep.training.probe import TrainingStepProbe, random_transformer, synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_ONLY = ROOT / "config" / "lora_config_transformer_only.json"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from acestep.models.configs import tiny_transformer_config
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.probe import random_transformer, synthetic_batch
+from acestep.families.v1.training import release_unused_weights
 from acestep.training.memory import TensorMemoryTracker
-from acestep.training.model import release_unused_weights
-from acestep.training.probe import random_transformer, synthetic_batch
 
 
 def test_tracker_counts_new_storages_once_and_frees_them():

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from acestep.families.training import parse_config
 from acestep.families.v15.training import OFFICIAL_RECIPE
 from acestep.training import TrainConfig
-from acestep.training.config import parse_config
 from acestep.training.optim import (
     FORK_RECIPE,
     WarmupCosineDecay,

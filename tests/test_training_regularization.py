@@ -14,11 +14,12 @@ from test_training_run import make_config
 from training_helpers import crash_at_step, synthetic_songs, tiny_transformer
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import main as cli_main
+from acestep.families.training import run_training
 from acestep.families.v15.training import training_parts
-from acestep.training import run_training, summary_text
+from acestep.training import summary_text
 from acestep.training.callbacks import read_metrics
-from acestep.training.cli import main as cli_main
 from acestep.training.data import RunOrderSampler, reg_count
 from acestep.training.module import LoraTrainingModule
 from acestep.training.regularization import load_reg_rows

@@ -20,10 +20,10 @@ import pytest
 import torch
 from training_helpers import short_run_config, synthetic_songs, tiny_transformer, write_lora_config
 
-from acestep.errors import AcestepError, os_error_line
-from acestep.training import run_training
+from acestep.core.errors import AcestepError, os_error_line
+from acestep.families.training import main as cli_main
+from acestep.families.training import run_training
 from acestep.training.callbacks import read_metrics
-from acestep.training.cli import main as cli_main
 from acestep.training.lock import LOCK_FILE, acquire, release
 from acestep.training.resume_check import SETTINGS_KEY
 
@@ -179,7 +179,7 @@ def test_a_full_disk_while_saving_says_so_and_leaves_no_temp_files(
 
         monkeypatch.setattr(torch_io, "_atomic_save", full_disk)
     else:  # our safetensors writer
-        import acestep.data.atomic as atomic
+        import acestep.core.atomic as atomic
 
         write_bytes = atomic._write_bytes
 
@@ -337,7 +337,7 @@ def test_wandb_gets_the_whole_config_and_the_lora_settings(tmp_path: Path, monke
 # ---- a console that went away ----
 
 def test_a_guarded_stream_outlives_its_reader() -> None:
-    from acestep.broken_pipe import GuardedStream
+    from acestep.core.broken_pipe import GuardedStream
 
     read_end, write_end = os.pipe()
     stream = GuardedStream(os.fdopen(write_end, "w", buffering=1))

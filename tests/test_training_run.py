@@ -20,11 +20,12 @@ from training_helpers import (
     write_lora_config,
 )
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import main as cli_main
+from acestep.families.training import run_training
 from acestep.lora import LoraSettings, load_adapter
-from acestep.training import TrainConfig, load_trained_adapter, run_training, summary_text
+from acestep.training import TrainConfig, load_trained_adapter, summary_text
 from acestep.training.callbacks import read_metrics
-from acestep.training.cli import main as cli_main
 from acestep.training.data import Draw, SongLatents, collate_songs
 from acestep.training.flow_matching import FlowMatchingObjective
 from acestep.training.module import LoraTrainingModule

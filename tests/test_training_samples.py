@@ -11,12 +11,12 @@ import torch
 from test_training_run import make_config
 from training_helpers import synthetic_songs, tiny_transformer
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
+from acestep.families.v1.pipeline.pipeline import output_samples
 from acestep.lora import load_adapter
-from acestep.pipeline.pipeline import output_samples
 from acestep.training.callbacks import read_metrics
-from acestep.training.run import run_training
-from acestep.training.samples import read_sample_prompts
+from acestep.training.sample_prompts import read_sample_prompts
 
 
 def test_sample_prompt_files(tmp_path: Path) -> None:

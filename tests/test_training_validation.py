@@ -11,9 +11,10 @@ from test_training_run import TARGETS, lora_config, make_config
 from training_helpers import synthetic_songs, tiny_transformer
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
 from acestep.families.v15.training import training_parts
-from acestep.training import run_training, summary_text
+from acestep.training import summary_text
 from acestep.training.callbacks import list_step_folders, read_metrics
 from acestep.training.data import SongLatents, collate_songs
 from acestep.training.module import LoraTrainingModule

@@ -10,9 +10,9 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
-from acestep.errors import CheckpointError
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config
+from acestep.core.errors import CheckpointError
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.configs import PUBLISHED_TRANSFORMER_CONFIG, tiny_transformer_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def count_checkpoint_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Wrap torch.utils.checkpoint where each module imported it; count calls per module."""
     calls: dict[str, int] = {}
     for module in ("transformer", "lyric_encoder"):
-        target = f"acestep.models.{module}.checkpoint"
+        target = f"acestep.families.v1.models.{module}.checkpoint"
 
         def counted(*args, _module=module, **kwargs):
             assert kwargs.get("use_reentrant") is False

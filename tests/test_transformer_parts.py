@@ -6,17 +6,17 @@ import math
 
 import torch
 
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.attention import CrossAttention, LinearSelfAttention
-from acestep.models.configs import tiny_transformer_config
-from acestep.models.lyric_encoder import (
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.attention import CrossAttention, LinearSelfAttention
+from acestep.families.v1.models.configs import tiny_transformer_config
+from acestep.families.v1.models.lyric_encoder import (
     LyricEncoder,
     RelPositionSelfAttention,
     rel_shift,
     relative_position_table,
 )
-from acestep.models.rope import RotaryEmbedding, apply_rope
-from acestep.models.transformer import GLUMBConv, LinearTransformerBlock
+from acestep.families.v1.models.rope import RotaryEmbedding, apply_rope
+from acestep.families.v1.models.transformer import GLUMBConv, LinearTransformerBlock
 
 
 def spec_angles(length: int, dim: int, theta: float) -> torch.Tensor:

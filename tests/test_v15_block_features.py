@@ -11,17 +11,18 @@ import torch
 from training_helpers import short_run_config, write_lora_config
 from v15_helpers import TINY_DIT, tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
 from acestep.families.v15.objective import TimestepSampler, V15Step
 from acestep.families.v15.training import BLOCKS, V15Songs, collate_v15, training_parts
 from acestep.lora import LoraSettings, load_adapter
-from acestep.models.fp8 import FP8_DTYPE, Fp8Linear, quantize_base
 from acestep.training import checkpointing as checkpointing_module
 from acestep.training import compile as compile_module
-from acestep.training import run_training, summary_text
+from acestep.training import summary_text
 from acestep.training.checkpointing import checkpoint_first_blocks
 from acestep.training.compile import compile_blocks
 from acestep.training.data import Draw
+from acestep.training.fp8 import FP8_DTYPE, Fp8Linear, quantize_base
 from acestep.training.model import adapter_state_dict, attach_lora
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -184,10 +185,9 @@ def test_trainer_compile_without_a_compiler_warns_once_and_trains_as_uncompiled(
 def test_trainer_preset_is_planned_for_the_checkpoints_own_model(tiny_v15_checkpoint, tiny_checkpoint, layout):
     """trainer_new.py hands parse_config the family's planner request for --checkpoint_dir (both 1.5 layouts and
     v1): the preset names the model's own block count, never the published model's."""
-    from acestep.families.training import plan_model_for
+    from acestep.families.training import parse_config, plan_model_for
+    from acestep.families.v1.plan import PlanRequest
     from acestep.families.v15.plan import V15PlanRequest
-    from acestep.plan import PlanRequest
-    from acestep.training.config import parse_config
 
     for checkpoint, kind in ((tiny_v15_checkpoint / layout, V15PlanRequest), (tiny_checkpoint, PlanRequest)):
         args = ["--dataset_path", "x", "--checkpoint_dir", str(checkpoint), "--preset", "6gb"]

@@ -37,7 +37,7 @@ def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def encoded_songs(checkpoint: Path, folder: Path) -> Path:
     """Stage 2 + 3 of four songs (padded to 3 s) with one prompt: the DiT's cross-attention has no padding mask, so songs
     batched together must have conditions of one length to equal songs trained alone (the audio differs)."""
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
 
     songs = folder / "songs"
     for index, freq in enumerate((220.0, 330.0, 440.0, 550.0)):

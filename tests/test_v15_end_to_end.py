@@ -13,14 +13,14 @@ from data_helpers import write_audio
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
 from acestep.families.generation import main as generate_main
+from acestep.families.training import main as train_main
 from acestep.families.training import training_parts_for
-from acestep.training.cli import main as train_main
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_v15_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Stage 2 + 3 of two short songs, once with the encoder's outputs stored and once with its inputs."""
-    from acestep.data.preprocess import main as preprocess_main
+    from acestep.families.preprocess import main as preprocess_main
 
     songs = tmp_path_factory.mktemp("songs")
     write_audio(songs / "a.wav", seconds=2.0, sr=44100, channels=1, freq=330.0)

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from v15_helpers import tiny_dit
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.families.v15.export import write_step_files
 from acestep.lora import LoraSettings, convert_file, inspect_lora, merge_file, read_lora, resize_file
 from acestep.lora.keys import v15_original_name
@@ -175,7 +175,7 @@ def test_merge_into_the_original_1_5_layout_matches_the_diffusers_merge(tiny_v15
 
     from acestep.families.v15.checkpoint import load_components, resolve
     from acestep.lora.cli import main as lora_main
-    from acestep.models.v15_keys import to_diffusers_name
+    from acestep.lora.v15_names import to_diffusers_name
 
     root = tmp_path / "Ace-Step1.5"
     shutil.copytree(tiny_v15_checkpoint / "original", root)

@@ -144,7 +144,7 @@ def test_a_second_lora_loads_beside_the_first_and_our_tools_read_the_folder(tiny
     from peft import PeftModel
 
     from acestep.lora import read_lora
-    from acestep.pipeline.lora_loading import lora_state_dict
+    from acestep.lora.loading import lora_state_dict
 
     folders = []
     for index, kind in enumerate(("lora", "rslora")):

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.families.v15.plan import MODELS, V15PlanRequest, estimate, measure_step, parameter_counts
 from acestep.lora import LoraSettings
-from acestep.plan import main
+from acestep.plan.cli import main
 
 
 def test_counts_of_the_published_models_equal_the_meta_built_ones() -> None:

@@ -12,10 +12,10 @@ import torch
 from data_helpers import write_audio
 
 from acestep import families
+from acestep.core.errors import AcestepError
 from acestep.data.filenames import build_filename_dataset
 from acestep.data.preprocess import FilenameRow, RunOptions, run_song_stages
 from acestep.data.preprocessed import dataset_family, load_preprocessed
-from acestep.errors import AcestepError
 from acestep.families.v15.checkpoint import load_pipeline
 from acestep.families.v15.encode import V15Settings, V15SongStages, looks_like_prose
 
@@ -46,7 +46,7 @@ def filenames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def stages(pipe, store: str = "outputs", tag_order: str = "as_written") -> V15SongStages:
     from acestep.audio import prepare_training_audio
-    from acestep.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     settings = V15Settings(tag_order=tag_order, condition_store=store)
     return V15SongStages(pipe, settings, format_prompt, lambda p, s: prepare_training_audio(p, max_duration=s))
@@ -214,7 +214,7 @@ def test_published_size_storage_is_what_the_shapes_say(tmp_path: Path) -> None:
 def test_stage3_cli_picks_the_family_from_the_checkpoint(
     tiny_v15_checkpoint: Path, filenames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from acestep.data.preprocess import main
+    from acestep.families.preprocess import main
 
     prep = tmp_path / "prep"
     argv = ["--input_name", str(filenames), "--output_dir", str(prep), "--checkpoint_dir",

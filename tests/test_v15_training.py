@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from training_helpers import crash_at_step, short_run_config, write_lora_config
 from v15_helpers import TINY_DIT, pretrained_tiny_dit, tiny_dit, tiny_null, v15_songs
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
+from acestep.families.training import run_training
 from acestep.families.v15.checkpoint import V15Checkpoint, dit_config
 from acestep.families.v15.objective import (
     TimestepSampler,
@@ -26,7 +27,7 @@ from acestep.families.v15.objective import (
 )
 from acestep.families.v15.training import V15Songs, collate_v15, objective_values, training_parts
 from acestep.lora import load_adapter
-from acestep.training import TrainConfig, run_training, summary_text
+from acestep.training import TrainConfig, summary_text
 from acestep.training.callbacks import read_metrics
 from acestep.training.data import Draw
 

@@ -25,12 +25,12 @@ def bom_file(path: Path, text: str) -> Path:
 
 
 def test_every_reader_of_user_files_accepts_a_bom(tmp_path: Path) -> None:
+    from acestep.data.generate_args import read_lyrics
     from acestep.data.reg import read_prompt_list
     from acestep.data.sidecars import read_music_metadata, read_sidecar
     from acestep.lora import LoraSettings
     from acestep.lora.io import load_adapter, settings_from_metadata
-    from acestep.pipeline.cli import read_lyrics
-    from acestep.training.samples import read_sample_prompts
+    from acestep.training.sample_prompts import read_sample_prompts
 
     config = bom_file(tmp_path / "lora.json", json.dumps(LORA_CONFIG))
     assert LoraSettings.from_json(config).r == 4  # trainer and generate.py --lora_config_path

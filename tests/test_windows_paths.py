@@ -18,7 +18,7 @@ TRAIN_UNDER_SPAWN = r"""
 import multiprocessing, sys
 if __name__ == "__main__":  # the workers re-import this file: keep their imports to the data code
     multiprocessing.set_start_method("spawn", force=True)
-    from acestep.training.cli import main
+    from acestep.families.training import main
     for workers in ("0", "1"):
         main(["--dataset_path", sys.argv[1], "--checkpoint_dir", sys.argv[2], "--output_dir", sys.argv[3],
               "--exp_name", f"workers{workers}", "--num_workers", workers, "--max_steps", "2",

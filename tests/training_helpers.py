@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from acestep.data.preprocessed import EncodedSong, features_for_record
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.configs import tiny_transformer_config
+from acestep.families.v1.models import ACEStepTransformer2DModel
+from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.training import TrainConfig
 
 

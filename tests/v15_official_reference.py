@@ -1,6 +1,6 @@
 """What the official ACE-Step 1.5 code does, written out independently of diffusers and of our converter, for tests.
 
-- OfficialDecoder: the official `AceStepDiTModel` module tree (names and shapes of acestep/models/*/modeling_acestep_v15_*.py:
+- OfficialDecoder: the official `AceStepDiTModel` module tree (names and shapes of acestep/families/v1/models/*/modeling_acestep_v15_*.py:
   layers.N.{self_attn,cross_attn}.{q,k,v,o}_proj, proj_in.1 ...), the object the official app's handler wraps with
   PeftModel.from_pretrained. Built from a DiT config.json; it holds weights, no forward.
 - official_timbre: the official timbre encoder formula (embed, XL: special token first, bidirectional encoder layers

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from acestep.core.errors import InputError
+
 from .decode import load_audio
 from .resample import resample
 

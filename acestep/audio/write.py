@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from acestep.data.atomic import atomic_write_with
+from acestep.core.atomic import atomic_write_with
 
 
 def write_wav(wav: torch.Tensor, sample_rate: int, path: Path) -> Path:

@@ -11,7 +11,7 @@ from acestep.captioning.clips import MODEL_SAMPLE_RATE, PIECE_SECONDS, consecuti
 from acestep.captioning.junk import unusable_reason
 from acestep.captioning.parse import DEFAULT_MAX_TAGS, clean_lyrics, join_lyrics_parts, parse_tags
 from acestep.captioning.prompts import TAGS_INSTRUCTION, lyrics_instruction
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 
 class CaptionError(AcestepError):

@@ -11,8 +11,8 @@ from pathlib import Path
 from acestep.captioning.caption import AudioChatBackend, BackendUnavailable, CaptionError, CaptionSettings
 from acestep.captioning.clips import MAX_CLIP_SAMPLES
 from acestep.captioning.runner import RunOptions, RunStopped, caption_folder, summary_table
-from acestep.cli_help import make_parser
-from acestep.errors import AcestepError
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError
 
 EXIT_SOME_FAILED = 1
 EXIT_ERROR = 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 DSP_SAMPLE_RATE = 22_050
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")

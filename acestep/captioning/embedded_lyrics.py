@@ -14,7 +14,7 @@ from mutagen.id3 import ID3
 from mutagen.mp4 import MP4
 
 from acestep.captioning.parse import normalise_lyrics
-from acestep.errors import InputError
+from acestep.core.errors import InputError
 
 VORBIS_LYRICS_KEYS = ("lyrics", "unsyncedlyrics")
 MP4_LYRICS_ATOM = "\xa9lyr"

@@ -15,7 +15,7 @@ import numpy as np
 from acestep.captioning.caption import Answer, BackendUnavailable
 from acestep.captioning.clips import MODEL_SAMPLE_RATE
 from acestep.captioning.prompts import SYSTEM_PROMPT
-from acestep.errors import CheckpointError
+from acestep.core.errors import CheckpointError
 
 if TYPE_CHECKING:  # torch loads with the model, not with `generate_prompts_lyrics.py --help`
     import torch

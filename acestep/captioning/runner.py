@@ -35,11 +35,11 @@ from acestep.captioning.sidecars import (
     write_lyrics,
     write_prompt,
 )
-from acestep.data.atomic import TEMP_MARK
+from acestep.core.atomic import TEMP_MARK
+from acestep.core.errors import AcestepError
+from acestep.core.progress import progress as progress_bar
 from acestep.data.filenames import AUDIO_EXTENSIONS, check_one_file_per_song  # caption what stage 2 picks up
 from acestep.data.sidecars import lyrics_path, prompt_path
-from acestep.errors import AcestepError
-from acestep.progress import progress as progress_bar
 
 NOT_ASKED = "-"
 KEPT = "kept"

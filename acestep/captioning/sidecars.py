@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text
+from acestep.core.atomic import atomic_write_json, atomic_write_text
 from acestep.data.sidecars import BPM_KEY_SUFFIX, bpm_key_path, lyrics_path, prompt_path
 
 __all__ = [

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
-from acestep.quiet import library_bars_off
+from acestep.core.cli_help import make_parser
+from acestep.core.quiet import library_bars_off
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

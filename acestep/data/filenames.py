@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from acestep.audio.conditioning import MIN_SECONDS
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_save_dataset, check_dataset_destination
+from acestep.core.atomic import atomic_save_dataset, check_dataset_destination
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError, one_line_errors
+from acestep.core.progress import progress
 from acestep.data.sidecars import (
     LYRICS_SUFFIX,
     PROMPT_SUFFIX,
@@ -24,8 +26,6 @@ from acestep.data.sidecars import (
     read_sidecar,
     split_tags,
 )
-from acestep.errors import AcestepError, InputError, one_line_errors
-from acestep.progress import progress
 
 if TYPE_CHECKING:
     import datasets

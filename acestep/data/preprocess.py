@@ -25,23 +25,19 @@ import datasets
 import torch
 
 from acestep.audio.conditioning import MIN_SECONDS
-from acestep.cli_help import make_parser
-from acestep.data.encoders import SongEncoders
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError, one_line_errors
+from acestep.core.progress import progress
 from acestep.data.filenames import check_one_file_per_song
 from acestep.data.preprocessed import (
     FORMAT_VERSION,
     MANIFEST_FILE,
-    EncodedSong,
-    features_for_record,
     merge_parts,
     record_nbytes,
     storage_summary,
 )
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
 from acestep.data.sidecars import normalize_newlines
-from acestep.errors import AcestepError, InputError, one_line_errors
-from acestep.lyrics import SUPPORTED_LANGUAGES, UnsupportedLyricsLanguage
-from acestep.progress import progress
 
 SAMPLE_RATE = 48000
 MAX_PROMPT_CHARS = 256
@@ -305,93 +301,6 @@ class SongStages(Protocol):
     def make_features(self, record: dict[str, Any]) -> datasets.Features: ...
 
 
-class SongPipeline:
-    """ACE-Step v1's SongStages: filename rows to EncodedSong objects or ErrorRecords; one bad song never
-    stops the run."""
-
-    def __init__(self, encoders: SongEncoders, settings: PreprocessSettings) -> None:
-        if settings.ssl != (encoders.ssl is not None):
-            raise AcestepError(f"settings say ssl={settings.ssl} but the SSL extractor is {encoders.ssl!r}")
-        self.encoders = encoders
-        self.settings = settings
-
-    def stored_settings(self) -> dict[str, Any]:
-        # no family key: v1 datasets written before families existed stay resumable
-        return stored_settings_of(self.settings)
-
-    def make_features(self, record: dict[str, Any]) -> datasets.Features:
-        return features_for_record(record)
-
-    def prepare(self, index: int, row: FilenameRow) -> PreparedSong | ErrorRecord:
-        """Prompt and lyric ids (cheap, main thread); lyrics are checked before any audio is decoded."""
-        try:
-            ids = self.encoders.lyrics.encode(
-                row.lyrics, mode="training", fallback_language=self.settings.lyrics_fallback_language
-            )
-        except UnsupportedLyricsLanguage as err:
-            reason = f"lyrics: mostly {err.language!r}, unsupported (--lyrics_fallback_language encodes them anyway)"
-            return ErrorRecord(index, row.key, row.filename, reason)
-        except AcestepError as err:
-            return ErrorRecord(index, row.key, row.filename, f"lyrics: {getattr(err, 'reason', err)}")
-        except Exception as err:  # text normalisers (num2words, cutlet, ...) can fail on odd input
-            return ErrorRecord(index, row.key, row.filename, f"lyrics: {type(err).__name__}: {err}")
-        prompt = build_prompt(row, index, self.settings.tag_order, self.encoders.format_prompt, self.settings.trigger,
-                              self.settings.trigger_position)
-        return PreparedSong(index, row.key, row.filename, prompt, list(ids[:MAX_LYRIC_TOKENS]))
-
-    def decode(self, song: PreparedSong) -> torch.Tensor | str:
-        """[2, T] float32 @ 48 kHz, or the reason it cannot be used (runs on a worker thread)."""
-        return decode_song(self.encoders.load_audio, Path(song.filename), self.settings)
-
-    @torch.inference_mode()
-    def encode(self, batch: list[PreparedSong]) -> list[EncodedSong | ErrorRecord]:
-        """Prompts as one batch; DC-AE and SSL one song at a time, as the reference does, so a song's
-        tensors do not depend on which songs share its batch (padding changes global attention)."""
-        hidden, mask = self.encoders.text.encode([song.prompt for song in batch])
-        results: list[EncodedSong | ErrorRecord] = []
-        for i, song in enumerate(batch):
-            try:
-                results.append(self._encode_audio(song, hidden[i][mask[i].bool()]))
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                reason = "out of GPU memory (lower --max_duration or use a larger GPU)"
-                results.append(ErrorRecord(song.row, song.key, song.filename, reason))
-        return results
-
-    def _encode_audio(self, song: PreparedSong, text_hidden: torch.Tensor) -> EncodedSong:
-        enc = self.encoders
-        wav = song.wav[None]
-        lengths = torch.tensor([wav.shape[-1]], device=enc.device)
-        latents, _ = enc.dcae.encode(wav.to(enc.device, enc.dtype), lengths, sr=SAMPLE_RATE)
-        mert = mhubert = None
-        if enc.ssl is not None:
-            mert_list, mhubert_list = enc.ssl.extract(wav.to(enc.device), lengths)
-            mert, mhubert = mert_list[0], mhubert_list[0]
-        return EncodedSong(
-            row=song.row,
-            key=song.key,
-            filename=song.filename,
-            prompt=song.prompt,
-            latents=latents[0],
-            text_hidden=text_hidden,
-            lyric_ids=song.lyric_ids,
-            duration=wav.shape[-1] / SAMPLE_RATE,
-            mert=mert,
-            mhubert=mhubert,
-        )
-
-
-def run_preprocess(
-    input_path: Path,
-    prep: Path,
-    encoders: SongEncoders,
-    settings: PreprocessSettings = PreprocessSettings(),
-    options: RunOptions = RunOptions(),
-) -> RunResult:
-    """Encode this shard's pending rows into PREP with ACE-Step v1's encoders (see run_song_stages)."""
-    return run_song_stages(input_path, prep, SongPipeline(encoders, settings), options)
-
-
 def run_song_stages(
     input_path: Path, prep: Path, pipeline: SongStages, options: RunOptions = RunOptions()
 ) -> RunResult:
@@ -544,8 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lyrics_fallback_language",
         default=None,
-        choices=SUPPORTED_LANGUAGES,
-        help="language for lyrics whose detected language is unsupported (default: such lyrics are skipped)",
+        help="ACE-Step v1: language for lyrics whose detected language is unsupported (default: such lyrics are skipped)",
     )
     parser.add_argument("--tag_order", default=None, choices=["shuffle", "as_written"],
                         help="order of a song's tags in its prompt: shuffled with a per-row seed (repeated rows "
@@ -589,24 +497,12 @@ def merge_main(prep: Path) -> None:
     print(json.dumps(manifest, indent=1))
 
 
-def v1_song_stages(args: argparse.Namespace) -> SongStages:
-    """ACE-Step v1's encoders for the parsed options (the default when no family layer is given)."""
-    from acestep.data.encoders import load_encoders
-
-    settings = PreprocessSettings(
-        args.ssl, args.max_duration, args.target_lufs, args.lyrics_fallback_language, args.tag_order or "shuffle",
-        clean_trigger(args.trigger), args.trigger_position,
-    )
-    encoders = load_encoders(args.checkpoint_dir, args.device, args.dtype, args.ssl, args.lyrics_vocab)
-    return SongPipeline(encoders, settings)
-
-
 def main(
     argv: Sequence[str] | None = None,
-    song_stages: Callable[[argparse.Namespace], SongStages] = v1_song_stages,
+    song_stages: Callable[[argparse.Namespace], SongStages] | None = None,
 ) -> None:
-    """`song_stages` builds the family's encoder from the options; the top-level script passes
-    `acestep.families.song_stages_for_args`, which picks the family from --checkpoint_dir."""
+    """`song_stages` builds the family's encoder from the options: the CLI layer (acestep.families.preprocess)
+    passes the one that picks the family from --checkpoint_dir. Without it only `merge` runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         if argv[:1] == ["merge"]:
@@ -618,6 +514,8 @@ def main(
         if args.merge:
             merge_main(args.output_dir)
             return
+        if song_stages is None:
+            raise AcestepError("stage 3 needs a model family: run preprocess_dataset_new.py")
         datasets.disable_progress_bars()  # one bar per chunk save would drown ours
         options = RunOptions(
             shard=args.shard,

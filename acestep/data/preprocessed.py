@@ -16,9 +16,9 @@ import datasets
 import numpy as np
 import torch
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text
+from acestep.core.atomic import atomic_write_json, atomic_write_text
+from acestep.core.errors import AcestepError, InputError
 from acestep.data.shards import ErrorRecord, PartProgress, list_parts, settings_mismatch
-from acestep.errors import AcestepError, InputError
 from acestep.lora.keys import V1_FAMILY
 
 FORMAT_NAME = "acestep-preprocessed"

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from acestep.core.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from acestep.core.errors import AcestepError
+from acestep.core.progress import progress
 from acestep.data.sidecars import lyrics_path, prompt_path
-from acestep.errors import AcestepError
-from acestep.progress import progress
 
 INSTRUMENTAL = "[instrumental]"
 # (prompt, lyrics, duration in s, seed) -> (stereo waveform tensor [2, samples], sample rate); lyrics "" means

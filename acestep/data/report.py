@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acestep.audio.conditioning import MIN_SECONDS
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_write_bytes, folder_size
+from acestep.core.atomic import atomic_write_bytes, folder_size
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import is_fork_layout, load_preprocessed, storage_summary
 from acestep.data.shards import list_parts
-from acestep.errors import AcestepError
 
 LATENT_FPS = 44100 / 4096  # latent frames per second of audio (data-side.md section 2.1)
 EMPTY_LYRICS = [0]  # the training-side ids of empty lyrics

@@ -20,8 +20,8 @@ from typing import Any
 
 import datasets
 
-from acestep.data.atomic import atomic_save_dataset, atomic_write_json, folder_size, remove_temp_leftovers
-from acestep.errors import AcestepError
+from acestep.core.atomic import atomic_save_dataset, atomic_write_json, folder_size, remove_temp_leftovers
+from acestep.core.errors import AcestepError
 
 PROGRESS_FILE = "progress.json"
 CHUNK_KIND = "preprocessed-chunk"

@@ -7,7 +7,7 @@ import codecs
 import json
 from pathlib import Path
 
-from acestep.errors import InputError
+from acestep.core.errors import InputError
 
 PROMPT_SUFFIX = "_prompt.txt"
 LYRICS_SUFFIX = "_lyrics.txt"

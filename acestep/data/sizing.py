@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
+from acestep.core.cli_help import make_parser
 from acestep.data.preprocessed import EncodedSong, features_for_record, record_nbytes
 from acestep.data.shards import PartWriter, ShardSpec
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from acestep.data.atomic import atomic_write_json, atomic_write_with
+from acestep.core.atomic import atomic_write_json, atomic_write_with
 
 RENDERS_DIR = "renders"
 EMBEDDINGS_DIR = "embeddings"

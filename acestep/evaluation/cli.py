@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from acestep.cli_help import make_parser
-from acestep.errors import AcestepError, one_line_errors
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, one_line_errors
 
 from .best import PROMPT_MARGIN, WER_MARGIN
 from .cache import EvalPrompt
@@ -150,7 +150,7 @@ def eval_prompts(args: argparse.Namespace, train: list[dict], held_out: list[dic
 
 
 def load_mert(name: str, device: str) -> MertEmbedder:
-    from acestep.models.ssl import MERT_SPEC, extract_features, load_hubert
+    from acestep.families.v1.models.ssl import MERT_SPEC, extract_features, load_hubert
 
     try:
         model = load_hubert(name).to(device)
@@ -182,7 +182,7 @@ def cost_line(renders: int, seconds: float, device: str) -> str:
 def main(argv: Sequence[str] | None = None,
          open_renderer: Callable[[argparse.Namespace, str, str], tuple[Render, UseLora]] | None = None) -> EvalResult:
     """`open_renderer(args, device, dtype)` -> (render, use_lora); default: the model families' renderer."""
-    from acestep.quiet import quiet_third_party_noise
+    from acestep.core.quiet import quiet_third_party_noise
 
     quiet_third_party_noise()
     args = build_parser().parse_args(argv)

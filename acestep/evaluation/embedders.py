@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 DEFAULT_MERT = "m-a-p/MERT-v1-330M"

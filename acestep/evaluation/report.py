@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from acestep.data.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from acestep.core.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 
 from .best import RULE, Verdict
 from .scores import SCORE_NAMES, StepScores

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 from .best import PROMPT_MARGIN, WER_MARGIN, Verdict, pick_best
 from .cache import EmbeddingCache, EvalPrompt, RenderCache, file_hash, fingerprint

@@ -31,7 +31,7 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
-from acestep.data.atomic import build_into
+from acestep.core.atomic import build_into
 
 CLAP_DIR = "clap"
 MERT_DIR = "mert"
@@ -124,8 +124,8 @@ def write_tiny_eval_models(root: str | Path, seed: int = 0, overwrite: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from acestep.cli_help import make_parser
-    from acestep.errors import one_line_errors
+    from acestep.core.cli_help import make_parser
+    from acestep.core.errors import one_line_errors
 
     parser = make_parser("Write tiny random CLAP, MERT and whisper models for the evaluation (tests, demo).",
                          "python -m acestep.evaluation.tiny")

@@ -1,78 +1,45 @@
-"""One seam for the model generations (ACE-Step v1, ACE-Step 1.5): each family is a small module that knows
-how to find its checkpoint, how to encode a song for storage, how to train a step and how to name LoRA keys.
+"""The family registry: which model generation (ACE-Step v1, ACE-Step 1.5) a checkpoint folder or a dataset holds.
 
-The stage machinery (data/, training/, lora/) never imports this package: the CLI layer picks the family, from
-the checkpoint folder (`detect`) or from a dataset's manifest (`get`), and hands the family's parts down.
-See /work/wt/h15-notes.md (the plan) and the design note model-families.md.
+Each family is a package, acestep/families/<name>/, that hands the machinery the interface in `base.ModelFamily`.
+The machinery (data/, training/, lora/) never imports this package: the CLI layer picks the family, from the
+checkpoint folder (`detect`) or from a dataset's manifest (`get`), and hands the family's parts down.
+Adding a family: its folder, one line in FAMILIES below, and its tiny checkpoint (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from acestep.errors import AcestepError, CheckpointError
+from acestep.core.errors import AcestepError, CheckpointError
+from acestep.families.base import Checkpoint, FamilyMismatch, ModelFamily, check_same_family  # noqa: F401 (re-exported)
 from acestep.lora.keys import V1_FAMILY as V1
 from acestep.lora.keys import V15_FAMILY as V15
 
-FAMILY_NAMES = (V1, V15)
-
-
-@runtime_checkable
-class Checkpoint(Protocol):
-    """A resolved checkpoint: which family, which layout, where; `describe()` is the one line shown to users."""
-
-    family: str
-    layout: str
-    root: Path
-
-    def describe(self) -> str: ...
-
-
-@runtime_checkable
-class ModelFamily(Protocol):
-    """What every family module exposes (module-level names; `acestep.families.v1`, `acestep.families.v15`).
-
-    - `NAME`: "ace-step-v1" / "ace-step-1.5" (recorded in dataset manifests and LoRA headers)
-    - `recognizes(files)`: does this listing (relative posix paths, two levels deep) hold one of its layouts
-    - `resolve(checkpoint_dir, dit=None)`: the `Checkpoint`, or a one-line CheckpointError saying what is missing
-    - `song_stages(checkpoint, args)`: stage 3's per-song encoder (`acestep.data.preprocess.SongStages`) for the
-      parsed stage-3 options
-    - `plan_request(checkpoint)`: the planner's request for the checkpoint's model (acestep.plan; --preset fits it)
-    Training, export and generation parts are added by their owners (see h15-notes.md).
-    """
-
-    NAME: str
-
-    def recognizes(self, files: set[str]) -> bool: ...
-
-    def resolve(self, checkpoint_dir: str | Path | None, dit: str | None = None) -> Checkpoint: ...
-
-    def song_stages(self, checkpoint: Any, args: argparse.Namespace) -> Any: ...
-
-
-class FamilyMismatch(AcestepError):
-    """Two inputs of one run belong to different model families (e.g. a v1 dataset and a 1.5 checkpoint)."""
+# name -> the family's package; the one line a new family adds
+FAMILIES = {V1: "acestep.families.v1", V15: "acestep.families.v15"}
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 def get(name: str) -> ModelFamily:
-    """The family module for a recorded name ("ace-step-v1", "ace-step-1.5")."""
-    if name == V1:
-        from acestep.families import v1
-
-        return v1  # type: ignore[return-value]
-    if name == V15:
-        from acestep.families import v15
-
-        return v15  # type: ignore[return-value]
-    raise AcestepError(f"unknown model family {name!r}; known: {', '.join(FAMILY_NAMES)}")
+    """The family package for a recorded name ("ace-step-v1", "ace-step-1.5")."""
+    if name not in FAMILIES:
+        raise AcestepError(f"unknown model family {name!r}; known: {', '.join(FAMILY_NAMES)}")
+    return importlib.import_module(FAMILIES[name])  # type: ignore[return-value]
 
 
 def all_families() -> list[ModelFamily]:
+    """Every family, imported: each registers its transformer with the LoRA tools (acestep.lora.models)."""
     return [get(name) for name in FAMILY_NAMES]
+
+
+def load_all() -> None:
+    """What a CLI calls before a LoRA tool reads a file of any family."""
+    all_families()
 
 
 def list_folder(root: Path, depth: int = 2) -> set[str]:
@@ -140,12 +107,6 @@ def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> tuple[
     if dit is not None and family.NAME != V15:
         raise CheckpointError(f"--dit {dit} names an ACE-Step 1.5 DiT folder, but {checkpoint_dir} is {family.NAME}")
     return family, family.resolve(checkpoint_dir, dit=dit)
-
-
-def check_same_family(found: str, expected: str, what: str, against: str) -> None:
-    """Refuse, in one line, to combine inputs of two families (`what` holds `found`, `against` holds `expected`)."""
-    if found != expected:
-        raise FamilyMismatch(f"{what} is {found}, but {against} is {expected}; use inputs of one model family")
 
 
 def song_stages_for_args(args: argparse.Namespace) -> Any:

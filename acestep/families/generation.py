@@ -1,8 +1,8 @@
-"""generate.py's family layer: ACE-Step 1.5 checkpoints render through AceStepPipeline, v1 through our pipeline.
-
-A LoRA of the other family is refused in one line before any model is loaded. `load_renderer` gives other tools
-(the regularization songs, acestep.reg_songs) the same two pipelines behind one call; `load_lora_renderer` adds a
-switch that puts one LoRA file (or none) on the model at strength 1, for the evaluation of a run's steps.
+"""generate.py's family layer: each family renders with its own pipeline (ACE-Step 1.5 through AceStepPipeline,
+v1 through ours); a LoRA of the other family is refused in one line before any model is loaded. `load_renderer`
+gives other tools (the regularization songs, acestep.reg_songs) every family's pipeline behind one call;
+`load_lora_renderer` adds a switch that puts one LoRA file (or none) on the model at strength 1, for the evaluation
+of a run's steps.
 """
 
 from __future__ import annotations
@@ -13,48 +13,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 if TYPE_CHECKING:
-    import torch
-
     from acestep.data.reg import Renderer
 
 
 def main(argv: list[str] | None = None) -> None:
+    """generate.py: the family of --checkpoint_dir (ACE-Step v1 without one) renders with its own pipeline."""
     argv = list(sys.argv[1:] if argv is None else argv)
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--checkpoint_dir")
-    early.add_argument("--lora", action="append", default=[])
     early.add_argument("--device")
     known, _ = early.parse_known_args(argv)
     try:
         if "-h" not in argv and "--help" not in argv:
-            from acestep.cuda_check import check_cuda
+            from acestep.core.cuda_check import check_cuda
 
             check_cuda("--device", known.device, "--device cpu")
-        from acestep.families import V15, detect
+        from acestep.families import V1, detect, get
 
-        family = detect(known.checkpoint_dir).NAME if known.checkpoint_dir else None
-        if family == V15:
-            from acestep.families.v15.generate import main as v15_main
-
-            return v15_main(argv)
-        if {"-h", "--help"} & set(argv):
-            build_parser().parse_args(argv)  # prints the help with the 1.5 group and exits
-        check_no_v15_flags(argv)
-        check_v1_loras(known.lora)
+        family = detect(known.checkpoint_dir) if known.checkpoint_dir else get(V1)
+        if family.NAME == V1:
+            if {"-h", "--help"} & set(argv):
+                build_parser().parse_args(argv)  # prints the help with the 1.5 group and exits
+            check_no_v15_flags(argv)
     except AcestepError as error:
         sys.exit(f"error: {error}")
-    from acestep.pipeline.cli import main as v1_main
-
-    return v1_main(argv)
+    return family.generate_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """v1's parser plus the 1.5-only flags in their own group: what plain `generate.py --help` shows."""
+    from acestep.families.v1.pipeline.cli import build_parser as v1_parser
     from acestep.families.v15.generate import V15_GROUP, add_v15_only_arguments
-    from acestep.pipeline.cli import build_parser as v1_parser
 
     parser = v1_parser()
     parser.description = ("Generate music with ACE-Step v1 or 1.5 and optional LoRAs; an ACE-Step 1.5 "
@@ -75,26 +67,15 @@ def check_no_v15_flags(argv: list[str]) -> None:
                            "(or left out: the official v1 one)")
 
 
-def check_v1_loras(specs: list[str]) -> None:
-    """A 1.5 LoRA given to v1 generation is refused in one line."""
-    from acestep.errors import InputError
-    from acestep.lora.adapters import adapter_family
-    from acestep.lora.keys import V1_FAMILY
-    from acestep.pipeline.cli import parse_lora
-
-    for spec in specs:
-        path, _ = parse_lora(spec)
-        family = adapter_family(path)
-        if family is not None and family != V1_FAMILY:
-            raise InputError(path, f"an {family} LoRA; this checkpoint is {V1_FAMILY}")
-
-
 def load_renderer(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,
                   steps: int | None) -> tuple[str, Renderer]:
-    """(family name, a renderer) for the checkpoint: v1 through our pipeline, 1.5 through AceStepPipeline, each with
-    its own sampling defaults (`steps` None: the family's). Instrumental songs get the marker stage 3 encodes."""
-    family, render, _ = _load_pipeline(checkpoint_dir, dit, device, dtype, steps)
-    return family, render
+    """(family name, a renderer) for the checkpoint, each family with its own sampling defaults (`steps` None: the
+    family's). Instrumental songs get the marker stage 3 encodes."""
+    from acestep.families import resolve
+
+    family, checkpoint = resolve(checkpoint_dir, dit)
+    print(checkpoint.describe())
+    return family.NAME, family.renderer(checkpoint, device, dtype, steps)
 
 
 LoraSwitch = Callable[["str | Path | None"], None]
@@ -111,7 +92,7 @@ def load_lora_renderer(checkpoint_dir: str | None, dit: str | None, device: str,
 def _lora_switch(transformer: Any, family: str) -> LoraSwitch:
     from acestep.families import V15
     from acestep.lora.adapters import file_kind
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.lora.loading import load_loras
 
     loaded: list[str] = []
     original: dict[str, Any] = {}  # the base weights, kept once a DoRA / LoHa / LoKr file merges into them
@@ -129,6 +110,8 @@ def _lora_switch(transformer: Any, family: str) -> LoraSwitch:
 
             check_lora_family(path)
         else:
+            from acestep.families.v1.generate import check_v1_loras
+
             check_v1_loras([str(path)])
         if file_kind(path) != "lora" and not original:
             original.update({k: v.detach().to("cpu", copy=True) for k, v in transformer.state_dict().items()})
@@ -140,33 +123,9 @@ def _lora_switch(transformer: Any, family: str) -> LoraSwitch:
 def _load_pipeline(checkpoint_dir: str | None, dit: str | None, device: str, dtype: str,
                    steps: int | None) -> tuple[str, Renderer, Any]:
     """(family name, renderer, the transformer a LoRA goes on)."""
-    from acestep.families import V15, resolve
-    from acestep.pipeline.cli import DTYPES
+    from acestep.families import resolve
 
     family, checkpoint = resolve(checkpoint_dir, dit)
     print(checkpoint.describe())
-    torch_dtype = DTYPES[dtype]
-    if family.NAME == V15:
-        from acestep.families.v15.checkpoint import load_pipeline
-        from acestep.families.v15.encode import INSTRUMENTAL_LYRICS
-        from acestep.families.v15.generate import V15Params, render
-
-        pipe = load_pipeline(checkpoint, torch_dtype).to(device)
-
-        def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-            params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],
-                               steps=steps)
-            return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
-
-        return family.NAME, render_v15, pipe.transformer
-    from acestep.pipeline.cli import DEFAULT_SAMPLE_RATE
-    from acestep.pipeline.pipeline import ACEStepPipeline, GenerationParams
-
-    pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype)
-
-    def render_v1(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
-        params = GenerationParams(prompt=prompt, lyrics=lyrics.strip() or "[instrumental]", duration=duration, seed=seed,
-                                  **({"steps": steps} if steps else {}))
-        return pipeline.generate(params, [seed], DEFAULT_SAMPLE_RATE)[0], DEFAULT_SAMPLE_RATE
-
-    return family.NAME, render_v1, pipeline.transformer
+    render, transformer = family.model_renderer(checkpoint, device, dtype, steps)
+    return family.NAME, render, transformer

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AcestepError, InputError
+from acestep.core.errors import AcestepError, InputError
+
 from .io import (
     META_BASE_MODEL,
     META_FAMILY,

@@ -12,8 +12,9 @@ import json
 import math
 from pathlib import Path
 
-from ..cli_help import make_parser
-from ..errors import AcestepError, InputError, one_line_errors
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError, one_line_errors
+
 from .io import (
     DIFFUSERS_METADATA,
     META_BAKED_SCALE,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_help import add_command, make_parser
-from ..errors import one_line_errors
+from acestep.core.cli_help import add_command, make_parser
+from acestep.core.errors import one_line_errors
+
 from .bake import bake_file
 from .convert import convert_file
 from .inspect import format_report, inspect_lora

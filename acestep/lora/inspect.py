@@ -7,7 +7,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from acestep.core.errors import InputError
+
 from .adapters import TYPE_NAMES, file_kind, read_adapter
 from .bake import module_scales
 from .io import DIFFUSERS_METADATA, LoraModule, read_lora

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
-from ..data.atomic import atomic_write_bytes, atomic_write_json
-from ..errors import AcestepError, InputError
+from acestep.core.atomic import atomic_write_bytes, atomic_write_json
+from acestep.core.errors import AcestepError, InputError
+
 from .keys import (
     V15_FAMILY,
     adapter_kind,

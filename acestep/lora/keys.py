@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from ..models.v15_keys import to_diffusers_name, to_original_name
+from acestep.lora.v15_names import to_diffusers_name, to_original_name
+
+from .models import registered
 
 V1_STYLES = ("peft", "diffusion_model", "kohya")
 V15_STYLES = ("v15_comfyui", "v15_diffusers")
@@ -136,14 +138,12 @@ def kohya_lookup_for(module_names: Iterable[str]) -> dict[str, str]:
     return {kohya_name(name): name for name in module_names}
 
 
-@functools.cache
 def published_kohya_lookup() -> dict[str, str]:
-    """kohya name -> module path for every module of the published ACE-Step v1 transformer (built on `meta`)."""
-    import torch
+    """kohya name -> module path for every module of the published transformers the families registered."""
+    return _published_lookup(tuple(kind.class_name for kind in registered()))
 
-    from ..models import ACEStepTransformer2DModel
-    from ..models.configs import PUBLISHED_TRANSFORMER_CONFIG
 
-    with torch.device("meta"):
-        model = ACEStepTransformer2DModel(**PUBLISHED_TRANSFORMER_CONFIG)
-    return kohya_lookup_for(name for name, _ in model.named_modules() if name)
+@functools.cache
+def _published_lookup(kinds: tuple[str, ...]) -> dict[str, str]:
+    return kohya_lookup_for(name for kind in registered() if kind.class_name in kinds
+                            and kind.published_modules is not None for name in kind.published_modules())

@@ -18,15 +18,17 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
-from ..checkpoint import safetensors_problem
-from ..data.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
-from ..errors import AcestepError, CheckpointError
-from ..models.v15_keys import to_diffusers_name
-from ..progress import progress
+from acestep.core.atomic import atomic_write_text, make_readable, output_error, replace_folder, temp_sibling
+from acestep.core.checkpoint_files import safetensors_problem
+from acestep.core.errors import AcestepError, CheckpointError
+from acestep.core.progress import progress
+from acestep.lora.v15_names import to_diffusers_name
+
 from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
-from .keys import V1_FAMILY, V15_FAMILY, kohya_lookup_for
+from .keys import V15_FAMILY, kohya_lookup_for
+from .models import default_kind, kind_for_config
 from .settings import LoraSettings
 
 TRANSFORMER_SUBFOLDER = "ace_step_transformer"
@@ -82,9 +84,8 @@ def load_transformer_weights(
 
 def read_config(config_file: Path | None) -> dict:
     if config_file is None:
-        from ..models.configs import PUBLISHED_TRANSFORMER_CONFIG
-
-        return {"_class_name": CLASS_NAME, **PUBLISHED_TRANSFORMER_CONFIG}
+        kind = default_kind()
+        return {"_class_name": kind.class_name, **kind.published_config()}
     try:
         return json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as error:
@@ -164,7 +165,7 @@ def merge_file(
         return merge_original(dit, lora_path, out, strength, settings, dtype, overwrite)
     config, state = load_transformer_weights(transformer, config_path)
     check_matches_config(config, state, Path(transformer))
-    model_family = V15_FAMILY if config.get("_class_name") == V15_CLASS_NAME else V1_FAMILY
+    model_family = kind_for_config(config).family
     if dtype is not None:
         state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
     add_adapter(state, lora_path, model_family, strength, settings)
@@ -257,14 +258,7 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
 
 def check_matches_config(config: dict, state: dict[str, torch.Tensor], source: Path) -> None:
     """The weights must be exactly what the config builds, or the saved folder would not load."""
-    if config.get("_class_name") == V15_CLASS_NAME:
-        from acestep.dependencies import require_diffusers_for_v15
-
-        require_diffusers_for_v15()
-        from diffusers import AceStepTransformer1DModel as model_class
-    else:
-        from ..models import ACEStepTransformer2DModel as model_class
-
+    model_class = kind_for_config(config).model_class()
     with torch.device("meta"):
         expected = model_class.from_config(config).state_dict()
     wrong = sorted(key for key in expected.keys() | state.keys()

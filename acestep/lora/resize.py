@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AcestepError
-from ..progress import progress
+from acestep.core.errors import AcestepError
+from acestep.core.progress import progress
+
 from .bake import module_scales, provenance, save_baked, style_for
 from .io import LoraModule, check_output_file, read_lora
 from .settings import LoraSettings

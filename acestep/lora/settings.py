@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import AcestepError, InputError
+from acestep.core.errors import AcestepError, InputError
 
 ADAPTER_TYPES = ("lora", "dora", "loha", "lokr")  # the config's adapter_type; all trained through PEFT
 LOKR_OPTIONS = ("decompose_both", "decompose_factor")  # LoKrConfig's own names

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from acestep.errors import AcestepError
-
-from .config import TrainConfig
+from acestep.core.errors import AcestepError
+from acestep.training.config import TrainConfig
 
 DEFAULT_DURATION = 360.0  # without --max_duration: stage 3 keeps at most 360 s per song by default
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -60,7 +59,7 @@ def resolve_auto(config: TrainConfig, request: Any) -> tuple[TrainConfig, str]:
     """`config` with auto replaced by the fewest blocks that fit `request` (any family's planner request, its
     gpu_gb the card), and the line that says so (the planner's figure included). All blocks, with a warning, when
     not even that fits."""
-    from acestep.plan import fewest_checkpointed_blocks  # the planner imports training.data
+    from acestep.training.planner import fewest_checkpointed_blocks  # the planner imports acestep.lora
 
     blocks, gb = request.block_count, request.gpu_gb
     count = fewest_checkpointed_blocks(request)

@@ -6,12 +6,12 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from acestep.broken_pipe import guard_std_streams
-from acestep.data.atomic import atomic_write_text
-from acestep.errors import AcestepError, one_line_errors
-from acestep.quiet import quiet_third_party_noise
+from acestep.core.atomic import atomic_write_text
+from acestep.core.broken_pipe import guard_std_streams
+from acestep.core.errors import AcestepError, one_line_errors
+from acestep.core.quiet import quiet_third_party_noise
 
 from .config import TrainConfig, parse_config
 from .lock import run_folder_lock
@@ -29,28 +29,22 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, build_parts: Callable[[TrainConfig], TrainingParts | None] | None = None,
-    plan_model: Callable[[TrainConfig], Any] | None = None,
+    argv: Sequence[str] | None, build_parts: Callable[[TrainConfig], TrainingParts],
+    parse: Callable[[list[str]], TrainConfig] = parse_config,
 ) -> None:
-    """`build_parts`: the CLI layer's family dispatch (trainer_new.py passes acestep.families'); None means v1.
-    `plan_model`: the family's planner request for the checkpoint's model, which --preset fits."""
+    """`build_parts`: the CLI layer's family dispatch, `parse` its option parser (with --preset); trainer_new.py
+    runs this through acestep.families.training.main."""
     guard_std_streams()  # a closed console (tee ended by Ctrl-C, closed terminal) must not stop the save
     quiet_third_party_noise()
     args = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        config = parse_config(args, plan_model).for_overfit_one()
+        config = parse(args).for_overfit_one()
         with run_folder_lock(config.run_dir):  # before any model loads: a second trainer refuses at once
-            from .run import (  # torch, Lightning: after the flags
-                check_devices,
-                check_run_dir,
-                run_training,
-                summary_text,
-            )
+            from .run import preflight, run_training, summary_text  # torch, Lightning: after the flags
 
-            check_devices(config)
-            check_run_dir(config)
-            parts = build_parts(config) if build_parts is not None else None
-            result = run_training(config, parts=parts)
+            preflight(config)
+            parts = build_parts(config)
+            result = run_training(config, parts)
     if result.global_rank != 0:  # the other DDP processes end quietly: one summary per run
         sys.exit(1 if result.stopped else 0)
     text = summary_text(result) + (f"\nResume with: {resume_command(args)}" if result.interrupted else "")
@@ -63,6 +57,3 @@ def main(
     if result.stopped:
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

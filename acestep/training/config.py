@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_write_json
-from acestep.errors import AcestepError
+from acestep.core.atomic import atomic_write_json
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
@@ -185,7 +184,7 @@ class TrainConfig:
             problems.append("give --val_songs or --val_dataset, not both")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append("--warmup_steps must be >= 0")
-        from acestep.plan import MAX_DURATION_S  # the planner's bound: stage 3 keeps at most this per song
+        from acestep.data.generate_args import MAX_DURATION_S  # stage 3 keeps at most this per song
 
         for f in dataclasses.fields(self):  # nan and inf pass every comparison below as if they were numbers
             value = getattr(self, f.name)
@@ -267,14 +266,8 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def parse_config(argv: list[str] | None = None, plan_model: Callable[[TrainConfig], Any] | None = None) -> TrainConfig:
-    """The options; `plan_model`: the CLI layer's planner request for the model of --checkpoint_dir (its family's),
-    which --preset fits (None: the published v1)."""
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The options as typed; --preset is applied by the CLI layer (acestep.families.training.parse_config)."""
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     config.validate()
-    if config.preset:
-        from acestep.presets import apply_preset
-
-        config = apply_preset(config, given_flags(argv), plan_model(config) if plan_model else None)
-        config.validate()
     return config

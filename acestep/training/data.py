@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import SSL_COLUMNS
-from acestep.errors import AcestepError
 
 LATENT_FRAMES_PER_SECOND = 44100 / 512 / 8
 REG_STREAM = 0x4E6  # keeps the regularization songs' order and draws apart from the user's songs

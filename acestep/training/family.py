@@ -1,7 +1,7 @@
 """What a model family hands the trainer: the machinery (loop, resume, saving, logging) stays family-agnostic.
 
-The CLI layer builds `TrainingParts` for the family it detected (acestep/families/...); nothing in training/
-imports a family. v1 runs without parts (run_training builds today's v1 model and data itself).
+The CLI layer builds `TrainingParts` for the family it detected (acestep/families/<name>/training.py); nothing in
+training/ imports a family.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ModelBlocks:
 
 
 # (the run's config, GPU GB to plan for, "cuda" / "cpu", the planner's base dtype name) -> the family's planner
-# request for the model being trained (acestep.plan: it has .plan(), .block_count and checkpointed_blocks)
+# request for the model being trained (acestep.families.v1.plan: it has .plan(), .block_count and checkpointed_blocks)
 PlanRequestFor = Callable[[Any, float, str, str], Any]
 
 
@@ -69,10 +69,10 @@ class TrainingParts:
     transformer: torch.nn.Module
     songs: Dataset  # items by acestep.training.data.Draw
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
-    step: StepObjective
+    step: StepObjective | None  # None: the trainer's own flow-matching step on v1-shaped batches
     settings: LoraSettings
     base_model: str
-    write_step_files: StepFileWriter
+    write_step_files: StepFileWriter | None  # None: the trainer's v1 step folder (PEFT adapter + ComfyUI file)
     callbacks: list[Callback] = field(default_factory=list)  # e.g. audio samples during training
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
     fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise

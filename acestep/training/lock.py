@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 LOCK_FILE = "trainer.lock"
 # Set by launchers in the processes they start (torchrun, Lightning's DDP children, SLURM tasks): only the first

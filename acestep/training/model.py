@@ -1,4 +1,5 @@
-"""The model being trained: the frozen base transformer in 16 bits plus fp32 LoRA factors from a PEFT config."""
+"""The model being trained, for every family: the frozen base transformer in 16 bits plus fp32 LoRA factors from a
+PEFT config."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from pathlib import Path
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings, load_adapter, settings_from_metadata
 from acestep.lora.io import bare_peft_keys
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.attention import CrossAttention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
 PRECISION_FOR_DTYPE = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", torch.float32: "32-true"}
 
 
@@ -32,48 +30,7 @@ def resolve_base_dtype(name: str, on_gpu: bool) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def load_base_transformer(checkpoint_dir: str | None, dtype: torch.dtype) -> tuple[ACEStepTransformer2DModel, str]:
-    """The transformer of a checkpoint folder or Hub repo, and the name recorded in the adapter's metadata."""
-    from acestep.checkpoint import resolve_checkpoint
-
-    paths = resolve_checkpoint(checkpoint_dir)
-    model = ACEStepTransformer2DModel.from_pretrained(paths.transformer, torch_dtype=dtype)
-    if checkpoint_dir is None or is_published_size(paths.transformer):
-        return model, OFFICIAL_MODEL
-    local = Path(checkpoint_dir)
-    return model, str(local.resolve()) if local.exists() else checkpoint_dir
-
-
-def is_published_size(transformer_dir: Path) -> bool:
-    """The published model has 24 blocks of 20 heads; anything else (the tiny test model) is named by path."""
-    config = ACEStepTransformer2DModel.load_config(transformer_dir)
-    return config.get("num_layers") == 24 and config.get("num_attention_heads") == 20
-
-
-def release_unused_weights(model: ACEStepTransformer2DModel, keep_ssl_projectors: bool) -> int:
-    """Swap weights that no training or sampling forward reads for empty tensors; returns the bytes released.
-
-    The published checkpoint carries cross-attention `add_*` layers (629 M parameters) that the forward pass
-    never uses, and the SSL projectors (88 M) only serve the SSL losses. Loading them is what keeps the files
-    interchangeable; holding them on a small GPU is waste. Only LoRA factors are ever saved, so nothing is lost.
-    """
-    layers: list[torch.nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, CrossAttention):
-            layers += [getattr(module, name) for name in module.UNUSED_LAYERS]
-    if not keep_ssl_projectors:
-        layers.append(model.projectors)
-    released = 0
-    for layer in layers:
-        for module in layer.modules():
-            for name, param in list(module.named_parameters(recurse=False)):
-                released += param.numel() * param.element_size()
-                empty = torch.empty(0, dtype=param.dtype, device=param.device)
-                setattr(module, name, torch.nn.Parameter(empty, requires_grad=False))
-    return released
-
-
-def attach_lora(model: ACEStepTransformer2DModel, settings: LoraSettings, adapter_name: str) -> list[str]:
+def attach_lora(model: torch.nn.Module, settings: LoraSettings, adapter_name: str) -> list[str]:
     """Add the adapter (PEFT freezes everything else) and hold its factors in fp32; returns trainable names."""
     try:
         model.add_adapter(settings.peft_config(), adapter_name=adapter_name)
@@ -104,7 +61,7 @@ def _cast_input_unless_autocast(layer: torch.nn.Module, x: torch.Tensor | None, 
     return x.to(dtype)
 
 
-def adapter_state_dict(model: ACEStepTransformer2DModel, adapter_name: str) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: torch.nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """PEFT's bare keys (`transformer_blocks.0.attn.to_q.lora_A.weight`), as the upstream pipeline loads them."""
     return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
 
@@ -114,7 +71,7 @@ def base_weight_lookup(model: torch.nn.Module) -> Callable[[str], torch.Tensor]:
     return lambda name: model.get_submodule(name).get_base_layer().weight
 
 
-def load_trained_adapter(model: ACEStepTransformer2DModel, path: str | Path, adapter_name: str = "default") -> LoraSettings:
+def load_trained_adapter(model: torch.nn.Module, path: str | Path, adapter_name: str = "default") -> LoraSettings:
     """Attach an un-baked adapter written by the trainer, at its trained scale (settings from its header)."""
     tensors, metadata = load_adapter(path)
     tensors = bare_peft_keys(tensors)

@@ -17,9 +17,8 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
-from acestep.models import ACEStepTransformer2DModel
 
 from .checkpointing import checkpoint_first_blocks
 from .compile import compile_blocks, transformer_blocks
@@ -57,7 +56,7 @@ class LoraTrainingModule(L.LightningModule):
 
     def __init__(
         self,
-        transformer: ACEStepTransformer2DModel,
+        transformer: torch.nn.Module,
         settings: LoraSettings,
         config: TrainConfig,
         dataset: SongLatents | Dataset,

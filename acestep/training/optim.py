@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 from .config import TrainConfig
 

@@ -17,8 +17,8 @@ from typing import Any
 import datasets
 from torch.utils.data import Dataset
 
+from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import dataset_family, dataset_trigger, load_preprocessed
-from acestep.errors import AcestepError
 
 from .data import Draw, reg_count
 
@@ -28,22 +28,30 @@ def reg_fraction(weight: float) -> Fraction:
     return Fraction(str(weight))
 
 
-def load_reg_rows(path: str, family: str) -> datasets.Dataset:
-    """The songs of --reg_dataset, refused in one line when missing, of another model family or made with a
-    trigger tag (regularization songs show what the model makes without one)."""
+def check_reg_folder(path: str) -> str:
+    """The model family of --reg_dataset, refused in one line when missing or made with a trigger tag
+    (regularization songs show what the model makes without one); reads no songs."""
     folder = Path(path)
     if not folder.is_dir():
         raise AcestepError(f"--reg_dataset {path}: folder not found (give a preprocessed dataset, stage 3 output)")
     found = dataset_family(folder)
     if found is None:
         raise AcestepError(f"--reg_dataset {path}: not a preprocessed dataset (run stage 3 on the rendered songs)")
-    if found != family:
-        raise AcestepError(f"--reg_dataset {path} is {found}, but the run trains {family}; "
-                           "preprocess the regularization songs with the same --checkpoint_dir")
     trigger = dataset_trigger(folder)
     if trigger:
         raise AcestepError(f"--reg_dataset {path} was preprocessed with the trigger {trigger!r}; regularization "
                            "songs show what the model makes without it: preprocess them without --trigger")
+    return found
+
+
+def load_reg_rows(path: str, family: str) -> datasets.Dataset:
+    """The songs of --reg_dataset, refused in one line when missing, of another model family or made with a
+    trigger tag."""
+    folder = Path(path)
+    found = check_reg_folder(path)
+    if found != family:
+        raise AcestepError(f"--reg_dataset {path} is {found}, but the run trains {family}; "
+                           "preprocess the regularization songs with the same --checkpoint_dir")
     rows = load_preprocessed(folder)
     if len(rows) == 0:
         raise AcestepError(f"--reg_dataset {path}: the dataset has no songs")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 
 SETTINGS_KEY = "acestep_lora_settings"  # what the training state stores beside Lightning's own keys

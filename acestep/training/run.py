@@ -6,22 +6,18 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import datasets
 import lightning as L
 import torch
 
-from acestep.cuda_check import check_cuda
-from acestep.data.preprocessed import dataset_trigger, load_preprocessed
-from acestep.errors import AcestepError
+from acestep.core.cuda_check import check_cuda
+from acestep.core.errors import AcestepError
+from acestep.data.preprocessed import dataset_trigger
 from acestep.lora import LoraSettings
 from acestep.lora.io import ADAPTER_DIR
-from acestep.lora.keys import V1_FAMILY
-from acestep.models import ACEStepTransformer2DModel
-from acestep.models.fp8 import FP8_DTYPE, QUANTIZED_PREFIXES, quantize_base
+from acestep.training.fp8 import FP8_DTYPE, quantize_base
 
 from .callbacks import (
     CONFIG_FILE,
@@ -38,19 +34,17 @@ from .callbacks import (
     step_folder_name,
 )
 from .checkpointing import DTYPE_NAMES, card_gb, resolve_auto
-from .config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from .data import RunOrderSampler, SongLatents, collate_songs, frames_for_seconds
+from .config import TrainConfig
+from .data import RunOrderSampler
 from .family import ModelBlocks, PlanRequestFor, TrainingParts
 from .lock import is_first_process, run_folder_lock
-from .model import PRECISION_FOR_DTYPE, load_base_transformer, release_unused_weights, resolve_base_dtype
+from .model import PRECISION_FOR_DTYPE
 from .module import LoraTrainingModule, NonFiniteLossError
 from .optim import FORK_RECIPE, resolve_recipe
-from .regularization import load_reg_rows, reg_fraction, reg_mix_line
+from .regularization import check_reg_folder, reg_fraction, reg_mix_line
 from .resume_check import check_resume
-from .samples import SampleRenderer, read_sample_prompts
-from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, split_songs, write_loss_curve
+from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, write_loss_curve
 
-V1_BLOCKS = ModelBlocks(block_list="transformer_blocks", fp8_prefixes=QUANTIZED_PREFIXES)  # moves with the v1 branch
 
 @dataclass
 class TrainResult:
@@ -210,75 +204,45 @@ def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: Lo
     return config
 
 
-def run_training(
-    config: TrainConfig,
-    transformer: ACEStepTransformer2DModel | None = None,
-    dataset: datasets.Dataset | None = None,
-    base_model: str | None = None,
-    parts: TrainingParts | None = None,
-) -> TrainResult:
-    """Train per `config`. Tests and the demo may pass a ready transformer (its dtype is kept) or dataset.
+def preflight(config: TrainConfig) -> None:
+    """The one-line refusals that need no model, run before a family loads one: bad options, more GPUs than the
+    machine has, a trigger the dataset lacks, a run folder in the way (or nothing to resume)."""
+    config.validate()
+    check_devices(config)
+    check_trigger(config)
+    check_run_dir(config)
+    if config.reg_dataset:
+        check_reg_folder(config.reg_dataset)
 
-    `parts`: another model family's model, data, objective and step-folder writer (default: ACE-Step v1).
-    The run folder is locked for the run: a second trainer there refuses.
-    """
+
+def run_training(config: TrainConfig, parts: TrainingParts) -> TrainResult:
+    """Train per `config` on a model family's parts (acestep.families.training builds them for the CLIs).
+    The run folder is locked for the run: a second trainer there refuses."""
     config.validate()
     with run_folder_lock(config.run_dir):
-        return _train(config, transformer, dataset, base_model, parts)
+        return _train(config, parts)
 
 
-def _train(
-    config: TrainConfig,
-    transformer: ACEStepTransformer2DModel | None,
-    dataset: datasets.Dataset | None,
-    base_model: str | None,
-    parts: TrainingParts | None,
-) -> TrainResult:
+def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     check_devices(config)
     trigger = check_trigger(config)
     resume_from = check_run_dir(config)
     notes = [config.preset_applied] if config.preset_applied else []
-    if parts is not None:  # the family's own defaults and recipe for what the user left unset
-        config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe or FORK_RECIPE)
-        notes += parts.notes
-    else:
-        config = resolve_recipe(config)
+    # the family's own defaults and recipe for what the user left unset
+    config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe or FORK_RECIPE)
+    notes += parts.notes
     notes.append(config.recipe)
-    if parts is not None:
-        transformer, settings, songs = parts.transformer, parts.settings, parts.songs
-        if parts.blocks is not None and parts.plan_request is not None:
-            config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
-        elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
-            raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
-                               "no blocks or planner for them; use bf16 and all / none / N")
-        module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
-                                    reg_songs=parts.reg_songs, blocks=parts.blocks)
-        base_model = parts.base_model
-        val_songs, collate = parts.val_songs, parts.collate
-        fixed_loss = parts.fixed_loss or module.fixed_loss
-    else:
-        settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
-        train_rows, val_rows = split_songs(
-            dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
-            config.val_dataset, config.overfit_one)
-        songs = SongLatents(train_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=config.use_ssl)
-        val_songs = (SongLatents(val_rows, max_frames=frames_for_seconds(config.max_duration), use_ssl=False)
-                     if val_rows is not None else None)
-        reg_songs = (SongLatents(load_reg_rows(config.reg_dataset, V1_FAMILY), frames_for_seconds(config.max_duration),
-                                 use_ssl=songs.has_ssl) if config.reg_dataset else None)
-        collate = collate_songs
-        if transformer is None:
-            dtype = resolve_base_dtype(config.base_dtype, _gpu_wanted(config.accelerator))
-            transformer, base_model = load_base_transformer(config.checkpoint_dir, dtype)
-        if config.release_unused_weights:
-            release_unused_weights(transformer, keep_ssl_projectors=songs.has_ssl and config.ssl_coeff > 0)
-        from acestep.plan import request_for_run  # the planner imports training.data
-
-        ssl = songs.has_ssl and config.ssl_coeff > 0
-        config = prepare_base(transformer, config, settings, V1_BLOCKS,
-                              partial(request_for_run, dict(transformer.config), ssl), notes)
-        module = LoraTrainingModule(transformer, settings, config, songs, reg_songs=reg_songs, blocks=V1_BLOCKS)
-        fixed_loss = module.fixed_loss
+    transformer, settings, songs = parts.transformer, parts.settings, parts.songs
+    if parts.blocks is not None and parts.plan_request is not None:
+        config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
+    elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
+        raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
+                           "no blocks or planner for them; use bf16 and all / none / N")
+    module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
+                                reg_songs=parts.reg_songs, blocks=parts.blocks)
+    base_model = parts.base_model
+    val_songs, collate = parts.val_songs, parts.collate
+    fixed_loss = parts.fixed_loss or module.fixed_loss
     for line in notes:
         print(line, flush=True)
     if resume_from is not None:  # a changed LoRA config is refused here, before Lightning restores anything
@@ -292,9 +256,8 @@ def _train(
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings,
-                         base_model or "ACE-Step/ACE-Step-v1-3.5B", config.exp_name,
-                         parts.write_step_files if parts is not None else None)
+    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings, base_model,
+                         config.exp_name, parts.write_step_files)
     saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
@@ -304,14 +267,7 @@ def _train(
         validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
         saver.protected_steps = validation.protected_steps
     saver.protected_steps = with_eval_best(saver.protected_steps, config.run_dir)
-    samplers = list(parts.callbacks) if parts is not None else []
-    if config.eval_every > 0:
-        samplers.append(eval_callback(config))
-    if config.sample_every > 0 and parts is None:
-        if not config.sample_prompts:
-            raise AcestepError("--sample_every needs --sample_prompts FILE")
-        prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
-        samplers.append(SampleRenderer(config.run_dir, config.sample_every, prompts, config.checkpoint_dir))
+    samplers = list(parts.callbacks)
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=_devices(config.devices),
@@ -322,8 +278,7 @@ def _train(
         max_epochs=-1,
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
-        logger=_logger(config, run_settings(config, settings, parts.family if parts is not None else V1_FAMILY,
-                                            len(songs))),
+        logger=_logger(config, run_settings(config, settings, parts.family, len(songs))),
         callbacks=[ConfigFile(config.run_dir / CONFIG_FILE, config), *([validation] if validation else []), metrics, saver,
                    ctrl_c, *samplers]
         + ([CompactProgressBar()] if config.progress_bar else []),
@@ -347,7 +302,7 @@ def _train(
     adapter_dir = latest[-1][1] if latest else None
     baked = adapter_dir / baked_file_name(config.exp_name, latest[-1][0]) if adapter_dir else None
     return TrainResult(
-        usage=parts.summary(adapter_dir) if parts is not None and parts.summary and adapter_dir else None,
+        usage=parts.summary(adapter_dir) if parts.summary and adapter_dir else None,
         run_dir=config.run_dir,
         steps=trainer.global_step,
         seconds=time.perf_counter() - started,
@@ -381,16 +336,6 @@ def with_eval_best(protected: Callable[[], set[int]], run_dir: Path) -> Callable
         return protected() | ({best} if best else set())
 
     return steps
-
-
-def eval_callback(config: TrainConfig) -> L.Callback:
-    from .evaluation import EvaluateDuringTraining
-
-    settings = ["--songs", str(config.eval_songs), "--seconds", str(config.eval_seconds), "--clap", config.eval_clap,
-                *(["--mert", config.eval_mert] if config.eval_mert else []),
-                *(["--checkpoint_dir", config.checkpoint_dir] if config.checkpoint_dir else []),
-                *(["--dit", config.dit] if config.dit else [])]
-    return EvaluateDuringTraining(config.run_dir, config.eval_every, config.max_steps, settings)
 
 
 def _last_val_loss(metrics_file: Path) -> float | None:

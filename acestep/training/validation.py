@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
 
-from acestep.data.atomic import replace_with_retry, temp_sibling
-from acestep.errors import AcestepError
+from acestep.core.atomic import replace_with_retry, temp_sibling
+from acestep.core.errors import AcestepError
 
 from .data import Draw, stream_seed
 

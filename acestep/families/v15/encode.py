@@ -24,7 +24,8 @@ import datasets
 import numpy as np
 import torch
 
-from acestep.data.encoders import resolve_device, resolve_dtype
+from acestep.core.errors import AcestepError, InputError
+from acestep.data.devices import resolve_device, resolve_dtype
 from acestep.data.preprocess import (
     FilenameRow,
     build_prompt,
@@ -34,7 +35,6 @@ from acestep.data.preprocess import (
 )
 from acestep.data.shards import ErrorRecord
 from acestep.data.sidecars import is_instrumental
-from acestep.errors import AcestepError, InputError
 
 from .checkpoint import NAME, V15Checkpoint, load_pipeline
 
@@ -312,7 +312,7 @@ class V15SongStages:
 def song_stages_from_args(checkpoint: V15Checkpoint, args: argparse.Namespace) -> V15SongStages:
     """Stage 3's options -> the 1.5 encoder (the DiT itself is not loaded)."""
     from acestep.audio import prepare_training_audio
-    from acestep.text_encoder import format_prompt
+    from acestep.data.tags import format_prompt
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from peft.utils.other import get_pattern_key
 
-from acestep.data.atomic import atomic_write_json
+from acestep.core.atomic import atomic_write_json
 from acestep.lora import WEIGHTS_NAME, LoraModule, LoraSettings, save_adapter
 from acestep.lora.adapters import BaseWeight, group_peft_modules, save_comfyui_file
 from acestep.lora.bake import save_baked, scale_into_factors

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from acestep.cli_help import make_parser
-from acestep.data.atomic import atomic_write_json
-from acestep.errors import AcestepError, InputError
+from acestep.core.atomic import atomic_write_json
+from acestep.core.cli_help import make_parser
+from acestep.core.errors import AcestepError, InputError
+from acestep.core.progress import progress
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import adapter_family
 from acestep.lora.io import trigger_note
 from acestep.lora.keys import V15_FAMILY
-from acestep.progress import progress
 
 from .checkpoint import V15Checkpoint, load_pipeline, resolve
 
@@ -64,7 +64,7 @@ def check_lora_family(path: str | Path) -> None:
 
 def load_v15_loras(pipe: Any, loras: list[tuple[str, float]], settings: LoraSettings | None = None) -> list[str]:
     """Every (path, strength) as its own adapter on the DiT, active together."""
-    from acestep.pipeline.lora_loading import load_loras
+    from acestep.lora.loading import load_loras
 
     for path, _ in loras:
         check_lora_family(path)
@@ -176,7 +176,8 @@ def add_v15_only_arguments(group: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from acestep.pipeline.cli import check_duration, parse_lora, read_lyrics
+    from acestep.data.generate_args import check_duration, read_lyrics
+    from acestep.lora.loading import parse_lora
 
     args = build_parser().parse_args(argv)
     try:
@@ -205,3 +206,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     for path in paths:
         print(f"wrote {path} (+ {path.with_suffix('.json').name})")
+
+
+def renderer(checkpoint: V15Checkpoint, device: str, dtype: str, steps: int | None) -> Any:
+    """(prompt, lyrics, duration, seed) -> (wav, sample rate) through AceStepPipeline; `steps` None: the variant's."""
+    return model_renderer(checkpoint, device, dtype, steps)[0]
+
+
+def model_renderer(checkpoint: V15Checkpoint, device: str, dtype: str, steps: int | None) -> tuple[Any, Any]:
+    """`renderer` and the pipeline's DiT (where a LoRA goes)."""
+    from acestep.families.v15.encode import INSTRUMENTAL_LYRICS
+
+    torch_dtype = DTYPES[dtype]
+    pipe = load_pipeline(checkpoint, torch_dtype).to(device)
+
+    def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
+        params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],
+                           steps=steps)
+        return render(pipe, params, checkpoint.is_turbo)[0], pipe.sample_rate
+
+    return render_v15, pipe.transformer

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 
 SCHEDULES = ("auto", "turbo", "logit_normal")
 TURBO_STEPS = 8

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
-from acestep.models.fp8 import SCALE_BYTES, is_quantizable
-from acestep.plan import (
+from acestep.training.fp8 import SCALE_BYTES, is_quantizable
+from acestep.training.planner import (
     DEFAULT_DURATION,
     FP8,
     OPTIMIZER_STATE_BYTES,
@@ -35,8 +35,8 @@ from acestep.plan import (
     fix_lines,
 )
 
+from .blocks import BLOCKS, LATENT_FRAMES_PER_SECOND
 from .objective import TimestepSampler, V15Step
-from .training import BLOCKS, LATENT_FRAMES_PER_SECOND
 
 DEFAULT_LORA_CONFIG = Path(__file__).resolve().parents[3] / "config" / "lora_config_v15.json"
 # diffusers' AceStepTransformer1DModel defaults are the 2B; the XL 4B as its published config.json has it.
@@ -309,7 +309,7 @@ class StepProbe:
     One model serves several checkpointing settings in turn (bench/v15_train_step.py compares them side by side)."""
 
     def __init__(self, request: V15PlanRequest, model: torch.nn.Module | None = None) -> None:
-        from acestep.models.fp8 import quantize_base
+        from acestep.training.fp8 import quantize_base
         from acestep.training.model import DTYPES, attach_lora
 
         self.dtype = DTYPES["bf16" if request.base_dtype == FP8 else request.base_dtype]

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from acestep.training.samples import read_sample_prompts
+from acestep.training.sample_prompts import read_sample_prompts
 
 from .checkpoint import V15Checkpoint, load_pipeline
 from .generate import V15Params, render, write_outputs

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from acestep.cli_help import make_parser
+from acestep.core.cli_help import make_parser
 from acestep.data.sizing import stored_bytes_per_second
 
 from .encode import EncodedV15Song, SongText, features_for_v15_record

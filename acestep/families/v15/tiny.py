@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from acestep.data.atomic import build_into
-from acestep.quiet import library_bars_off, old_weight_norm
+from acestep.core.atomic import build_into
+from acestep.core.quiet import library_bars_off, old_weight_norm
 
 from .checkpoint import (
     DEFAULT_DIT,

@@ -15,22 +15,22 @@ import datasets
 import torch
 from torch.utils.data import Dataset
 
-from acestep.errors import AcestepError
+from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import BaseWeight
 from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import CONFIG_DIR, TrainConfig
 from acestep.training.data import Draw, pad_stack
-from acestep.training.family import ModelBlocks, TrainingParts
+from acestep.training.family import TrainingParts
 from acestep.training.optim import OptimizerRecipe
 from acestep.training.regularization import load_reg_rows
 from acestep.training.validation import split_songs
 
+from .blocks import BLOCKS, LATENT_FRAMES_PER_SECOND
 from .checkpoint import V15Checkpoint, dit_config, load_components
 from .export import usage_lines, write_step_files
 from .objective import PUBLISHED_MU, PUBLISHED_SIGMA, TimestepSampler, V15Step, resolve_schedule
 
-LATENT_FRAMES_PER_SECOND = 25.0  # 48 kHz / 1920 (AutoencoderOobleck)
 DEFAULT_LORA_CONFIG = str(CONFIG_DIR / "lora_config_v15.json")  # the repository's, from any current folder
 LATENT_COLUMNS = ("target_latents", "context_latents")
 OUTPUT_COLUMNS = ("encoder_hidden_states", "encoder_attention_mask")  # --condition_store outputs (cached)
@@ -40,9 +40,6 @@ CONDITION_DROPOUT = 0.15  # cfg_ratio of the models' pre-training and the curren
 # LinearLR from 0.1x over min(100, total/10) steps, then a cosine to 1 % of lr (Prodigy: constant after warm-up)
 OFFICIAL_RECIPE = OptimizerRecipe("ACE-Step 1.5 official trainer", (0.9, 0.999), "cosine", 100,
                                   {"adamw": 0.01, "adamw8bit": 0.01, "prodigy": 1.0}, warmup_fraction=0.1)
-# diffusers' AceStepTransformer1DModel: its `layers` are checkpointed and compiled one by one; fp8 stores the
-# Linears of the layers, of both timestep embeddings and of the condition projection (all but 0.1 % of the weights)
-BLOCKS = ModelBlocks(block_list="layers", fp8_prefixes=("layers.", "time_embed", "condition_embedder"))
 
 
 def frames_for_seconds(seconds: float | None) -> int | None:
@@ -100,7 +97,7 @@ def collate_v15(items: list[dict[str, Any]]) -> dict[str, Any]:
 def parts_from_config(config: TrainConfig, checkpoint: V15Checkpoint) -> TrainingParts:
     """The trainer CLI's 1.5 path: DiT and condition encoder from either layout, the stored songs of --dataset_path."""
     from acestep.data.preprocessed import dataset_family, load_preprocessed
-    from acestep.families import check_same_family
+    from acestep.families.base import check_same_family
     from acestep.training.model import resolve_base_dtype
 
     found = dataset_family(config.dataset_path)

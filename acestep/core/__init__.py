@@ -1,0 +1,1 @@
+"""Shared low-level helpers every layer may import: errors, atomic writes, progress, CLI help, quiet."""

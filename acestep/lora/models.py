@@ -1,0 +1,53 @@
+"""What the LoRA tools need to know of a family's transformer, handed in by the family: lora/ imports no model code.
+
+Each family registers its transformer once, when its package is imported (acestep/families/<name>/__init__.py);
+the CLI layer imports the families (`acestep.families.load_all`) before it runs a LoRA tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from acestep.core.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TransformerKind:
+    """One family's transformer as the LoRA tools see it."""
+
+    family: str
+    class_name: str  # "_class_name" in the transformer folder's config.json
+    model_class: Callable[[], Any]  # the class (imported on use); `from_config` builds it on the meta device
+    published_config: Callable[[], dict[str, Any]] | None = None  # config of a bare .safetensors file
+    published_modules: Callable[[], Iterable[str]] | None = None  # module paths: kohya names map back to them
+
+
+_KINDS: dict[str, TransformerKind] = {}
+
+
+def register(kind: TransformerKind) -> None:
+    _KINDS[kind.class_name] = kind
+
+
+def registered() -> list[TransformerKind]:
+    return list(_KINDS.values())
+
+
+def kind_for_config(config: dict[str, Any]) -> TransformerKind:
+    """The registered transformer a config names (a config without `_class_name`: the published default)."""
+    name = config.get("_class_name")
+    if name in _KINDS:
+        return _KINDS[name]
+    if name is None:
+        return default_kind()
+    raise CheckpointError(f"transformer class {name!r} is not one of {', '.join(_KINDS) or 'the known families'}")
+
+
+def default_kind() -> TransformerKind:
+    """The family whose published config a bare .safetensors file is read with (ACE-Step v1)."""
+    for kind in _KINDS.values():
+        if kind.published_config is not None:
+            return kind
+    raise CheckpointError("no transformer config: pass --config (no model family is loaded)")

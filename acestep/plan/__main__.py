@@ -1,0 +1,3 @@
+from acestep.plan.cli import main
+
+main()
