@@ -618,9 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--official_src", default=None,
-                        help="checkout of github.com/ace-step/ACE-Step-1.5 with acestep/training_v2; required")
+                        help="checkout of github.com/ace-step/ACE-Step-1.5 with acestep/training_v2 (no default: required)")
     parser.add_argument("--official_python", default=None,
-                        help="python of the official side's venv (transformers < 4.58); required")
+                        help="python of the official side's venv (transformers < 4.58) (no default: required)")
     parser.add_argument("--official_args", default="",
                         help="flags of the official train_fixed CLI, as one string (default: its defaults); only "
                         "those in OFFICIAL_FLAGS and --[no-]gradient-checkpointing")

@@ -73,7 +73,7 @@ class RenderCache:
 
         wav, side = self.wav_path(step, prompt), self.wav_path(step, prompt).with_suffix(".json")
         try:
-            if json.loads(side.read_text(encoding="utf-8")) != settings:
+            if json.loads(side.read_text(encoding="utf-8-sig")) != settings:
                 return None
             data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
         except (OSError, ValueError, RuntimeError):
@@ -83,7 +83,7 @@ class RenderCache:
     def has(self, step: int, prompt: EvalPrompt, settings: dict[str, Any]) -> bool:
         wav = self.wav_path(step, prompt)
         try:
-            return wav.is_file() and json.loads(wav.with_suffix(".json").read_text(encoding="utf-8")) == settings
+            return wav.is_file() and json.loads(wav.with_suffix(".json").read_text(encoding="utf-8-sig")) == settings
         except (OSError, ValueError):
             return False
 

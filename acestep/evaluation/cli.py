@@ -72,7 +72,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise AcestepError(f"--run {run_dir}: no such folder")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
         raise AcestepError(f"--run {run_dir}: no readable {CONFIG_FILE}; is it a training run folder?") from error
 

@@ -114,7 +114,7 @@ def write_plot(eval_dir: Path, steps: dict[int, StepScores], metrics: list[dict[
 def read_best_step(eval_dir: Path) -> int | None:
     """The best step recorded in eval.json (kept from pruning), None when there is none."""
     try:
-        best = json.loads((Path(eval_dir) / JSON_FILE).read_text(encoding="utf-8")).get("best")
+        best = json.loads((Path(eval_dir) / JSON_FILE).read_text(encoding="utf-8-sig")).get("best")
     except (OSError, ValueError):
         return None
     return int(best["step"]) if isinstance(best, dict) and best.get("step") else None

@@ -79,7 +79,7 @@ def write_tiny_mert(folder: Path, hidden: int = 32) -> None:
     )
     HubertModel(config).save_pretrained(str(folder))
     path = folder / "config.json"  # the real MERT config names its remote-code class
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(path.read_text(encoding="utf-8-sig"))
     raw.update(model_type="mert_model", architectures=["MERTModel"],
                auto_map={"AutoConfig": "configuration_MERT.MERTConfig", "AutoModel": "modeling_MERT.MERTModel"})
     path.write_text(json.dumps(raw, indent=2), encoding="utf-8")

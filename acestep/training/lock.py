@@ -70,7 +70,7 @@ def pid_alive(pid: int) -> bool:
 def read_lock(path: Path) -> dict[str, Any]:
     """The owner a lock file names ({} when it is empty or unreadable, e.g. being written this instant)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
