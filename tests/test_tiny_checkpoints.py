@@ -36,7 +36,7 @@ def test_v1_tiny_checkpoint_is_byte_identical_for_the_same_seed(tmp_path: Path) 
 
 
 def test_v1_text_tokenizer_scores_are_rounded_and_ties_ordered(tmp_path: Path) -> None:
-    from acestep.tiny_checkpoint import _train_text_tokenizer
+    from acestep.families.v1.tiny import _train_text_tokenizer
 
     _train_text_tokenizer(tmp_path)
     vocab = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
