@@ -15,8 +15,7 @@ BOM = b"\xef\xbb\xbf"
 PACKAGE = Path(__file__).resolve().parents[1] / "acestep"
 LORA_CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["to_q", "to_k"]}
 # readers of files this toolkit wrote itself (run metrics, stage-3 manifests and progress, render parameters)
-OWN_FILES = {"callbacks.py", "validation.py", "preprocessed.py", "shards.py", "reg.py", "tiny_checkpoint.py",
-             "ssl.py"}
+OWN_FILES = {"callbacks.py", "validation.py", "preprocessed.py", "shards.py", "reg.py", "ssl.py"}
 
 
 def bom_file(path: Path, text: str) -> Path:

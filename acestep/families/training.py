@@ -66,20 +66,23 @@ def run_training(config: TrainConfig, transformer: Any = None, dataset: Any = No
                  parts: TrainingParts | None = None) -> TrainResult:
     """Train per `config`: on `parts`, or on the parts of the family of --checkpoint_dir (ACE-Step v1 by default;
     tests and the demo may pass a ready v1 transformer or dataset)."""
+    from acestep.training.lock import run_folder_lock
     from acestep.training.run import preflight
     from acestep.training.run import run_training as run_with_parts
 
-    if parts is None:
-        preflight(config)
-        overrides = {k: v for k, v in (("transformer", transformer), ("dataset", dataset), ("base_model", base_model))
-                     if v is not None}
-        if overrides:  # ready v1 objects: no checkpoint to look at
-            from acestep.families.v1.training import training_parts
+    config.validate()
+    with run_folder_lock(config.run_dir):  # before any check of the folder: a second trainer refuses at once
+        if parts is None:
+            preflight(config)
+            overrides = {k: v for k, v in (("transformer", transformer), ("dataset", dataset),
+                                           ("base_model", base_model)) if v is not None}
+            if overrides:  # ready v1 objects: no checkpoint to look at
+                from acestep.families.v1.training import training_parts
 
-            parts = training_parts(config, **overrides)
-        else:
-            parts = training_parts_for(config)
-    return run_with_parts(config, with_evaluation(config, parts))
+                parts = training_parts(config, **overrides)
+            else:
+                parts = training_parts_for(config)
+        return run_with_parts(config, with_evaluation(config, parts))
 
 
 def parse_config(argv: list[str] | None = None,

@@ -62,7 +62,7 @@ def _write_hubert(folder: Path, hidden: int, mert_layout: bool) -> None:
     HubertModel(config).save_pretrained(str(folder))
     if mert_layout:  # the real MERT config names a remote-code class; our loader must cope with it
         path = folder / "config.json"
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
         raw.update(model_type="mert_model", architectures=["MERTModel"],
                    auto_map={"AutoConfig": "configuration_MERT.MERTConfig", "AutoModel": "modeling_MERT.MERTModel"})
         path.write_text(json.dumps(raw, indent=2))
