@@ -83,12 +83,12 @@ def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path
     train(common + ["--exp_name", "one", "--devices", "1", "--batch_size", "2", "--max_steps", "3"], tmp_path)
 
     assert sorted(p.name for p in run.iterdir()) == ["logs", "metrics.jsonl", "samples", "state", "step-000001",
-                                                     "step-000002", "step-000003", "train_config.json"]
+                                                     "step-000002", "step-000003", "summary.txt", "train_config.json"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
     for step in (1, 2, 3):
         folder = f"step-{step:06d}"
         assert sorted(p.name for p in (run / folder).iterdir()) == [
-            "adapter", f"ddp-step{step}-comfyui.safetensors", "diffusers"]
+            "adapter", f"ddp-step{step}-comfyui.safetensors", "diffusers", "official"]
         two, _ = load_adapter(run / folder / "adapter" / "adapter_model.safetensors")
         one, _ = load_adapter(tmp_path / "one" / folder / "adapter" / "adapter_model.safetensors")
         assert two.keys() == one.keys() and len(one) > 0
