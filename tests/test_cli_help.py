@@ -151,7 +151,8 @@ def test_python_dash_m_names_itself() -> None:
 # `--help` answers without the heavy libraries (they took 2-12 s to import). Still loading them:
 # generate.py and preprocess_dataset_new.py, whose parsers read torch (`--device` default) or the data stack.
 LIGHT_HELP = ["demo.py", "trainer_new.py", "convert2hf_dataset_new.py", "add_alpha_in_lora.py",
-              "generate_prompts_lyrics.py", "generate_prompts_lyrics_llamacpp.py"]
+              "generate_prompts_lyrics.py", "generate_prompts_lyrics_llamacpp.py", "generate.py",
+              "preprocess_dataset_new.py"]
 HEAVY = ("torch", "transformers", "diffusers", "datasets", "lightning", "peft")
 IMPORTS_AFTER_HELP = """
 import runpy, sys

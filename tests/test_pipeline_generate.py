@@ -184,3 +184,16 @@ def test_generate_defaults_to_the_clis_and_the_references_48_khz() -> None:
     default = inspect.signature(ACEStepPipeline.generate).parameters["sample_rate"].default
     assert default == DEFAULT_SAMPLE_RATE == 48000
     assert build_parser().parse_args(["--prompt", "pop"]).sample_rate == 48000
+
+
+def test_device_and_dtype_auto_resolve_as_the_old_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device/--dtype default to auto (so --help needs no torch); a run resolves them as the old defaults did."""
+    from acestep.data.generate_cli import resolve_device, torch_dtype
+    from acestep.families.v1.pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["--prompt", "pop"])
+    assert (args.device, args.dtype) == ("auto", "auto")
+    for has_gpu, device, dtype in ((True, "cuda", torch.bfloat16), (False, "cpu", torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda has_gpu=has_gpu: has_gpu)
+        assert (resolve_device("auto"), torch_dtype("auto")) == (device, dtype)
+    assert (resolve_device("cuda:1"), torch_dtype("float16")) == ("cuda:1", torch.float16)

@@ -19,25 +19,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-import datasets
-import torch
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from acestep.audio.conditioning import MIN_SECONDS
 from acestep.core.cli_help import make_parser
 from acestep.core.errors import AcestepError, InputError, one_line_errors
 from acestep.core.progress import progress
 from acestep.data.filenames import check_one_file_per_song
-from acestep.data.preprocessed import (
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    merge_parts,
-    record_nbytes,
-    storage_summary,
-)
 from acestep.data.shards import ErrorRecord, PartProgress, PartWriter, ShardSpec
 from acestep.data.sidecars import normalize_newlines
+
+if TYPE_CHECKING:  # datasets, torch and the stored format load when a run starts, so --help prints at once
+    import datasets
+    import torch
 
 SAMPLE_RATE = 48000
 MAX_PROMPT_CHARS = 256
@@ -146,6 +140,8 @@ class RunResult:
 def read_filename_rows(path: Path) -> list[FilenameRow]:
     """Rows of a filename dataset, ours or the fork's (only `filename` is required). Lyrics and captions get "\n"
     line ends, as generation feeds them; whitespace alone is no lyrics."""
+    import datasets
+
     try:
         dataset = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as err:
@@ -306,6 +302,8 @@ def run_song_stages(
 ) -> RunResult:
     """Encode this shard's pending rows into PREP with any family's SongStages; committed work survives
     any interruption."""
+    from acestep.data.preprocessed import FORMAT_VERSION, MANIFEST_FILE, merge_parts, record_nbytes
+
     rows = read_filename_rows(input_path)
     check_one_file_per_song([Path(row.filename) for row in rows])
     config = {
@@ -404,6 +402,8 @@ def format_error_table(errors: Sequence[ErrorRecord]) -> str:
 def summary_lines(prep: Path, result: RunResult) -> list[str]:
     progress = result.progress
     assert progress is not None
+    from acestep.data.preprocessed import storage_summary
+
     stats = storage_summary([(prep / progress.shard.folder_name, progress)])
     lines = [
         f"this run: {result.encoded} songs encoded ({result.audio_seconds:.1f} s of audio), "
@@ -493,6 +493,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def merge_main(prep: Path) -> None:
+    from acestep.data.preprocessed import merge_parts
+
     manifest = merge_parts(prep)
     print(json.dumps(manifest, indent=1))
 
@@ -516,6 +518,8 @@ def main(
             return
         if song_stages is None:
             raise AcestepError("stage 3 needs a model family: run preprocess_dataset_new.py")
+        import datasets
+
         datasets.disable_progress_bars()  # one bar per chunk save would drown ours
         options = RunOptions(
             shard=args.shard,

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from acestep.core.atomic import atomic_save_dataset, atomic_write_json, folder_size, remove_temp_leftovers
 from acestep.core.errors import AcestepError
+
+if TYPE_CHECKING:
+    import datasets
 
 PROGRESS_FILE = "progress.json"
 CHUNK_KIND = "preprocessed-chunk"
@@ -239,6 +240,8 @@ class PartWriter:
         if not self._rows and not self._errors:
             return
         if self._rows:
+            import datasets
+
             name = f"chunk-{len(self.progress.chunks):05d}"
             dataset = datasets.Dataset.from_list(self._rows, features=self.make_features(self._rows[0]))
             atomic_save_dataset(dataset, self.dir / name, kind=CHUNK_KIND)

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
             from acestep.core.cuda_check import check_cuda
 
             check_cuda("--device", known.device, "--device cpu")
+        elif not known.checkpoint_dir:
+            build_parser().parse_args(argv)  # plain --help: v1's flags and the 1.5 group, before any model code
         from acestep.families import V1, detect, get
 
         family = detect(known.checkpoint_dir) if known.checkpoint_dir else get(V1)
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """v1's parser plus the 1.5-only flags in their own group: what plain `generate.py --help` shows."""
-    from acestep.families.v1.pipeline.cli import build_parser as v1_parser
-    from acestep.families.v15.generate import V15_GROUP, add_v15_only_arguments
+    from acestep.data.generate_cli import V15_GROUP, add_v15_only_arguments, v1_parser
 
     parser = v1_parser()
     parser.description = ("Generate music with ACE-Step v1 or 1.5 and optional LoRAs; an ACE-Step 1.5 "
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_no_v15_flags(argv: list[str]) -> None:
     """A 1.5-only flag with a v1 checkpoint is refused in one line rather than as argparse's "unrecognized"."""
-    from acestep.families.v15.generate import V15_ONLY_FLAGS
+    from acestep.data.generate_cli import V15_ONLY_FLAGS
 
     given = [flag for flag in V15_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
     if given:

@@ -49,12 +49,10 @@ def renderer(checkpoint: V1Checkpoint, device: str, dtype: str, steps: int | Non
 
 def model_renderer(checkpoint: V1Checkpoint, device: str, dtype: str, steps: int | None) -> tuple[Renderer, Any]:
     """`renderer` and the pipeline's transformer (where a LoRA goes)."""
-    from acestep.families.v1.pipeline.cli import DEFAULT_SAMPLE_RATE, DTYPES
+    from acestep.data.generate_cli import DEFAULT_SAMPLE_RATE, torch_dtype
     from acestep.families.v1.pipeline.pipeline import ACEStepPipeline, GenerationParams
 
-    torch_dtype = DTYPES[dtype]
-
-    pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype)
+    pipeline = ACEStepPipeline.from_checkpoint(str(checkpoint.root), device, torch_dtype(dtype))
 
     def render_v1(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
         params = GenerationParams(prompt=prompt, lyrics=lyrics.strip() or "[instrumental]", duration=duration, seed=seed,

@@ -20,6 +20,7 @@ from acestep.core.atomic import atomic_write_json
 from acestep.core.cli_help import make_parser
 from acestep.core.errors import AcestepError, InputError
 from acestep.core.progress import progress
+from acestep.data.generate_cli import V15_GROUP, V15_ONLY_FLAGS, add_v15_only_arguments  # noqa: F401 (re-exported)
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import adapter_family
 from acestep.lora.io import trigger_note
@@ -158,21 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="outputs", help="folder for the WAV and JSON files")
     add_v15_only_arguments(p.add_argument_group(V15_GROUP))
     return p
-
-
-V15_GROUP = "ACE-Step 1.5 only"
-V15_ONLY_FLAGS = ("--dit", "--shift", "--language", "--bpm", "--keyscale", "--timesignature", "--overwrite")
-
-
-def add_v15_only_arguments(group: Any) -> None:
-    """The flags v1 generation lacks; plain `generate.py --help` (v1's parser) lists them in their own group."""
-    group.add_argument("--dit", help="original layout: the DiT folder (default acestep-v15-turbo)")
-    group.add_argument("--shift", type=float, default=3.0, help="timestep shift of the sampling schedule (1, 2 or 3)")
-    group.add_argument("--language", default="en", help="vocal language code")
-    group.add_argument("--bpm", type=int, help="tempo for the prompt's metadata section (default: none, N/A there)")
-    group.add_argument("--keyscale", help="key, e.g. 'A minor' (default: none, N/A in the prompt)")
-    group.add_argument("--timesignature", help="beats per bar, e.g. 4 (default: none, N/A in the prompt)")
-    group.add_argument("--overwrite", action="store_true", help="replace outputs of the same name")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from acestep.core.progress import progress
+from acestep.data.generate_cli import CFG_TYPES, OVERLAP_MIN_SECONDS
 from acestep.data.sidecars import normalize_newlines
 
 from ..checkpoint import resolve_checkpoint
@@ -60,11 +61,6 @@ class GenerationParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-CFG_TYPES = ("apg", "cfg", "cfg_star")
-# The reference decodes in overlapping windows (when asked to) only for songs longer than this.
-OVERLAP_MIN_SECONDS = 48.0
 
 
 @dataclass
