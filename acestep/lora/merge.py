@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -126,15 +128,24 @@ def save_transformer_folder(state: dict[str, torch.Tensor], config: dict, out: P
                                "it (name a new output folder)")
         if not overwrite:
             raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
-    temp = temp_sibling(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    with folder_in_place_of(out) as temp:
         temp.mkdir()
         save_torch_state_dict(state, temp, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
                               max_shard_size="10GB", metadata={"format": "pt"})
         for shard in temp.iterdir():
             make_readable(shard)  # safetensors creates its files 0600
         atomic_write_text(temp / "config.json", json.dumps(config, indent=2) + "\n")
+    return out
+
+
+@contextmanager
+def folder_in_place_of(out: Path) -> Iterator[Path]:
+    """A temp sibling of `out` to fill; renamed onto `out` when the block ends, removed if it fails. A read-only,
+    full or forbidden output says so in one line."""
+    temp = temp_sibling(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        yield temp
         replace_folder(temp, out)
     except OSError as error:
         if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
@@ -142,7 +153,6 @@ def save_transformer_folder(state: dict[str, torch.Tensor], config: dict, out: P
         raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return out
 
 
 def merge_file(
@@ -240,19 +250,10 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
     view = {name: state[key] for name, key in names.items()}
     add_adapter(view, lora_path, V15_FAMILY, strength, settings)
     state.update({names[name]: value for name, value in view.items()})
-    temp = temp_sibling(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    with folder_in_place_of(out) as temp:
         shutil.copytree(dit, temp, ignore=shutil.ignore_patterns(V15_MODEL_FILE, "*.tmp*", ".*"))
         save_file(state, str(temp / V15_MODEL_FILE), metadata=metadata)
         make_readable(temp / V15_MODEL_FILE)
-        replace_folder(temp, out)
-    except OSError as error:
-        if isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.ENOSPC):
-            raise output_error(out.parent, error) from error
-        raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
     return out
 
 
