@@ -10,31 +10,14 @@ the logger (csv, TensorBoard, Wandb) as eval/<score>, and the best step is kept 
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from acestep.core.errors import AcestepError
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+from acestep.training.sample_prompts import restore_rng, rng_state
 
 
 class EvaluateDuringTraining(Callback):
@@ -83,14 +66,14 @@ class EvaluateDuringTraining(Callback):
             return
         from acestep.evaluation.cli import evaluate
 
-        state = _rng_state()  # the training run goes on exactly as without the evaluation
+        state = rng_state()  # the training run goes on exactly as without the evaluation
         try:
             result = evaluate(self.args, self._open_renderer, self.listeners, log=lambda line: None)
         except AcestepError as error:
             print(f"evaluation at step {trainer.global_step} skipped: {error}", flush=True)
             return
         finally:
-            _restore_rng(state)
+            restore_rng(state)
         newest = max(result.steps)
         if trainer.logger is not None:
             for step in result.embedded_steps:
