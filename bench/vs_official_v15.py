@@ -61,8 +61,8 @@ Our step is the trainer's 1.5 step without Lightning: the checkpoint resolved an
 acestep.families.v15.checkpoint (our loader also wants vae/ and text-encoder folders: the case has empty ones,
 neither side reads them), the frozen null_condition_emb, V15Step, LoraTrainingModule (attach_lora, checkpointing)
 and its training_step under the autocast Lightning's precision uses, backward, gradient clipping, the trainer's
-optimizer and schedule. The parent's t, noise and condition-drop decision replace its draws (sampler, add_noise and
-drop_conditions of acestep.families.v15.objective). `--ours_args` takes trainer flags; those the benchmark does
+optimizer and schedule. The parent's t, noise and condition-drop decision replace its draws (draw_per_song of
+acestep.families.v15.objective). `--ours_args` takes trainer flags; those the benchmark does
 not apply are refused. Our base dtype defaults to `--dtype`.
 
 tests/test_bench_vs_official_v15.py runs the fp32 comparison at tiny size (the losses must be equal) when
@@ -446,32 +446,18 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     transformer = modules["transformer"]
     tensors, draws = read_batch(case)
 
-    class ParentTimesteps:
-        def sample(self, batch: int, generator: Any) -> Any:
-            return draws["t"]
+    def parent_draws(generators: Any, frame_mask: Any, channels: int, sampler: Any, dropout: float) -> Any:
+        return objective.SongDraws(keep=~draws["drop"], t=draws["t"], noise=draws["noise"])
 
-    def parent_noise(latents: Any, t: Any, generator: Any) -> Any:
-        x0 = latents.float()
-        t_ = t.to(latents.device).view(-1, 1, 1)
-        noise = draws["noise"].to(latents.device)
-        return objective.NoisedLatents(noisy=t_ * noise + (1.0 - t_) * x0, t=t.to(latents.device), target=noise - x0)
-
-    def parent_drop(states: Any, null_embedding: Any, probability: float, generator: Any) -> Any:
-        drop = draws["drop"].to(states.device)
-        null = null_embedding.to(states.device, states.dtype).expand_as(states)
-        return torch.where(drop[:, None, None], null, states)
-
-    objective.add_noise = parent_noise
-    objective.drop_conditions = parent_drop
+    objective.draw_per_song = parent_draws
     step_objective = objective.V15Step(objective.TimestepSampler("logit_normal"), null, 0.0)
-    step_objective.sampler = ParentTimesteps()
     settings = LoraSettings.from_json(config.lora_config_path or REPO / DEFAULT_LORA_CONFIG)
     module = LoraTrainingModule(transformer, settings, config, dataset=None, step=step_objective)
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config)
     scheduler = build_lr_scheduler(optimizer, config)
-    batch = {**tensors, "micro_batch": 0}
+    batch = {**tensors, "micro_batch": 0, "seeds": [0]}  # the parent's draws replace what the seed would give
     autocast = dtype != torch.float32
 
     def step() -> float:

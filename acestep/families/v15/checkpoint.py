@@ -24,6 +24,7 @@ from acestep.core.quiet import library_bars_off, old_weight_norm
 from acestep.lora.keys import V15_FAMILY
 from acestep.lora.v15_names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 
+from .layout import contiguous_residual_stream
 from .xl import add_timbre_token, is_xl_config
 
 NAME = V15_FAMILY
@@ -304,13 +305,16 @@ def load_original_components(
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
         modules[name] = (module if dtype == torch.float32 else module.to(dtype)).eval()
-    return with_xl_timbre(checkpoint, modules)
+    return ready_for_use(checkpoint, modules)
 
 
-def with_xl_timbre(checkpoint: V15Checkpoint, modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
-    """An XL checkpoint's condition encoder prepends the timbre special token, as the official XL code (xl.py)."""
-    if "condition_encoder" in modules and checkpoint.is_xl:
+def ready_for_use(checkpoint: V15Checkpoint, modules: dict[str, Any]) -> dict[str, Any]:
+    """An XL checkpoint's condition encoder prepends the timbre special token, as the official XL code (xl.py);
+    the DiT runs on a row-major residual stream (layout.py)."""
+    if modules.get("condition_encoder") is not None and checkpoint.is_xl:
         add_timbre_token(modules["condition_encoder"])
+    if modules.get("transformer") is not None:
+        contiguous_residual_stream(modules["transformer"])
     return modules
 
 
@@ -322,7 +326,7 @@ def load_components(
     if checkpoint.layout == "original":
         return load_original_components(checkpoint, names, dtype)
     classes = _component_classes()
-    return with_xl_timbre(checkpoint, {
+    return ready_for_use(checkpoint, {
         name: classes[name].from_pretrained(checkpoint.root / name, dtype=dtype).eval() for name in names
     })
 
@@ -348,7 +352,7 @@ def load_pipeline(
         skip = {} if with_transformer else {"transformer": None}
         with old_weight_norm():  # the Oobleck VAE
             pipe = AceStepPipeline.from_pretrained(checkpoint.root, dtype=dtype, **skip)
-        with_xl_timbre(checkpoint, {"condition_encoder": pipe.condition_encoder})
+        ready_for_use(checkpoint, {"condition_encoder": pipe.condition_encoder, "transformer": pipe.transformer})
         return pipe
     names = ("transformer", "condition_encoder") if with_transformer else ("condition_encoder",)
     modules = load_original_components(checkpoint, names, dtype)
