@@ -26,7 +26,7 @@ from acestep.families.training import training_parts_for
 from acestep.lora import models as lora_models
 from acestep.lora import read_lora
 from acestep.lora.adapters import adapter_family
-from acestep.lora.keys import DEFAULT_STYLE, detect_style
+from acestep.lora.keys import detect_style
 from acestep.training.callbacks import baked_file_name, step_folder_name
 from acestep.training.config import TrainConfig
 
@@ -106,7 +106,7 @@ def test_step_save_and_bake(family: ModelFamily, trained: Path) -> None:
     with safe_open(str(baked), "pt") as handle:
         keys = list(handle.keys())
         assert all(torch.isfinite(handle.get_tensor(key)).all() for key in keys)
-    assert detect_style(keys) == DEFAULT_STYLE[family.NAME]  # the spelling ComfyUI reads for this family
+    assert detect_style(keys) == family.KEY_NAMING.default_style  # the spelling ComfyUI reads for this family
 
 
 @pytest.mark.slow
