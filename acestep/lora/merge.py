@@ -227,8 +227,8 @@ def original_layout_naming() -> KeyNaming:
     """The naming of the family whose original checkpoint holds its transformer under a prefix."""
     found = next((naming for naming in namings() if naming.checkpoint_prefix), None)
     if found is None:
-        raise AcestepError("no loaded model family reads this checkpoint layout (the command must import "
-                           "acestep.families first)")
+        raise AcestepError("no loaded model family reads this checkpoint layout (a command loads them with "
+                           "acestep.families.load_all())")
     return found
 
 

@@ -62,7 +62,7 @@ def unmarked_naming() -> KeyNaming:
 
     found = next((naming for naming in _NAMINGS.values() if naming.unmarked), None)
     if found is None:
-        raise AcestepError("no model family is loaded (the command must import acestep.families first)")
+        raise AcestepError("no model family is loaded (a command loads them with acestep.families.load_all())")
     return found
 
 
