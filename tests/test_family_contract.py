@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocessed import dataset_family, load_preprocessed
+from acestep.data.preprocessed import DEFAULT_FAMILY, dataset_family, load_preprocessed
 from acestep.families.base import ModelFamily
 from acestep.families.generation import main as generate_main
 from acestep.families.preprocess import main as preprocess_main
@@ -36,7 +36,7 @@ from acestep.lora.keys import (
     split_key,
 )
 from acestep.lora.merge import load_transformer_weights
-from acestep.lora.naming import key_styles, naming_for
+from acestep.lora.naming import key_styles, naming_for, unmarked_naming
 from acestep.training.callbacks import baked_file_name, step_folder_name
 from acestep.training.config import TrainConfig
 
@@ -90,7 +90,7 @@ def test_the_family_names_its_lora_keys_for_every_style(family: ModelFamily, che
     """Module path -> the keys of each of its styles -> module path, for every Linear in the blocks of its tiny
     transformer: the keys tell the style, the module paths tell the family."""
     naming = family.KEY_NAMING
-    assert naming_for(family.NAME) is naming and naming.family == family.NAME
+    assert families.get(family.NAME) is family and naming_for(family.NAME) is naming and naming.family == family.NAME
     assert set(naming.styles) <= set(key_styles()) and naming.default_style == next(iter(naming.styles))
     _, state = load_transformer_weights(checkpoint)
     modules = {key.removesuffix(".weight") for key, value in state.items()
@@ -109,6 +109,11 @@ def test_the_family_names_its_lora_keys_for_every_style(family: ModelFamily, che
         assert back == model_names(parts, family.NAME) and set(back) == modules, style
         for module, roles in back.items():
             assert (roles["down"], roles["up"], roles.get("alpha")) == keys[module]
+
+
+def test_files_and_datasets_that_name_no_family_are_of_one_family() -> None:
+    """The data layer's default (datasets before 1.5 support) and the LoRA tools' (files before the header) agree."""
+    assert unmarked_naming().family == DEFAULT_FAMILY == families.V1
 
 
 @pytest.mark.slow
