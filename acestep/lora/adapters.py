@@ -72,7 +72,8 @@ def group_peft_modules(state: dict[str, torch.Tensor]) -> dict[str, dict[str, to
 
 
 def key_stem(module: str, style: str | None) -> str:
-    """The key stem of a module in one of our key styles (None: the bare module path) (what ComfyUI looks `.alpha`, `.hada_w1_a`... up under)."""
+    """The key stem of a module in one of our key styles, None: the bare path (what ComfyUI looks `.alpha`,
+    `.hada_w1_a`... up under)."""
     down_key = factor_keys(module, style)[0]
     return down_key.rsplit(".", 2)[0]
 
