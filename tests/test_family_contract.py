@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
-from acestep.data.preprocessed import dataset_family, load_preprocessed
+from acestep.data.preprocessed import DEFAULT_FAMILY, dataset_family, load_preprocessed
 from acestep.families.base import ModelFamily
 from acestep.families.generation import main as generate_main
 from acestep.families.preprocess import main as preprocess_main
@@ -26,7 +26,17 @@ from acestep.families.training import training_parts_for
 from acestep.lora import models as lora_models
 from acestep.lora import read_lora
 from acestep.lora.adapters import adapter_family
-from acestep.lora.keys import DEFAULT_STYLE, detect_style
+from acestep.lora.keys import (
+    detect_family,
+    detect_style,
+    factor_keys,
+    kohya_lookup_for,
+    model_names,
+    module_path,
+    split_key,
+)
+from acestep.lora.merge import load_transformer_weights
+from acestep.lora.naming import key_styles, naming_for, unmarked_naming
 from acestep.training.callbacks import baked_file_name, step_folder_name
 from acestep.training.config import TrainConfig
 
@@ -76,6 +86,36 @@ def test_the_family_keeps_the_interface(family: ModelFamily, checkpoint: Path) -
     assert family.TRANSFORMER in lora_models.registered() and family.TRANSFORMER.family == family.NAME
 
 
+def test_the_family_names_its_lora_keys_for_every_style(family: ModelFamily, checkpoint: Path) -> None:
+    """Module path -> the keys of each of its styles -> module path, for every Linear in the blocks of its tiny
+    transformer: the keys tell the style, the module paths tell the family."""
+    naming = family.KEY_NAMING
+    assert families.get(family.NAME) is family and naming_for(family.NAME) is naming and naming.family == family.NAME
+    assert set(naming.styles) <= set(key_styles()) and naming.default_style == next(iter(naming.styles))
+    _, state = load_transformer_weights(checkpoint)
+    modules = {key.removesuffix(".weight") for key, value in state.items()
+               if key.startswith(f"{family.BLOCKS}.") and key.endswith(".weight") and value.ndim == 2}
+    assert len(modules) >= 4
+    for style in naming.styles:
+        keys = {module: factor_keys(module, style) for module in modules}
+        tensor_keys = [key for triple in keys.values() for key in triple if key is not None]
+        assert len(set(tensor_keys)) == len(tensor_keys) and detect_style(tensor_keys) == style
+        parts: dict[str, dict[str, str]] = {}
+        for key in tensor_keys:
+            stem, role = split_key(key)
+            parts.setdefault(module_path(stem, kohya_lookup_for(modules)), {})[role] = key
+        assert detect_family(parts) == family.NAME
+        back = model_names(parts, None)
+        assert back == model_names(parts, family.NAME) and set(back) == modules, style
+        for module, roles in back.items():
+            assert (roles["down"], roles["up"], roles.get("alpha")) == keys[module]
+
+
+def test_files_and_datasets_that_name_no_family_are_of_one_family() -> None:
+    """The data layer's default (datasets before 1.5 support) and the LoRA tools' (files before the header) agree."""
+    assert unmarked_naming().family == DEFAULT_FAMILY == families.V1
+
+
 @pytest.mark.slow
 def test_encode_and_store(family: ModelFamily, stored: Path) -> None:
     assert dataset_family(stored) == family.NAME
@@ -106,7 +146,7 @@ def test_step_save_and_bake(family: ModelFamily, trained: Path) -> None:
     with safe_open(str(baked), "pt") as handle:
         keys = list(handle.keys())
         assert all(torch.isfinite(handle.get_tensor(key)).all() for key in keys)
-    assert detect_style(keys) == DEFAULT_STYLE[family.NAME]  # the spelling ComfyUI reads for this family
+    assert detect_style(keys) == family.KEY_NAMING.default_style  # the spelling ComfyUI reads for this family
 
 
 @pytest.mark.slow

@@ -185,6 +185,34 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
         layer_of(module)
 
 
+# what only one family knows: its recorded name, its module paths, its style names, its checkpoint's prefixes
+FAMILY_FACTS = ("ace-step-1.5", "ace-step-v1", "layers.", "transformer_blocks", "lyric_encoder", "v15_", "decoder.")
+
+
+def family_literals(source: str) -> list[str]:
+    """The string constants of the code (docstrings aside: they may give examples) that hold a family fact."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [f"{node.lineno}: {node.value!r}" for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings
+            and any(fact in node.value for fact in FAMILY_FACTS)]
+
+
+def test_a_family_literal_is_recognized() -> None:
+    assert family_literals('"""Keys like `layers.0.attn`."""\nNAME = "ace-step-1.5"\nkey = f"{p}transformer_blocks.{i}"\n') \
+        == ["2: 'ace-step-1.5'", "3: 'transformer_blocks.'"]
+    assert family_literals('def f():\n    """decoder.layers.0 in a docstring"""\n    return "peft"\n') == []
+
+
+def test_the_lora_tools_name_no_family() -> None:
+    """lora/ holds no family's key naming: each family hands in its own (acestep/families/<name>/lora_keys.py)."""
+    hits = [f"{path.relative_to(REPO)}:{hit}" for path in sorted((PACKAGE / "lora").rglob("*.py"))
+            for hit in family_literals(path.read_text(encoding="utf-8"))]
+    assert not hits, "\n".join(hits)
+
+
 MACHINE_PATH = re.compile(r"(?<![\w.:/~-])(/(?:work|root|home|Users|mnt)/[\w.-]+|[A-Za-z]:\\(?:Users|work)\\)")
 
 

@@ -11,8 +11,8 @@ from v15_helpers import tiny_dit
 
 from acestep.core.errors import AcestepError
 from acestep.families.v15.export import write_step_files
+from acestep.families.v15.lora_keys import original_name as v15_original_name
 from acestep.lora import LoraSettings, convert_file, inspect_lora, merge_file, read_lora, resize_file
-from acestep.lora.keys import v15_original_name
 from acestep.training.model import adapter_state_dict, attach_lora
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -174,8 +174,8 @@ def test_merge_into_the_original_1_5_layout_matches_the_diffusers_merge(tiny_v15
     from safetensors.torch import load_file, save_file
 
     from acestep.families.v15.checkpoint import load_components, resolve
+    from acestep.families.v15.names import to_diffusers_name
     from acestep.lora.cli import main as lora_main
-    from acestep.lora.v15_names import to_diffusers_name
 
     root = tmp_path / "Ace-Step1.5"
     shutil.copytree(tiny_v15_checkpoint / "original", root)

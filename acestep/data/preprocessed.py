@@ -19,7 +19,6 @@ import torch
 from acestep.core.atomic import atomic_write_json, atomic_write_text
 from acestep.core.errors import AcestepError, InputError
 from acestep.data.shards import ErrorRecord, PartProgress, list_parts, settings_mismatch
-from acestep.lora.keys import V1_FAMILY
 
 FORMAT_NAME = "acestep-preprocessed"
 FORMAT_VERSION = 1
@@ -27,7 +26,7 @@ MANIFEST_FILE = "manifest.json"
 ERRORS_FILE = "errors.jsonl"
 SSL_COLUMNS = ("mert_ssl_hidden_states", "mhubert_ssl_hidden_states")
 FORK_ONLY_COLUMNS = ("attention_mask", "text_attention_mask", "speaker_embds")
-DEFAULT_FAMILY = V1_FAMILY  # datasets that record no family (written before 1.5 support) are v1
+DEFAULT_FAMILY = "ace-step-v1"  # datasets that record no family were written before 1.5 support: v1's
 
 
 @dataclass

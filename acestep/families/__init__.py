@@ -17,9 +17,9 @@ from typing import Any
 
 from acestep.core.errors import AcestepError, CheckpointError
 from acestep.families.base import Checkpoint, FamilyMismatch, ModelFamily, check_same_family  # noqa: F401 (re-exported)
-from acestep.lora.keys import V1_FAMILY as V1
-from acestep.lora.keys import V15_FAMILY as V15
 
+V1 = "ace-step-v1"  # each family's NAME (acestep/families/<name>/lora_keys.py), as headers and manifests record it
+V15 = "ace-step-1.5"
 # name -> the family's package; the one line a new family adds
 FAMILIES = {V1: "acestep.families.v1", V15: "acestep.families.v15"}
 FAMILY_NAMES = tuple(FAMILIES)

@@ -33,8 +33,9 @@ class ModelFamily(Protocol):
     - `song_stages(checkpoint, args)`: stage 3's per-song encoder (`acestep.data.preprocess.SongStages`)
     - `training_parts(config, checkpoint)`: `acestep.training.family.TrainingParts` for the shared trainer
     - `BLOCKS`: the attribute of its transformer holding the block list that checkpointing, fp8 and compile act on
-    - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`, registered on
-      import); LoRA key naming per consumer is `acestep.lora.keys` (styles by family)
+    - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`), and
+      `KEY_NAMING`: its LoRA key styles per consumer (`acestep.lora.naming.KeyNaming`, in its lora_keys.py); both
+      registered on import
     - planner terms: the family's `plan` module (`estimate(request)`, `format_plan(plan)`), and
       `plan_request(checkpoint)`: the planner's request for the checkpoint's model (acestep.families.v1.plan; --preset fits it)
     - generation: `generate_main(argv)` (generate.py), `renderer(checkpoint, device, dtype, steps)`, and
@@ -46,6 +47,7 @@ class ModelFamily(Protocol):
     NAME: str
     BLOCKS: str
     TRANSFORMER: Any
+    KEY_NAMING: Any
 
     def recognizes(self, files: set[str]) -> bool: ...
 

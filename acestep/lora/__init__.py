@@ -8,14 +8,13 @@ _WHERE = {
     "bake_file": "bake", "module_scales": "bake", "convert_file": "convert",
     "LoraReport": "inspect", "ModuleReport": "inspect", "format_report": "inspect", "inspect_lora": "inspect",
     "WEIGHTS_NAME": "io", "LoraFile": "io", "LoraModule": "io", "load_adapter": "io", "read_lora": "io",
-    "save_adapter": "io", "settings_from_metadata": "io", "STYLES": "keys", "merge_file": "merge",
+    "save_adapter": "io", "settings_from_metadata": "io", "key_styles": "naming", "merge_file": "merge",
     "METHODS": "resize", "ResizedModule": "resize", "rank_advice": "resize", "resize_file": "resize",
     "LoraSettings": "settings",
 }
 
 __all__ = [
     "METHODS",
-    "STYLES",
     "WEIGHTS_NAME",
     "LoraFile",
     "LoraModule",
@@ -27,6 +26,7 @@ __all__ = [
     "convert_file",
     "format_report",
     "inspect_lora",
+    "key_styles",
     "load_adapter",
     "merge_file",
     "module_scales",

@@ -42,14 +42,13 @@ from .keys import (
     LOKR,
     MAGNITUDE,
     PEFT_PREFIX,
-    V15_FAMILY,
     adapter_kind,
     detect_family,
     detect_style,
     factor_keys,
+    model_names,
     module_path,
     split_key,
-    v15_diffusers_name,
 )
 from .settings import LoraSettings
 
@@ -72,14 +71,15 @@ def group_peft_modules(state: dict[str, torch.Tensor]) -> dict[str, dict[str, to
     return modules
 
 
-def key_stem(module: str, style: str) -> str:
-    """The key stem of a module in one of our key styles (what ComfyUI looks `.alpha`, `.hada_w1_a`... up under)."""
+def key_stem(module: str, style: str | None) -> str:
+    """The key stem of a module in one of our key styles, None: the bare path (what ComfyUI looks `.alpha`,
+    `.hada_w1_a`... up under)."""
     down_key = factor_keys(module, style)[0]
     return down_key.rsplit(".", 2)[0]
 
 
 def comfyui_tensors(
-    state: dict[str, torch.Tensor], settings: LoraSettings, style: str, base_weight: BaseWeight | None = None
+    state: dict[str, torch.Tensor], settings: LoraSettings, style: str | None, base_weight: BaseWeight | None = None
 ) -> dict[str, torch.Tensor]:
     """The ComfyUI file's tensors of a DoRA / LoHa / LoKr adapter: strength 1.0 = the trained change (see above)."""
     from .bake import scale_into_factors
@@ -198,7 +198,7 @@ class AdapterFile:
     kind: str
     modules: dict[str, WeightChange]
     metadata: dict[str, str]
-    style: str = "peft"  # key spelling (keys.STYLES)
+    style: str  # key spelling (naming.key_styles())
 
     @property
     def family(self) -> str | None:
@@ -239,7 +239,7 @@ def read_adapter(
         if kind == "dora" and base_weight is None:
             raise InputError(file, "a PEFT DoRA adapter needs the base model to rebuild; inspect its "
                              "-comfyui.safetensors file instead")
-        tensors = comfyui_tensors(tensors, settings, "peft", base_weight)
+        tensors = comfyui_tensors(tensors, settings, None, base_weight)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         split = split_adapter_key(key)
@@ -249,8 +249,7 @@ def read_adapter(
         if module is None:
             raise InputError(file, f"{key!r} names no module of the ACE-Step transformer")
         parts.setdefault(module, {})[split[1]] = tensor
-    if (metadata.get(META_FAMILY) or detect_family(parts)) == V15_FAMILY:
-        parts = {v15_diffusers_name(module): roles for module, roles in parts.items()}
+    parts = model_names(parts, metadata.get(META_FAMILY))
     modules = {}
     for module, roles in parts.items():
         alpha = roles.pop("alpha", None)

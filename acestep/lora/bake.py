@@ -28,7 +28,8 @@ from .io import (
     settings_from_metadata,
     weights_path,
 )
-from .keys import DEFAULT_STYLE, STYLES, V1_FAMILY, V1_STYLES, V15_FAMILY, V15_STYLES, factor_keys
+from .keys import factor_keys
+from .naming import key_style_help, key_styles, naming_for, naming_of_style, readers_of, unmarked_naming
 from .settings import LoraSettings
 
 
@@ -80,14 +81,14 @@ def neutral_metadata(
     if family:
         metadata[META_FAMILY] = family
     distinct = sorted(set(ranks.values()))
-    if style in ("peft", "v15_diffusers") and len(distinct) > 1:
+    if "diffusers" in readers_of(style) and len(distinct) > 1:
         # Without a config diffusers takes the first module's rank as alpha for all: spell out alpha = rank.
         first = next(iter(ranks.values()))
         metadata[DIFFUSERS_METADATA] = json.dumps({
             "r": first, "lora_alpha": first, "use_rslora": False, "use_dora": False,
             "target_modules": sorted(ranks), "rank_pattern": ranks, "alpha_pattern": ranks,
         })
-    if style == "kohya" and len(distinct) == 1:
+    if "kohya" in readers_of(style) and len(distinct) == 1:
         # Read by kohya-style tools only; alpha = dim matches the `.alpha` tensors (scale 1).
         metadata["ss_network_dim"] = metadata["ss_network_alpha"] = str(distinct[0])
     return metadata
@@ -113,22 +114,23 @@ def save_baked(
             # alpha = rank makes ComfyUI's alpha/rank exactly 1: the scale is already in the weights.
             tensors[alpha_key] = torch.tensor(float(module.rank))
     ranks = {name: module.rank for name, module in modules.items()}
-    if style in V15_STYLES:
-        family = V15_FAMILY
+    owner = naming_of_style(style)
+    if owner is not None and not owner.unmarked:  # only the unmarked family's files may leave it out
+        family = owner.family
     metadata = neutral_metadata(ranks, style, provenance, base_model, family)
     return save_safetensors_atomic(tensors, weights_path(dst), metadata)
 
 
 def style_for(lora: LoraFile, style: str | None) -> str:
-    """The requested key style, or the family's default; a style of the other family is refused in one line."""
-    family = lora.family or V1_FAMILY
+    """The requested key style, or the family's default; a style of another family is refused in one line."""
+    naming = naming_for(lora.family) or unmarked_naming()
     if style is None:
-        return DEFAULT_STYLE[family]
-    if style not in STYLES:
-        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
-    if (style in V15_STYLES) != (family == V15_FAMILY):
-        raise InputError(lora.path, f"a {family} LoRA cannot be written in the {style} key style "
-                         f"(styles for it: {', '.join(V15_STYLES if family == V15_FAMILY else V1_STYLES)})")
+        return naming.default_style
+    if style not in key_styles():
+        raise AcestepError(f"unknown key style {style!r}; choose one of {', '.join(key_styles())}")
+    if style not in naming.styles:
+        raise InputError(lora.path, f"a {lora.family or naming.family} LoRA cannot be written in the {style} key style "
+                         f"(styles for it: {', '.join(naming.styles)})")
     return style
 
 
@@ -148,7 +150,7 @@ def bake_file(
     """Write the baked copy of `src` (file or folder) to `dst` atomically; refuse a file that is baked already,
     `dst` = `src`, and an existing `dst` unless `overwrite`.
 
-    `style` None: the family's ComfyUI spelling (v1 peft, 1.5 v15_comfyui).
+    `style` None: the family's ComfyUI spelling (its naming's default style).
     """
     check_output_file(src, dst, overwrite)
     lora = read_lora(src)
@@ -161,15 +163,12 @@ def bake_file(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """add_alpha_in_lora.py: the reference fork's flag names."""
+    """add_alpha_in_lora.py: the reference fork's flag names (the script loads the families first: their styles)."""
     parser = make_parser("Bake LoRA alpha into the weights (load it at strength 1.0).", "add_alpha_in_lora.py")
     parser.add_argument("--input_name", required=True, help="LoRA .safetensors file or a folder holding one")
     parser.add_argument("--output_name", required=True, help="where to write the baked .safetensors file")
     parser.add_argument("--lora_config_path", help="LoRA config JSON, for files that do not carry their settings (default: the file's header)")
-    parser.add_argument("--key_style", choices=STYLES, default=None,
-                        help="default: the family's ComfyUI spelling (v1 peft: bare names, ComfyUI + upstream; 1.5 "
-                             "v15_comfyui); diffusion_model / kohya: prefixed, with .alpha; v15_diffusers: "
-                             "transformer.* for AceStepPipeline")
+    parser.add_argument("--key_style", choices=key_styles(), default=None, help=key_style_help())
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     with one_line_errors():

@@ -11,8 +11,8 @@ from .bake import bake_file
 from .convert import convert_file
 from .inspect import format_report, inspect_lora
 from .io import read_lora
-from .keys import STYLES
 from .merge import DTYPES, merge_file
+from .naming import key_style_help, key_styles
 from .resize import METHODS, format_resize_table, rank_advice, resize_file
 from .settings import LoraSettings
 
@@ -28,11 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("input", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors")
         if output:
             sub.add_argument("output", help="the .safetensors file to write")
-            sub.add_argument("--key_style", choices=STYLES, default=None,
-                             help="default: the family's ComfyUI spelling (v1: peft, bare names for ComfyUI + upstream "
-                                  "pipeline; 1.5: v15_comfyui, base_model.model.<original name>). v1 also: "
-                                  "diffusion_model / kohya, prefixed names with .alpha = rank (ComfyUI, kohya tools); "
-                                  "1.5 also: v15_diffusers, transformer.* keys for AceStepPipeline.load_lora_weights")
+            sub.add_argument("--key_style", choices=key_styles(), default=None, help=key_style_help())
             sub.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         sub.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
         return sub

@@ -1,4 +1,4 @@
-"""Rewrite a LoRA in another key spelling (peft / diffusion_model / kohya), with its scale baked in.
+"""Rewrite a LoRA in another key spelling (one of its family's styles, `naming.key_styles()`), with its scale baked in.
 
 Any input spelling is read (kohya names are resolved against the transformer's module paths). The output holds
 the same delta W at strength 1: un-baked inputs get their trained scale baked in, `.alpha` becomes the rank.

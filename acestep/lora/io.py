@@ -19,15 +19,7 @@ from safetensors import safe_open
 from acestep.core.atomic import atomic_write_bytes, atomic_write_json
 from acestep.core.errors import AcestepError, InputError
 
-from .keys import (
-    V15_FAMILY,
-    adapter_kind,
-    detect_family,
-    detect_style,
-    module_path,
-    split_key,
-    v15_diffusers_name,
-)
+from .keys import adapter_kind, detect_family, detect_style, model_names, module_path, split_key
 from .settings import LoraSettings
 
 if TYPE_CHECKING:  # torch loads with the first tensor, not with `--help`
@@ -40,7 +32,7 @@ META_BASE_MODEL = "acestep_base_model"
 META_STEP = "acestep_step"
 META_BAKED_SCALE = "acestep_lora_baked_scale"
 META_TRIGGER = "acestep_trigger"  # the trigger tag the training prompts held (stage 3 --trigger)
-META_FAMILY = "acestep_family"  # "ace-step-v1" / "ace-step-1.5" (LAYOUT.md)
+META_FAMILY = "acestep_family"  # the family's NAME (LAYOUT.md)
 DIFFUSERS_METADATA = "lora_adapter_metadata"
 HEADER_SIZE_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 HEADER_ALIGNMENT = 8  # the header is padded with spaces so tensor data starts 8-byte aligned
@@ -277,8 +269,7 @@ def read_lora(path: str | Path, kohya_lookup: dict[str, str] | None = None) -> L
         if module is None:
             raise InputError(file, f"{key!r} names no module of the ACE-Step transformer")
         parts.setdefault(module, {})[role] = tensor
-    if (metadata.get(META_FAMILY) or detect_family(parts)) == V15_FAMILY:
-        parts = {v15_diffusers_name(module): roles for module, roles in parts.items()}  # original names -> ours
+    parts = model_names(parts, metadata.get(META_FAMILY))  # e.g. original names -> the model's
     modules = {}
     for module, roles in parts.items():
         if "down" not in roles or "up" not in roles:

@@ -1,14 +1,9 @@
 """LoRA key spellings: read any spelling ComfyUI or diffusers writes; write those ComfyUI and diffusers map.
 
-ACE-Step v1:
-peft:            `transformer_blocks.0.attn.to_q.lora_A.weight` (bare path; ComfyUI + upstream pipeline)
-diffusion_model: `diffusion_model.transformer_blocks.0.attn.to_q.lora_A.weight` + `.alpha` (ComfyUI only)
-kohya:           `lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight` + `.alpha` (ComfyUI, kohya tools)
-ACE-Step 1.5 (module names inside our tools are the diffusers DiT's, `layers.0.self_attn.to_q`):
-v15_comfyui:     `base_model.model.layers.0.self_attn.q_proj.lora_A.weight`: the official trainer's PEFT keys on the
-                 original decoder names, which ComfyUI maps onto `diffusion_model.decoder.*` (and diffusers converts)
-v15_diffusers:   `transformer.layers.0.self_attn.to_q.lora_A.weight` (AceStepPipeline.load_lora_weights)
-Facts: shared/reference/lora-format.md sections 1 and 5b; ComfyUI comfy/lora.py `model_lora_keys_unet` (ACEStep15).
+What is common to every family lives here (factor suffixes, the PEFT and kohya spellings of a module path, adapter
+types); what one family's styles are and how they spell a module is its `naming.KeyNaming`
+(acestep/families/<name>/lora_keys.py), asked through the functions below.
+Facts: shared/reference/lora-format.md sections 1 and 5b; ComfyUI comfy/lora.py `model_lora_keys_unet`.
 """
 
 from __future__ import annotations
@@ -16,16 +11,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from acestep.lora.v15_names import to_diffusers_name, to_original_name
-
 from .models import registered
+from .naming import Keys, key_styles, naming_for, naming_of_style, namings
 
-V1_STYLES = ("peft", "diffusion_model", "kohya")
-V15_STYLES = ("v15_comfyui", "v15_diffusers")
-STYLES = V1_STYLES + V15_STYLES
-V1_FAMILY = "ace-step-v1"
-V15_FAMILY = "ace-step-1.5"
-DEFAULT_STYLE = {V1_FAMILY: "peft", V15_FAMILY: "v15_comfyui"}
 KOHYA_PREFIX = "lora_unet_"
 PEFT_PREFIX = "base_model.model."
 
@@ -46,8 +34,6 @@ HADA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 MAGNITUDE = "lora_magnitude_vector"  # PEFT's DoRA magnitude m [out]
 DORA_SCALE = "dora_scale"  # ComfyUI's DoRA magnitude
-# Prefixes some tools put before the module path; stripped on reading.
-PATH_PREFIXES = ("diffusion_model.decoder.", "diffusion_model.", PEFT_PREFIX, "transformer.")
 
 
 def adapter_kind(keys: Iterable[str]) -> str:
@@ -70,8 +56,19 @@ def split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def bare_keys(stem: str) -> Keys:
+    """PEFT's factor names on a stem, without `.alpha` (PEFT keeps its scale in the config)."""
+    return f"{stem}.lora_A.weight", f"{stem}.lora_B.weight", None
+
+
 def kohya_name(module: str) -> str:
     return KOHYA_PREFIX + module.replace(".", "_")
+
+
+def path_prefixes() -> tuple[str, ...]:
+    """Prefixes some tools put before the module path (PEFT's, and each family's styles'), longest first."""
+    found = {PEFT_PREFIX, *(prefix for naming in namings() for prefix in naming.prefixes)}
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def module_path(stem: str, kohya_lookup: dict[str, str] | None) -> str | None:
@@ -79,59 +76,44 @@ def module_path(stem: str, kohya_lookup: dict[str, str] | None) -> str | None:
     if stem.startswith(KOHYA_PREFIX):
         lookup = kohya_lookup if kohya_lookup is not None else published_kohya_lookup()
         return lookup.get(stem)
-    for prefix in PATH_PREFIXES:
+    for prefix in path_prefixes():
         if stem.startswith(prefix):
             return stem[len(prefix):]
     return stem
 
 
-def v15_original_name(module: str) -> str:
-    """DiT module `layers.0.self_attn.to_q` -> `layers.0.self_attn.q_proj` (names that agree pass through)."""
-    return to_original_name(f".{module}.").strip(".")
-
-
-def v15_diffusers_name(module: str) -> str:
-    """The inverse of v15_original_name."""
-    return to_diffusers_name(f".{module}.").strip(".")
-
-
 def detect_family(modules: Iterable[str]) -> str | None:
-    """ACE-Step 1.5 DiT modules live under `layers.N`, v1's under `transformer_blocks.N` / `lyric_encoder`."""
+    """The family whose naming owns these module paths (None when none does)."""
     modules = list(modules)
-    if modules and all(m.startswith("layers.") for m in modules):
-        return V15_FAMILY
-    if any(m.startswith(("transformer_blocks.", "lyric_encoder.")) for m in modules):
-        return V1_FAMILY
-    return None
+    return next((naming.family for naming in namings() if naming.owns(modules)), None)
+
+
+def model_names(parts: dict[str, dict], family: str | None) -> dict[str, dict]:
+    """Module paths as a file spells them -> the model's (a family whose files use other names renames them)."""
+    naming = naming_for(family or detect_family(parts))
+    if naming is None:
+        return parts
+    return {naming.model_name(module): roles for module, roles in parts.items()}
 
 
 def detect_style(keys: Iterable[str]) -> str:
+    """The style a file's tensor keys are spelled in (the unmarked family's answer is the last resort)."""
     keys = list(keys)
-    stems = [key for key in keys if key.startswith(("base_model.model.layers.", "transformer.layers.",
-                                                    "diffusion_model.decoder.layers."))]
-    if stems and len(stems) == len(keys):
-        return "v15_diffusers" if stems[0].startswith("transformer.") else "v15_comfyui"
-    if any(key.startswith(KOHYA_PREFIX) for key in keys):
-        return "kohya"
-    if any(key.startswith("diffusion_model.") for key in keys):
-        return "diffusion_model"
-    return "peft"
+    for naming in namings():
+        style = naming.spelled_in(keys)
+        if style is not None:
+            return style
+    raise ValueError("no model family is loaded to tell the key style")
 
 
-def factor_keys(module: str, style: str) -> tuple[str, str, str | None]:
-    """(down key, up key, alpha key or None) of a module path in one of STYLES."""
-    if style == "peft":
-        return f"{module}.lora_A.weight", f"{module}.lora_B.weight", None
-    if style == "diffusion_model":
-        stem = f"diffusion_model.{module}"
-        return f"{stem}.lora_A.weight", f"{stem}.lora_B.weight", f"{stem}.alpha"
-    if style == "kohya":
-        stem = kohya_name(module)
-        return f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha"
-    if style in V15_STYLES:  # no .alpha: ComfyUI then applies 1.0, diffusers alpha = rank; the scale is baked in
-        stem = PEFT_PREFIX + v15_original_name(module) if style == "v15_comfyui" else f"transformer.{module}"
-        return f"{stem}.lora_A.weight", f"{stem}.lora_B.weight", None
-    raise ValueError(f"unknown key style {style!r}; choose one of {', '.join(STYLES)}")
+def factor_keys(module: str, style: str | None) -> Keys:
+    """(down key, up key, alpha key or None) of a module path in one of key_styles(); None: PEFT's bare names."""
+    if style is None:
+        return bare_keys(module)
+    naming = naming_of_style(style)
+    if naming is None:
+        raise ValueError(f"unknown key style {style!r}; choose one of {', '.join(key_styles())}")
+    return naming.keys(module, style)
 
 
 def kohya_lookup_for(module_names: Iterable[str]) -> dict[str, str]:

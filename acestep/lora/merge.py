@@ -24,13 +24,13 @@ from acestep.core.atomic import atomic_write_text, make_readable, output_error, 
 from acestep.core.checkpoint_files import safetensors_problem
 from acestep.core.errors import AcestepError, CheckpointError
 from acestep.core.progress import progress
-from acestep.lora.v15_names import to_diffusers_name
 
 from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
-from .keys import V15_FAMILY, kohya_lookup_for
+from .keys import kohya_lookup_for
 from .models import default_kind, kind_for_config
+from .naming import KeyNaming, namings
 from .settings import LoraSettings
 
 TRANSFORMER_SUBFOLDER = "ace_step_transformer"
@@ -40,10 +40,10 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
 CLASS_NAME = "ACEStepTransformer2DModel"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# the original ACE-Step 1.5 layout: a DiT folder whose model.safetensors holds the DiT under `decoder.`
+# the original ACE-Step 1.5 layout: a DiT folder whose model.safetensors holds the DiT under the prefix its family's
+# key naming gives (`checkpoint_prefix`), on the names its `model_name` maps to the model's
 V15_DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
 V15_MODEL_FILE = "model.safetensors"
-DIT_PREFIX = "decoder."
 
 
 def load_transformer_weights(
@@ -223,6 +223,15 @@ def original_dit_folder(path: Path) -> Path | None:
     return found[0] if found else None
 
 
+def original_layout_naming() -> KeyNaming:
+    """The naming of the family whose original checkpoint holds its transformer under a prefix."""
+    found = next((naming for naming in namings() if naming.checkpoint_prefix), None)
+    if found is None:
+        raise AcestepError("no loaded model family reads this checkpoint layout (a command loads them with "
+                           "acestep.families.load_all())")
+    return found
+
+
 def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float, settings: LoraSettings | None,
                    dtype: str | None, overwrite: bool) -> Path:
     """Merge into the DiT (`decoder.*`) of an original-layout model.safetensors and write a DiT folder the official
@@ -246,9 +255,11 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
     state = load_file(str(weights))
     if dtype is not None:
         state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
-    names = {to_diffusers_name(key.removeprefix(DIT_PREFIX)): key for key in state if key.startswith(DIT_PREFIX)}
+    naming = original_layout_naming()
+    prefix = naming.checkpoint_prefix or ""
+    names = {naming.model_name(key.removeprefix(prefix)): key for key in state if key.startswith(prefix)}
     view = {name: state[key] for name, key in names.items()}
-    add_adapter(view, lora_path, V15_FAMILY, strength, settings)
+    add_adapter(view, lora_path, naming.family, strength, settings)
     state.update({names[name]: value for name, value in view.items()})
     with folder_in_place_of(out) as temp:
         shutil.copytree(dit, temp, ignore=shutil.ignore_patterns(V15_MODEL_FILE, "*.tmp*", ".*"))

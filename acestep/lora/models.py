@@ -1,6 +1,7 @@
 """What the LoRA tools need to know of a family's transformer, handed in by the family: lora/ imports no model code.
 
-Each family registers its transformer once, when its package is imported (acestep/families/<name>/__init__.py);
+Each family registers its transformer once, when its package is imported (acestep/families/<name>/__init__.py),
+with its LoRA key naming (naming.py);
 the CLI layer imports the families (`acestep.families.load_all`) before it runs a LoRA tool.
 """
 

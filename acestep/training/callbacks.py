@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from acestep.core.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.core.errors import AcestepError
 from acestep.core.progress import progress
+from acestep.data.preprocessed import DEFAULT_FAMILY as V1_FAMILY
 from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
 from acestep.lora.adapters import BaseWeight, save_comfyui_file
 from acestep.lora.io import (
@@ -42,7 +43,6 @@ from acestep.lora.io import (
     PEFT_WEIGHTS_NAME,
     stamp_trigger,
 )
-from acestep.lora.keys import V1_FAMILY
 
 from .family import StepFileWriter
 from .model import adapter_state_dict, base_weight_lookup

@@ -17,16 +17,17 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from acestep.families.v1 import lora_keys
 from acestep.families.v1.checkpoint import PARTS, V1Checkpoint, resolve_checkpoint
 from acestep.lora import models as lora_models
-from acestep.lora.keys import V1_FAMILY
+from acestep.lora import naming as lora_naming
 
 if TYPE_CHECKING:
     from acestep.data.preprocess import SongStages
     from acestep.training.config import TrainConfig
     from acestep.training.family import TrainingParts
 
-NAME = V1_FAMILY
+NAME = lora_keys.NAME
 BLOCKS = "transformer_blocks"  # the ModuleList that checkpointing, fp8 and compile act on, block by block
 
 
@@ -54,6 +55,8 @@ def _published_modules() -> list[str]:
 TRANSFORMER = lora_models.TransformerKind(NAME, "ACEStepTransformer2DModel", _model_class, _published_config,
                                           _published_modules)
 lora_models.register(TRANSFORMER)
+KEY_NAMING = lora_keys.NAMING  # its LoRA key styles per consumer
+lora_naming.register(KEY_NAMING)
 
 
 def recognizes(files: set[str]) -> bool:

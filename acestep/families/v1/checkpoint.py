@@ -7,9 +7,7 @@ from pathlib import Path
 
 from acestep.core.checkpoint_files import DEFAULT_CACHE, download_snapshot, safetensors_problem
 from acestep.core.errors import CheckpointError
-from acestep.lora.keys import V1_FAMILY
-
-from .models.ssl import MERT_REPO, MHUBERT_REPO
+from acestep.families.v1.lora_keys import NAME as V1_FAMILY
 
 REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"
 PARTS = {
@@ -52,6 +50,9 @@ def damaged_weight_files(root: Path) -> list[str]:
 
 
 def _paths(root: Path) -> CheckpointPaths:
+    # imported here, so importing the family (for its LoRA key names) needs no torch
+    from .models.ssl import MERT_REPO, MHUBERT_REPO
+
     vocab = root / "lyric_tokenizer" / "vocab.json"
     return CheckpointPaths(
         root=root,

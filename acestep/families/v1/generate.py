@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from acestep.core.errors import AcestepError, InputError
+from acestep.families.v1.lora_keys import NAME as V1_FAMILY
 from acestep.lora.adapters import adapter_family
-from acestep.lora.keys import V1_FAMILY
 
 if TYPE_CHECKING:
     from acestep.data.reg import Renderer

@@ -13,10 +13,10 @@ import torch
 
 from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import load_preprocessed
+from acestep.families.v1.lora_keys import NAME as V1_FAMILY
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
-from acestep.lora.keys import V1_FAMILY
 from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from acestep.training.data import SongLatents, collate_songs, frames_for_seconds
 from acestep.training.family import ModelBlocks, TrainingParts

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acestep.lora import models as lora_models
+from acestep.lora import naming as lora_naming
 
-from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
+from . import lora_keys
+from .lora_keys import NAME
 
-__all__ = ["BLOCKS", "NAME", "TRANSFORMER", "V15Checkpoint", "generate_main", "model_renderer", "plan_request",
+if TYPE_CHECKING:
+    from .checkpoint import V15Checkpoint
+
+__all__ = ["BLOCKS", "KEY_NAMING", "NAME", "TRANSFORMER", "generate_main", "model_renderer", "plan_request",
            "recognizes", "renderer", "resolve", "song_stages", "training_parts", "write_tiny"]
 BLOCKS = "layers"  # the DiT's ModuleList that checkpointing, fp8 and compile act on, block by block
 
@@ -34,6 +39,22 @@ def _model_class() -> Any:
 
 TRANSFORMER = lora_models.TransformerKind(NAME, "AceStepTransformer1DModel", _model_class)
 lora_models.register(TRANSFORMER)
+KEY_NAMING = lora_keys.NAMING  # its LoRA key styles per consumer
+lora_naming.register(KEY_NAMING)
+
+
+def recognizes(files: set[str]) -> bool:
+    """A 1.5 checkpoint in either layout (checkpoint.py; imported here, so importing the family needs no torch)."""
+    from .checkpoint import recognizes as check
+
+    return check(files)
+
+
+def resolve(checkpoint_dir: str | Path | None, dit: str | None = None) -> V15Checkpoint:
+    """A local folder or hub repo id in either layout; `dit` picks the DiT folder of the original layout."""
+    from .checkpoint import resolve as find
+
+    return find(checkpoint_dir, dit)
 
 
 def song_stages(checkpoint: V15Checkpoint, args: argparse.Namespace) -> Any:

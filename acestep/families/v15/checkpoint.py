@@ -4,7 +4,7 @@
   text_encoder/, tokenizer/ (e.g. `ACE-Step/acestep-v15-xl-turbo-diffusers`);
 - original layout (`ACE-Step/Ace-Step1.5`): a DiT folder (acestep-v15-turbo/, -base/, -sft/, any `--dit`) with
   model.safetensors, config.json and silence_latent.pt, next to vae/ and Qwen3-Embedding-0.6B/. It is converted
-  in memory by the key rules of diffusers' scripts/convert_ace_step_to_diffusers.py (acestep.lora.v15_names).
+  in memory by the key rules of diffusers' scripts/convert_ace_step_to_diffusers.py (names.py).
 An XL checkpoint (condition encoder narrower than the DiT) gets the official XL timbre formula (xl.py) in both.
 """
 
@@ -21,13 +21,12 @@ from acestep.core.checkpoint_files import DEFAULT_CACHE, download_snapshot, safe
 from acestep.core.dependencies import require_diffusers_for_v15
 from acestep.core.errors import CheckpointError
 from acestep.core.quiet import library_bars_off, old_weight_norm
-from acestep.lora.keys import V15_FAMILY
-from acestep.lora.v15_names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 
 from .layout import contiguous_residual_stream
+from .lora_keys import NAME
+from .names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 from .xl import add_timbre_token, is_xl_config
 
-NAME = V15_FAMILY
 DEFAULT_DIT = "acestep-v15-turbo"
 TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")

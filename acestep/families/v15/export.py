@@ -38,7 +38,10 @@ from acestep.lora.io import (
     peft_adapter_config,
     save_safetensors_atomic,
 )
-from acestep.lora.keys import PEFT_PREFIX, V15_FAMILY, split_key, v15_original_name
+from acestep.lora.keys import PEFT_PREFIX, split_key
+
+from .lora_keys import NAME as V15_FAMILY
+from .lora_keys import original_name as v15_original_name
 
 
 def comfyui_file_name(exp_name: str, step: int) -> str:

@@ -24,9 +24,9 @@ from acestep.data.generate_cli import V15_GROUP, V15_ONLY_FLAGS, add_v15_only_ar
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import adapter_family
 from acestep.lora.io import trigger_note
-from acestep.lora.keys import V15_FAMILY
 
 from .checkpoint import V15Checkpoint, load_pipeline, resolve
+from .lora_keys import NAME as V15_FAMILY
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TURBO_DEFAULTS = {"steps": 8, "guidance_scale": 1.0}

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 from acestep.lora.adapters import BaseWeight
-from acestep.lora.keys import V15_FAMILY
 from acestep.training.config import CONFIG_DIR, TrainConfig
 from acestep.training.data import Draw, pad_stack
 from acestep.training.family import TrainingParts
@@ -29,6 +28,7 @@ from acestep.training.validation import split_songs
 from .blocks import BLOCKS, LATENT_FRAMES_PER_SECOND
 from .checkpoint import V15Checkpoint, dit_config, load_components
 from .export import usage_lines, write_step_files
+from .lora_keys import NAME as V15_FAMILY
 from .objective import PUBLISHED_MU, PUBLISHED_SIGMA, TimestepSampler, V15Step, resolve_schedule
 
 DEFAULT_LORA_CONFIG = str(CONFIG_DIR / "lora_config_v15.json")  # the repository's, from any current folder

@@ -1,8 +1,8 @@
 """ACE-Step 1.5 module names: the original checkpoint's (`decoder.layers.0.self_attn.q_proj`) and diffusers'
 (`layers.0.self_attn.to_q`), as diffusers' scripts/convert_ace_step_to_diffusers.py renames them.
 
-One table for every user (checkpoint conversion, LoRA key export for ComfyUI), in this low layer so lora/ and
-families/ can both import it.
+One table for every user: checkpoint conversion (checkpoint.py), LoRA keys for ComfyUI and the official app
+(lora_keys.py, export.py) and the LoRA tools' merge into an original checkpoint (through lora_keys.NAMING).
 """
 
 from __future__ import annotations
