@@ -172,3 +172,55 @@ def test_the_renderer_renders(family: ModelFamily, checkpoint: Path) -> None:
     render = family.renderer(family.resolve(checkpoint), "cpu", "float32", 2)
     wav, rate = render("pop", "", 1.0, 0)
     assert rate in (44100, 48000) and wav.shape[0] == 2 and wav.shape[-1] > 0
+
+
+@pytest.fixture(scope="module")
+def stored_with_trigger(family: ModelFamily, checkpoint: Path, stored: Path,
+                        tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 3 again on the same songs, with a trigger tag in every prompt."""
+    out = tmp_path_factory.mktemp(f"prep-trigger-{family.NAME}") / "prep"
+    preprocess_main(["--input_name", str(stored.parent / "names"), "--output_dir", str(out), "--checkpoint_dir",
+                     str(checkpoint), "--device", "cpu", "--dtype", "float32", "--num_workers", "0", "--no-ssl",
+                     "--trigger", "mystyle"])
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_validation_regularization_and_trigger(family: ModelFamily, checkpoint: Path, stored: Path,
+                                               stored_with_trigger: Path, tmp_path: Path) -> None:
+    """One run: the triggered songs (one held out for validation) mixed half and half with the untriggered ones as
+    regularization songs; the trigger is stamped into every LoRA file."""
+    steps = 4
+    train_main(["--dataset_path", str(stored_with_trigger), "--checkpoint_dir", str(checkpoint), "--output_dir",
+                str(tmp_path), "--exp_name", "features", "--max_steps", str(steps), "--every_n_train_steps", "2",
+                "--val_songs", "1", "--val_every", "2", "--reg_dataset", str(stored), "--reg_weight", "0.5",
+                "--logger", "none", "--no-progress_bar", "--accelerator", "cpu", "--learning_rate", "1e-2"])
+    run = tmp_path / "features"
+    rows = _metrics(run)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))
+    val = [row for row in rows if "val_loss" in row]
+    assert [row["step"] for row in val] == [2, 4] and all(row["val_loss"] > 0 for row in val)
+    reg = [row for row in rows if "reg_loss" in row]
+    assert len(reg) == steps // 2 and all(row["reg_loss"] > 0 for row in reg)  # every other micro-batch
+    baked = [f for f in run.rglob("*.safetensors") if f.parent.name != "adapter"]
+    assert len(baked) >= 2 and all(read_lora(f).trigger == "mystyle" for f in baked)
+    assert read_lora(run / step_folder_name(steps) / baked_file_name("features", steps)).family == family.NAME
+    assert "mystyle" in (run / "summary.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_overfit_one_trains_on_one_song_and_gives_a_verdict(family: ModelFamily, checkpoint: Path, stored: Path,
+                                                            tmp_path: Path) -> None:
+    train_main(["--dataset_path", str(stored), "--checkpoint_dir", str(checkpoint), "--output_dir", str(tmp_path),
+                "--overfit_one", "--overfit_steps", "3", "--logger", "none", "--no-progress_bar", "--accelerator",
+                "cpu", "--learning_rate", "1e-2"])
+    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(runs) == 1 and runs[0].name.endswith("overfit-one")
+    rows = _metrics(runs[0])
+    assert [row["step"] for row in rows] == [1, 2, 3] and "val_loss" in rows[-1]
+    summary = (runs[0] / "summary.txt").read_text(encoding="utf-8")
+    assert "Overfit check PASSED" in summary or "Overfit check FAILED" in summary
