@@ -68,7 +68,7 @@ def test_v15_refuses_to_overwrite_before_loading_anything(
     def never(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the pipeline was loaded before the output check")
 
-    monkeypatch.setattr(v15_generate, "load_pipeline", never)
+    monkeypatch.setattr("acestep.families.v15.checkpoint.load_pipeline", never)
     message = one_line_exit(["--checkpoint_dir", str(tiny_v15_checkpoint / "diffusers"), "--prompt", "x", "--seed",
                              "3", "4", "--out_dir", str(out)])
     assert "ace15_seed4.json exists; pick another --out_dir or pass --overwrite" in message

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from acestep.core.checkpoint_files import DEFAULT_CACHE, download_snapshot, safetensors_problem
 from acestep.core.dependencies import require_diffusers_for_v15
@@ -26,6 +24,9 @@ from .layout import contiguous_residual_stream
 from .lora_keys import NAME
 from .names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 from .xl import add_timbre_token, is_xl_config
+
+if TYPE_CHECKING:  # annotations only: resolving a checkpoint (generate.py --help) loads no torch
+    import torch
 
 DEFAULT_DIT = "acestep-v15-turbo"
 TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
@@ -263,6 +264,8 @@ def read_silence_latent(dit_dir: Path) -> torch.Tensor:
     """silence_latent.pt is stored [1, C, T]; diffusers (and generation) use it as [1, T, C]."""
     path = dit_dir / "silence_latent.pt"
     try:
+        import torch
+
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise CheckpointError(f"{path}: damaged ({type(error).__name__}); download or copy it again") from None
@@ -286,9 +289,11 @@ def _component_classes() -> dict[str, type]:
 
 
 def load_original_components(
-    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype = torch.float32
+    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype | None = None
 ) -> dict[str, torch.nn.Module]:
-    """The named DiT-file components of an original-layout checkpoint as diffusers modules (strict loading)."""
+    """The named DiT-file components of an original-layout checkpoint as diffusers modules (strict loading; dtype
+    None: float32)."""
+    import torch
     from safetensors.torch import load_file
 
     assert checkpoint.dit is not None
@@ -303,7 +308,7 @@ def load_original_components(
             module.load_state_dict(components[name], strict=True)
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
-        modules[name] = (module if dtype == torch.float32 else module.to(dtype)).eval()
+        modules[name] = (module if dtype in (None, torch.float32) else module.to(dtype)).eval()
     return ready_for_use(checkpoint, modules)
 
 
@@ -319,9 +324,13 @@ def ready_for_use(checkpoint: V15Checkpoint, modules: dict[str, Any]) -> dict[st
 
 @library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_components(
-    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype = torch.float32
+    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype | None = None
 ) -> dict[str, torch.nn.Module]:
-    """transformer / condition_encoder / audio_tokenizer / audio_token_detokenizer from either layout."""
+    """transformer / condition_encoder / audio_tokenizer / audio_token_detokenizer from either layout (dtype None:
+    float32)."""
+    import torch
+
+    dtype = dtype or torch.float32
     if checkpoint.layout == "original":
         return load_original_components(checkpoint, names, dtype)
     classes = _component_classes()
@@ -339,13 +348,16 @@ def _load_vae(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 @library_bars_off()  # the command's own "checkpoint: ..." line says what is loaded
 def load_pipeline(
-    checkpoint: V15Checkpoint, dtype: torch.dtype = torch.float32, with_transformer: bool = True
+    checkpoint: V15Checkpoint, dtype: torch.dtype | None = None, with_transformer: bool = True
 ) -> Any:
     """An AceStepPipeline from either layout (diffusers: `from_pretrained`; original: converted in memory).
 
-    Without the transformer (stage 3 only encodes) the DiT's weights are never read."""
+    Without the transformer (stage 3 only encodes) the DiT's weights are never read; dtype None: float32."""
+    import torch
     from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
     from transformers import AutoModel, AutoTokenizer
+
+    dtype = dtype or torch.float32
 
     if checkpoint.layout == "diffusers":
         skip = {} if with_transformer else {"transformer": None}

@@ -12,23 +12,31 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from acestep.core.atomic import atomic_write_json
 from acestep.core.cli_help import make_parser
 from acestep.core.errors import AcestepError, InputError
 from acestep.core.progress import progress
-from acestep.data.generate_cli import V15_GROUP, V15_ONLY_FLAGS, add_v15_only_arguments  # noqa: F401 (re-exported)
-from acestep.lora import LoraSettings
-from acestep.lora.adapters import adapter_family
-from acestep.lora.io import trigger_note
+from acestep.data.generate_cli import (  # noqa: F401 (V15_ONLY_FLAGS re-exported)
+    AUTO,
+    DTYPE_NAMES,
+    V15_GROUP,
+    V15_ONLY_FLAGS,
+    add_v15_only_arguments,
+    resolve_device,
+    torch_dtype,
+)
 
-from .checkpoint import V15Checkpoint, load_pipeline, resolve
 from .lora_keys import NAME as V15_FAMILY
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # the annotations only: --help loads no torch
+    import torch
+
+    from acestep.lora import LoraSettings
+
+    from .checkpoint import V15Checkpoint
+
 TURBO_DEFAULTS = {"steps": 8, "guidance_scale": 1.0}
 GUIDED_DEFAULTS = {"steps": 50, "guidance_scale": 7.0}
 OUTPUT_STEM = "ace15"
@@ -58,6 +66,8 @@ class V15Params:
 
 def check_lora_family(path: str | Path) -> None:
     """A v1 LoRA given to 1.5 generation is refused in one line (header family, else module names)."""
+    from acestep.lora.adapters import adapter_family
+
     family = adapter_family(path)
     if family is not None and family != V15_FAMILY:
         raise InputError(Path(path), f"an {family} LoRA; this checkpoint is {V15_FAMILY}")
@@ -84,6 +94,8 @@ def sung_lyrics(lyrics: str) -> str:
 
 def render(pipe: Any, params: V15Params, is_turbo: bool) -> list[torch.Tensor]:
     """One stereo waveform [2, samples] per seed at the VAE's rate (48 kHz), with a progress bar over the steps."""
+    import torch
+
     params = params.for_variant(is_turbo)
     lyrics = sung_lyrics(params.lyrics)
     pipe.set_progress_bar_config(disable=True)  # ours below: live on a terminal, lines in logs
@@ -153,19 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="APG guidance (default: 1.0 = none for turbo, which is guidance-distilled; 7.0 for base/sft)")
     p.add_argument("--lora", action="append", default=[], help="PATH[:STRENGTH]; repeat for several LoRAs")
     p.add_argument("--lora_config_path", help="LoRA config for raw files that do not carry rank/alpha")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32",
-                   help="dtype of the models")
+    p.add_argument("--device", default=AUTO, help="torch device (auto: cuda when torch sees a GPU, else cpu)")
+    p.add_argument("--dtype", choices=(AUTO, *sorted(DTYPE_NAMES)), default=AUTO,
+                   help="dtype of the models (auto: bfloat16 with a GPU, else float32)")
     p.add_argument("--out_dir", default="outputs", help="folder for the WAV and JSON files")
     add_v15_only_arguments(p.add_argument_group(V15_GROUP))
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)  # before the imports below: --help loads no torch
     from acestep.data.generate_args import check_duration, read_lyrics
+    from acestep.lora import LoraSettings
+    from acestep.lora.io import trigger_note
     from acestep.lora.loading import parse_lora
 
-    args = build_parser().parse_args(argv)
+    from . import checkpoint as checkpoints
+
     try:
         check_duration(args.duration)
         params = V15Params(prompt=args.prompt, lyrics=read_lyrics(args.lyrics), duration=args.duration,
@@ -174,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
                            timesignature=args.timesignature)
         loras = [parse_lora(spec) for spec in args.lora]
         output_paths(Path(args.out_dir), OUTPUT_STEM, args.seed, args.overwrite)
-        checkpoint: V15Checkpoint = resolve(args.checkpoint_dir, args.dit)
+        checkpoint = checkpoints.resolve(args.checkpoint_dir, args.dit)
         print(checkpoint.describe())
         for path, _ in loras:
             check_lora_family(path)
-        pipe = load_pipeline(checkpoint, DTYPES[args.dtype]).to(args.device)
+        pipe = checkpoints.load_pipeline(checkpoint, torch_dtype(args.dtype)).to(resolve_device(args.device))
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_v15_loras(pipe, loras, settings)
         for path, _ in loras:
@@ -203,8 +219,9 @@ def model_renderer(checkpoint: V15Checkpoint, device: str, dtype: str, steps: in
     """`renderer` and the pipeline's DiT (where a LoRA goes)."""
     from acestep.families.v15.encode import INSTRUMENTAL_LYRICS
 
-    torch_dtype = DTYPES[dtype]
-    pipe = load_pipeline(checkpoint, torch_dtype).to(device)
+    from .checkpoint import load_pipeline
+
+    pipe = load_pipeline(checkpoint, torch_dtype(dtype)).to(resolve_device(device))
 
     def render_v15(prompt: str, lyrics: str, duration: float, seed: int) -> tuple[torch.Tensor, int]:
         params = V15Params(prompt=prompt, lyrics=lyrics or INSTRUMENTAL_LYRICS, duration=duration, seeds=[seed],

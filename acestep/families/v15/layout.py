@@ -11,9 +11,12 @@ hands on the same values laid out so that the model's transpose gives a contiguo
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: checkpoint.py, which imports this, resolves folders without torch
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
 
 
 def _row_major_after_transpose(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -23,6 +26,8 @@ def _row_major_after_transpose(module: nn.Module, args: tuple, output: torch.Ten
 def contiguous_residual_stream(transformer: nn.Module) -> RemovableHandle | None:
     """Lay the patchified hidden states out row-major (a forward hook on proj_in_conv); None for a model without
     that convolution."""
+    from torch import nn
+
     conv = getattr(transformer, "proj_in_conv", None)
     if not isinstance(conv, nn.Module):
         return None

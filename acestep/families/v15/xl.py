@@ -12,9 +12,10 @@ checkpoint's own, the class and its saved files stay diffusers'.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: checkpoint.py imports this and resolves folders without torch
+    import torch
 
 TOKEN_FLAG = "acestep_prepends_special_token"  # set on a timbre encoder that add_timbre_token changed
 
@@ -36,6 +37,8 @@ class _PrependToken:
         self.timbre_encoder = timbre_encoder
 
     def __call__(self, _module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        import torch
+
         token = self.timbre_encoder.special_token.to(output.dtype).expand(output.shape[0], 1, -1)
         return torch.cat([token, output], dim=1)
 
