@@ -287,13 +287,17 @@ def format_plan(plan: V15Plan) -> str:
 
 
 def random_dit(config: dict, dtype: torch.dtype, device: str = "cpu", seed: int = 0) -> torch.nn.Module:
-    """The DiT of `config` with random weights, allocated once in `dtype` (no fp32 copy of a 4B model)."""
+    """The DiT of `config` with random weights, allocated once in `dtype` (no fp32 copy of a 4B model), with the
+    row-major residual stream our loader gives it (layout.py)."""
+    from .layout import contiguous_residual_stream
+
     model = _meta_dit(config).to(dtype)
     model.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.02, generator=generator)
+    contiguous_residual_stream(model)
     return model
 
 
