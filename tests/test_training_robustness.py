@@ -351,3 +351,20 @@ def test_a_guarded_stream_outlives_its_reader() -> None:
     if sys.platform == "linux":  # the descriptor now writes to the null device
         assert os.path.samefile(f"/proc/self/fd/{stream.fileno()}", os.devnull)
     stream.close()
+
+
+def test_a_resume_with_a_raised_max_steps_decays_to_the_new_end(tmp_path: Path) -> None:
+    """Training on past the first --max_steps: the resumed steps take the rates of a run planned that long from the
+    start, not the first run's end rate (0 with the linear schedule)."""
+    songs = synthetic_songs([6, 8])
+    settings = dict(warmup_steps=0, lr_schedule="linear", final_lr_fraction=0.0, every_n_train_steps=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_training(config(tmp_path / "a", max_steps=4, **settings), tiny_transformer(), songs)
+    resumed = run_training(config(tmp_path / "a", max_steps=8, resume=True, **settings), tiny_transformer(), songs)
+    planned = run_training(config(tmp_path / "b", max_steps=8, **settings), tiny_transformer(), songs)
+    rates = {row["step"]: row["learning_rate"] for row in read_metrics(resumed.run_dir / "metrics.jsonl")}
+    expected = {row["step"]: row["learning_rate"] for row in read_metrics(planned.run_dir / "metrics.jsonl")}
+    assert sorted(rates) == list(range(1, 9))
+    assert [rates[step] for step in range(5, 9)] == pytest.approx([expected[step] for step in range(5, 9)])
+    assert all(rates[step] > 0 for step in range(5, 9))

@@ -11,6 +11,7 @@ import importlib.util
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -131,8 +132,24 @@ class WarmupCosineDecay:
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+class RunSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose resume keeps this run's --max_steps: the saved state holds the interrupted run's end, so a
+    run resumed with a raised --max_steps (to train on) would otherwise stay at the old end's rate (0 for v1).
+
+    Loaded after the optimizer (Lightning's order), it sets the rate of the next step from the schedule; with the
+    same --max_steps that is the saved rate itself, so a plain resume repeats the interrupted run exactly."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ends = [fn.max_steps for fn in self.lr_lambdas]
+        super().load_state_dict(state_dict)
+        for fn, end in zip(self.lr_lambdas, ends):
+            fn.max_steps = end
+        self._last_lr = self.get_lr()
+        for group, rate in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = rate
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> RunSchedule:
     config = resolve_recipe(config)
     schedule = WarmupCosineDecay if config.lr_schedule == "cosine" else WarmupLinearDecay
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, schedule(config.warmup_steps, config.max_steps, config.final_lr_fraction))
+    return RunSchedule(optimizer, schedule(config.warmup_steps, config.max_steps, config.final_lr_fraction))
