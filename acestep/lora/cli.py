@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> str:
                      args.overwrite)
     if packed := packed_layout_of(out):  # a folder of a family's packed layout: its family says how to use it
         _, layout = packed
-        return f"merged {layout.folder} written to {out}; {layout.use.format(name=out.name)}"
+        return f"merged {layout.folder} written to {out}" + (f"; {layout.use.format(name=out.name)}" if layout.use else "")
     return f"merged transformer written to {out}"
 
 
