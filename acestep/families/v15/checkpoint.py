@@ -22,19 +22,13 @@ from acestep.core.dependencies import require_diffusers_for_v15
 from acestep.core.errors import CheckpointError
 from acestep.core.quiet import library_bars_off, old_weight_norm
 
-from .files import (
-    DEFAULT_DIT,
-    DIFFUSERS_PARTS,
-    DIT_FILES,
-    DIT_WEIGHTS,
-    TEXT_ENCODER_FOLDER,
-    TRANSFORMER_FOLDER,
-)
+from .files import DIFFUSERS_PARTS, DIT_FILES, DIT_WEIGHTS, TEXT_ENCODER_FOLDER, TRANSFORMER_FOLDER
 from .layout import contiguous_residual_stream
 from .lora_keys import NAME
 from .names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
 from .xl import add_timbre_token, is_xl_config
 
+DEFAULT_DIT = "acestep-v15-turbo"
 ORIGINAL_REPO = "ACE-Step/Ace-Step1.5"
 # original config.json -> AceStepTransformer1DModel / AceStepConditionEncoder arguments (converter's rules)
 SHARED_CONFIG = (

@@ -4,7 +4,6 @@ import reads this."""
 
 from __future__ import annotations
 
-DEFAULT_DIT = "acestep-v15-turbo"
 TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 # original layout: a DiT folder whose one weights file holds the DiT (keys under DIT_PREFIX), the condition encoder
 # and the audio tokenizers; the files below make a folder a DiT folder
