@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 from data_helpers import write_audio
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
@@ -35,7 +36,8 @@ from acestep.lora.keys import (
     module_path,
     split_key,
 )
-from acestep.lora.merge import load_transformer_weights
+from acestep.lora.merge import check_matches_config, load_transformer_weights, packed_folder, packed_layout_of
+from acestep.lora.models import kind_for_config
 from acestep.lora.naming import key_styles, naming_for, unmarked_naming
 from acestep.training.callbacks import baked_file_name, step_folder_name
 from acestep.training.config import TrainConfig
@@ -49,9 +51,15 @@ def family(request: pytest.FixtureRequest) -> ModelFamily:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(family: ModelFamily, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def written(family: ModelFamily, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the family's tiny checkpoint is written into: every layout it writes lies under it."""
+    return tmp_path_factory.mktemp(f"tiny-{family.NAME}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(family: ModelFamily, written: Path) -> Path:
     """The family's own tiny checkpoint, written through the interface."""
-    return family.write_tiny(tmp_path_factory.mktemp(f"tiny-{family.NAME}"))
+    return family.write_tiny(written)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +117,41 @@ def test_the_family_names_its_lora_keys_for_every_style(family: ModelFamily, che
         assert back == model_names(parts, family.NAME) and set(back) == modules, style
         for module, roles in back.items():
             assert (roles["down"], roles["up"], roles.get("alpha")) == keys[module]
+
+
+def test_merge_finds_the_transformer_folder_of_the_checkpoint_root(family: ModelFamily, checkpoint: Path) -> None:
+    """`lora merge` given the root finds the transformer in the sub-folder the family registered, and its config
+    names the family's transformer and builds exactly those weights."""
+    kind = family.TRANSFORMER
+    present = [folder for folder in kind.folders if (checkpoint / folder).is_dir()]
+    assert present, f"{family.NAME}'s tiny checkpoint has none of its transformer folders {kind.folders}"
+    config, state = load_transformer_weights(checkpoint)
+    assert kind_for_config(config) is kind and len(state) >= 4
+    check_matches_config(config, state, checkpoint)
+    for folder in present:
+        assert load_transformer_weights(checkpoint / folder)[1].keys() == state.keys()
+    assert packed_folder(checkpoint) is None  # the root of this layout is not taken for a packed one
+
+
+def test_merge_finds_the_transformer_in_the_packed_layout(family: ModelFamily, written: Path, checkpoint: Path) -> None:
+    """A family that packs its transformer into one file with other weights (1.5's original DiT folder): every such
+    folder of its tiny checkpoint is found (itself, or the root holding it), and the weights under the layout's
+    prefix, renamed by it, are exactly the transformer of the folder layout (the tiny writer gives both the same
+    values)."""
+    layout = family.TRANSFORMER.packed
+    if layout is None:
+        return
+    assert layout.weights in layout.marks
+    folders = sorted(folder for folder in written.rglob("*") if folder.is_dir() and packed_layout_of(folder))
+    assert folders, f"{family.NAME}'s tiny checkpoint has no {layout.folder}"
+    _, expected = load_transformer_weights(checkpoint)
+    for folder in folders:
+        assert packed_folder(folder) == packed_folder(folder.parent) == (folder, family.NAME, layout)
+        inside = {layout.model_name(key.removeprefix(layout.prefix)): value
+                  for key, value in load_file(str(folder / layout.weights)).items() if key.startswith(layout.prefix)}
+        assert inside.keys() == expected.keys()
+        for name, value in inside.items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
 
 
 def test_files_and_datasets_that_name_no_family_are_of_one_family() -> None:

@@ -185,8 +185,10 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
         layer_of(module)
 
 
-# what only one family knows: its recorded name, its module paths, its style names, its checkpoint's prefixes
-FAMILY_FACTS = ("ace-step-1.5", "ace-step-v1", "layers.", "transformer_blocks", "lyric_encoder", "v15_", "decoder.")
+# what only one family knows: its recorded name, its module paths, its style names, its checkpoint's prefixes, files,
+# folders and classes
+FAMILY_FACTS = ("ace-step-1.5", "ace-step-v1", "layers.", "transformer_blocks", "lyric_encoder", "v15_", "decoder.",
+                "silence_latent", "ace_step_transformer", "AceStepTransformer1DModel", "ACEStepTransformer2DModel")
 
 
 def family_literals(source: str) -> list[str]:
@@ -204,10 +206,13 @@ def test_a_family_literal_is_recognized() -> None:
     assert family_literals('"""Keys like `layers.0.attn`."""\nNAME = "ace-step-1.5"\nkey = f"{p}transformer_blocks.{i}"\n') \
         == ["2: 'ace-step-1.5'", "3: 'transformer_blocks.'"]
     assert family_literals('def f():\n    """decoder.layers.0 in a docstring"""\n    return "peft"\n') == []
+    assert family_literals('A = "ace_step_transformer"\nif (out / "silence_latent.pt").is_file():\n    pass\n') \
+        == ["1: 'ace_step_transformer'", "2: 'silence_latent.pt'"]
 
 
 def test_the_lora_tools_name_no_family() -> None:
-    """lora/ holds no family's key naming: each family hands in its own (acestep/families/<name>/lora_keys.py)."""
+    """lora/ holds no family's key naming or checkpoint layout: each family hands in its own (its lora_keys.py, and
+    the folders and packed layout of its TransformerKind)."""
     hits = [f"{path.relative_to(REPO)}:{hit}" for path in sorted((PACKAGE / "lora").rglob("*.py"))
             for hit in family_literals(path.read_text(encoding="utf-8"))]
     assert not hits, "\n".join(hits)

@@ -33,7 +33,8 @@ class ModelFamily(Protocol):
     - `song_stages(checkpoint, args)`: stage 3's per-song encoder (`acestep.data.preprocess.SongStages`)
     - `training_parts(config, checkpoint)`: `acestep.training.family.TrainingParts` for the shared trainer
     - `BLOCKS`: the attribute of its transformer holding the block list that checkpointing, fp8 and compile act on
-    - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`), and
+    - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`: its class, its
+      checkpoint layouts for `lora merge`), and
       `KEY_NAMING`: its LoRA key styles per consumer (`acestep.lora.naming.KeyNaming`, in its lora_keys.py); both
       registered on import
     - planner terms: the family's `plan` module (`estimate(request)`, `format_plan(plan)`), and

@@ -11,12 +11,31 @@ from .bake import bake_file
 from .convert import convert_file
 from .inspect import format_report, inspect_lora
 from .io import read_lora
-from .merge import DTYPES, merge_file
+from .merge import DTYPES, merge_file, packed_layout_of
+from .models import registered
 from .naming import key_style_help, key_styles
 from .resize import METHODS, format_resize_table, rank_advice, resize_file
 from .settings import LoraSettings
 
 LORA_CONFIG_HELP = "the LoRA config it was trained with, for files that do not say (default: the file's header)"
+
+
+def merge_input_help() -> str:
+    """`merge`'s input, in the loaded families' own folder names."""
+    families = []
+    for kind in registered():
+        layouts = [f"{folder}/" for folder in kind.folders]
+        if kind.packed is not None:
+            layouts.append(f"a {kind.packed.folder} ({', '.join(kind.packed.marks)}) or the root holding one")
+        if layouts:
+            families.append(f"; {kind.family}: {' or '.join(layouts)}")
+    return "checkpoint root, its transformer folder or a .safetensors file" + "".join(families)
+
+
+def merge_output_help() -> str:
+    packed = [kind.packed.folder for kind in registered() if kind.packed is not None]
+    return "the transformer folder to write (config.json + safetensors" + "".join(
+        f"; for a {folder} input, a new {folder}" for folder in packed) + ")"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,11 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     resize.add_argument("--table", action="store_true", help="print the per-module table")
 
     merge = add_command(commands, "merge", "add a LoRA into the transformer weights, save a checkpoint folder")
-    merge.add_argument("transformer", help="checkpoint root, ace_step_transformer/ folder or a .safetensors file; "
-                       "for ACE-Step 1.5 a diffusers folder, or an original-layout DiT folder (or the root holding one)")
+    merge.add_argument("transformer", help=merge_input_help())
     merge.add_argument("lora", help="LoRA .safetensors file or folder")
-    merge.add_argument("output", help="the transformer folder to write (config.json + safetensors; for an "
-                       "original-layout 1.5 input, a DiT folder as the official app reads)")
+    merge.add_argument("output", help=merge_output_help())
     merge.add_argument("--strength", type=float, default=1.0, help="as the strength slider in ComfyUI")
     merge.add_argument("--lora_config_path", help=LORA_CONFIG_HELP)
     merge.add_argument("--config", help="transformer config.json, when the weights are a single file (default: beside the weights)")
@@ -80,9 +97,9 @@ def run(args: argparse.Namespace) -> str:
         return f"{table}{rank_advice(reports)}\nresized LoRA written to {out} (load it at strength 1.0)"
     out = merge_file(args.transformer, args.lora, args.output, args.strength, settings, args.config, args.dtype,
                      args.overwrite)
-    if (out / "silence_latent.pt").is_file():  # an ACE-Step 1.5 DiT folder of the original layout
-        return (f"merged DiT folder written to {out}; put it beside the checkpoint's vae/ and Qwen3-Embedding-0.6B/ "
-                f"(the official app lists it there; here: --checkpoint_dir THAT_FOLDER --dit {out.name})")
+    if packed := packed_layout_of(out):  # a folder of a family's packed layout: its family says how to use it
+        _, layout = packed
+        return f"merged {layout.folder} written to {out}" + (f"; {layout.use.format(name=out.name)}" if layout.use else "")
     return f"merged transformer written to {out}"
 
 

@@ -1,10 +1,12 @@
 """Add a LoRA at a strength into the transformer weights and save a plain checkpoint folder (no adapter needed).
 
 W' = W + strength * scale * B @ A, computed in fp32 and stored in W's dtype (or the requested one). The input is
-a checkpoint root (with ace_step_transformer/, or transformer/ of a diffusers ACE-Step 1.5 folder), a transformer
-folder (config.json + safetensors, sharded or not) or a single .safetensors file (config: --config, else the
-published v1 one). An ACE-Step 1.5 checkpoint in the original layout (a DiT folder with model.safetensors, or the
-root holding one) is merged into a new DiT folder of that layout, the one the official app reads.
+a checkpoint root (with a transformer sub-folder its family names), a transformer folder (config.json +
+safetensors, sharded or not) or a single .safetensors file (config: --config, else the published one of the
+family that has one). A checkpoint in a family's packed layout (one weights file holding the transformer beside
+other models', e.g. ACE-Step 1.5's original DiT folder, or the root holding one such folder) is merged into a new
+folder of that layout, the one its official app reads. Which layouts exist is each family's to say
+(`acestep.lora.models.TransformerKind`).
 """
 
 from __future__ import annotations
@@ -29,21 +31,12 @@ from .adapters import apply_adapter, file_kind, read_adapter
 from .bake import module_scales
 from .io import LoraFile, read_lora
 from .keys import kohya_lookup_for
-from .models import default_kind, kind_for_config
-from .naming import KeyNaming, namings
+from .models import PackedLayout, default_kind, kind_for_config, packed_layouts, transformer_folders
 from .settings import LoraSettings
 
-TRANSFORMER_SUBFOLDER = "ace_step_transformer"
-V15_SUBFOLDER = "transformer"  # diffusers layout of ACE-Step 1.5
-V15_CLASS_NAME = "AceStepTransformer1DModel"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
-CLASS_NAME = "ACEStepTransformer2DModel"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# the original ACE-Step 1.5 layout: a DiT folder whose model.safetensors holds the DiT under the prefix its family's
-# key naming gives (`checkpoint_prefix`), on the names its `model_name` maps to the model's
-V15_DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
-V15_MODEL_FILE = "model.safetensors"
 
 
 def load_transformer_weights(
@@ -51,7 +44,7 @@ def load_transformer_weights(
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state dict) of a checkpoint root, a transformer folder or one .safetensors file."""
     path = Path(path)
-    for subfolder in (TRANSFORMER_SUBFOLDER, V15_SUBFOLDER):
+    for subfolder in transformer_folders():
         if (path / subfolder).is_dir():
             path = path / subfolder
             break
@@ -168,11 +161,11 @@ def merge_file(
     """Merge `lora_path` at `strength` into the transformer and write a full transformer folder to `out`."""
     out = Path(out)
     source = Path(transformer).resolve()
-    if out.resolve() in (source, source / TRANSFORMER_SUBFOLDER, source / V15_SUBFOLDER):
+    if out.resolve() in (source, *(source / folder for folder in transformer_folders())):
         raise AcestepError(f"{out}: write the merged model to a new folder, not over its source")
-    dit = original_dit_folder(Path(transformer))
-    if dit is not None:
-        return merge_original(dit, lora_path, out, strength, settings, dtype, overwrite)
+    packed = packed_folder(Path(transformer))
+    if packed is not None:
+        return merge_packed(*packed, lora_path, out, strength, settings, dtype, overwrite)
     config, state = load_transformer_weights(transformer, config_path)
     check_matches_config(config, state, Path(transformer))
     model_family = kind_for_config(config).family
@@ -202,52 +195,46 @@ def add_adapter(state: dict[str, torch.Tensor], lora_path: str | Path, model_fam
         state.update({f"{name}.weight": value for name, value in apply_adapter(weights, lora, strength).items()})
 
 
-# ---- ACE-Step 1.5 in the original layout (what the official app reads) ----
+# ---- a packed layout: one file holds the transformer beside other models' weights (ACE-Step 1.5's original) ----
 
 
-def _is_dit(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in V15_DIT_FILES)
+def packed_layout_of(folder: Path) -> tuple[str, PackedLayout] | None:
+    """(family, layout) of a folder that holds every file marking one family's packed layout; None otherwise."""
+    return next(((family, layout) for family, layout in packed_layouts()
+                 if all((folder / name).is_file() for name in layout.marks)), None)
 
 
-def original_dit_folder(path: Path) -> Path | None:
-    """The DiT folder of an original-layout 1.5 checkpoint (`path` itself, or its one DiT sub-folder); None for
-    other inputs. Several DiT folders are refused: the user names one."""
+def packed_folder(path: Path) -> tuple[Path, str, PackedLayout] | None:
+    """(folder, family, layout) of a packed-layout checkpoint: `path` itself, or its one such sub-folder; None for
+    other inputs. Several such folders are refused: the user names one."""
     if not path.is_dir():
         return None
-    if _is_dit(path):
-        return path
-    found = sorted(folder for folder in path.iterdir() if folder.is_dir() and _is_dit(folder))
+    here = packed_layout_of(path)
+    found = {path: here} if here else {folder: layout for folder in sorted(path.iterdir())
+                                       if folder.is_dir() and (layout := packed_layout_of(folder))}
     if len(found) > 1:
-        raise AcestepError(f"{path}: several DiT folders ({', '.join(f.name for f in found)}); pass the one to merge "
-                           f"into, e.g. {found[0]}")
-    return found[0] if found else None
+        first, (_, layout) = next(iter(found.items()))
+        raise AcestepError(f"{path}: several {layout.folder}s ({', '.join(f.name for f in found)}); pass the one to "
+                           f"merge into, e.g. {first}")
+    return next(((folder, family, layout) for folder, (family, layout) in found.items()), None)
 
 
-def original_layout_naming() -> KeyNaming:
-    """The naming of the family whose original checkpoint holds its transformer under a prefix."""
-    found = next((naming for naming in namings() if naming.checkpoint_prefix), None)
-    if found is None:
-        raise AcestepError("no loaded model family reads this checkpoint layout (a command loads them with "
-                           "acestep.families.load_all())")
-    return found
-
-
-def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float, settings: LoraSettings | None,
-                   dtype: str | None, overwrite: bool) -> Path:
-    """Merge into the DiT (`decoder.*`) of an original-layout model.safetensors and write a DiT folder the official
-    app reads: the source folder's files (config.json, silence_latent.pt, its code) copied, model.safetensors merged.
-    Put it beside the checkpoint's vae/ and Qwen3-Embedding-0.6B/ to use it."""
+def merge_packed(source: Path, family: str, layout: PackedLayout, lora_path: str | Path, out: Path, strength: float,
+                 settings: LoraSettings | None, dtype: str | None, overwrite: bool) -> Path:
+    """Merge into the transformer inside a packed layout's weights file (its keys under the layout's prefix) and
+    write a folder of that layout, the one its official app reads: the source folder's other files copied (config,
+    code, buffers), the weights file merged (every other model's key as it was)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     if out.exists():
-        sources = {p.name for p in dit.iterdir()}
+        sources = {p.name for p in source.iterdir()}
         if not out.is_dir() or not {p.name for p in out.iterdir()} <= sources:
-            raise AcestepError(f"{out}: exists and is not a DiT folder this tool wrote; refusing to replace it "
+            raise AcestepError(f"{out}: exists and is not a {layout.folder} this tool wrote; refusing to replace it "
                                "(name a new output folder)")
         if not overwrite:
             raise AcestepError(f"{out}: already exists (pass --overwrite to replace it)")
-    weights = dit / V15_MODEL_FILE
+    weights = source / layout.weights
     if problem := safetensors_problem(weights):
         raise CheckpointError(f"{weights}: damaged weight file ({problem}); download or copy it again")
     with safe_open(str(weights), framework="pt") as handle:
@@ -255,16 +242,14 @@ def merge_original(dit: Path, lora_path: str | Path, out: Path, strength: float,
     state = load_file(str(weights))
     if dtype is not None:
         state = {key: value.to(DTYPES[dtype]) if value.is_floating_point() else value for key, value in state.items()}
-    naming = original_layout_naming()
-    prefix = naming.checkpoint_prefix or ""
-    names = {naming.model_name(key.removeprefix(prefix)): key for key in state if key.startswith(prefix)}
+    names = {layout.model_name(key.removeprefix(layout.prefix)): key for key in state if key.startswith(layout.prefix)}
     view = {name: state[key] for name, key in names.items()}
-    add_adapter(view, lora_path, naming.family, strength, settings)
+    add_adapter(view, lora_path, family, strength, settings)
     state.update({names[name]: value for name, value in view.items()})
     with folder_in_place_of(out) as temp:
-        shutil.copytree(dit, temp, ignore=shutil.ignore_patterns(V15_MODEL_FILE, "*.tmp*", ".*"))
-        save_file(state, str(temp / V15_MODEL_FILE), metadata=metadata)
-        make_readable(temp / V15_MODEL_FILE)
+        shutil.copytree(source, temp, ignore=shutil.ignore_patterns(layout.weights, "*.tmp*", ".*"))
+        save_file(state, str(temp / layout.weights), metadata=metadata)
+        make_readable(temp / layout.weights)
     return out
 
 

@@ -30,7 +30,6 @@ class KeyNaming:
     spelled_in: Callable[[Sequence[str]], str | None]  # a file's tensor keys -> its style, None: not this family's
     prefixes: tuple[str, ...] = ()  # what its styles put before a module path (stripped on reading)
     model_name: Callable[[str], str] = _same  # a module or weight name as its files spell it -> the model's
-    checkpoint_prefix: str | None = None  # where its original checkpoint file holds the transformer (merge)
     unmarked: bool = False  # a file that names no family is this family's (it predates the header); its answer
     #                         to `spelled_in` is the last resort, so it is asked last
     help: str = ""  # its styles and who reads them, for `--key_style`'s help

@@ -53,7 +53,7 @@ def _published_modules() -> list[str]:
 
 
 TRANSFORMER = lora_models.TransformerKind(NAME, "ACEStepTransformer2DModel", _model_class, _published_config,
-                                          _published_modules)
+                                          _published_modules, folders=(PARTS["transformer"][0],))
 lora_models.register(TRANSFORMER)
 KEY_NAMING = lora_keys.NAMING  # its LoRA key styles per consumer
 lora_naming.register(KEY_NAMING)

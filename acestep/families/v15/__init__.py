@@ -18,6 +18,7 @@ from acestep.lora import models as lora_models
 from acestep.lora import naming as lora_naming
 
 from . import lora_keys
+from .files import DIT_FILES, DIT_PREFIX, DIT_WEIGHTS, TEXT_ENCODER_FOLDER, TRANSFORMER_FOLDER
 from .lora_keys import NAME
 
 if TYPE_CHECKING:
@@ -37,7 +38,13 @@ def _model_class() -> Any:
     return AceStepTransformer1DModel
 
 
-TRANSFORMER = lora_models.TransformerKind(NAME, "AceStepTransformer1DModel", _model_class)
+# the original layout's DiT folder, as `lora merge` reads it and writes a merged copy the official app lists
+ORIGINAL_DIT = lora_models.PackedLayout(
+    folder="DiT folder", marks=DIT_FILES, weights=DIT_WEIGHTS, prefix=DIT_PREFIX, model_name=lora_keys.diffusers_name,
+    use=f"put it beside the checkpoint's vae/ and {TEXT_ENCODER_FOLDER}/ (the official app lists it there; here: "
+        "--checkpoint_dir THAT_FOLDER --dit {name})")
+TRANSFORMER = lora_models.TransformerKind(NAME, "AceStepTransformer1DModel", _model_class,
+                                          folders=(TRANSFORMER_FOLDER,), packed=ORIGINAL_DIT)
 lora_models.register(TRANSFORMER)
 KEY_NAMING = lora_keys.NAMING  # its LoRA key styles per consumer
 lora_naming.register(KEY_NAMING)

@@ -20,6 +20,7 @@ from acestep.core.dependencies import require_diffusers_for_v15
 from acestep.core.errors import CheckpointError
 from acestep.core.quiet import library_bars_off, old_weight_norm
 
+from .files import DIFFUSERS_PARTS, DIT_FILES, DIT_WEIGHTS, TEXT_ENCODER_FOLDER, TRANSFORMER_FOLDER
 from .layout import contiguous_residual_stream
 from .lora_keys import NAME
 from .names import COMPONENT_PREFIXES, NULL_CONDITION, to_diffusers_name, to_original_name
@@ -29,9 +30,6 @@ if TYPE_CHECKING:  # annotations only: resolving a checkpoint (generate.py --hel
     import torch
 
 DEFAULT_DIT = "acestep-v15-turbo"
-TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
-DIT_FILES = ("model.safetensors", "config.json", "silence_latent.pt")
-DIFFUSERS_PARTS = ("transformer", "condition_encoder", "vae", "text_encoder", "tokenizer")
 ORIGINAL_REPO = "ACE-Step/Ace-Step1.5"
 # original config.json -> AceStepTransformer1DModel / AceStepConditionEncoder arguments (converter's rules)
 SHARED_CONFIG = (
@@ -64,7 +62,7 @@ class V15Checkpoint:
     @property
     def is_xl(self) -> bool:
         """The DiT config names a narrower condition encoder (XL); read from the DiT's config.json."""
-        config = self.dit / "config.json" if self.dit is not None else self.root / "transformer" / "config.json"
+        config = self.dit / "config.json" if self.dit is not None else self.root / TRANSFORMER_FOLDER / "config.json"
         return is_xl_config(_read_json(config))
 
     def describe(self) -> str:
@@ -114,7 +112,7 @@ def _resolve_diffusers(root: Path) -> V15Checkpoint:
     missing = [f"{part}/" for part in DIFFUSERS_PARTS if not (root / part).is_dir()]
     if missing:
         raise CheckpointError(f"{root}: diffusers-format ACE-Step 1.5 checkpoint is missing {', '.join(missing)}")
-    config = _read_json(root / "transformer" / "config.json")
+    config = _read_json(root / TRANSFORMER_FOLDER / "config.json")
     return V15Checkpoint(root=root, layout="diffusers", variant=_variant(config))
 
 
@@ -143,7 +141,7 @@ def _resolve_original(root: Path, dit: str | None) -> V15Checkpoint:
 
 def dit_config(checkpoint: V15Checkpoint) -> dict[str, Any]:
     """The DiT's config.json: the original layout's DiT folder, or the diffusers layout's transformer/."""
-    folder = checkpoint.dit if checkpoint.dit is not None else checkpoint.root / "transformer"
+    folder = checkpoint.dit if checkpoint.dit is not None else checkpoint.root / TRANSFORMER_FOLDER
     return _read_json(folder / "config.json")
 
 
@@ -177,7 +175,7 @@ def weight_files(checkpoint: V15Checkpoint) -> list[Path]:
         return [f for folder in folders for f in sorted(folder.glob("*.safetensors"))]
     assert checkpoint.dit is not None
     folders = [checkpoint.root / "vae", checkpoint.root / TEXT_ENCODER_FOLDER]
-    return [checkpoint.dit / "model.safetensors", *(f for folder in folders for f in sorted(folder.glob("*.safetensors")))]
+    return [checkpoint.dit / DIT_WEIGHTS, *(f for folder in folders for f in sorted(folder.glob("*.safetensors")))]
 
 
 def check_weight_files(checkpoint: V15Checkpoint) -> None:
@@ -298,7 +296,7 @@ def load_original_components(
 
     assert checkpoint.dit is not None
     configs = component_configs(_read_json(checkpoint.dit / "config.json"))
-    components, _ = original_to_diffusers(load_file(checkpoint.dit / "model.safetensors"))
+    components, _ = original_to_diffusers(load_file(checkpoint.dit / DIT_WEIGHTS))
     components["condition_encoder"]["silence_latent"] = read_silence_latent(checkpoint.dit)
     classes = _component_classes()
     modules = {}

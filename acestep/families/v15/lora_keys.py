@@ -20,7 +20,6 @@ from .names import to_diffusers_name, to_original_name
 NAME = "ace-step-1.5"
 DIFFUSERS_PREFIX = "transformer."  # AceStepPipeline's component
 COMFYUI_PREFIX = "diffusion_model.decoder."  # where ComfyUI keeps the DiT of the original checkpoint
-CHECKPOINT_PREFIX = "decoder."  # the DiT inside the original checkpoint's model.safetensors
 STYLES = {"v15_comfyui": ("comfyui",), "v15_diffusers": ("diffusers",)}
 FILE_PREFIXES = tuple(prefix + "layers." for prefix in (PEFT_PREFIX, DIFFUSERS_PREFIX, COMFYUI_PREFIX))
 
@@ -56,4 +55,4 @@ def spelled_in(tensor_keys: Sequence[str]) -> str | None:
 HELP = ("1.5: v15_comfyui (default; base_model.model.<original name>, ComfyUI), v15_diffusers (transformer.* keys for "
         "AceStepPipeline.load_lora_weights).")
 NAMING = KeyNaming(NAME, STYLES, owns, keys, spelled_in, prefixes=(COMFYUI_PREFIX, DIFFUSERS_PREFIX),
-                   model_name=diffusers_name, checkpoint_prefix=CHECKPOINT_PREFIX, help=HELP)
+                   model_name=diffusers_name, help=HELP)

@@ -2,7 +2,8 @@
 (`layers.0.self_attn.to_q`), as diffusers' scripts/convert_ace_step_to_diffusers.py renames them.
 
 One table for every user: checkpoint conversion (checkpoint.py), LoRA keys for ComfyUI and the official app
-(lora_keys.py, export.py) and the LoRA tools' merge into an original checkpoint (through lora_keys.NAMING).
+(lora_keys.py, export.py) and the LoRA tools' merge into an original checkpoint (through the ORIGINAL_DIT layout of
+the package's TRANSFORMER).
 """
 
 from __future__ import annotations
