@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     from acestep.lora.io import trigger_note
     from acestep.lora.loading import parse_lora
 
-    from . import checkpoint as checkpoints
+    from .checkpoint import load_pipeline, resolve
 
     try:
         check_duration(args.duration)
@@ -190,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
                            timesignature=args.timesignature)
         loras = [parse_lora(spec) for spec in args.lora]
         output_paths(Path(args.out_dir), OUTPUT_STEM, args.seed, args.overwrite)
-        checkpoint = checkpoints.resolve(args.checkpoint_dir, args.dit)
+        checkpoint = resolve(args.checkpoint_dir, args.dit)
         print(checkpoint.describe())
         for path, _ in loras:
             check_lora_family(path)
-        pipe = checkpoints.load_pipeline(checkpoint, torch_dtype(args.dtype)).to(resolve_device(args.device))
+        pipe = load_pipeline(checkpoint, torch_dtype(args.dtype)).to(resolve_device(args.device))
         settings = LoraSettings.from_json(args.lora_config_path) if args.lora_config_path else None
         load_v15_loras(pipe, loras, settings)
         for path, _ in loras:
