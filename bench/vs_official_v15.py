@@ -430,9 +430,9 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     _imported_from(acestep, REPO)
     vs_fork = _vs_fork()
     memory = vs_fork.load_our_memory_module()
-    from acestep.families.v15 import objective
+    from acestep.families.v15 import BLOCKS, objective
     from acestep.families.v15.checkpoint import load_components, resolve
-    from acestep.families.v15.training import DEFAULT_LORA_CONFIG
+    from acestep.families.v15.training import DEFAULT_LORA_CONFIG, collate_v15
     from acestep.lora import LoraSettings
     from acestep.training.model import resolve_base_dtype
     from acestep.training.module import LoraTrainingModule
@@ -466,7 +466,8 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     step_objective = objective.V15Step(objective.TimestepSampler("logit_normal"), null, 0.0)
     step_objective.sampler = ParentTimesteps()
     settings = LoraSettings.from_json(config.lora_config_path or REPO / DEFAULT_LORA_CONFIG)
-    module = LoraTrainingModule(transformer, settings, config, dataset=None, step=step_objective)
+    module = LoraTrainingModule(transformer, settings, config, dataset=None, step=step_objective, collate=collate_v15,
+                                blocks=BLOCKS)
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config)

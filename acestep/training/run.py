@@ -188,7 +188,7 @@ def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
 
 
 def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: LoraSettings, blocks: ModelBlocks,
-                 plan_request: PlanRequestFor, notes: list[str]) -> TrainConfig:
+                 plan_request: PlanRequestFor | None, notes: list[str], family: str = "this") -> TrainConfig:
     """--base_dtype fp8 and --gradient_checkpointing auto on any family's frozen base, before LoRA is attached;
     returns `config` with auto resolved (the line that says what it chose goes to `notes`)."""
     if config.base_dtype == "fp8":
@@ -196,6 +196,8 @@ def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: Lo
             raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
         quantize_base(transformer, _compute_dtype(transformer), blocks.fp8_prefixes)
     if config.gradient_checkpointing == "auto":
+        if plan_request is None:
+            raise AcestepError(f"--gradient_checkpointing auto: the {family} family has no planner; use all / none / N")
         gpu = _gpu_wanted(config.accelerator)
         dtype = "fp8" if config.base_dtype == "fp8" else DTYPE_NAMES[_compute_dtype(transformer)]
         request = plan_request(config, card_gb(config, gpu), "cuda" if gpu else "cpu", dtype)
@@ -233,16 +235,12 @@ def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     notes += parts.notes
     notes.append(config.recipe)
     transformer, settings, songs = parts.transformer, parts.settings, parts.songs
-    if parts.blocks is not None and parts.plan_request is not None:
-        config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
-    elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
-        raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
-                           "no blocks or planner for them; use bf16 and all / none / N")
+    config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes, parts.family)
+    val_songs, collate = parts.val_songs, parts.collate
+    if val_songs is not None and parts.fixed_loss is None:
+        raise AcestepError(f"--val_songs / --val_dataset: the {parts.family} family has no validation loss")
     module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
                                 reg_songs=parts.reg_songs, blocks=parts.blocks)
-    base_model = parts.base_model
-    val_songs, collate = parts.val_songs, parts.collate
-    fixed_loss = parts.fixed_loss or module.fixed_loss
     for line in notes:
         print(line, flush=True)
     if resume_from is not None:  # a changed LoRA config is refused here, before Lightning restores anything
@@ -256,15 +254,14 @@ def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings, base_model,
-                         config.exp_name, parts.write_step_files)
+    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, parts.write_step_files)
     saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
     validation = None
     if val_songs is not None:
         held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
-        validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
+        validation = ValidationLoss(held_out, parts.fixed_loss, config.val_every, saver)
         saver.protected_steps = validation.protected_steps
     saver.protected_steps = with_eval_best(saver.protected_steps, config.run_dir)
     samplers = list(parts.callbacks)

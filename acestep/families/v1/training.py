@@ -1,7 +1,7 @@
-"""ACE-Step v1's training parts: its transformer from the checkpoint, its stored songs, its sample renderer, its
-blocks and planner request (what --base_dtype fp8 and --gradient_checkpointing auto act on). The trainer
-(acestep.training.run) gets them as `TrainingParts` and never imports v1 code; the flow-matching step itself is the
-trainer's default one."""
+"""ACE-Step v1's training parts: its transformer from the checkpoint, its stored songs, its flow-matching step and
+validation loss (objective.py), its step-folder writer (export.py), its sample renderer, its blocks and planner
+request (what --base_dtype fp8 and --gradient_checkpointing auto act on). The trainer (acestep.training.run) gets
+them as `TrainingParts` and never imports v1 code."""
 
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ from acestep.lora import LoraSettings
 from acestep.lora.keys import V1_FAMILY
 from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from acestep.training.data import SongLatents, collate_songs, frames_for_seconds
-from acestep.training.family import ModelBlocks, TrainingParts
-from acestep.training.fp8 import QUANTIZED_PREFIXES
+from acestep.training.family import TrainingParts
 from acestep.training.model import resolve_base_dtype
 from acestep.training.regularization import load_reg_rows
 from acestep.training.run import _gpu_wanted as gpu_wanted
 from acestep.training.sample_prompts import read_sample_prompts
 from acestep.training.validation import split_songs
 
+from .blocks import BLOCKS
+from .export import write_step_files
+from .objective import V1Step
+
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
-V1_BLOCKS = ModelBlocks(block_list="transformer_blocks", fp8_prefixes=QUANTIZED_PREFIXES)
 
 
 def training_parts(
@@ -63,10 +65,13 @@ def training_parts(
             raise AcestepError("--sample_every needs --sample_prompts FILE")
         prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
         callbacks.append(SampleRenderer(config.run_dir, config.sample_every, prompts, config.checkpoint_dir))
+    base_model = base_model or OFFICIAL_MODEL
+    step = V1Step(config)
     return TrainingParts(
-        family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=None, settings=settings,
-        base_model=base_model or OFFICIAL_MODEL, write_step_files=None, callbacks=callbacks, val_songs=val_songs,
-        reg_songs=reg_songs, blocks=V1_BLOCKS, plan_request=partial(request_for_run, dict(transformer.config), ssl),
+        family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=step, settings=settings,
+        base_model=base_model, blocks=BLOCKS, callbacks=callbacks, fixed_loss=step.fixed_loss, val_songs=val_songs,
+        write_step_files=partial(write_step_files, settings=settings, base_model=base_model, exp_name=config.exp_name),
+        reg_songs=reg_songs, plan_request=partial(request_for_run, dict(transformer.config), ssl),
     )
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from acestep.lora import models as lora_models
 
+from .blocks import BLOCKS
 from .checkpoint import NAME, V15Checkpoint, recognizes, resolve
 
 __all__ = ["BLOCKS", "NAME", "TRANSFORMER", "V15Checkpoint", "generate_main", "model_renderer", "plan_request",
            "recognizes", "renderer", "resolve", "song_stages", "training_parts", "write_tiny"]
-BLOCKS = "layers"  # the DiT's ModuleList that checkpointing, fp8 and compile act on, block by block
 
 
 def _model_class() -> Any:
