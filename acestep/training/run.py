@@ -16,7 +16,6 @@ from acestep.core.cuda_check import check_cuda
 from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import dataset_trigger
 from acestep.lora import LoraSettings
-from acestep.lora.io import ADAPTER_DIR
 from acestep.training.fp8 import FP8_DTYPE, quantize_base
 
 from .callbacks import (
@@ -60,7 +59,7 @@ class TrainResult:
     interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM, SIGHUP) after saving the last step
     stop_signal: str = "Ctrl-C"  # what interrupted it
     first_step: int = 0  # global step the run started (or resumed) at
-    usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
+    usage: list[str] | None = None  # the family's lines on how to use the saved step folder (TrainingParts.summary)
     global_rank: int = 0  # under DDP every process returns; only rank 0 reports
     best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
     val_curve: Path | None = None  # val_loss_curve.png
@@ -355,16 +354,6 @@ def overfit_lines(result: TrainResult) -> list[str]:
             "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
-def pipeline_lines(comfyui_file: Path | None) -> list[str]:
-    """How the upstream pipeline loads the file; a DoRA / LoHa / LoKr file goes to our generate.py instead."""
-    from acestep.lora.adapters import file_kind
-
-    if comfyui_file is not None and comfyui_file.is_file() and file_kind(comfyui_file) != "lora":
-        return [f"  generate.py: --lora {comfyui_file}:1.0 (the upstream ACE-Step pipeline loads plain LoRA only)."]
-    return ["  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
-            "    load_lora(folder) with weight 1.0."]
-
-
 def summary_text(result: TrainResult) -> str:
     """Plain-language end of run: what happened, where the adapter is, how to use it."""
     minutes = result.seconds / 60
@@ -377,16 +366,9 @@ def summary_text(result: TrainResult) -> str:
         lines.append(f"Reason: {result.stopped}")
     if result.adapter_dir is None:
         lines.append("No adapter was saved (the run stopped before its first save).")
-    elif result.usage:
-        lines += [f"Latest adapter: {result.adapter_dir}", *result.usage]
     else:
         lines += [
-            f"Latest adapter: {result.adapter_dir}",
-            f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
-            *pipeline_lines(result.baked_file),
-            f"  PEFT / diffusers: {result.adapter_dir / ADAPTER_DIR} is the un-baked adapter at its trained scale "
-            "(PeftModel.from_pretrained(model, folder), or load_lora_adapter(folder, "
-            "weight_name='adapter_model.safetensors', prefix='base_model.model')).",
+            f"Latest adapter: {result.adapter_dir}", *(result.usage or []),
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]

@@ -27,7 +27,7 @@ from acestep.training.sample_prompts import read_sample_prompts
 from acestep.training.validation import split_songs
 
 from .blocks import BLOCKS
-from .export import write_step_files
+from .export import usage_lines, write_step_files
 from .objective import V1Step
 
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
@@ -71,7 +71,7 @@ def training_parts(
         family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=step, settings=settings,
         base_model=base_model, blocks=BLOCKS, callbacks=callbacks, fixed_loss=step.fixed_loss, val_songs=val_songs,
         write_step_files=partial(write_step_files, settings=settings, base_model=base_model, exp_name=config.exp_name),
-        reg_songs=reg_songs, plan_request=partial(request_for_run, dict(transformer.config), ssl),
+        reg_songs=reg_songs, summary=usage_lines, plan_request=partial(request_for_run, dict(transformer.config), ssl),
     )
 
 
