@@ -161,7 +161,7 @@ def write_case(folder: Path, blocks: int, seconds: float, lyric_tokens: int, tex
 
     from acestep.families.v1.objective import FlowMatchingObjective
     from acestep.families.v1.probe import random_transformer, synthetic_batch
-    from acestep.training.data import frames_for_seconds
+    from acestep.families.v1.songs import frames_for_seconds
     from bench.train_step import size_config
 
     config = size_config("mid", blocks)
@@ -402,8 +402,8 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
         import dataclasses
 
         from acestep.families.v1.plan import request_for_run
+        from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND
         from acestep.training.checkpointing import DTYPE_NAMES, card_gb, resolve_auto
-        from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
         crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND
         cropped = dataclasses.replace(config, max_duration=crop)

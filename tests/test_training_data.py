@@ -8,15 +8,9 @@ from training_helpers import synthetic_songs
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import parse_config
+from acestep.families.v1.songs import SongLatents, collate_songs, frames_for_seconds
 from acestep.training.config import TrainConfig
-from acestep.training.data import (
-    Draw,
-    RunLoader,
-    RunOrderSampler,
-    SongLatents,
-    collate_songs,
-    frames_for_seconds,
-)
+from acestep.training.data import Draw, RunLoader, RunOrderSampler
 from acestep.training.optim import WarmupLinearDecay, build_lr_scheduler, build_optimizer, resolve_recipe
 
 
@@ -88,7 +82,7 @@ def test_run_order_resumes_at_the_same_position() -> None:
 
 def test_loader_refuses_to_resume_with_another_order() -> None:
     songs = SongLatents(synthetic_songs([4, 4, 4]))
-    loader = RunLoader(songs, RunOrderSampler(3, 1, 4, seed=1))
+    loader = RunLoader(songs, RunOrderSampler(3, 1, 4, seed=1), 0, collate_songs)
     loader.load_state_dict(loader.state_dict())
     with pytest.raises(AcestepError, match="batch_size 2 -> 1"):
         loader.load_state_dict({**loader.state_dict(), "batch_size": 2})

@@ -25,10 +25,11 @@ from acestep.core.errors import AcestepError
 from acestep.families.training import main as cli_main
 from acestep.families.training import run_training
 from acestep.families.v1.objective import FlowMatchingObjective
+from acestep.families.v1.songs import SongLatents, collate_songs
 from acestep.lora import LoraSettings, load_adapter
 from acestep.training import TrainConfig, load_trained_adapter, summary_text
 from acestep.training.callbacks import read_metrics
-from acestep.training.data import Draw, SongLatents, collate_songs
+from acestep.training.data import Draw
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -13,10 +13,10 @@ from v15_helpers import tiny_dit, tiny_null, v15_songs
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import run_training
+from acestep.families.v1.songs import SongLatents, collate_songs
 from acestep.families.v15.training import training_parts
 from acestep.training import summary_text
 from acestep.training.callbacks import list_step_folders, read_metrics
-from acestep.training.data import SongLatents, collate_songs
 from acestep.training.validation import ValidationSet, split_songs, validation_sigmas
 
 

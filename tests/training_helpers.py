@@ -58,7 +58,7 @@ def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32) -> ACESt
 def v1_module(transformer: torch.nn.Module, settings: Any, config: TrainConfig, songs: Any) -> Any:
     """The trainer's LightningModule with v1's parts (its step, collate and blocks), as its training parts hand them."""
     from acestep.families.v1.objective import V1Step
-    from acestep.training.data import collate_songs
+    from acestep.families.v1.songs import collate_songs
     from acestep.training.module import LoraTrainingModule
 
     return LoraTrainingModule(transformer, settings, config, songs, step=V1Step(config), collate=collate_songs,

@@ -5,6 +5,7 @@
 - lyrics/         the lyric tokenizer; text_encoder.py the UMT5 prompt encoder
 - encoders.py     stage 3: the models it runs and the per-song encoder (`SongPipeline`)
 - training.py     the trainer's parts (model, songs, fp8 / auto checkpointing, samples); probe.py a bare step
+- songs.py        the stored songs as the trainer draws them (crop) and their batches (`collate_songs`)
 - objective.py    the flow-matching objective and the trainer's step; export.py a step folder's files
 - blocks.py       `BLOCKS`: where checkpointing per block, fp8 and compile act
 - plan.py         the planner's terms (`--gradient_checkpointing auto` resolves with them in training.py)

@@ -32,8 +32,8 @@ from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
 from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.lyrics.tokenizer import MAX_TRAINING_TOKENS
 from acestep.families.v1.models.attention import CrossAttention
+from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 from acestep.lora import LoraSettings
-from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 from acestep.training.fp8 import SCALE_BYTES, is_quantizable
 from acestep.training.planner import (
     DEFAULT_DURATION,

@@ -17,9 +17,9 @@ from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.rope import RotaryEmbedding
 from acestep.families.v1.objective import FlowMatchingObjective, combine_losses
+from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND
 from acestep.families.v1.training import release_unused_weights
 from acestep.lora import LoraSettings
-from acestep.training.data import LATENT_FRAMES_PER_SECOND
 from acestep.training.fp8 import quantize_base
 from acestep.training.memory import TensorMemoryTracker
 from acestep.training.model import attach_lora

@@ -18,7 +18,6 @@ from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
 from acestep.lora.keys import V1_FAMILY
 from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from acestep.training.data import SongLatents, collate_songs, frames_for_seconds
 from acestep.training.family import TrainingParts
 from acestep.training.model import resolve_base_dtype
 from acestep.training.regularization import load_reg_rows
@@ -29,6 +28,7 @@ from acestep.training.validation import split_songs
 from .blocks import BLOCKS
 from .export import usage_lines, write_step_files
 from .objective import V1Step
+from .songs import SongLatents, collate_songs, frames_for_seconds
 
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
 
