@@ -74,12 +74,12 @@ class TrainingParts:
     base_model: str
     write_step_files: StepFileWriter  # the files of a saved step folder (adapter, ComfyUI file, ...)
     blocks: ModelBlocks  # what checkpointing per block, fp8 and compile act on
+    recipe: OptimizerRecipe  # the family's optimizer defaults, for what the user leaves unset
     callbacks: list[Callback] = field(default_factory=list)  # e.g. audio samples during training
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
     fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise (--val_songs)
     val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw
     reg_songs: Dataset | None = None  # regularization songs (--reg_dataset), items by Draw
-    recipe: OptimizerRecipe | None = None  # the family's optimizer defaults (None: the trainer's, optim.FORK_RECIPE)
     resolved: dict[str, Any] = field(default_factory=dict)  # config fields the family filled in (train_config.json)
     notes: list[str] = field(default_factory=list)  # what the family's objective uses, for the run summary
     plan_request: PlanRequestFor | None = None  # the planner's request for this model (auto checkpointing)

@@ -39,7 +39,7 @@ from .family import ModelBlocks, PlanRequestFor, TrainingParts
 from .lock import is_first_process, run_folder_lock
 from .model import PRECISION_FOR_DTYPE
 from .module import LoraTrainingModule, NonFiniteLossError
-from .optim import FORK_RECIPE, resolve_recipe
+from .optim import resolve_recipe
 from .regularization import check_reg_folder, reg_fraction, reg_mix_line
 from .resume_check import check_resume
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, write_loss_curve
@@ -230,7 +230,7 @@ def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     resume_from = check_run_dir(config)
     notes = [config.preset_applied] if config.preset_applied else []
     # the family's own defaults and recipe for what the user left unset
-    config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe or FORK_RECIPE)
+    config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe)
     notes += parts.notes
     notes.append(config.recipe)
     transformer, settings, songs = parts.transformer, parts.settings, parts.songs

@@ -20,6 +20,7 @@ from acestep.lora.keys import V1_FAMILY
 from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
 from acestep.training.family import TrainingParts
 from acestep.training.model import resolve_base_dtype
+from acestep.training.optim import OptimizerRecipe
 from acestep.training.regularization import load_reg_rows
 from acestep.training.run import _gpu_wanted as gpu_wanted
 from acestep.training.sample_prompts import read_sample_prompts
@@ -31,6 +32,8 @@ from .objective import V1Step
 from .songs import SongLatents, collate_songs, frames_for_seconds
 
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
+# the reference fork's trainer_new.py: AdamW(betas=(0.8, 0.9)), 10 warm-up steps from 0, linear decay
+FORK_RECIPE = OptimizerRecipe("v1 fork", (0.8, 0.9), "linear", 10, {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1})
 
 
 def training_parts(
@@ -69,9 +72,10 @@ def training_parts(
     step = V1Step(config)
     return TrainingParts(
         family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=step, settings=settings,
-        base_model=base_model, blocks=BLOCKS, callbacks=callbacks, fixed_loss=step.fixed_loss, val_songs=val_songs,
+        base_model=base_model, blocks=BLOCKS, recipe=FORK_RECIPE, fixed_loss=step.fixed_loss,
         write_step_files=partial(write_step_files, settings=settings, base_model=base_model, exp_name=config.exp_name),
-        reg_songs=reg_songs, summary=usage_lines, plan_request=partial(request_for_run, dict(transformer.config), ssl),
+        summary=usage_lines, callbacks=callbacks, val_songs=val_songs, reg_songs=reg_songs,
+        plan_request=partial(request_for_run, dict(transformer.config), ssl),
     )
 
 
