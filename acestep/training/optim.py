@@ -113,13 +113,13 @@ class WarmupLinearDecay:
         return max(0.0, 1.0 - progress) * (1.0 - self.final) + self.final
 
 
-WARMUP_START = 0.1  # the official 1.5 trainer's warm-up: LinearLR(start_factor=0.1)
+WARMUP_START = 0.1  # the cosine schedule's warm-up starts at 0.1x lr: LinearLR(start_factor=0.1)
 
 
 @dataclass
 class WarmupCosineDecay:
-    """LR multiplier of the official 1.5 trainer: from `start` up to 1 over the warm-up, then a cosine from 1 down to
-    `final` at `max_steps` (its LinearLR + CosineAnnealingLR(eta_min=final*lr) in closed form)."""
+    """LR multiplier: from `start` up to 1 over the warm-up, then a cosine from 1 down to `final` at `max_steps`
+    (torch's LinearLR then CosineAnnealingLR(eta_min=final*lr), in closed form)."""
 
     warmup_steps: int
     max_steps: int
