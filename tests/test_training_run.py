@@ -268,6 +268,26 @@ def test_untrained_start_weights_follow_the_seed(tmp_path: Path) -> None:
     assert torch.equal(starts[0], starts[1]) and not torch.equal(starts[0], starts[2])
 
 
+@pytest.mark.parametrize(("options", "missing", "message"), [
+    ({"val_songs": 1}, "fixed_loss", "--val_songs / --val_dataset: the ace-step-v1 family has no validation loss"),
+    ({"gradient_checkpointing": "auto", "vram_gb": 8.0}, "plan_request",
+     "--gradient_checkpointing auto: the ace-step-v1 family has no planner; use all / none / N"),
+])
+def test_a_part_the_family_does_not_hand_in_is_refused_in_one_line(tmp_path: Path, options: dict, missing: str,
+                                                                   message: str) -> None:
+    """The trainer has no v1 default of its own: a family without a validation loss or planner is refused."""
+    import dataclasses
+
+    from acestep.families.v1.training import training_parts
+
+    config = make_config(tmp_path, **options)
+    parts = dataclasses.replace(training_parts(config, tiny_transformer(), synthetic_songs([5, 6, 7])),
+                                **{missing: None})
+    with pytest.raises(AcestepError, match=re.escape(message)):
+        run_training(config, parts=parts)
+    assert not (tmp_path / "runs" / "test" / "step-000001").exists()
+
+
 def test_a_refused_resume_leaves_the_run_config_alone(tmp_path: Path) -> None:
     dataset = synthetic_songs([6, 8, 7])
     run_training(make_config(tmp_path, batch_size=2, max_steps=2), tiny_transformer(), dataset)
