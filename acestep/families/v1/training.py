@@ -17,7 +17,7 @@ from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
 from acestep.lora.keys import V1_FAMILY
-from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
+from acestep.training.config import CONFIG_DIR, TrainConfig
 from acestep.training.family import TrainingParts
 from acestep.training.model import resolve_base_dtype
 from acestep.training.optim import OptimizerRecipe
@@ -32,6 +32,7 @@ from .objective import V1Step
 from .songs import SongLatents, collate_songs, frames_for_seconds
 
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
+DEFAULT_LORA_CONFIG = str(CONFIG_DIR / "lora_config_transformer_only.json")  # the repository's, from any folder
 # the reference fork's trainer_new.py: AdamW(betas=(0.8, 0.9)), 10 warm-up steps from 0, linear decay
 FORK_RECIPE = OptimizerRecipe("v1 fork", (0.8, 0.9), "linear", 10, {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1})
 
@@ -46,7 +47,7 @@ def training_parts(
     from acestep.families.v1.plan import request_for_run  # the planner's terms load only with the parts
     from acestep.families.v1.samples import SampleRenderer
 
-    settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
+    settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     train_rows, val_rows = split_songs(
         dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
         config.val_dataset, config.overfit_one)
