@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acestep.core.cli_help import make_parser  # noqa: E402
 from acestep.core.progress import progress  # noqa: E402
+from acestep.families.v1.blocks import BLOCKS  # noqa: E402
 from acestep.families.v1.plan import DEFAULT_LORA_CONFIG, PlanRequest  # noqa: E402
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch  # noqa: E402
 from acestep.lora import LoraSettings  # noqa: E402
@@ -45,7 +46,7 @@ def build(args, config: dict, frames: int, compiled: bool) -> TrainingStepProbe:
     batch = synthetic_batch(config, frames, 1, args.lyric_tokens, args.text_tokens, True, "cpu")
     probe = TrainingStepProbe(model, LoraSettings.from_json(args.lora_config), batch,
                               autocast_dtype=None if args.dtype == "fp32" else dtype, fp8_base=args.dtype == "fp8")
-    if compiled and not compile_blocks(model, "cpu", warn=print):
+    if compiled and not compile_blocks(BLOCKS.blocks(model), "cpu", warn=print):
         raise SystemExit("torch.compile cannot run here (see the line above)")
     return probe
 

@@ -159,9 +159,9 @@ def write_case(folder: Path, blocks: int, seconds: float, lyric_tokens: int, tex
     import torch
     from safetensors.torch import save_file
 
+    from acestep.families.v1.objective import FlowMatchingObjective
     from acestep.families.v1.probe import random_transformer, synthetic_batch
-    from acestep.training.data import frames_for_seconds
-    from acestep.training.flow_matching import FlowMatchingObjective
+    from acestep.families.v1.songs import frames_for_seconds
     from bench.train_step import size_config
 
     config = size_config("mid", blocks)
@@ -367,9 +367,9 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     _imported_from(acestep, REPO)
     load_our_memory_module()  # the worker loop reads peak RSS from it, as the fork's worker does
     from acestep.families.v1.models import ACEStepTransformer2DModel
+    from acestep.families.v1.objective import FlowMatchingObjective, NoisedBatch
     from acestep.families.v1.probe import SyntheticBatch, TrainingStepProbe
     from acestep.lora import LoraSettings
-    from acestep.training.flow_matching import FlowMatchingObjective, NoisedBatch
     from acestep.training.model import resolve_base_dtype
 
     config, kwargs, _ = ours_options(ours_args, dtype_name)
@@ -402,8 +402,8 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
         import dataclasses
 
         from acestep.families.v1.plan import request_for_run
+        from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND
         from acestep.training.checkpointing import DTYPE_NAMES, card_gb, resolve_auto
-        from acestep.training.data import LATENT_FRAMES_PER_SECOND
 
         crop = tensors["target_latents"].shape[-1] / LATENT_FRAMES_PER_SECOND
         cropped = dataclasses.replace(config, max_duration=crop)
@@ -414,9 +414,10 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
         print(line, file=sys.stderr, flush=True)
     probe = RecordingProbe(model, LoraSettings.from_json(lora_path), batch, autocast_dtype=autocast, **kwargs)
     if config.compile:
+        from acestep.families.v1.blocks import BLOCKS
         from acestep.training.compile import compile_blocks
 
-        compile_blocks(model, "cpu", warn=lambda line: print(line, file=sys.stderr, flush=True))
+        compile_blocks(BLOCKS.blocks(model), "cpu", warn=lambda line: print(line, file=sys.stderr, flush=True))
     probe.objective = ParentDraws(config.num_train_timesteps, config.shift, loss_reduction=config.loss_reduction)
 
     def step() -> float:

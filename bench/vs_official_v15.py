@@ -430,15 +430,16 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     _imported_from(acestep, REPO)
     vs_fork = _vs_fork()
     memory = vs_fork.load_our_memory_module()
-    from acestep.families.v15 import objective
+    from acestep.families.v15 import BLOCKS, objective
     from acestep.families.v15.checkpoint import load_components, resolve
-    from acestep.families.v15.training import DEFAULT_LORA_CONFIG
+    from acestep.families.v15.training import DEFAULT_LORA_CONFIG, OFFICIAL_RECIPE, collate_v15
     from acestep.lora import LoraSettings
     from acestep.training.model import resolve_base_dtype
     from acestep.training.module import LoraTrainingModule
-    from acestep.training.optim import build_lr_scheduler, build_optimizer
+    from acestep.training.optim import build_lr_scheduler, build_optimizer, resolve_recipe
 
     config, _ = ours_options(ours_args, dtype_name)
+    config = resolve_recipe(config, OFFICIAL_RECIPE)  # the 1.5 family's, as a 1.5 run resolves it
     dtype = resolve_base_dtype(config.base_dtype, on_gpu=False)
     checkpoint = resolve(case, DIT)
     modules = load_components(checkpoint, ("transformer", "condition_encoder"), dtype)
@@ -452,7 +453,8 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
     objective.draw_per_song = parent_draws
     step_objective = objective.V15Step(objective.TimestepSampler("logit_normal"), null, 0.0)
     settings = LoraSettings.from_json(config.lora_config_path or REPO / DEFAULT_LORA_CONFIG)
-    module = LoraTrainingModule(transformer, settings, config, dataset=None, step=step_objective)
+    module = LoraTrainingModule(transformer, settings, config, dataset=None, step=step_objective, collate=collate_v15,
+                                blocks=BLOCKS)
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config)

@@ -9,6 +9,7 @@ import torch
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import parse_config, run_training
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.families.v1.plan import PlanRequest, estimate, request_for_run
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
@@ -71,16 +72,16 @@ def test_default_config_takes_the_unchanged_path():
     config = TrainConfig(dataset_path="x")
     assert config.gradient_checkpointing == "all" and config.checkpointed_blocks is None
     model = tiny_transformer()
-    enable_checkpointing(model, config)
+    enable_checkpointing(model, config, BLOCKS)
     assert model.gradient_checkpointing and model.checkpointed_blocks is None
     model = tiny_transformer()
-    enable_checkpointing(model, replace(config, gradient_checkpointing="2"))
+    enable_checkpointing(model, replace(config, gradient_checkpointing="2"), BLOCKS)
     assert model.gradient_checkpointing and model.checkpointed_blocks == 2
     model = tiny_transformer()
-    enable_checkpointing(model, replace(config, gradient_checkpointing="none"))
+    enable_checkpointing(model, replace(config, gradient_checkpointing="none"), BLOCKS)
     assert not model.gradient_checkpointing
     with pytest.raises(AcestepError, match="auto must be resolved to a number of blocks first"):
-        enable_checkpointing(tiny_transformer(), replace(config, gradient_checkpointing="auto"))
+        enable_checkpointing(tiny_transformer(), replace(config, gradient_checkpointing="auto"), BLOCKS)
 
 
 def test_flags_old_and_new():

@@ -173,7 +173,8 @@ def test_load_gives_training_parts_with_blocks(family: ModelFamily, checkpoint: 
                          accelerator="cpu")
     parts = training_parts_for(config)
     assert parts.family == family.NAME and len(parts.songs) == 2
-    blocks = getattr(parts.transformer, family.BLOCKS)
+    assert parts.blocks is family.BLOCKS  # one definition per family
+    blocks = family.BLOCKS.blocks(parts.transformer)
     assert isinstance(blocks, torch.nn.ModuleList) and len(blocks) >= 1
     assert parts.settings.r > 0 and parts.base_model
 

@@ -11,6 +11,7 @@ from torch import nn
 from training_helpers import synthetic_songs, tiny_transformer
 
 from acestep.families.training import run_training
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.families.v1.plan import PlanRequest, estimate
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
@@ -51,7 +52,7 @@ def test_layers_match_their_16_bit_originals_forward_and_backward():
 
 def test_peft_wraps_the_fp8_layers_and_only_the_intended_parts_are_quantized():
     model = random_transformer(TINY, torch.bfloat16, "cpu")
-    assert quantize_base(model, torch.bfloat16) > 0
+    assert quantize_base(model, torch.bfloat16, BLOCKS.fp8_prefixes) > 0
     names = attach_lora(model, LoraSettings.from_json(TRANSFORMER_ONLY), "default")
     reference = attach_lora(random_transformer(TINY, torch.bfloat16, "cpu"), LoraSettings.from_json(TRANSFORMER_ONLY),
                             "default")

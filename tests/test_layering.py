@@ -246,3 +246,48 @@ def test_no_file_holds_a_path_of_a_machine() -> None:
         found += [f"{name}:{number}: {match.group(0)}" for number, line in enumerate(text.splitlines(), 1)
                   for match in [MACHINE_PATH.search(line)] if match]
     assert not found, "\n".join(found)
+
+
+def family_facts_in(source: str, facts: set[str]) -> list[str]:
+    """Where `source` names a family fact: a string literal (docstrings aside) equal to one or starting with one, a
+    name or attribute of that name, or, for facts no English sentence holds (`_`, `-` inside), any mention at all."""
+    found = []
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found += [f"{node.lineno}: {node.value!r}" for fact in facts if node.value.startswith(fact)]
+        elif isinstance(node, ast.Attribute) and node.attr in facts:
+            found.append(f"{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in facts:
+            found.append(f"{node.lineno}: {node.id}")
+    for number, line in enumerate(source.splitlines(), 1):
+        found += [f"{number}: {fact}" for fact in facts if re.search(r"[_-]\w", fact.strip(".")) and fact in line]
+    return found
+
+
+def test_the_fact_finder_finds_block_lists_and_prefixes() -> None:
+    facts = {"transformer_blocks", "layers", "t_block.", "ace-step-v1", "V1_FAMILY"}
+    assert family_facts_in('BLOCKS = ("transformer_blocks", "layers")\n', facts)
+    assert family_facts_in('def f(m):\n    return m.layers\n', facts)
+    assert family_facts_in('PREFIXES = ("t_block.0",)\n', facts)
+    assert family_facts_in('"""Docstring."""\n# the ace-step-v1 step\n', facts)
+    assert family_facts_in('from keys import V1_FAMILY\n', facts)
+    assert not family_facts_in('"""The layers of any model."""\nx = 1  # fp8 layers\n', facts)
+
+
+def test_training_names_no_family_fact() -> None:
+    """training/ is the trainer of any family: no family's name (nor the constant that holds it), block list or fp8
+    prefixes appear in it (they come from the family's TrainingParts and ModelBlocks)."""
+    from acestep import families
+    from acestep.lora import keys
+
+    facts = set()
+    for family in families.all_families():
+        facts |= {family.NAME, family.BLOCKS.block_list, *family.BLOCKS.fp8_prefixes}
+    facts |= {name for name, value in vars(keys).items() if isinstance(value, str) and value in facts}
+    found = [f"{path.relative_to(REPO)}:{hit}" for path in sorted((PACKAGE / "training").rglob("*.py"))
+             for hit in family_facts_in(path.read_text(encoding="utf-8"), facts)]
+    assert not found, "\n".join(found)

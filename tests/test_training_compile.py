@@ -10,12 +10,13 @@ import torch
 from training_helpers import synthetic_songs, tiny_transformer
 
 from acestep.families.training import run_training
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.families.v1.probe import TrainingStepProbe, random_transformer, synthetic_batch
 from acestep.lora import LoraSettings, load_adapter
 from acestep.training import TrainConfig
 from acestep.training import compile as compile_module
-from acestep.training.compile import compile_blocks, compile_works, transformer_blocks
+from acestep.training.compile import compile_blocks, compile_works
 from acestep.training.config import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,8 @@ def _loss_and_grads(fp8: bool, backend: object = None, warn: list[str] | None = 
             compile_works_before = compile_module.compile_works
             compile_module.compile_works = lambda device, backend=None: None
         try:
-            assert compile_blocks(model, "cpu", backend=backend, warn=(warn if warn is not None else []).append)
+            assert compile_blocks(BLOCKS.blocks(model), "cpu", backend=backend,
+                                  warn=(warn if warn is not None else []).append)
         finally:
             if not check:
                 compile_module.compile_works = compile_works_before
@@ -91,9 +93,9 @@ def test_compile_check_reports_a_failing_toolchain_in_one_line():
     assert reason is not None and "no compiler here" in reason and "\n" not in reason
     warnings: list[str] = []
     model = random_transformer(TINY, torch.bfloat16, "cpu")
-    assert not compile_blocks(model, "cpu", backend=_failing_backend, warn=warnings.append)
+    assert not compile_blocks(BLOCKS.blocks(model), "cpu", backend=_failing_backend, warn=warnings.append)
     assert len(warnings) == 1 and "cannot build code" in warnings[0]
-    assert all(block._compiled_call_impl is None for block in transformer_blocks(model))
+    assert all(block._compiled_call_impl is None for block in model.transformer_blocks)
 
 
 def _train(tmp_path: Path, name: str, compile_flag: bool) -> dict[str, torch.Tensor]:

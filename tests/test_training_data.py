@@ -8,15 +8,10 @@ from training_helpers import synthetic_songs
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import parse_config
+from acestep.families.v1.songs import SongLatents, collate_songs, frames_for_seconds
+from acestep.families.v1.training import FORK_RECIPE
 from acestep.training.config import TrainConfig
-from acestep.training.data import (
-    Draw,
-    RunLoader,
-    RunOrderSampler,
-    SongLatents,
-    collate_songs,
-    frames_for_seconds,
-)
+from acestep.training.data import Draw, RunLoader, RunOrderSampler
 from acestep.training.optim import WarmupLinearDecay, build_lr_scheduler, build_optimizer, resolve_recipe
 
 
@@ -88,7 +83,7 @@ def test_run_order_resumes_at_the_same_position() -> None:
 
 def test_loader_refuses_to_resume_with_another_order() -> None:
     songs = SongLatents(synthetic_songs([4, 4, 4]))
-    loader = RunLoader(songs, RunOrderSampler(3, 1, 4, seed=1))
+    loader = RunLoader(songs, RunOrderSampler(3, 1, 4, seed=1), 0, collate_songs)
     loader.load_state_dict(loader.state_dict())
     with pytest.raises(AcestepError, match="batch_size 2 -> 1"):
         loader.load_state_dict({**loader.state_dict(), "batch_size": 2})
@@ -97,7 +92,7 @@ def test_loader_refuses_to_resume_with_another_order() -> None:
 def test_defaults_follow_the_fork_and_flags_parse() -> None:
     parsed = parse_config(["--dataset_path", "prep", "--no-gradient_checkpointing", "--max_duration", "30"])
     assert parsed.beta1 is parsed.beta2 is parsed.warmup_steps is None  # the family's recipe fills them in
-    config = resolve_recipe(parsed)  # v1's: the fork's
+    config = resolve_recipe(parsed, FORK_RECIPE)  # v1's: the fork's
     assert (config.beta1, config.beta2, config.weight_decay, config.shift) == (0.8, 0.9, 1e-2, 3.0)
     assert (config.warmup_steps, config.max_steps, config.gradient_clip_val, config.ssl_coeff) == (10, 10000, 1.0, 1.0)
     assert config.lora_config_path is None  # the family picks its default config
@@ -123,7 +118,7 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction() -> None:
 @pytest.mark.parametrize("name", ["adamw", "prodigy"])
 def test_optimizers_get_the_fork_settings(name: str) -> None:
     param = torch.nn.Parameter(torch.zeros(3))
-    config = TrainConfig(dataset_path="p", optimizer=name, warmup_steps=0, max_steps=10)
+    config = resolve_recipe(TrainConfig(dataset_path="p", optimizer=name, warmup_steps=0, max_steps=10), FORK_RECIPE)
     optimizer = build_optimizer([param], config)
     group = optimizer.param_groups[0]
     assert group["weight_decay"] == 1e-2
@@ -139,7 +134,10 @@ def test_optimizers_get_the_fork_settings(name: str) -> None:
 def test_adamw8bit_without_bitsandbytes_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("acestep.training.optim.bitsandbytes_available", lambda: False)
     with pytest.raises(AcestepError, match="pip install bitsandbytes"):
-        build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(dataset_path="p", optimizer="adamw8bit"))
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))],
+                        resolve_recipe(TrainConfig(dataset_path="p", optimizer="adamw8bit"), FORK_RECIPE))
+    with pytest.raises(ValueError, match="recipe is not resolved"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(dataset_path="p"))
 
 
 def test_the_forks_float32_layout_is_read_too() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acestep.training.flow_matching import FlowMatchingObjective, combine_losses
+from acestep.families.v1.objective import FlowMatchingObjective, combine_losses
 
 
 def test_schedule_is_the_shifted_table_of_the_reference() -> None:

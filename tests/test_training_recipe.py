@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from acestep.families.training import parse_config
+from acestep.families.v1.training import FORK_RECIPE
 from acestep.families.v15.training import OFFICIAL_RECIPE
 from acestep.training import TrainConfig
 from acestep.training.optim import (
-    FORK_RECIPE,
     WarmupCosineDecay,
     build_lr_scheduler,
     build_optimizer,
@@ -33,7 +33,7 @@ def lrs(config: TrainConfig, steps: int, lr: float = 1e-4) -> list[float]:
 
 def test_betas_and_schedule_per_family() -> None:
     config = TrainConfig(dataset_path="p", max_steps=1000)
-    v1, v15 = resolve_recipe(config), resolve_recipe(config, OFFICIAL_RECIPE)
+    v1, v15 = resolve_recipe(config, FORK_RECIPE), resolve_recipe(config, OFFICIAL_RECIPE)
     assert (v1.beta1, v1.beta2, v1.lr_schedule, v1.warmup_steps, v1.final_lr_fraction) == (0.8, 0.9, "linear", 10, 0.0)
     assert (v15.beta1, v15.beta2, v15.lr_schedule, v15.warmup_steps, v15.final_lr_fraction) == (
         0.9, 0.999, "cosine", 100, 0.01)
@@ -78,7 +78,7 @@ def test_official_lr_is_the_closed_form_and_torchs_warmup_then_cosine() -> None:
 
 
 def test_v1_lr_is_unchanged() -> None:
-    ours = lrs(resolve_recipe(TrainConfig(dataset_path="p", max_steps=110, learning_rate=1e-3)), 111)
+    ours = lrs(resolve_recipe(TrainConfig(dataset_path="p", max_steps=110, learning_rate=1e-3), FORK_RECIPE), 111)
     assert ours[0] == 0.0 and ours[5] == pytest.approx(5e-4) and ours[10] == pytest.approx(1e-3)
     assert ours[60] == pytest.approx(5e-4) and ours[110] == pytest.approx(0.0, abs=1e-15)
 

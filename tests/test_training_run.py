@@ -17,18 +17,19 @@ from training_helpers import (
     short_run_config,
     synthetic_songs,
     tiny_transformer,
+    v1_module,
     write_lora_config,
 )
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import main as cli_main
 from acestep.families.training import run_training
+from acestep.families.v1.objective import FlowMatchingObjective
+from acestep.families.v1.songs import SongLatents, collate_songs
 from acestep.lora import LoraSettings, load_adapter
 from acestep.training import TrainConfig, load_trained_adapter, summary_text
 from acestep.training.callbacks import read_metrics
-from acestep.training.data import Draw, SongLatents, collate_songs
-from acestep.training.flow_matching import FlowMatchingObjective
-from acestep.training.module import LoraTrainingModule
+from acestep.training.data import Draw
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -225,10 +226,10 @@ def test_cli_trains_on_the_tiny_checkpoint_in_bf16(tmp_path: Path, tiny_checkpoi
 @pytest.mark.parametrize("probability", [0.0, 1.0])
 def test_condition_dropout_follows_upstream(tmp_path: Path, probability: float) -> None:
     config = make_config(tmp_path, prompt_dropout=probability, lyrics_dropout=probability, speaker_dropout=probability)
-    module = LoraTrainingModule(tiny_transformer(), LoraSettings.from_json(config.lora_config_path), config,
-                                SongLatents(synthetic_songs([4])))
+    module = v1_module(tiny_transformer(), LoraSettings.from_json(config.lora_config_path), config,
+                       SongLatents(synthetic_songs([4])))
     batch = collate_songs([module.dataset[Draw(0, 0, 0)]])
-    dropped = module._drop_conditions(batch, [torch.Generator().manual_seed(0)])
+    dropped = module.step_objective.drop_conditions(module.transformer, batch, [torch.Generator().manual_seed(0)])
     assert torch.equal(dropped["text_attention_mask"], batch["text_attention_mask"])  # kept, as upstream
     assert dropped["speaker_embeds"].shape == (1, 16) and dropped["speaker_embeds"].abs().max() == 0
     if probability == 0.0:
@@ -261,10 +262,30 @@ def test_untrained_start_weights_follow_the_seed(tmp_path: Path) -> None:
     starts = []
     for seed in (1, 1, 2):
         torch.rand(len(starts) + 1)
-        module = LoraTrainingModule(tiny_transformer(), LoraSettings(r=4, target_modules=("to_q",)),
-                                    make_config(tmp_path, seed=seed), SongLatents(synthetic_songs([6])))
+        module = v1_module(tiny_transformer(), LoraSettings(r=4, target_modules=("to_q",)),
+                           make_config(tmp_path, seed=seed), SongLatents(synthetic_songs([6])))
         starts.append(torch.cat([p.detach().flatten() for p in module.transformer.parameters() if p.requires_grad]))
     assert torch.equal(starts[0], starts[1]) and not torch.equal(starts[0], starts[2])
+
+
+@pytest.mark.parametrize(("options", "missing", "message"), [
+    ({"val_songs": 1}, "fixed_loss", "--val_songs / --val_dataset: the ace-step-v1 family has no validation loss"),
+    ({"gradient_checkpointing": "auto", "vram_gb": 8.0}, "plan_request",
+     "--gradient_checkpointing auto: the ace-step-v1 family has no planner; use all / none / N"),
+])
+def test_a_part_the_family_does_not_hand_in_is_refused_in_one_line(tmp_path: Path, options: dict, missing: str,
+                                                                   message: str) -> None:
+    """The trainer has no v1 default of its own: a family without a validation loss or planner is refused."""
+    import dataclasses
+
+    from acestep.families.v1.training import training_parts
+
+    config = make_config(tmp_path, **options)
+    parts = dataclasses.replace(training_parts(config, tiny_transformer(), synthetic_songs([5, 6, 7])),
+                                **{missing: None})
+    with pytest.raises(AcestepError, match=re.escape(message)):
+        run_training(config, parts=parts)
+    assert not (tmp_path / "runs" / "test" / "step-000001").exists()
 
 
 def test_a_refused_resume_leaves_the_run_config_alone(tmp_path: Path) -> None:

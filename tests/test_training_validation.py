@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from test_training_run import TARGETS, lora_config, make_config
-from training_helpers import synthetic_songs, tiny_transformer
+from training_helpers import synthetic_songs, tiny_transformer, v1_module
 from v15_helpers import tiny_dit, tiny_null, v15_songs
 
 from acestep.core.errors import AcestepError
 from acestep.families.training import run_training
+from acestep.families.v1.songs import SongLatents, collate_songs
 from acestep.families.v15.training import training_parts
 from acestep.training import summary_text
 from acestep.training.callbacks import list_step_folders, read_metrics
-from acestep.training.data import SongLatents, collate_songs
-from acestep.training.module import LoraTrainingModule
 from acestep.training.validation import ValidationSet, split_songs, validation_sigmas
 
 
@@ -37,18 +36,18 @@ def test_the_same_adapter_gives_the_identical_validation_loss(tmp_path: Path) ->
     config = make_config(tmp_path)
     from acestep.lora import LoraSettings
 
-    module = LoraTrainingModule(tiny_transformer(), LoraSettings.from_json(config.lora_config_path), config,
-                                SongLatents(synthetic_songs([6])))
+    module = v1_module(tiny_transformer(), LoraSettings.from_json(config.lora_config_path), config,
+                       SongLatents(synthetic_songs([6])))
     held_out = ValidationSet(SongLatents(synthetic_songs([5, 7], seed=1)), collate_songs, seed=3, timesteps=8)
-    first = held_out.loss(module.transformer, module.fixed_loss, torch.device("cpu"))
+    first = held_out.loss(module.transformer, module.step_objective.fixed_loss, torch.device("cpu"))
     torch.randn(100)  # the global RNG moving on changes nothing
-    assert held_out.loss(module.transformer, module.fixed_loss, torch.device("cpu")) == first
+    assert held_out.loss(module.transformer, module.step_objective.fixed_loss, torch.device("cpu")) == first
     assert module.transformer.training  # restored after evaluation
     with torch.no_grad():
         for name, param in module.transformer.named_parameters():
             if "lora_B" in name:
                 param.add_(0.05)
-    assert held_out.loss(module.transformer, module.fixed_loss, torch.device("cpu")) != first
+    assert held_out.loss(module.transformer, module.step_objective.fixed_loss, torch.device("cpu")) != first
 
 
 @pytest.mark.slow

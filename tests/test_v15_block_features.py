@@ -159,7 +159,7 @@ def test_compiled_layers_keep_loss_grads_and_keys_with_fp8_and_checkpointing() -
     names = [name for name, _ in model.named_modules()]
     warnings: list[str] = []
     try:
-        assert compile_blocks(model, "cpu", backend="aot_eager", warn=warnings.append, blocks=BLOCKS.blocks(model))
+        assert compile_blocks(BLOCKS.blocks(model), "cpu", backend="aot_eager", warn=warnings.append)
         assert all(layer._compiled_call_impl is not None for layer in model.layers)
         compiled_loss, compiled_grads = _loss_and_grads(model, torch.bfloat16)
     finally:

@@ -176,7 +176,7 @@ def test_the_trainer_prunes_old_step_folders_with_their_official_files(tiny_v15_
     tensors = adapter_state_dict(trained_transformer(tiny_v15_checkpoint, settings), "trained")
     for step in (1, 2):
         write_step_files(tensors, tmp_path / f"step-{step:06d}", step, settings, "tiny", "exp")
-    saver = AdapterSaver(tmp_path, 1, 1, settings, "tiny", "exp", write_files=write_step_files)
+    saver = AdapterSaver(tmp_path, 1, 1, write_files=write_step_files)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "kept, it holds files the trainer did not write" would fail here
         saver._prune()

@@ -87,7 +87,7 @@ def test_default_lora_config_is_found_from_any_folder(tmp_path: Path, monkeypatc
     from acestep.lora import LoraSettings
 
     if family == "v1":
-        from acestep.training.config import DEFAULT_V1_LORA_CONFIG as default
+        from acestep.families.v1.training import DEFAULT_LORA_CONFIG as default
     else:
         from acestep.families.v15.training import DEFAULT_LORA_CONFIG as default
     monkeypatch.chdir(tmp_path)  # not the repository root

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from acestep.data.preprocessed import EncodedSong, features_for_record
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.configs import tiny_transformer_config
 from acestep.training import TrainConfig
@@ -52,6 +53,16 @@ def _song_latents(frames: int, generator: torch.Generator) -> torch.Tensor:
 def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32) -> ACEStepTransformer2DModel:
     torch.manual_seed(seed)
     return ACEStepTransformer2DModel(**tiny_transformer_config()).to(dtype)
+
+
+def v1_module(transformer: torch.nn.Module, settings: Any, config: TrainConfig, songs: Any) -> Any:
+    """The trainer's LightningModule with v1's parts (its step, collate and blocks), as its training parts hand them."""
+    from acestep.families.v1.objective import V1Step
+    from acestep.families.v1.songs import collate_songs
+    from acestep.training.module import LoraTrainingModule
+
+    return LoraTrainingModule(transformer, settings, config, songs, step=V1Step(config), collate=collate_songs,
+                              blocks=BLOCKS)
 
 
 def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int, run: Callable[[], object]) -> None:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from acestep.core.errors import AcestepError
+
+if TYPE_CHECKING:
+    from acestep.training.family import ModelBlocks
 
 
 @runtime_checkable
@@ -32,7 +35,8 @@ class ModelFamily(Protocol):
       layouts) and `resolve(checkpoint_dir, dit=None)` (the `Checkpoint`, or a one-line CheckpointError)
     - `song_stages(checkpoint, args)`: stage 3's per-song encoder (`acestep.data.preprocess.SongStages`)
     - `training_parts(config, checkpoint)`: `acestep.training.family.TrainingParts` for the shared trainer
-    - `BLOCKS`: the attribute of its transformer holding the block list that checkpointing, fp8 and compile act on
+    - `BLOCKS`: its `acestep.training.family.ModelBlocks`: the block list that checkpointing, fp8 and compile act on
+      and the module prefixes fp8 stores (the same object its training parts hand the trainer)
     - `TRANSFORMER`: its transformer as the LoRA tools see it (`acestep.lora.models.TransformerKind`: its class, its
       checkpoint layouts for `lora merge`), and
       `KEY_NAMING`: its LoRA key styles per consumer (`acestep.lora.naming.KeyNaming`, in its lora_keys.py); both
@@ -46,7 +50,7 @@ class ModelFamily(Protocol):
     """
 
     NAME: str
-    BLOCKS: str
+    BLOCKS: ModelBlocks
     TRANSFORMER: Any
     KEY_NAMING: Any
 

@@ -1,4 +1,5 @@
-"""Stage 4: LoRA training with flow matching on the preprocessed dataset (PEFT + Lightning)."""
+"""Stage 4: LoRA training on the preprocessed dataset (PEFT + Lightning), with the objective a model family hands
+in (acestep.training.family)."""
 
 import importlib
 from typing import Any
@@ -6,19 +7,16 @@ from typing import Any
 # name -> submodule, imported on first use: `trainer_new.py --help` parses its flags without Lightning or torch
 _WHERE = {
     "TrainConfig": "config", "build_parser": "config", "parse_config": "config",
-    "FlowMatchingObjective": "flow_matching", "combine_losses": "flow_matching",
     "adapter_state_dict": "model", "attach_lora": "model", "load_trained_adapter": "model",
     "TrainResult": "run", "run_training": "run", "summary_text": "run",
 }
 
 __all__ = [
-    "FlowMatchingObjective",
     "TrainConfig",
     "TrainResult",
     "adapter_state_dict",
     "attach_lora",
     "build_parser",
-    "combine_losses",
     "load_trained_adapter",
     "parse_config",
     "run_training",

@@ -32,9 +32,8 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from acestep.core.atomic import atomic_write_text, replace_folder, replace_with_retry, temp_sibling
 from acestep.core.errors import AcestepError
 from acestep.core.progress import progress
-from acestep.data.preprocessed import DEFAULT_FAMILY as V1_FAMILY
-from acestep.lora import WEIGHTS_NAME, LoraSettings, bake_file, save_adapter
-from acestep.lora.adapters import BaseWeight, save_comfyui_file
+from acestep.lora import WEIGHTS_NAME
+from acestep.lora.adapters import BaseWeight
 from acestep.lora.io import (
     ADAPTER_DIR,
     DIFFUSERS_DIR,
@@ -99,17 +98,13 @@ class AdapterSaver(Callback):
     """Every N steps and at the end: write the adapter pair atomically, the resumable state, prune old steps."""
 
     def __init__(
-        self, run_dir: Path, every_n_steps: int, keep_last: int, settings: LoraSettings, base_model: str, exp_name: str,
-        write_files: StepFileWriter | None = None,
+        self, run_dir: Path, every_n_steps: int, keep_last: int, write_files: StepFileWriter,
     ) -> None:
-        """`write_files`: the family's step-folder writer (default: the v1 adapter + its baked ComfyUI file)."""
+        """`write_files`: the family's step-folder writer (its adapter files and ComfyUI file)."""
         self.run_dir = Path(run_dir)
         self.write_files = write_files
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
-        self.settings = settings
-        self.base_model = base_model
-        self.exp_name = exp_name
         self.last_saved_step = -1
         self.trigger: str | None = None  # stamped into every LoRA header of a step folder
         self.protected_steps: Callable[[], set[int]] = set  # steps never pruned (the best validation step)
@@ -155,16 +150,7 @@ class AdapterSaver(Callback):
         """Everything goes into a temp folder first, so a step folder is either complete or absent."""
         temp = temp_sibling(folder)
         try:
-            if self.write_files is not None:
-                self.write_files(tensors, temp, step, base_weight=base_weight)
-            else:
-                weights = save_adapter(tensors, temp / ADAPTER_DIR, self.settings, self.base_model, step, V1_FAMILY)
-                comfyui = temp / baked_file_name(self.exp_name, step)
-                if self.settings.adapter_type == "lora":
-                    bake_file(weights, comfyui)
-                else:
-                    save_comfyui_file(tensors, comfyui, self.settings, "peft", {"action": "train", "step": step},
-                                      self.base_model, V1_FAMILY, base_weight)
+            self.write_files(tensors, temp, step, base_weight=base_weight)
             if self.trigger:
                 for file in temp.rglob("*.safetensors"):
                     stamp_trigger(file, self.trigger)

@@ -21,7 +21,7 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 def checkpoint_first_blocks(model: nn.Module, blocks: Sequence[nn.Module], count: int | None) -> None:
     """Recompute the first `count` of `blocks` in backward (None: all of them, 0: none).
 
-    A model that counts its checkpointed blocks itself (`set_checkpointed_blocks`, v1) is told the count; any
+    A model that counts its checkpointed blocks itself (it has `set_checkpointed_blocks`) is told the count; any
     other diffusers model gets a checkpoint function that wraps the chosen blocks and runs the rest as they are.
     No module is wrapped or renamed, so the adapter's key names stay those of the plain model.
     """

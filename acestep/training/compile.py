@@ -20,16 +20,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 BACKEND = "inductor"
-BLOCK_LISTS = ("transformer_blocks", "layers")  # v1 (ours), ACE-Step 1.5 (diffusers)
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's list of transformer blocks, by the names the v1 and the 1.5 models use."""
-    for name in BLOCK_LISTS:
-        blocks = getattr(model, name, None)
-        if isinstance(blocks, nn.ModuleList):
-            return blocks
-    raise ValueError(f"{type(model).__name__} has no transformer block list ({' or '.join(BLOCK_LISTS)})")
 
 
 def _one_line(error: BaseException) -> str:
@@ -78,16 +68,16 @@ class _FallBackOnFirstError:
         return out
 
 
-def compile_blocks(model: nn.Module, device: torch.device | str, backend: str | Callable | None = None,
-                   warn: Callable[[str], None] = log.warning, blocks: Sequence[nn.Module] | None = None) -> bool:
-    """Compile each transformer block of `model` (`blocks`, default its block list) in place, after LoRA and
-    checkpointing are set up; True if compiled. Where compiling cannot work, `warn` gets one line and the model
+def compile_blocks(blocks: Sequence[nn.Module], device: torch.device | str, backend: str | Callable | None = None,
+                   warn: Callable[[str], None] = log.warning) -> bool:
+    """Compile each of a model's transformer blocks (the family's `ModelBlocks.blocks(model)`) in place, after LoRA
+    and checkpointing are set up; True if compiled. Where compiling cannot work, `warn` gets one line and the model
     stays as it is. In place: module names, and so the adapter's keys, stay the same."""
     reason = compile_works(device, backend)
     if reason is not None:
         warn(f"--compile: torch.compile cannot build code on this machine ({reason}); training uncompiled")
         return False
-    blocks = list(blocks if blocks is not None else transformer_blocks(model))
+    blocks = list(blocks)
     for block in blocks:
         block.compile(backend=backend or BACKEND)
         block._compiled_call_impl = _FallBackOnFirstError(block, blocks, warn)

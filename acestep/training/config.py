@@ -18,7 +18,6 @@ LOGGERS = ("csv", "tensorboard", "wandb", "none")
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
 # the repository's config folder, whatever the current folder is (trainer_new.py may be started from anywhere)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-DEFAULT_V1_LORA_CONFIG = str(CONFIG_DIR / "lora_config_transformer_only.json")
 TIMESTEP_SCHEDULES = ("auto", "turbo", "logit_normal")
 LR_SCHEDULES = ("linear", "cosine")
 CHECKPOINTING_MODES = ("all", "none", "auto")  # or a number of blocks
@@ -238,7 +237,7 @@ def _field_type(f: dataclasses.Field) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("Train an ACE-Step v1 LoRA on a preprocessed dataset (flow matching, PEFT, Lightning).",
+    parser = make_parser("Train an ACE-Step LoRA (v1 or 1.5, told by --checkpoint_dir) on a preprocessed dataset.",
                          "trainer_new.py")
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)

@@ -57,7 +57,7 @@ class ModelBlocks:
 
 
 # (the run's config, GPU GB to plan for, "cuda" / "cpu", the planner's base dtype name) -> the family's planner
-# request for the model being trained (acestep.families.v1.plan: it has .plan(), .block_count and checkpointed_blocks)
+# request for the model being trained (it has .plan(), .block_count and checkpointed_blocks)
 PlanRequestFor = Callable[[Any, float, str, str], Any]
 
 
@@ -69,17 +69,17 @@ class TrainingParts:
     transformer: torch.nn.Module
     songs: Dataset  # items by acestep.training.data.Draw
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
-    step: StepObjective | None  # None: the trainer's own flow-matching step on v1-shaped batches
+    step: StepObjective  # the loss of one micro-batch
     settings: LoraSettings
     base_model: str
-    write_step_files: StepFileWriter | None  # None: the trainer's v1 step folder (PEFT adapter + ComfyUI file)
+    write_step_files: StepFileWriter  # the files of a saved step folder (adapter, ComfyUI file, ...)
+    blocks: ModelBlocks  # what checkpointing per block, fp8 and compile act on
+    recipe: OptimizerRecipe  # the family's optimizer defaults, for what the user leaves unset
     callbacks: list[Callback] = field(default_factory=list)  # e.g. audio samples during training
     summary: Callable[[Path], list[str]] | None = None  # how to use a saved step folder, in lines
-    fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise
+    fixed_loss: FixedPointLoss | None = None  # the validation loss at a given noise level and noise (--val_songs)
     val_songs: Dataset | None = None  # held-out songs (--val_songs / --val_dataset), items by Draw
     reg_songs: Dataset | None = None  # regularization songs (--reg_dataset), items by Draw
-    recipe: OptimizerRecipe | None = None  # the family's optimizer defaults (None: the trainer's, v1's fork recipe)
     resolved: dict[str, Any] = field(default_factory=dict)  # config fields the family filled in (train_config.json)
     notes: list[str] = field(default_factory=list)  # what the family's objective uses, for the run summary
-    blocks: ModelBlocks | None = None  # what checkpointing per block, fp8 and compile act on
     plan_request: PlanRequestFor | None = None  # the planner's request for this model (auto checkpointing)

@@ -5,9 +5,8 @@ fp8 range. The forward pass dequantizes one layer's weight to the compute dtype,
 drops the copy again, so only one layer's 16-bit weight exists at a time. Plain torch ops: CPU and CUDA alike.
 The quantized layers stay `nn.Linear` / `nn.Conv1d` subclasses (PEFT wraps them like any other) and expose
 `compute_dtype`, the dtype PEFT reads to create LoRA factors, so the factors start as on a 16-bit base.
-Quantized: the Linears and pointwise (kernel 1) Conv1d under the module-name prefixes a model family names
-(v1, `QUANTIZED_PREFIXES`: the transformer blocks, the SSL projectors and the timestep modulation; ACE-Step 1.5:
-its DiT layers and timestep embeddings); norms, embeddings, the patch embedding and the lyric encoder stay 16-bit.
+Quantized: the Linears and pointwise (kernel 1) Conv1d under the module-name prefixes the model family names
+(`ModelBlocks.fp8_prefixes`); every other layer (norms, embeddings, ...) stays 16-bit.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from torch import nn
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max
 SCALE_BYTES = 4  # one fp32 scale per output channel
-QUANTIZED_PREFIXES = ("transformer_blocks.", "projectors.", "t_block.")
 
 
 def quantize_channels(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +28,7 @@ def quantize_channels(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return (values / scale).to(FP8_DTYPE), scale
 
 
-def is_quantizable(name: str, module: nn.Module, prefixes: tuple[str, ...] = QUANTIZED_PREFIXES) -> bool:
+def is_quantizable(name: str, module: nn.Module, prefixes: tuple[str, ...]) -> bool:
     """A layer `--base_dtype fp8` stores in fp8: a Linear or a pointwise Conv1d under one of `prefixes`."""
     if not name.startswith(prefixes):
         return False
@@ -118,8 +116,7 @@ class Fp8Conv1d(Fp8Weight, nn.Conv1d):
         return layer
 
 
-def quantize_base(model: nn.Module, compute_dtype: torch.dtype,
-                  prefixes: tuple[str, ...] = QUANTIZED_PREFIXES) -> int:
+def quantize_base(model: nn.Module, compute_dtype: torch.dtype, prefixes: tuple[str, ...]) -> int:
     """Swap the quantizable layers under `prefixes` for their fp8 versions (before LoRA is attached); returns the
     bytes saved. Layers already released (empty weights) are left alone; module names do not change.
     """

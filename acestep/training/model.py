@@ -62,7 +62,7 @@ def _cast_input_unless_autocast(layer: torch.nn.Module, x: torch.Tensor | None, 
 
 
 def adapter_state_dict(model: torch.nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    """PEFT's bare keys (`transformer_blocks.0.attn.to_q.lora_A.weight`), as the upstream pipeline loads them."""
+    """PEFT's bare keys (`<module path>.lora_A.weight`, no adapter name), as the upstream pipelines load them."""
     return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
 
 

@@ -1,8 +1,8 @@
-"""The LightningModule: one flow-matching step on a LoRA-adapted transformer, and only trainable state saved.
+"""The LightningModule: the family's step on a LoRA-adapted transformer, and only trainable state saved.
 
 Every random choice of a song (crop, condition dropout, timestep, noise) is seeded from (seed, its position in
 the run's order), so a resumed run repeats the interrupted one exactly and 2 DDP processes x batch 1 take the same
-step as 1 process x batch 2. Dropout inside the lyric encoder draws from (seed, micro-batch index, rank).
+step as 1 process x batch 2. Randomness inside the model (dropout layers) draws from (seed, micro-batch index, rank).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from acestep.core.errors import AcestepError
 from acestep.lora import LoraSettings
 
 from .checkpointing import checkpoint_first_blocks
-from .compile import compile_blocks, transformer_blocks
+from .compile import compile_blocks
 from .config import TrainConfig
-from .data import RunLoader, RunOrderSampler, SongLatents, collate_songs, stream_seed
+from .data import RunLoader, RunOrderSampler, stream_seed
 from .family import ModelBlocks, StepObjective
-from .flow_matching import FlowMatchingObjective, NoisedBatch, combine_losses
 from .memory import peak_memory_gb
 from .model import attach_lora
 from .optim import build_lr_scheduler, build_optimizer
@@ -39,16 +38,14 @@ class NonFiniteLossError(AcestepError):
     """The loss or the gradient became NaN/inf; training stops before the weights are touched."""
 
 
-def enable_checkpointing(transformer: torch.nn.Module, config: TrainConfig, blocks: ModelBlocks | None = None) -> None:
-    """--gradient_checkpointing all / none / N on the blocks `blocks` names (default: the model's block list by
-    the names compile.BLOCK_LISTS knows); auto is resolved to N before, by the run."""
+def enable_checkpointing(transformer: torch.nn.Module, config: TrainConfig, blocks: ModelBlocks) -> None:
+    """--gradient_checkpointing all / none / N on the family's blocks; auto is resolved to N before, by the run."""
     mode = config.gradient_checkpointing
     if mode == "none":
         return
     if mode == "auto":
         raise AcestepError("--gradient_checkpointing auto must be resolved to a number of blocks first")
-    block_list = blocks.blocks(transformer) if blocks is not None else transformer_blocks(transformer)
-    checkpoint_first_blocks(transformer, block_list, config.checkpointed_blocks)
+    checkpoint_first_blocks(transformer, blocks.blocks(transformer), config.checkpointed_blocks)
 
 
 class LoraTrainingModule(L.LightningModule):
@@ -59,16 +56,16 @@ class LoraTrainingModule(L.LightningModule):
         transformer: torch.nn.Module,
         settings: LoraSettings,
         config: TrainConfig,
-        dataset: SongLatents | Dataset,
-        adapter_name: str = "acestep_lora",
-        step: StepObjective | None = None,
-        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_songs,
+        dataset: Dataset,
+        *,
+        step: StepObjective,
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        blocks: ModelBlocks,
         reg_songs: Dataset | None = None,
-        blocks: ModelBlocks | None = None,
+        adapter_name: str = "acestep_lora",
     ) -> None:
-        """`step` and `collate` come from the model family (default: the v1 flow-matching step and batches);
-        `reg_songs`: the regularization songs (--reg_dataset), mixed in at --reg_weight of the micro-batches;
-        `blocks`: the family's blocks that checkpointing and --compile act on."""
+        """`step`, `collate` and `blocks` (what checkpointing and --compile act on) come from the model family;
+        `reg_songs`: the regularization songs (--reg_dataset), mixed in at --reg_weight of the micro-batches."""
         super().__init__()
         self.step_objective = step
         self.collate = collate
@@ -85,9 +82,6 @@ class LoraTrainingModule(L.LightningModule):
             torch.manual_seed(stream_seed(config.seed, INIT_STREAM))
             self.trainable_keys = {f"transformer.{n}" for n in attach_lora(transformer, settings, adapter_name)}
         enable_checkpointing(transformer, config, blocks)
-        self.objective = FlowMatchingObjective(
-            config.num_train_timesteps, config.shift, config.logit_mean, config.logit_std, config.loss_reduction
-        )
         # The checkpoint holds only the LoRA factors; the frozen base comes from the model folder.
         self.strict_loading = False
         self.step_metrics: dict[str, float] = {}
@@ -126,68 +120,13 @@ class LoraTrainingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- the step ----
-    def _drop_conditions(self, batch: dict[str, Any], generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
-        """Per-sample condition dropout as upstream: prompt states zeroed (mask kept), lyrics ids and mask zeroed."""
-        size = batch["target_latents"].shape[0]
-        draws = torch.stack([torch.rand(3, generator=g) for g in generators])  # prompt, lyrics, speaker per song
-        keep = {
-            name: (draws[:, column] >= p).to(self.device)
-            for column, (name, p) in enumerate((("prompt", self.config.prompt_dropout),
-                                                ("lyrics", self.config.lyrics_dropout),
-                                                ("speaker", self.config.speaker_dropout)))
-        }
-        speaker_dim = self.transformer.config.speaker_embedding_dim
-        # v1 checkpoints have no speaker data: the embedding is zeros, as in the reference's data.
-        speaker = torch.zeros(size, speaker_dim, device=self.device) * keep["speaker"][:, None]
-        return {
-            "encoder_text_hidden_states": batch["encoder_text_hidden_states"] * keep["prompt"][:, None, None],
-            "text_attention_mask": batch["text_attention_mask"],
-            "speaker_embeds": speaker,
-            "lyric_token_idx": batch["lyric_token_ids"] * keep["lyrics"][:, None],
-            "lyric_mask": batch["lyric_mask"] * keep["lyrics"][:, None],
-        }
-
-    def fixed_loss(
-        self, transformer: torch.nn.Module, batch: dict[str, Any], sigma: float, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """v1's validation loss: the denoising loss at noise level `sigma` with `noise`, no condition dropout."""
-        latents, frame_mask = batch["target_latents"], batch["attention_mask"]
-        size = latents.shape[0]
-        sigmas = torch.full((size, 1, 1, 1), sigma, device=latents.device, dtype=latents.dtype)
-        noisy = (sigmas * noise + (1.0 - sigmas) * latents) * frame_mask[:, None, None, :].to(latents.dtype)
-        timesteps = torch.full((size,), sigma * self.config.num_train_timesteps, device=latents.device)
-        noised = NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=timesteps)
-        speaker = torch.zeros(size, transformer.config.speaker_embedding_dim, device=latents.device)
-        output = transformer(
-            hidden_states=noisy, attention_mask=frame_mask, timestep=timesteps,
-            encoder_text_hidden_states=batch["encoder_text_hidden_states"],
-            text_attention_mask=batch["text_attention_mask"], speaker_embeds=speaker,
-            lyric_token_idx=batch["lyric_token_ids"], lyric_mask=batch["lyric_mask"],
-        )
-        return self.objective.loss(output.sample, noised, latents, frame_mask)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         reg = bool(batch.pop("reg", False))  # a micro-batch of regularization songs
         rank = self.global_rank
         torch.manual_seed(stream_seed(self.config.seed, batch["micro_batch"], rank, 2))
         songs = [torch.Generator().manual_seed(stream_seed(seed, 1)) for seed in batch["seeds"]]
-        if self.step_objective is not None:
-            loss, extra = self.step_objective(self.transformer, batch, songs)
-            return self._record(loss, {"loss": loss.detach(), **extra}, reg)
-        latents = batch["target_latents"]
-        frame_mask = batch["attention_mask"]
-        conditions = self._drop_conditions(batch, songs)
-        noised = self.objective.add_noise_per_song(latents, songs, frame_mask)
-        ssl = batch.get("ssl_hidden_states") if self.config.ssl_coeff > 0 else None
-        output = self.transformer(
-            hidden_states=noised.noisy, attention_mask=frame_mask, timestep=noised.timesteps,
-            ssl_hidden_states=ssl, **conditions,
-        )
-        denoising = self.objective.loss(output.sample, noised, latents, frame_mask)
-        loss = combine_losses(denoising, output.proj_losses or [], self.config.ssl_coeff)
-        parts = {"loss": loss.detach(), "denoising_loss": denoising.detach()}
-        parts.update({f"{name}_loss": value.detach() for name, value in output.proj_losses or []})
-        return self._record(loss, parts, reg)
+        loss, extra = self.step_objective(self.transformer, batch, songs)
+        return self._record(loss, {"loss": loss.detach(), **extra}, reg)
 
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], reg: bool = False) -> torch.Tensor:
         """Stop on a non-finite loss; add the micro-batch's values to the step's running sums (a regularization
@@ -260,8 +199,7 @@ class LoraTrainingModule(L.LightningModule):
         """--compile: the blocks are compiled once the model is on its device (the compile check runs there)."""
         if self.config.compile and not self._compiled:
             self._compiled = True
-            compile_blocks(self.transformer, self.device, warn=self._warn,
-                           blocks=self.blocks.blocks(self.transformer) if self.blocks is not None else None)
+            compile_blocks(self.blocks.blocks(self.transformer), self.device, warn=self._warn)
 
     def _warn(self, line: str) -> None:
         if self.global_rank == 0:

@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules, with each family's recipe for what the user leaves unset.
 
-v1 follows the reference fork (AdamW betas 0.8/0.9, warm-up from 0 over 10 steps, linear decay); a family may hand
-its own recipe (1.5: the official trainer's AdamW betas 0.9/0.999, warm-up from 0.1x, cosine decay to 1 %).
+Every family hands its recipe in (`TrainingParts.recipe`: betas, schedule, warm-up, final lr), as its reference
+trainer runs; the run resolves it into the config once (`resolve_recipe`) before the optimizer is built.
 """
 
 from __future__ import annotations
@@ -40,11 +40,7 @@ class OptimizerRecipe:
         return min(self.warmup_steps, max(1, int(max_steps * self.warmup_fraction)))
 
 
-# the reference fork's trainer_new.py: AdamW(betas=(0.8, 0.9)), 10 warm-up steps from 0, linear decay
-FORK_RECIPE = OptimizerRecipe("v1 fork", (0.8, 0.9), "linear", 10, {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1})
-
-
-def resolve_recipe(config: TrainConfig, recipe: OptimizerRecipe = FORK_RECIPE) -> TrainConfig:
+def resolve_recipe(config: TrainConfig, recipe: OptimizerRecipe) -> TrainConfig:
     """The config with the recipe's values where the user gave none, and `recipe` saying which ran (the run summary
     and train_config.json show it). Fields already set stay: the user's flags win, and resolving twice is a no-op."""
     if config.recipe:
@@ -57,6 +53,12 @@ def resolve_recipe(config: TrainConfig, recipe: OptimizerRecipe = FORK_RECIPE) -
     }
     resolved = dataclasses.replace(config, **{k: v for k, v in values.items() if k not in given})
     return dataclasses.replace(resolved, recipe=_describe(resolved, recipe.name, given))
+
+
+def check_resolved(config: TrainConfig) -> None:
+    """The optimizer and schedule read the recipe's values: a config nobody resolved is a programming error."""
+    if not config.recipe:
+        raise ValueError("the config's optimizer recipe is not resolved: resolve_recipe(config, the family's recipe)")
 
 
 def _describe(config: TrainConfig, name: str, given: list[str]) -> str:
@@ -72,10 +74,11 @@ def bitsandbytes_available() -> bool:
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (fork settings), 8-bit AdamW from bitsandbytes, or Prodigy (lr is its multiplier, 1.0 by default)."""
+    """AdamW (the recipe's betas), 8-bit AdamW from bitsandbytes, or Prodigy (lr is its multiplier, 1.0 by default);
+    `config` resolved by the family's recipe."""
     params = list(params)
     lr = config.learning_rate if config.learning_rate is not None else DEFAULT_LR[config.optimizer]
-    config = resolve_recipe(config)
+    check_resolved(config)
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=config.weight_decay)
@@ -111,13 +114,13 @@ class WarmupLinearDecay:
         return max(0.0, 1.0 - progress) * (1.0 - self.final) + self.final
 
 
-WARMUP_START = 0.1  # the official 1.5 trainer's warm-up: LinearLR(start_factor=0.1)
+WARMUP_START = 0.1  # the cosine schedule's warm-up starts at 0.1x lr: LinearLR(start_factor=0.1)
 
 
 @dataclass
 class WarmupCosineDecay:
-    """LR multiplier of the official 1.5 trainer: from `start` up to 1 over the warm-up, then a cosine from 1 down to
-    `final` at `max_steps` (its LinearLR + CosineAnnealingLR(eta_min=final*lr) in closed form)."""
+    """LR multiplier: from `start` up to 1 over the warm-up, then a cosine from 1 down to `final` at `max_steps`
+    (torch's LinearLR then CosineAnnealingLR(eta_min=final*lr), in closed form)."""
 
     warmup_steps: int
     max_steps: int
@@ -150,6 +153,6 @@ class RunSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> RunSchedule:
-    config = resolve_recipe(config)
+    check_resolved(config)
     schedule = WarmupCosineDecay if config.lr_schedule == "cosine" else WarmupLinearDecay
     return RunSchedule(optimizer, schedule(config.warmup_steps, config.max_steps, config.final_lr_fraction))

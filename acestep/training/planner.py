@@ -21,7 +21,7 @@ ALLOCATOR_SLACK = 0.05
 
 
 class DeviceFit:
-    """The verdict of any plan (v1 or 1.5) that has `parts` (bytes of each term of the peak) and a `request`
+    """The verdict of any family's plan that has `parts` (bytes of each term of the peak) and a `request`
     with `device` and `gpu_gb`."""
 
     parts: dict[str, int]
@@ -73,7 +73,7 @@ def compute_bytes(base_dtype: str) -> int:
     return 2 if base_dtype == FP8 else DTYPE_BYTES[base_dtype]
 
 
-# The functions below take any family's request (v1 `PlanRequest`, 1.5 `V15PlanRequest`): a frozen dataclass with
+# The functions below take any family's planner request (its `plan_request`): a frozen dataclass with
 # duration, rank, batch_size, gpu_gb, optimizer, base_dtype, lora_config, device and checkpointed_blocks, whose
 # `plan()` is that family's estimate (a DeviceFit) and `block_count` its number of transformer blocks.
 def fewest_checkpointed_blocks(request: Any) -> int | None:

@@ -16,7 +16,6 @@ from acestep.core.cuda_check import check_cuda
 from acestep.core.errors import AcestepError
 from acestep.data.preprocessed import dataset_trigger
 from acestep.lora import LoraSettings
-from acestep.lora.io import ADAPTER_DIR
 from acestep.training.fp8 import FP8_DTYPE, quantize_base
 
 from .callbacks import (
@@ -40,7 +39,7 @@ from .family import ModelBlocks, PlanRequestFor, TrainingParts
 from .lock import is_first_process, run_folder_lock
 from .model import PRECISION_FOR_DTYPE
 from .module import LoraTrainingModule, NonFiniteLossError
-from .optim import FORK_RECIPE, resolve_recipe
+from .optim import resolve_recipe
 from .regularization import check_reg_folder, reg_fraction, reg_mix_line
 from .resume_check import check_resume
 from .validation import VAL_CURVE_FILE, ValidationLoss, ValidationSet, write_loss_curve
@@ -60,7 +59,7 @@ class TrainResult:
     interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM, SIGHUP) after saving the last step
     stop_signal: str = "Ctrl-C"  # what interrupted it
     first_step: int = 0  # global step the run started (or resumed) at
-    usage: list[str] | None = None  # the family's own lines on how to use the saved step folder
+    usage: list[str] | None = None  # the family's lines on how to use the saved step folder (TrainingParts.summary)
     global_rank: int = 0  # under DDP every process returns; only rank 0 reports
     best_val: tuple[int, float] | None = None  # (step, loss) of the lowest validation loss, kept from pruning
     val_curve: Path | None = None  # val_loss_curve.png
@@ -188,7 +187,7 @@ def _strategy(config: TrainConfig) -> str | L.pytorch.strategies.Strategy:
 
 
 def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: LoraSettings, blocks: ModelBlocks,
-                 plan_request: PlanRequestFor, notes: list[str]) -> TrainConfig:
+                 plan_request: PlanRequestFor | None, notes: list[str], family: str = "this") -> TrainConfig:
     """--base_dtype fp8 and --gradient_checkpointing auto on any family's frozen base, before LoRA is attached;
     returns `config` with auto resolved (the line that says what it chose goes to `notes`)."""
     if config.base_dtype == "fp8":
@@ -196,6 +195,8 @@ def prepare_base(transformer: torch.nn.Module, config: TrainConfig, settings: Lo
             raise AcestepError("adapter_type dora needs a 16-bit base: use --base_dtype bf16 / fp16 with it")
         quantize_base(transformer, _compute_dtype(transformer), blocks.fp8_prefixes)
     if config.gradient_checkpointing == "auto":
+        if plan_request is None:
+            raise AcestepError(f"--gradient_checkpointing auto: the {family} family has no planner; use all / none / N")
         gpu = _gpu_wanted(config.accelerator)
         dtype = "fp8" if config.base_dtype == "fp8" else DTYPE_NAMES[_compute_dtype(transformer)]
         request = plan_request(config, card_gb(config, gpu), "cuda" if gpu else "cpu", dtype)
@@ -229,20 +230,16 @@ def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     resume_from = check_run_dir(config)
     notes = [config.preset_applied] if config.preset_applied else []
     # the family's own defaults and recipe for what the user left unset
-    config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe or FORK_RECIPE)
+    config = resolve_recipe(dataclasses.replace(config, **parts.resolved), parts.recipe)
     notes += parts.notes
     notes.append(config.recipe)
     transformer, settings, songs = parts.transformer, parts.settings, parts.songs
-    if parts.blocks is not None and parts.plan_request is not None:
-        config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes)
-    elif config.base_dtype == "fp8" or config.gradient_checkpointing == "auto":
-        raise AcestepError(f"--base_dtype fp8 and --gradient_checkpointing auto: the {parts.family} family names "
-                           "no blocks or planner for them; use bf16 and all / none / N")
+    config = prepare_base(transformer, config, settings, parts.blocks, parts.plan_request, notes, parts.family)
+    val_songs, collate = parts.val_songs, parts.collate
+    if val_songs is not None and parts.fixed_loss is None:
+        raise AcestepError(f"--val_songs / --val_dataset: the {parts.family} family has no validation loss")
     module = LoraTrainingModule(transformer, settings, config, songs, step=parts.step, collate=parts.collate,
                                 reg_songs=parts.reg_songs, blocks=parts.blocks)
-    base_model = parts.base_model
-    val_songs, collate = parts.val_songs, parts.collate
-    fixed_loss = parts.fixed_loss or module.fixed_loss
     for line in notes:
         print(line, flush=True)
     if resume_from is not None:  # a changed LoRA config is refused here, before Lightning restores anything
@@ -256,15 +253,14 @@ def _train(config: TrainConfig, parts: TrainingParts) -> TrainResult:
     dtype = _compute_dtype(transformer)
     transformer.train()
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, settings, base_model,
-                         config.exp_name, parts.write_step_files)
+    saver = AdapterSaver(config.run_dir, config.every_n_train_steps, config.save_last, parts.write_step_files)
     saver.trigger = trigger
     ctrl_c = StopOnCtrlC(saver)
     metrics = MetricsFile(config.run_dir / METRICS_FILE)
     validation = None
     if val_songs is not None:
         held_out = ValidationSet(val_songs, collate, config.seed, config.val_timesteps)
-        validation = ValidationLoss(held_out, fixed_loss, config.val_every, saver)
+        validation = ValidationLoss(held_out, parts.fixed_loss, config.val_every, saver)
         saver.protected_steps = validation.protected_steps
     saver.protected_steps = with_eval_best(saver.protected_steps, config.run_dir)
     samplers = list(parts.callbacks)
@@ -358,16 +354,6 @@ def overfit_lines(result: TrainResult) -> list[str]:
             "check the LoRA targets (--lora_config_path) and that the dataset matches --checkpoint_dir."]
 
 
-def pipeline_lines(comfyui_file: Path | None) -> list[str]:
-    """How the upstream pipeline loads the file; a DoRA / LoHa / LoKr file goes to our generate.py instead."""
-    from acestep.lora.adapters import file_kind
-
-    if comfyui_file is not None and comfyui_file.is_file() and file_kind(comfyui_file) != "lora":
-        return [f"  generate.py: --lora {comfyui_file}:1.0 (the upstream ACE-Step pipeline loads plain LoRA only)."]
-    return ["  ACE-Step pipeline: put that same file in a folder as pytorch_lora_weights.safetensors and call",
-            "    load_lora(folder) with weight 1.0."]
-
-
 def summary_text(result: TrainResult) -> str:
     """Plain-language end of run: what happened, where the adapter is, how to use it."""
     minutes = result.seconds / 60
@@ -380,16 +366,9 @@ def summary_text(result: TrainResult) -> str:
         lines.append(f"Reason: {result.stopped}")
     if result.adapter_dir is None:
         lines.append("No adapter was saved (the run stopped before its first save).")
-    elif result.usage:
-        lines += [f"Latest adapter: {result.adapter_dir}", *result.usage]
     else:
         lines += [
-            f"Latest adapter: {result.adapter_dir}",
-            f"  ComfyUI: copy {result.baked_file} into ComfyUI/models/loras and load it at strength 1.0.",
-            *pipeline_lines(result.baked_file),
-            f"  PEFT / diffusers: {result.adapter_dir / ADAPTER_DIR} is the un-baked adapter at its trained scale "
-            "(PeftModel.from_pretrained(model, folder), or load_lora_adapter(folder, "
-            "weight_name='adapter_model.safetensors', prefix='base_model.model')).",
+            f"Latest adapter: {result.adapter_dir}", *(result.usage or []),
             "  Continue training: run the same command again with --resume"
             + (f" (it goes on from step {result.steps})." if result.interrupted else "."),
         ]

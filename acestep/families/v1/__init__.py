@@ -5,6 +5,9 @@
 - lyrics/         the lyric tokenizer; text_encoder.py the UMT5 prompt encoder
 - encoders.py     stage 3: the models it runs and the per-song encoder (`SongPipeline`)
 - training.py     the trainer's parts (model, songs, fp8 / auto checkpointing, samples); probe.py a bare step
+- songs.py        the stored songs as the trainer draws them (crop) and their batches (`collate_songs`)
+- objective.py    the flow-matching objective and the trainer's step; export.py a step folder's files
+- blocks.py       `BLOCKS`: where checkpointing per block, fp8 and compile act
 - plan.py         the planner's terms (`--gradient_checkpointing auto` resolves with them in training.py)
 - pipeline/, generate.py      sampling; samples.py audio samples during training
 - tiny.py         a tiny random checkpoint in the published layout (tests, demo)
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acestep.families.v1 import lora_keys
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.checkpoint import PARTS, V1Checkpoint, resolve_checkpoint
 from acestep.lora import models as lora_models
 from acestep.lora import naming as lora_naming
@@ -27,8 +31,9 @@ if TYPE_CHECKING:
     from acestep.training.config import TrainConfig
     from acestep.training.family import TrainingParts
 
+__all__ = ["BLOCKS", "KEY_NAMING", "NAME", "TRANSFORMER", "V1Checkpoint", "generate_main", "model_renderer", "plan_request",
+           "recognizes", "renderer", "resolve", "song_stages", "training_parts", "write_tiny"]
 NAME = lora_keys.NAME
-BLOCKS = "transformer_blocks"  # the ModuleList that checkpointing, fp8 and compile act on, block by block
 
 
 def _model_class() -> Any:

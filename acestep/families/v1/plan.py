@@ -29,10 +29,11 @@ import torch
 from acestep.core.errors import AcestepError
 from acestep.data.generate_args import MAX_DURATION_S
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.lyrics.tokenizer import MAX_TRAINING_TOKENS
 from acestep.families.v1.models.attention import CrossAttention
+from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 from acestep.lora import LoraSettings
-from acestep.training.data import LATENT_FRAMES_PER_SECOND, frames_for_seconds
 from acestep.training.fp8 import SCALE_BYTES, is_quantizable
 from acestep.training.planner import (
     DEFAULT_DURATION,
@@ -215,7 +216,7 @@ def _parameters_cached(config_key: str) -> ParameterCounts:
     fp8 = {group: (0, 0) for group in groups}
     largest = 0
     for name, module in model.named_modules():
-        if is_quantizable(name, module):
+        if is_quantizable(name, module, BLOCKS.fp8_prefixes):
             largest = max(largest, module.weight.numel())
             group = "unused" if id(module.weight) in unused else _group(name)
             weights, rows = fp8[group]

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from acestep.data.sizing import MERT, MHUBERT, SAMPLE_RATE, ssl_frames
+from acestep.families.v1.blocks import BLOCKS
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.rope import RotaryEmbedding
+from acestep.families.v1.objective import FlowMatchingObjective, combine_losses
+from acestep.families.v1.songs import LATENT_FRAMES_PER_SECOND
 from acestep.families.v1.training import release_unused_weights
 from acestep.lora import LoraSettings
-from acestep.training.data import LATENT_FRAMES_PER_SECOND
-from acestep.training.flow_matching import FlowMatchingObjective, combine_losses
 from acestep.training.fp8 import quantize_base
 from acestep.training.memory import TensorMemoryTracker
 from acestep.training.model import attach_lora
@@ -101,7 +102,7 @@ class TrainingStepProbe:
         if release_unused:  # as the trainer does by default
             release_unused_weights(model, keep_ssl_projectors=batch.ssl is not None)
         if fp8_base:  # as the trainer's --base_dtype fp8: the blocks' Linears in fp8, computed in autocast's dtype
-            quantize_base(model, autocast_dtype or torch.bfloat16)
+            quantize_base(model, autocast_dtype or torch.bfloat16, BLOCKS.fp8_prefixes)
         attach_lora(model, settings, "probe")
         if checkpointing:
             model.enable_gradient_checkpointing()

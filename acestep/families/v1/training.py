@@ -1,7 +1,7 @@
-"""ACE-Step v1's training parts: its transformer from the checkpoint, its stored songs, its sample renderer, its
-blocks and planner request (what --base_dtype fp8 and --gradient_checkpointing auto act on). The trainer
-(acestep.training.run) gets them as `TrainingParts` and never imports v1 code; the flow-matching step itself is the
-trainer's default one."""
+"""ACE-Step v1's training parts: its transformer from the checkpoint, its stored songs, its flow-matching step and
+validation loss (objective.py), its step-folder writer (export.py), its sample renderer, its blocks and planner
+request (what --base_dtype fp8 and --gradient_checkpointing auto act on). The trainer (acestep.training.run) gets
+them as `TrainingParts` and never imports v1 code."""
 
 from __future__ import annotations
 
@@ -17,18 +17,24 @@ from acestep.families.v1.lora_keys import NAME as V1_FAMILY
 from acestep.families.v1.models import ACEStepTransformer2DModel
 from acestep.families.v1.models.attention import CrossAttention
 from acestep.lora import LoraSettings
-from acestep.training.config import DEFAULT_V1_LORA_CONFIG, TrainConfig
-from acestep.training.data import SongLatents, collate_songs, frames_for_seconds
-from acestep.training.family import ModelBlocks, TrainingParts
-from acestep.training.fp8 import QUANTIZED_PREFIXES
+from acestep.training.config import CONFIG_DIR, TrainConfig
+from acestep.training.family import TrainingParts
 from acestep.training.model import resolve_base_dtype
+from acestep.training.optim import OptimizerRecipe
 from acestep.training.regularization import load_reg_rows
 from acestep.training.run import _gpu_wanted as gpu_wanted
 from acestep.training.sample_prompts import read_sample_prompts
 from acestep.training.validation import split_songs
 
+from .blocks import BLOCKS
+from .export import usage_lines, write_step_files
+from .objective import V1Step
+from .songs import SongLatents, collate_songs, frames_for_seconds
+
 OFFICIAL_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
-V1_BLOCKS = ModelBlocks(block_list="transformer_blocks", fp8_prefixes=QUANTIZED_PREFIXES)
+DEFAULT_LORA_CONFIG = str(CONFIG_DIR / "lora_config_transformer_only.json")  # the repository's, from any folder
+# the reference fork's trainer_new.py: AdamW(betas=(0.8, 0.9)), 10 warm-up steps from 0, linear decay
+FORK_RECIPE = OptimizerRecipe("v1 fork", (0.8, 0.9), "linear", 10, {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1})
 
 
 def training_parts(
@@ -41,7 +47,7 @@ def training_parts(
     from acestep.families.v1.plan import request_for_run  # the planner's terms load only with the parts
     from acestep.families.v1.samples import SampleRenderer
 
-    settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_V1_LORA_CONFIG)
+    settings = LoraSettings.from_json(config.lora_config_path or DEFAULT_LORA_CONFIG)
     train_rows, val_rows = split_songs(
         dataset if dataset is not None else load_preprocessed(config.dataset_path), config.val_songs,
         config.val_dataset, config.overfit_one)
@@ -63,10 +69,14 @@ def training_parts(
             raise AcestepError("--sample_every needs --sample_prompts FILE")
         prompts = read_sample_prompts(config.sample_prompts, config.sample_steps)
         callbacks.append(SampleRenderer(config.run_dir, config.sample_every, prompts, config.checkpoint_dir))
+    base_model = base_model or OFFICIAL_MODEL
+    step = V1Step(config)
     return TrainingParts(
-        family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=None, settings=settings,
-        base_model=base_model or OFFICIAL_MODEL, write_step_files=None, callbacks=callbacks, val_songs=val_songs,
-        reg_songs=reg_songs, blocks=V1_BLOCKS, plan_request=partial(request_for_run, dict(transformer.config), ssl),
+        family=V1_FAMILY, transformer=transformer, songs=songs, collate=collate_songs, step=step, settings=settings,
+        base_model=base_model, blocks=BLOCKS, recipe=FORK_RECIPE, fixed_loss=step.fixed_loss,
+        write_step_files=partial(write_step_files, settings=settings, base_model=base_model, exp_name=config.exp_name),
+        summary=usage_lines, callbacks=callbacks, val_songs=val_songs, reg_songs=reg_songs,
+        plan_request=partial(request_for_run, dict(transformer.config), ssl),
     )
 
 

@@ -18,6 +18,7 @@ from acestep.lora import models as lora_models
 from acestep.lora import naming as lora_naming
 
 from . import lora_keys
+from .blocks import BLOCKS
 from .files import DIT_FILES, DIT_PREFIX, DIT_WEIGHTS, TEXT_ENCODER_FOLDER, TRANSFORMER_FOLDER
 from .lora_keys import NAME
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BLOCKS", "KEY_NAMING", "NAME", "TRANSFORMER", "generate_main", "model_renderer", "plan_request",
            "recognizes", "renderer", "resolve", "song_stages", "training_parts", "write_tiny"]
-BLOCKS = "layers"  # the DiT's ModuleList that checkpointing, fp8 and compile act on, block by block
 
 
 def _model_class() -> Any:

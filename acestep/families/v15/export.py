@@ -132,5 +132,4 @@ def usage_lines(step_dir: Path) -> list[str]:
         *([f"  official ACE-Step 1.5 app: load the LoRA folder {step_dir / OFFICIAL_DIR} (scale 1.0)."]
           if (step_dir / OFFICIAL_DIR).is_dir() else []),
         f"  PEFT adapter at its true scale: {step_dir / ADAPTER_DIR}",
-        "  Continue training: run the same command again with --resume.",
     ]

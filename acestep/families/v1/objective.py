@@ -1,4 +1,5 @@
-"""The training objective of ACE-Step v1: shifted flow-matching schedule, logit-normal timesteps, x0 loss.
+"""The training objective of ACE-Step v1: shifted flow-matching schedule, logit-normal timesteps, x0 loss, and the
+step the trainer runs with it (`V1Step`, the family's `StepObjective`).
 
 Facts: shared/reference/transformer.md section 4.1 (identical in upstream `trainer.py` and the fork).
 """
@@ -6,9 +7,13 @@ Facts: shared/reference/transformer.md section 4.1 (identical in upstream `train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+
+if TYPE_CHECKING:
+    from acestep.training.config import TrainConfig
 
 LOSS_REDUCTIONS = ("reference", "masked_mean")
 
@@ -108,3 +113,74 @@ def combine_losses(
     if not proj_losses:
         return denoising
     return denoising + ssl_coeff * torch.stack([value for _, value in proj_losses]).mean()
+
+
+class V1Step:
+    """One micro-batch's loss for a LoRA-adapted ACEStepTransformer2DModel (the trainer's `StepObjective`): per-song
+    condition dropout, timestep and noise, the x0 loss, plus the SSL projection losses at `ssl_coeff`."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.objective = FlowMatchingObjective(
+            config.num_train_timesteps, config.shift, config.logit_mean, config.logit_std, config.loss_reduction
+        )
+        self.num_train_timesteps = config.num_train_timesteps
+        self.dropouts = (("prompt", config.prompt_dropout), ("lyrics", config.lyrics_dropout),
+                         ("speaker", config.speaker_dropout))
+        self.ssl_coeff = config.ssl_coeff
+
+    def drop_conditions(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], generators: list[torch.Generator]
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample condition dropout as upstream: prompt states zeroed (mask kept), lyrics ids and mask zeroed."""
+        device = batch["target_latents"].device
+        size = batch["target_latents"].shape[0]
+        draws = torch.stack([torch.rand(3, generator=g) for g in generators])  # prompt, lyrics, speaker per song
+        keep = {name: (draws[:, column] >= p).to(device) for column, (name, p) in enumerate(self.dropouts)}
+        speaker_dim = transformer.config.speaker_embedding_dim
+        # v1 checkpoints have no speaker data: the embedding is zeros, as in the reference's data.
+        speaker = torch.zeros(size, speaker_dim, device=device) * keep["speaker"][:, None]
+        return {
+            "encoder_text_hidden_states": batch["encoder_text_hidden_states"] * keep["prompt"][:, None, None],
+            "text_attention_mask": batch["text_attention_mask"],
+            "speaker_embeds": speaker,
+            "lyric_token_idx": batch["lyric_token_ids"] * keep["lyrics"][:, None],
+            "lyric_mask": batch["lyric_mask"] * keep["lyrics"][:, None],
+        }
+
+    def fixed_loss(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], sigma: float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The validation loss: the denoising loss at noise level `sigma` with `noise`, no condition dropout."""
+        latents, frame_mask = batch["target_latents"], batch["attention_mask"]
+        size = latents.shape[0]
+        sigmas = torch.full((size, 1, 1, 1), sigma, device=latents.device, dtype=latents.dtype)
+        noisy = (sigmas * noise + (1.0 - sigmas) * latents) * frame_mask[:, None, None, :].to(latents.dtype)
+        timesteps = torch.full((size,), sigma * self.num_train_timesteps, device=latents.device)
+        noised = NoisedBatch(noisy=noisy, sigmas=sigmas, timesteps=timesteps)
+        speaker = torch.zeros(size, transformer.config.speaker_embedding_dim, device=latents.device)
+        output = transformer(
+            hidden_states=noisy, attention_mask=frame_mask, timestep=timesteps,
+            encoder_text_hidden_states=batch["encoder_text_hidden_states"],
+            text_attention_mask=batch["text_attention_mask"], speaker_embeds=speaker,
+            lyric_token_idx=batch["lyric_token_ids"], lyric_mask=batch["lyric_mask"],
+        )
+        return self.objective.loss(output.sample, noised, latents, frame_mask)
+
+    def __call__(
+        self, transformer: torch.nn.Module, batch: dict[str, Any], generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`generators`: one per song (its own stream): its dropout draws first, then its timestep and noise."""
+        latents = batch["target_latents"]
+        frame_mask = batch["attention_mask"]
+        conditions = self.drop_conditions(transformer, batch, generators)
+        noised = self.objective.add_noise_per_song(latents, generators, frame_mask)
+        ssl = batch.get("ssl_hidden_states") if self.ssl_coeff > 0 else None
+        output = transformer(
+            hidden_states=noised.noisy, attention_mask=frame_mask, timestep=noised.timesteps,
+            ssl_hidden_states=ssl, **conditions,
+        )
+        denoising = self.objective.loss(output.sample, noised, latents, frame_mask)
+        loss = combine_losses(denoising, output.proj_losses or [], self.ssl_coeff)
+        parts = {"denoising_loss": denoising.detach()}
+        parts.update({f"{name}_loss": value.detach() for name, value in output.proj_losses or []})
+        return loss, parts
