@@ -102,7 +102,7 @@ def test_the_family_names_its_lora_keys_for_every_style(family: ModelFamily, che
     assert set(naming.styles) <= set(key_styles()) and naming.default_style == next(iter(naming.styles))
     _, state = load_transformer_weights(checkpoint)
     modules = {key.removesuffix(".weight") for key, value in state.items()
-               if key.startswith(f"{family.BLOCKS}.") and key.endswith(".weight") and value.ndim == 2}
+               if key.startswith(f"{family.BLOCKS.block_list}.") and key.endswith(".weight") and value.ndim == 2}
     assert len(modules) >= 4
     for style in naming.styles:
         keys = {module: factor_keys(module, style) for module in modules}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from acestep.families.v1.lora_keys import NAME as V1_FAMILY
 from acestep.lora import LoraSettings, bake_file, save_adapter
 from acestep.lora.adapters import BaseWeight, file_kind, save_comfyui_file
 from acestep.lora.io import ADAPTER_DIR, PEFT_CONFIG_NAME
-from acestep.lora.keys import V1_FAMILY
 from acestep.training.callbacks import baked_file_name
 
 
