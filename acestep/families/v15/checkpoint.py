@@ -301,13 +301,29 @@ def load_original_components(
     classes = _component_classes()
     modules = {}
     for name in names:
-        module = classes[name](**configs[name])
         try:
-            module.load_state_dict(components[name], strict=True)
+            module = _module_holding(classes[name], configs[name], components[name])
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
-        modules[name] = (module if dtype in (None, torch.float32) else module.to(dtype)).eval()
+        modules[name] = module.to(dtype or torch.float32).eval()
     return ready_for_use(checkpoint, modules)
+
+
+def _module_holding(cls: type, config: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`cls(**config)` whose weights are the loaded tensors themselves (built on the meta device, strict `assign`):
+    no random initialisation and no float32 copy of the model in RAM beside the file's (a 4B DiT: 16 GB). A module
+    with buffers computed at construction rather than stored is built for real and loaded by copy."""
+    import torch
+
+    with torch.device("meta"):
+        module = cls(**config)
+    stored = set(module.state_dict())
+    if all(name in stored for name, _ in module.named_buffers()):
+        module.load_state_dict(state, strict=True, assign=True)
+        return module
+    module = cls(**config)
+    module.load_state_dict(state, strict=True)
+    return module
 
 
 def ready_for_use(checkpoint: V15Checkpoint, modules: dict[str, Any]) -> dict[str, Any]:
