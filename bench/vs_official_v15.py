@@ -58,7 +58,8 @@ Changed to run the official step on CPU (nothing else):
   lora_checkpoint, path_safety) are loaded from it as they are.
 
 Our step is the trainer's 1.5 step without Lightning: the checkpoint resolved and loaded by
-acestep.families.v15.checkpoint (our loader also wants vae/ and text-encoder folders: the case has empty ones,
+acestep.families.v15.checkpoint (with its row-major residual stream, families/v15/layout.py; the official model's
+layers read a transposed view, which on the CPU makes every frozen Linear copy its weight per call) (our loader also wants vae/ and text-encoder folders: the case has empty ones,
 neither side reads them), the frozen null_condition_emb, V15Step, LoraTrainingModule (attach_lora, checkpointing)
 and its training_step under the autocast Lightning's precision uses, backward, gradient clipping, the trainer's
 optimizer and schedule. The parent's t, noise and condition-drop decision replace its draws (draw_per_song of
