@@ -113,14 +113,12 @@ def check_fork_src(path: str | None) -> Path:
     return root.resolve()
 
 
-def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(TrainConfig, probe keyword arguments, the flags given that differ from the trainer's defaults).
-
-    The base dtype defaults to the run's `--dtype` (the trainer's `auto` would mean fp32 on the CPU)."""
+def trainer_flags(ours_args: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+    """(TrainConfig of `--ours_args`, the flags given that differ from the trainer's defaults); a flag the trainer
+    does not know is a BenchError. The base dtype defaults to the run's `--dtype` (the trainer's `auto` would mean
+    fp32 on the CPU). bench/vs_official_v15.py reads its `--ours_args` with it too."""
     import dataclasses
-    import inspect
 
-    from acestep.families.v1.probe import TrainingStepProbe
     from acestep.training.config import TrainConfig, build_parser
 
     argv = ["--dataset_path", "-", "--base_dtype", dtype, *shlex.split(ours_args)]
@@ -136,6 +134,17 @@ def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, An
     defaults = TrainConfig(dataset_path="-")
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                if getattr(config, f.name) != getattr(defaults, f.name) and f.name != "dataset_path"}
+    return config, changed
+
+
+def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(TrainConfig, probe keyword arguments, the flags given that differ from the trainer's defaults)."""
+    import dataclasses
+    import inspect
+
+    from acestep.families.v1.probe import TrainingStepProbe
+
+    config, changed = trainer_flags(ours_args, dtype)
     accepted = set(inspect.signature(TrainingStepProbe.__init__).parameters)
     kwargs: dict[str, Any] = checkpointing_arguments(config.gradient_checkpointing)
     for name, (target, convert) in OPTION_TO_PROBE.items():
@@ -229,6 +238,18 @@ class Worker:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def tensor_peak(memory: Any, step: Any, model: Any, optimizer: Any, tensors: list) -> int:
+    """The tensor peak of one `step` (our TensorMemoryTracker from `memory`): the model's parameters, gradients and
+    buffers, the optimizer state, `tensors` (batch and draws) and everything the step allocates."""
+    tracker = memory.TensorMemoryTracker()
+    tracker.track_module(model)
+    tracker.track_optimizer(optimizer)
+    tracker.track(*tensors)
+    with tracker:
+        step()
+    return tracker.peak
 
 
 def serve(step: Any, measure_memory: Any, loss_parts: dict) -> None:
@@ -346,13 +367,8 @@ def fork_worker(case: Path, fork_src: Path, dtype_name: str) -> None:
         return float(loss.detach())
 
     def measure_memory() -> int:
-        tracker = memory.TensorMemoryTracker()
-        tracker.track_module(model)
-        tracker.track_optimizer(optimizer)
-        tracker.track(*tensors.values(), *(t for songs in ssl for t in songs), index, noise)
-        with tracker:
-            step()
-        return tracker.peak
+        return tensor_peak(memory, step, model, optimizer, [*tensors.values(), *(t for songs in ssl for t in songs),
+                                                             index, noise])
 
     serve(step, measure_memory, {"lora_dtype": str(params[0].dtype), "lora_params_m": sum(p.numel() for p in params) / 1e6})
 

@@ -164,25 +164,13 @@ def official_options(official_args: str) -> dict[str, Any]:
 
 
 def ours_options(ours_args: str, dtype: str = "bf16") -> tuple[Any, dict[str, Any]]:
-    """(TrainConfig, the flags given that differ from the trainer's defaults); flags the step does not apply are
-    refused. The base dtype defaults to the run's `--dtype` (the trainer's `auto` would mean fp32 on the CPU)."""
-    import dataclasses
-
-    from acestep.training.config import TrainConfig, build_parser
-
-    argv = ["--dataset_path", "-", "--base_dtype", dtype, *shlex.split(ours_args)]
-    parser = build_parser()
-    parser.exit_on_error = False
+    """(TrainConfig, the flags given that differ from the trainer's defaults), read as bench/vs_fork.py reads them;
+    flags the step does not apply are refused."""
+    vs_fork = _vs_fork()
     try:
-        namespace, unknown = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit) as error:
-        raise BenchError(f"--ours_args {ours_args!r}: {error}") from None
-    if unknown:
-        raise BenchError(f"--ours_args {ours_args!r}: unknown trainer flags {' '.join(unknown)}")
-    config = TrainConfig(**vars(namespace))
-    defaults = TrainConfig(dataset_path="-")
-    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if getattr(config, f.name) != getattr(defaults, f.name) and f.name != "dataset_path"}
+        config, changed = vs_fork.trainer_flags(ours_args, dtype)
+    except vs_fork.BenchError as error:
+        raise BenchError(str(error)) from None
     refused = sorted(set(changed) - OURS_APPLIED)
     if config.base_dtype in ("auto", "fp8"):
         refused.insert(0, f"base_dtype {config.base_dtype}")
@@ -407,13 +395,7 @@ def official_worker(case: Path, official_src: Path, dtype_name: str, official_ar
         return float(loss.detach())
 
     def measure_memory() -> int:
-        tracker = memory.TensorMemoryTracker()
-        tracker.track_module(module.model)
-        tracker.track_optimizer(optimizer)
-        tracker.track(*tensors.values(), *draws.values())
-        with tracker:
-            step()
-        return tracker.peak
+        return vs_fork.tensor_peak(memory, step, module.model, optimizer, [*tensors.values(), *draws.values()])
 
     layers = len(module.model.decoder.base_model.model.layers)
     vs_fork.serve(step, measure_memory, {
@@ -475,13 +457,7 @@ def ours_worker(case: Path, ours_args: str, dtype_name: str) -> None:
         return float(loss.detach())
 
     def measure_memory() -> int:
-        tracker = memory.TensorMemoryTracker()
-        tracker.track_module(transformer)
-        tracker.track_optimizer(optimizer)
-        tracker.track(*tensors.values(), *draws.values())
-        with tracker:
-            step()
-        return tracker.peak
+        return vs_fork.tensor_peak(memory, step, transformer, optimizer, [*tensors.values(), *draws.values()])
 
     blocks = transformer.config.num_hidden_layers
     checkpointed = {"all": blocks, "none": 0}.get(config.gradient_checkpointing, config.gradient_checkpointing)
