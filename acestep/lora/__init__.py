@@ -1,7 +1,6 @@
 """LoRA files: settings, reading/writing with metadata, alpha baking, inspect, resize, merge and key conversion."""
 
-import importlib
-from typing import Any
+from acestep.core.lazy import lazy_exports
 
 # name -> submodule, imported on first use: `from acestep.lora.keys import ...` and `--help` need no torch
 _WHERE = {
@@ -37,10 +36,4 @@ __all__ = [
     "settings_from_metadata",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

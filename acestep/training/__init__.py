@@ -1,8 +1,7 @@
 """Stage 4: LoRA training on the preprocessed dataset (PEFT + Lightning), with the objective a model family hands
 in (acestep.training.family)."""
 
-import importlib
-from typing import Any
+from acestep.core.lazy import lazy_exports
 
 # name -> submodule, imported on first use: `trainer_new.py --help` parses its flags without Lightning or torch
 _WHERE = {
@@ -23,10 +22,4 @@ __all__ = [
     "summary_text",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
