@@ -8,14 +8,11 @@ gradients averaged by DDP, per-song loss normalisation and per-song SSL losses.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import synthetic_songs
+from training_helpers import synthetic_songs, train_cli
 
 from acestep.core.errors import AcestepError
 from acestep.lora import load_adapter
@@ -23,8 +20,6 @@ from acestep.training import TrainConfig
 from acestep.training.callbacks import read_metrics
 from acestep.training.data import RunOrderSampler
 from acestep.training.run import _strategy, check_devices
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ranks_take_disjoint_slots_that_cover_the_run_order() -> None:
@@ -54,14 +49,6 @@ def test_more_devices_than_gpus_and_no_nccl_name_the_fix(monkeypatch: pytest.Mon
     assert _strategy(config) == "ddp" and _strategy(TrainConfig(dataset_path="x", devices="1")) == "auto"
 
 
-def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "trainer_new.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
 @pytest.mark.slow
 def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path, tiny_checkpoint: Path) -> None:
     prep = tmp_path / "prep"
@@ -80,8 +67,8 @@ def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path
               "--every_n_train_steps", "1", "--save_last", "5", "--lyrics_dropout", "1", "--prompt_dropout", "0.3",
               "--ssl_coeff", "1", "--logger", "csv", "--no-progress_bar"]
     ddp = common + ["--exp_name", "ddp", "--devices", "2", "--batch_size", "1"]
-    first = train(ddp + ["--max_steps", "2", "--sample_every", "1", "--sample_prompts", str(prompts),
-                         "--sample_steps", "2"], tmp_path)
+    first = train_cli(ddp + ["--max_steps", "2", "--sample_every", "1", "--sample_prompts", str(prompts),
+                         "--sample_steps", "2"], tmp_path, timeout=300)
     run = tmp_path / "ddp"
     # One process reports and writes: one summary, one metrics row per step, one sample per step, one log.
     assert first.stdout.count("Training finished") == 1
@@ -89,9 +76,10 @@ def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path
     assert sorted(p.relative_to(run).as_posix() for p in (run / "samples").rglob("*.wav")) == [
         "samples/step_000001/pop_seed1.wav", "samples/step_000002/pop_seed1.wav"]
     assert [p.name for p in (run / "logs").iterdir()] == ["version_0"]
-    resumed = train(ddp + ["--max_steps", "3", "--resume"], tmp_path)
+    resumed = train_cli(ddp + ["--max_steps", "3", "--resume"], tmp_path, timeout=300)
     assert resumed.stdout.count("Training finished") == 1 and "resumed at 2" in resumed.stdout
-    train(common + ["--exp_name", "one", "--devices", "1", "--batch_size", "2", "--max_steps", "3"], tmp_path)
+    train_cli(common + ["--exp_name", "one", "--devices", "1", "--batch_size", "2", "--max_steps", "3"], tmp_path,
+              timeout=300)
 
     assert sorted(p.name for p in run.iterdir()) == ["logs", "metrics.jsonl", "samples", "state", "step-000001",
                                                      "step-000002", "step-000003", "summary.txt", "train_config.json"]

@@ -8,30 +8,18 @@ crops, condition dropout, timesteps and noise, since each song's draws come from
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from data_helpers import write_audio
+from training_helpers import train_cli
 
 from acestep import families
 from acestep.data.filenames import build_filename_dataset
 from acestep.data.preprocessed import load_preprocessed
 from acestep.lora import load_adapter
 from acestep.training.callbacks import read_metrics
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "trainer_new.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 def encoded_songs(checkpoint: Path, folder: Path) -> Path:
@@ -70,7 +58,7 @@ def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path
               "--warmup_steps", "0", "--final_lr_fraction", "1",
               "--every_n_train_steps", "1", "--save_last", "5", "--logger", "csv", "--no-progress_bar"]
     ddp = common + ["--exp_name", "ddp", "--devices", "2", "--batch_size", "1"]
-    first = train(ddp + ["--max_steps", "2", "--sample_every", "1", "--sample_prompts", str(prompts)], tmp_path)
+    first = train_cli(ddp + ["--max_steps", "2", "--sample_every", "1", "--sample_prompts", str(prompts)], tmp_path)
     run = tmp_path / "ddp"
     # One process reports and writes: one summary, one metrics row per step, one sample per step, one log.
     assert first.stdout.count("Training finished") == 1 and "condition dropout 0.5" in first.stdout
@@ -78,9 +66,9 @@ def test_two_cpu_processes_equal_one_process_with_twice_the_batch(tmp_path: Path
     assert sorted(p.relative_to(run).as_posix() for p in (run / "samples").rglob("*.wav")) == [
         "samples/step_000001/probe_seed1.wav", "samples/step_000002/probe_seed1.wav"]
     assert [p.name for p in (run / "logs").iterdir()] == ["version_0"]
-    resumed = train(ddp + ["--max_steps", "3", "--resume"], tmp_path)
+    resumed = train_cli(ddp + ["--max_steps", "3", "--resume"], tmp_path)
     assert resumed.stdout.count("Training finished") == 1 and "resumed at 2" in resumed.stdout
-    train(common + ["--exp_name", "one", "--devices", "1", "--batch_size", "2", "--max_steps", "3"], tmp_path)
+    train_cli(common + ["--exp_name", "one", "--devices", "1", "--batch_size", "2", "--max_steps", "3"], tmp_path)
 
     assert sorted(p.name for p in run.iterdir()) == ["logs", "metrics.jsonl", "samples", "state", "step-000001",
                                                      "step-000002", "step-000003", "summary.txt", "train_config.json"]
