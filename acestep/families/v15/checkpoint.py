@@ -287,11 +287,9 @@ def _component_classes() -> dict[str, type]:
 
 
 def load_original_components(
-    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype | None = None
+    checkpoint: V15Checkpoint, names: tuple[str, ...], dtype: torch.dtype
 ) -> dict[str, torch.nn.Module]:
-    """The named DiT-file components of an original-layout checkpoint as diffusers modules (strict loading; dtype
-    None: float32)."""
-    import torch
+    """The named DiT-file components of an original-layout checkpoint as diffusers modules (strict loading)."""
     from safetensors.torch import load_file
 
     assert checkpoint.dit is not None
@@ -305,7 +303,7 @@ def load_original_components(
             module = _module_holding(classes[name], configs[name], components[name])
         except RuntimeError as error:
             raise CheckpointError(f"{checkpoint.dit}: {name} weights do not match its config.json ({error})") from None
-        modules[name] = module.to(dtype or torch.float32).eval()
+        modules[name] = module.to(dtype).eval()
     return ready_for_use(checkpoint, modules)
 
 
