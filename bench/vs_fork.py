@@ -460,61 +460,88 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: float) -> list[dict]:
-    """All implementations on one case, stepped in turns; one result row each (the fork's first)."""
+def step_in_turns(runs: list[tuple[str, list[str]]], repeats: int, label: str, desc: str) -> list[dict[str, Any]]:
+    """One worker per (name, argv), all loaded (and past step 1) first, then stepped in turns for `repeats` rounds,
+    then asked for their tensor peak and peak RSS; per worker {"name", "ready", "times", "peak", "rss"} in order.
+    Workers are killed whatever happens."""
     from acestep.core.progress import progress
 
+    workers: list[Worker] = []
+    try:
+        for name, argv in runs:
+            print(f"{label} starting {name} (load + step 1) ...", flush=True)
+            workers.append(Worker(name, argv, worker_env()))
+        times: dict[str, list[float]] = {worker.name: [] for worker in workers}
+        for _ in progress(range(repeats), desc=desc, unit="round"):
+            for worker in workers:
+                times[worker.name].append(worker.ask("step")["seconds"])
+        peaks = {worker.name: worker.ask("memory")["tensor_peak_bytes"] for worker in workers}
+        rss = {worker.name: worker.close()["process_peak_rss_gb"] for worker in workers}
+    finally:
+        for worker in workers:
+            worker.kill()
+    return [{"name": worker.name, "ready": worker.ready, "times": times[worker.name], "peak": peaks[worker.name],
+             "rss": rss[worker.name]} for worker in workers]
+
+
+def measured(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """A result row's measured columns for one worker of `step_in_turns`; `reference`: the reference's (first) run."""
+    times, loss, reference_loss = run["times"], run["ready"]["loss_step1"], reference["ready"]["loss_step1"]
+    return {
+        "lora_params_m": run["ready"]["lora_params_m"],
+        "lora_dtype": run["ready"]["lora_dtype"].replace("torch.", ""),
+        "checkpointed_blocks": run["ready"].get("checkpointed_blocks", "all (diffusers)"),
+        "steps": len(times),
+        "step_times_s": times,
+        "step_median_s": statistics.median(times),
+        "step_min_s": min(times),
+        "tensor_peak_gb": run["peak"] / 1e9,
+        "process_peak_rss_gb": run["rss"],
+        "loss_step1": loss,
+        "loss_rel_diff": abs(loss - reference_loss) / abs(reference_loss),
+    }
+
+
+def ratios(row: dict[str, Any], reference: dict[str, Any], name: str) -> dict[str, float]:
+    """time_vs_NAME (medians), time_vs_NAME_paired and tensor_peak_vs_NAME of a row against the reference row."""
+    return {
+        f"time_vs_{name}": row["step_median_s"] / reference["step_median_s"],
+        f"time_vs_{name}_paired": paired_ratio(row["step_times_s"], reference["step_times_s"]),
+        f"tensor_peak_vs_{name}": row["tensor_peak_gb"] / reference["tensor_peak_gb"],
+    }
+
+
+def print_row(label: str, name: str, width: int, row: dict[str, Any], reference: str) -> None:
+    print(f"{label} {name:<{width}} median {row['step_median_s']:6.2f} s  tensor peak {row['tensor_peak_gb']:.3f} GB  "
+          f"peak RSS {row['process_peak_rss_gb']:.2f} GB  loss(step 1) {row['loss_step1']:.6f} (rel. diff. to "
+          f"{reference} {row['loss_rel_diff']:.2e})", flush=True)
+
+
+def run_case(args: argparse.Namespace, fork_src: Path, blocks: int, seconds: float) -> list[dict]:
+    """All implementations on one case, stepped in turns; one result row each (the fork's first)."""
+    label = f"[{blocks} blocks {seconds:g} s]"
     with tempfile.TemporaryDirectory(prefix="vs_fork_", dir=args.work_dir) as tmp:
         case = Path(tmp)
-        print(f"[{blocks} blocks {seconds:g} s] writing random weights and a batch to {case} ...", flush=True)
+        print(f"{label} writing random weights and a batch to {case} ...", flush=True)
         info = write_case(case, blocks, seconds, args.lyric_tokens, args.text_tokens, args.seed)
         names = ["fork", *[f"ours {a}".strip() for a in args.ours_args]]
         argvs = [worker_argv("fork", case, fork_src, args.dtype)]
         argvs += [worker_argv("ours", case, fork_src, args.dtype, a) for a in args.ours_args]
-        workers: list[Worker] = []
-        try:
-            for name, argv in zip(names, argvs):
-                print(f"[{blocks} blocks {seconds:g} s] starting {name} (load + step 1) ...", flush=True)
-                workers.append(Worker(name, argv, worker_env()))
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for _ in progress(range(args.repeats), desc=f"{blocks} blocks {seconds:g} s, steps in turns", unit="round"):
-                for worker in workers:
-                    times[worker.name].append(worker.ask("step")["seconds"])
-            peaks = {worker.name: worker.ask("memory")["tensor_peak_bytes"] for worker in workers}
-            rss = {worker.name: worker.close()["process_peak_rss_gb"] for worker in workers}
-        finally:
-            for worker in workers:
-                worker.kill()
-    fork = workers[0].ready
-    rows = []
-    for worker, ours_args in zip(workers, [None, *args.ours_args]):
-        median = statistics.median(times[worker.name])
-        loss = worker.ready["loss_step1"]
+        runs = step_in_turns(list(zip(names, argvs)), args.repeats, label,
+                             f"{blocks} blocks {seconds:g} s, steps in turns")
+    rows: list[dict] = []
+    for run, ours_args in zip(runs, [None, *args.ours_args]):
         row = {
             **info,
             "implementation": "fork" if ours_args is None else "ours",
             "ours_args": ours_args,
             "options": None if ours_args is None else json.dumps(ours_options(ours_args, args.dtype)[2], sort_keys=True),
-            "lora_params_m": worker.ready["lora_params_m"],
-            "lora_dtype": worker.ready["lora_dtype"].replace("torch.", ""),
-            "checkpointed_blocks": worker.ready.get("checkpointed_blocks", "all (diffusers)"),
-            "steps": len(times[worker.name]),
-            "step_times_s": times[worker.name],
-            "step_median_s": median,
-            "step_min_s": min(times[worker.name]),
-            "tensor_peak_gb": peaks[worker.name] / 1e9,
-            "process_peak_rss_gb": rss[worker.name],
-            "loss_step1": loss,
-            "loss_rel_diff": abs(loss - fork["loss_step1"]) / abs(fork["loss_step1"]),
+            **measured(run, runs[0]),
         }
         if rows:
-            row["time_vs_fork"] = median / rows[0]["step_median_s"]
-            row["time_vs_fork_paired"] = paired_ratio(times[worker.name], rows[0]["step_times_s"])
-            row["tensor_peak_vs_fork"] = row["tensor_peak_gb"] / rows[0]["tensor_peak_gb"]
+            row.update(ratios(row, rows[0], "fork"))
         row["loss_agrees"] = row["loss_rel_diff"] <= args.loss_rtol
-        print(f"[{blocks} blocks {seconds:g} s] {worker.name:<24} median {median:6.2f} s  tensor peak "
-              f"{row['tensor_peak_gb']:.3f} GB  peak RSS {row['process_peak_rss_gb']:.2f} GB  loss(step 1) "
-              f"{loss:.6f} (rel. diff. to the fork {row['loss_rel_diff']:.2e})", flush=True)
+        print_row(label, run["name"], 24, row, "the fork")
         rows.append(row)
     return rows
 

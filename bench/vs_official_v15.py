@@ -75,9 +75,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -475,11 +473,6 @@ def worker_argv(kind: str, case: Path, args: argparse.Namespace, official_src: P
             f"--official_args={args.official_args}", f"--ours_args={ours_args}"]  # "=": a lone flag is a value
 
 
-def worker_env() -> dict[str, str]:
-    """This environment without PYTHONPATH, so each worker imports only the acestep it puts on sys.path."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-
 def loss_rtol(args: argparse.Namespace) -> float:
     if args.loss_rtol is not None:
         return args.loss_rtol
@@ -488,8 +481,6 @@ def loss_rtol(args: argparse.Namespace) -> float:
 
 def run_case(args: argparse.Namespace, official_src: Path) -> list[dict]:
     """Both implementations on one case, stepped in turns; one result row each (the official one first)."""
-    from acestep.core.progress import progress
-
     vs_fork = _vs_fork()
     label = f"[{args.size} {args.layers} layers {args.seconds:g} s]"
     with tempfile.TemporaryDirectory(prefix="vs_official_v15_", dir=args.work_dir) as tmp:
@@ -500,53 +491,24 @@ def run_case(args: argparse.Namespace, official_src: Path) -> list[dict]:
         names = ["official", *[f"ours {a}".strip() for a in args.ours_args]]
         argvs = [worker_argv("official", case, args, official_src)]
         argvs += [worker_argv("ours", case, args, official_src, a) for a in args.ours_args]
-        workers: list[Any] = []
         try:
-            for name, argv in zip(names, argvs):
-                print(f"{label} starting {name} (load + step 1) ...", flush=True)
-                workers.append(vs_fork.Worker(name, argv, worker_env()))
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for _ in progress(range(args.repeats), desc=f"{label} steps in turns", unit="round"):
-                for worker in workers:
-                    times[worker.name].append(worker.ask("step")["seconds"])
-            peaks = {worker.name: worker.ask("memory")["tensor_peak_bytes"] for worker in workers}
-            rss = {worker.name: worker.close()["process_peak_rss_gb"] for worker in workers}
+            runs = vs_fork.step_in_turns(list(zip(names, argvs)), args.repeats, label, f"{label} steps in turns")
         except vs_fork.BenchError as error:
             raise BenchError(str(error)) from None
-        finally:
-            for worker in workers:
-                worker.kill()
-    official = workers[0].ready
     rows: list[dict] = []
-    for worker, ours_args in zip(workers, [None, *args.ours_args]):
-        median = statistics.median(times[worker.name])
-        loss = worker.ready["loss_step1"]
+    for run, ours_args in zip(runs, [None, *args.ours_args]):
         row = {
             **info,
             "implementation": "official" if ours_args is None else "ours",
             "settings": json.dumps(official_changed(args.official_args) if ours_args is None
                                    else ours_options(ours_args, args.dtype)[1], sort_keys=True),
-            "lora_params_m": worker.ready["lora_params_m"],
-            "lora_dtype": worker.ready["lora_dtype"].replace("torch.", ""),
-            "checkpointed_blocks": worker.ready["checkpointed_blocks"],
-            "steps": len(times[worker.name]),
-            "step_times_s": times[worker.name],
-            "step_median_s": median,
-            "step_min_s": min(times[worker.name]),
-            "tensor_peak_gb": peaks[worker.name] / 1e9,
-            "process_peak_rss_gb": rss[worker.name],
-            "loss_step1": loss,
-            "loss_rel_diff": abs(loss - official["loss_step1"]) / abs(official["loss_step1"]),
+            **vs_fork.measured(run, runs[0]),
         }
         if rows:
-            row["time_vs_official"] = median / rows[0]["step_median_s"]
-            row["time_vs_official_paired"] = vs_fork.paired_ratio(times[worker.name], rows[0]["step_times_s"])
-            row["tensor_peak_vs_official"] = row["tensor_peak_gb"] / rows[0]["tensor_peak_gb"]
+            row.update(vs_fork.ratios(row, rows[0], "official"))
             row["goal_met"] = goal_met(row)
         row["loss_agrees"] = row["loss_rel_diff"] <= loss_rtol(args)
-        print(f"{label} {worker.name:<28} median {median:6.2f} s  tensor peak {row['tensor_peak_gb']:.3f} GB  "
-              f"peak RSS {row['process_peak_rss_gb']:.2f} GB  loss(step 1) {loss:.6f} (rel. diff. to the official "
-              f"{row['loss_rel_diff']:.2e})", flush=True)
+        vs_fork.print_row(label, run["name"], 28, row, "the official")
         rows.append(row)
     return rows
 
